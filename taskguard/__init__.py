@@ -1,0 +1,52 @@
+"""taskguard: fleet-wide guards for Celery tasks.
+
+Rate limits, concurrency caps, locks and circuit breakers that hold across every worker
+process, and a write-behind cache that loses nothing. See https://taskguard docs in docs/.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from taskguard.backend import Backend, MemoryBackend, RedisBackend, connect
+from taskguard.errors import (
+    BackendUnavailable,
+    CircuitOpen,
+    ConcurrencyLimitReached,
+    ConfigurationError,
+    DeferralExhausted,
+    GuardDenied,
+    LockHeld,
+    RateLimited,
+    TaskGuardError,
+)
+from taskguard.guards import Decision, Guard, RateLimit, RateLimiter
+from taskguard.task import GuardedTask
+from taskguard.units import Rate, parse_rate
+
+try:
+    __version__ = version("celery-taskguard")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "CircuitOpen",
+    "ConcurrencyLimitReached",
+    "ConfigurationError",
+    "Decision",
+    "DeferralExhausted",
+    "Guard",
+    "GuardDenied",
+    "GuardedTask",
+    "LockHeld",
+    "MemoryBackend",
+    "Rate",
+    "RateLimit",
+    "RateLimited",
+    "RateLimiter",
+    "RedisBackend",
+    "TaskGuardError",
+    "__version__",
+    "connect",
+    "parse_rate",
+]

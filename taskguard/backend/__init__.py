@@ -1,0 +1,48 @@
+"""Backends: where guard state lives. :func:`connect` picks one from a URL."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from taskguard.keys import KeySchema
+
+from .base import Backend
+from .memory import MemoryBackend
+from .ops import Admission, Op, RateOp
+from .redis import RedisBackend
+
+__all__ = ["Admission", "Backend", "MemoryBackend", "Op", "RateOp", "RedisBackend", "connect"]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+def connect(
+    url: str | Backend | None = None, *, prefix: str = "tg", **options: Any
+) -> Backend:
+    """Return a backend for ``url``.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
+            process-local backend; an existing :class:`Backend` is returned as is. Defaults
+            to ``$TASKGUARD_REDIS_URL``, then ``redis://localhost:6379/0``.
+        prefix: Key prefix for every key this backend writes.
+        **options: Passed to :class:`RedisBackend` (``socket_timeout``, ``redis_options``...).
+
+    Example:
+        >>> import taskguard
+        >>> backend = taskguard.connect("memory://")
+        >>> backend.rate_limiter("emails", "100/m").try_acquire().allowed
+        True
+    """
+    if isinstance(url, Backend):
+        return url
+    url = url or os.environ.get("TASKGUARD_REDIS_URL") or DEFAULT_URL
+    keys = KeySchema(prefix=prefix)
+    if url.startswith("memory://"):
+        return MemoryBackend(keys=keys, **options)
+    if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return RedisBackend(url, keys=keys, **options)
+    raise ValueError(
+        f"unsupported backend URL {url!r}: use redis://, rediss://, unix:// or memory://"
+    )

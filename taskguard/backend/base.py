@@ -1,0 +1,99 @@
+"""The backend contract: atomic guard primitives behind a small interface.
+
+:class:`RedisBackend` serves a fleet; :class:`MemoryBackend` serves one process (unit tests,
+local development, and the ``local`` outage policy). Both pass the same contract tests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from taskguard.keys import KeySchema
+
+from .ops import Admission, Op
+
+if TYPE_CHECKING:
+    from taskguard.guards.ratelimit import RateLimiter
+    from taskguard.units import Rate
+
+    from .memory import MemoryBackend
+
+__all__ = ["Backend"]
+
+
+class Backend(ABC):
+    """Runs guard ops atomically and builds the standalone primitives.
+
+    Args:
+        keys: The key schema (prefix and hash tag) every key is built with.
+    """
+
+    def __init__(self, *, keys: KeySchema | None = None) -> None:
+        self.keys = keys or KeySchema()
+        self._local: MemoryBackend | None = None
+
+    @abstractmethod
+    def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
+        """Check every op and commit all or none, atomically, in one round trip.
+
+        Args:
+            ops: The ops, in check order.
+            reserve_within: When the ops are denied only for lack of rate-limit tokens and
+                they would all pass within this many seconds, reserve that future slot
+                (the tokens are taken now) and report ``reserved=True``.
+
+        Raises:
+            BackendUnavailable: The backend could not be reached.
+        """
+
+    @abstractmethod
+    def time(self) -> float:
+        """The backend's clock, in seconds since the epoch (Redis ``TIME``)."""
+
+    def ping(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Check that the backend answers; raise :class:`BackendUnavailable` if not."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def reset_after_fork(self) -> None:  # noqa: B027 - optional hook
+        """Drop state inherited from a parent process (connections, breaker state)."""
+
+    @property
+    def local(self) -> MemoryBackend:
+        """A process-local backend with the same key schema, used by the ``local`` policy."""
+        if self._local is None:
+            from .memory import MemoryBackend
+
+            self._local = MemoryBackend(keys=self.keys)
+        return self._local
+
+    def rate_limiter(
+        self,
+        name: str,
+        rate: str | Rate,
+        *,
+        burst: int | None = None,
+        on_outage: str = "allow",
+    ) -> RateLimiter:
+        """Build a standalone GCRA rate limiter named ``name``.
+
+        Args:
+            name: The limiter's name; all processes using one name share its buckets.
+            rate: ``"10/s"``, ``"100/m"``, ``"5000/h"``, ``"1000/d"`` or a :class:`Rate`.
+            burst: Tokens an idle bucket hands out at once (default 1: evenly spaced).
+            on_outage: What to do while the backend is unreachable: ``"allow"``,
+                ``"deny"`` or ``"local"`` (limit per process).
+
+        Example:
+            >>> import taskguard
+            >>> limiter = taskguard.connect("memory://").rate_limiter("api", "10/s", burst=2)
+            >>> limiter.try_acquire(key="customer-1").allowed
+            True
+        """
+        from taskguard.guards.ratelimit import RateLimit, RateLimiter
+
+        spec = RateLimit(rate, burst=burst, name=name, on_outage=on_outage)
+        return RateLimiter(self, spec)

@@ -1,0 +1,149 @@
+"""The Redis backend: one EVALSHA per admission, time from the server, fail fast when down."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from taskguard.errors import BackendUnavailable
+from taskguard.keys import KeySchema
+
+from .base import Backend
+from .lua import load_script
+from .ops import ALLOWED_EMPTY, Admission, Op, RateOp
+from .outage import OutageBreaker
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("taskguard.backend")
+
+_ADMIT = load_script("admit", libs=["gcra"])
+# Errors that mean "the server is not there": they open the outage breaker.
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class RedisBackend(Backend):
+    """Guard state in Redis, shared by every process that uses the same server and prefix.
+
+    Args:
+        url: ``redis://[:password@]host[:port][/db]``, ``rediss://`` (TLS; pass ``ssl_*``
+            options in ``redis_options`` or the URL query), or ``unix:///path?db=N``.
+        keys: The key schema (prefix and hash tag).
+        socket_timeout: Seconds before a read gives up. Keep it short: while Redis is down,
+            the outage policy decides, and a long timeout only slows every task.
+        socket_connect_timeout: Seconds before a connect gives up.
+        outage_cooldown: Seconds to fail fast after a connection error (doubles while
+            the outage lasts, up to 10 s).
+        redis_options: Extra keyword arguments for :func:`redis.Redis.from_url`
+            (``ssl_ca_certs``, ``ssl_certfile``, ``username``, ...).
+        client: Use this client instead of building one from ``url``.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        keys: KeySchema | None = None,
+        socket_timeout: float = 0.5,
+        socket_connect_timeout: float = 0.5,
+        outage_cooldown: float = 0.5,
+        redis_options: dict[str, Any] | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        super().__init__(keys=keys)
+        self.url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            # One quick retry heals a pooled connection broken by a server restart;
+            # anything more would turn an outage into seconds of waiting per task.
+            "retry": Retry(NoBackoff(), 1),
+            "health_check_interval": 0,
+            **(redis_options or {}),
+        }
+        self._given_client = client
+        self.breaker = OutageBreaker(cooldown=outage_cooldown)
+        self._client = client or self._make_client()
+        self._pid = os.getpid()
+
+    def _make_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **self._options)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (rebuilt in a forked child)."""
+        if self._pid != os.getpid():
+            self.reset_after_fork()
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.url!r}, prefix={self.keys.prefix!r})"
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        self.breaker.before_call()
+        try:
+            yield
+        except _CONNECTION_ERRORS as exc:
+            cooldown = self.breaker.record_failure()
+            raise BackendUnavailable(
+                f"redis unreachable during {what}: {exc}", retry_after=cooldown
+            ) from exc
+        except redis.exceptions.RedisError as exc:
+            raise BackendUnavailable(f"redis error during {what}: {exc}") from exc
+        else:
+            self.breaker.record_success()
+
+    def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
+        if not ops:
+            return ALLOWED_EMPTY
+        keys: list[str] = []
+        args: list[Any] = [int(reserve_within * 1_000_000), len(ops)]
+        for op in ops:
+            keys.append(op.key)
+            args += _encode(op)
+        with self._call("admission"):
+            allowed, wait_us, denied, reserved, remaining = _ADMIT(self.client, keys, args)
+        return Admission(
+            allowed=bool(allowed),
+            retry_after=wait_us / 1_000_000,
+            denied=denied - 1 if denied else None,
+            reserved=bool(reserved),
+            remaining=remaining,
+        )
+
+    def time(self) -> float:
+        with self._call("TIME"):
+            seconds, micros = self.client.time()
+        return float(seconds + micros / 1_000_000)
+
+    def ping(self) -> None:
+        with self._call("PING"):
+            self.client.ping()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def reset_after_fork(self) -> None:
+        # The parent's sockets must not be shared: build a fresh pool and forget the
+        # parent's outage state. The scripts stay cached server-side.
+        self._pid = os.getpid()
+        self.breaker.reset()
+        if self._given_client is not None:
+            self._given_client.connection_pool.reset()
+            self._client = self._given_client
+        else:
+            self._client = self._make_client()
+
+
+def _encode(op: Op) -> list[Any]:
+    if isinstance(op, RateOp):
+        return ["rl", 3, repr(op.interval * 1_000_000), op.burst, op.cost]
+    raise TypeError(f"unsupported op {op!r}")  # pragma: no cover - exhaustive over Op

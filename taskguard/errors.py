@@ -1,0 +1,129 @@
+"""Every exception taskguard raises.
+
+Callers catch one thing, :class:`TaskGuardError`, or a branch of the tree::
+
+    TaskGuardError
+    ├── ConfigurationError          a setting or guard spec is invalid (raised at worker start)
+    ├── BackendUnavailable          Redis could not be reached or answered with an error
+    ├── GuardDenied                 a guard said "not now"; carries ``retry_after``
+    │   ├── RateLimited
+    │   ├── LockHeld
+    │   ├── ConcurrencyLimitReached
+    │   └── CircuitOpen
+    └── DeferralExhausted           a task was deferred too often or for too long
+
+Driver errors are wrapped with ``raise ... from exc`` so the original is kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "CircuitOpen",
+    "ConcurrencyLimitReached",
+    "ConfigurationError",
+    "DeferralExhausted",
+    "GuardDenied",
+    "LockHeld",
+    "RateLimited",
+    "TaskGuardError",
+]
+
+
+class TaskGuardError(Exception):
+    """Root of every exception raised by taskguard."""
+
+
+class ConfigurationError(TaskGuardError, ValueError):
+    """A setting or a guard specification is invalid.
+
+    Attributes:
+        task: The task name the setting belongs to, or ``None`` for a global setting.
+        field: The offending setting, e.g. ``"rate_limit"``.
+    """
+
+    def __init__(self, message: str, *, task: str | None = None, field: str | None = None):
+        self.task = task
+        self.field = field
+        self.reason = message
+        where = []
+        if task:
+            where.append(f"task {task!r}")
+        if field:
+            where.append(f"field {field!r}")
+        prefix = f"[{', '.join(where)}] " if where else ""
+        super().__init__(f"{prefix}{message}")
+
+    def for_task(self, task: str, field: str | None = None) -> ConfigurationError:
+        """The same error, naming ``task`` (and ``field`` if it had none)."""
+        return ConfigurationError(self.reason, task=task, field=self.field or field)
+
+
+class BackendUnavailable(TaskGuardError):
+    """The guard backend (Redis) could not serve a request.
+
+    Raised for connection errors, timeouts and server errors, and immediately (without
+    touching the network) while the backend's internal outage breaker is open.
+
+    Attributes:
+        retry_after: Seconds until the backend will be tried again, when known.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class GuardDenied(TaskGuardError):
+    """A guard refused admission.
+
+    Attributes:
+        guard: A short description of the guard that refused, e.g. ``"RateLimit('10/s')"``.
+        key: The resolved guard key (the rate-limit bucket, lock name...), if any.
+        retry_after: Seconds after which trying again can succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        guard: str | None = None,
+        key: str | None = None,
+        retry_after: float = 0.0,
+    ):
+        self.guard = guard
+        self.key = key
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RateLimited(GuardDenied):
+    """A rate limit has no capacity left right now."""
+
+
+class LockHeld(GuardDenied):
+    """The lock is held by another owner."""
+
+
+class ConcurrencyLimitReached(GuardDenied):
+    """Every concurrency slot for the key is taken."""
+
+
+class CircuitOpen(GuardDenied):
+    """The circuit breaker is open."""
+
+
+class DeferralExhausted(TaskGuardError):
+    """A task was deferred more often, or for longer, than its deferral cap allows.
+
+    Attributes:
+        task_id: The id of the task.
+        deferrals: How many times it had been deferred.
+        age: Seconds since it was first deferred.
+    """
+
+    def __init__(self, message: str, *, task_id: str | None, deferrals: int, age: float):
+        self.task_id = task_id
+        self.deferrals = deferrals
+        self.age = age
+        super().__init__(message)

@@ -1,0 +1,6 @@
+"""Guard specifications and the primitives that run them."""
+
+from .base import OUTAGE_POLICIES, Decision, Guard
+from .ratelimit import RateLimit, RateLimiter
+
+__all__ = ["OUTAGE_POLICIES", "Decision", "Guard", "RateLimit", "RateLimiter"]

@@ -1,0 +1,91 @@
+"""Composing guards: one backend call to admit them all, with the outage policy applied."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from taskguard.backend.base import Backend
+from taskguard.backend.ops import ALLOWED_EMPTY, Admission, Op
+from taskguard.errors import BackendUnavailable
+
+from .base import Guard
+
+__all__ = ["Outcome", "admit"]
+
+logger = logging.getLogger("taskguard.admission")
+
+#: Retry delay for a ``deny`` guard when the backend gives no hint.
+OUTAGE_RETRY_AFTER = 1.0
+_LOG_EVERY = 10.0
+_last_logged = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An admission and how it was reached.
+
+    Attributes:
+        admission: The backend's decision (or the policy's, when degraded).
+        degraded: True when the backend was unreachable and outage policies decided.
+    """
+
+    admission: Admission
+    degraded: bool = False
+
+
+def _log_outage(exc: BackendUnavailable) -> None:
+    # Logged at most every few seconds per process: an outage must be visible, but not
+    # one line per task.
+    global _last_logged  # noqa: PLW0603 - a per-process throttle
+    now = time.monotonic()
+    if now - _last_logged >= _LOG_EVERY:
+        _last_logged = now
+        logger.warning("taskguard backend unavailable, applying outage policies: %s", exc)
+
+
+def admit(
+    backend: Backend,
+    guards: Sequence[Guard],
+    ops: Sequence[Op],
+    *,
+    reserve_within: float = 0.0,
+) -> Outcome:
+    """Admit ``ops`` (one per guard, same order) in one round trip.
+
+    When the backend is unreachable each guard's ``on_outage`` decides: any ``deny``
+    refuses; ``local`` guards are enforced by the process-local backend; ``allow``
+    guards pass.
+    """
+    try:
+        return Outcome(backend.admit(ops, reserve_within=reserve_within))
+    except BackendUnavailable as exc:
+        _log_outage(exc)
+        return Outcome(_decide_offline(backend, guards, ops, exc, reserve_within), degraded=True)
+
+
+def _decide_offline(
+    backend: Backend,
+    guards: Sequence[Guard],
+    ops: Sequence[Op],
+    exc: BackendUnavailable,
+    reserve_within: float,
+) -> Admission:
+    for index, guard in enumerate(guards):
+        if guard.on_outage == "deny":
+            retry_after = exc.retry_after or OUTAGE_RETRY_AFTER
+            return Admission(False, retry_after=retry_after, denied=index)
+    local = [i for i, guard in enumerate(guards) if guard.on_outage == "local"]
+    if not local:
+        return ALLOWED_EMPTY
+    result = backend.local.admit([ops[i] for i in local], reserve_within=reserve_within)
+    if result.denied is None:
+        return result
+    return Admission(
+        False,
+        retry_after=result.retry_after,
+        denied=local[result.denied],
+        reserved=result.reserved,
+    )

@@ -1,0 +1,104 @@
+"""What every guard shares: the spec base class, the decision, and the outage policies."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+from taskguard.backend.ops import Op
+from taskguard.errors import ConfigurationError, GuardDenied
+from taskguard.keys import KeySchema
+
+__all__ = ["OUTAGE_POLICIES", "Decision", "Guard", "check_outage_policy"]
+
+#: What a guard does while its backend is unreachable.
+#: ``allow``: let the call through; ``deny``: refuse (a task defers); ``local``: enforce
+#: the guard in this process only.
+OUTAGE_POLICIES = ("allow", "deny", "local")
+
+
+def check_outage_policy(value: object, *, field: str = "on_outage") -> str:
+    """Return ``value`` if it names an outage policy, else raise ConfigurationError."""
+    if value not in OUTAGE_POLICIES:
+        raise ConfigurationError(
+            f"must be one of {', '.join(OUTAGE_POLICIES)}, got {value!r}", field=field
+        )
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer of a ``try_acquire()``.
+
+    It is truthy when allowed, and a no-op context manager, so ``with limiter.acquire():``
+    reads naturally.
+
+    Attributes:
+        allowed: Whether the call may proceed.
+        retry_after: Seconds after which asking again can succeed (0 when allowed).
+        remaining: Tokens left in the bucket after this call (-1 if not applicable).
+        key: The resolved guard key.
+        degraded: True when the backend was unreachable and the outage policy decided.
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    remaining: int = -1
+    key: str | None = None
+    degraded: bool = False
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __enter__(self) -> Decision:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class Guard(ABC):
+    """A guard specification: an immutable value saying *what* to enforce.
+
+    Subclasses implement :meth:`op` (turn one call into a backend op) and
+    :meth:`denied_error`. Specs validate their own fields on construction and raise
+    :class:`ConfigurationError` naming the field; :meth:`bind` adds the task context.
+    """
+
+    kind: ClassVar[str]
+    on_outage: str
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _set(self, **fields: object) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    @abstractmethod
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> Guard:
+        """Return a copy of this spec ready for ``task_name``.
+
+        Validates what depends on the task (a key template naming a missing argument)
+        and fills in task-dependent defaults (the limiter name).
+
+        Raises:
+            ConfigurationError: Naming the task and the field.
+        """
+
+    @abstractmethod
+    def op(self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Op:
+        """The backend op for one call with these arguments."""
+
+    @abstractmethod
+    def denied_error(self, retry_after: float, key: str | None = None) -> GuardDenied:
+        """The exception describing a denial by this guard."""

@@ -1,0 +1,90 @@
+"""Guard keys: a template over a task's arguments, or a callable."""
+
+from __future__ import annotations
+
+import inspect
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from taskguard.errors import ConfigurationError
+
+__all__ = ["KeyFunc"]
+
+KeySource = str | Callable[..., Any] | None
+
+
+def _template_fields(template: str) -> list[str]:
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        root = field.split(".", 1)[0].split("[", 1)[0]
+        if not root or root.isdigit():
+            raise ConfigurationError(
+                f"key template {template!r} must name arguments, e.g. '{{customer_id}}'",
+                field="key",
+            )
+        names.append(root)
+    return names
+
+
+class KeyFunc:
+    """Turns a call's arguments into a guard key.
+
+    Args:
+        source: ``None`` (one key for every call), a ``str.format`` template naming the
+            task's arguments (``"{customer_id}"``, ``"{order.tenant}"``), or a callable
+            taking the task's ``*args, **kwargs`` and returning the key.
+    """
+
+    __slots__ = ("fields", "source")
+
+    def __init__(self, source: KeySource) -> None:
+        if source is not None and not isinstance(source, str) and not callable(source):
+            raise ConfigurationError(
+                f"key must be a template string or a callable, got {type(source).__name__}",
+                field="key",
+            )
+        self.source = source
+        self.fields = _template_fields(source) if isinstance(source, str) else []
+
+    def validate(self, signature: inspect.Signature | None) -> None:
+        """Check that every name in the template is a parameter of ``signature``."""
+        if signature is None or not self.fields:
+            return
+        params = signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        for name in self.fields:
+            if name not in params:
+                known = ", ".join(params) or "none"
+                raise ConfigurationError(
+                    f"key template {self.source!r} names argument {name!r}, "
+                    f"which the task does not take (its arguments: {known})",
+                    field="key",
+                )
+
+    def render(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        signature: inspect.Signature | None = None,
+    ) -> str | None:
+        """The key for one call, or ``None`` for the guard's single shared key."""
+        source = self.source
+        if source is None:
+            return None
+        if callable(source):
+            return str(source(*args, **kwargs))
+        if not self.fields:
+            return source
+        if signature is None:
+            return source.format_map(kwargs)
+        bound = signature.bind_partial(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        for param in signature.parameters.values():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                values.update(values.pop(param.name, {}))
+        return source.format_map(values)

@@ -1,0 +1,250 @@
+"""Rate limits that hold across every process: GCRA in one Lua call, time from Redis."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskguard.backend.ops import RateOp
+from taskguard.errors import ConfigurationError, RateLimited
+from taskguard.keys import KeySchema
+from taskguard.units import Rate, parse_rate
+
+from .base import Decision, Guard, check_outage_policy
+from .keying import KeyFunc, KeySource
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["RateLimit", "RateLimiter"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _positive_int(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"must be a positive integer, got {value!r}", field=field)
+    return value
+
+
+class RateLimit(Guard):
+    """At most ``rate`` calls per key, across every worker (GCRA).
+
+    Args:
+        rate: ``"10/s"``, ``"100/m"``, ``"5000/h"``, ``"1000/d"`` (or ``"30/5m"``).
+        key: One bucket per value of this template over the task's arguments
+            (``"{customer_id}"``), or a callable returning the bucket; ``None`` shares
+            one bucket across all calls.
+        burst: Calls an idle bucket admits back to back (default 1: evenly spaced).
+        cost: Tokens one call takes: an int, or a callable over the task's arguments.
+        name: The limiter's name; tasks using one name share its buckets. Defaults to
+            the task name.
+        on_outage: ``"allow"`` (default), ``"deny"`` or ``"local"`` while Redis is down.
+
+    Example:
+        >>> RateLimit("100/m", key="{customer_id}", burst=10)
+        RateLimit('100/m', key='{customer_id}', burst=10)
+    """
+
+    kind = "rate_limit"
+    rate: Rate
+    key: KeyFunc
+    burst: int
+    cost: int | Callable[..., int]
+    name: str | None
+    on_outage: str
+
+    def __init__(
+        self,
+        rate: str | Rate,
+        *,
+        key: KeySource = None,
+        burst: int | None = None,
+        cost: int | Callable[..., int] = 1,
+        name: str | None = None,
+        on_outage: str = "allow",
+    ) -> None:
+        try:
+            parsed = parse_rate(rate)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc), field="rate_limit") from None
+        burst = 1 if burst is None else _positive_int(burst, "burst")
+        if not callable(cost):
+            cost = _positive_int(cost, "cost")
+            if cost > burst:
+                raise ConfigurationError(
+                    f"cost {cost} exceeds burst {burst}: such a call could never pass",
+                    field="cost",
+                )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        self._set(
+            rate=parsed,
+            key=KeyFunc(key),
+            burst=burst,
+            cost=cost,
+            name=name,
+            on_outage=check_outage_policy(on_outage),
+            _signature=None,
+        )
+
+    def __repr__(self) -> str:
+        parts = [repr(str(self.rate))]
+        if self.key.source is not None:
+            parts.append(f"key={self.key.source!r}")
+        if self.burst != 1:
+            parts.append(f"burst={self.burst}")
+        if self.cost != 1:
+            parts.append(f"cost={self.cost!r}")
+        if self.name:
+            parts.append(f"name={self.name!r}")
+        if self.on_outage != "allow":
+            parts.append(f"on_outage={self.on_outage!r}")
+        return f"RateLimit({', '.join(parts)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RateLimit):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def replace(self, **changes: Any) -> RateLimit:
+        """A copy with some fields changed."""
+        fields: dict[str, Any] = {
+            "rate": self.rate,
+            "key": self.key.source,
+            "burst": self.burst,
+            "cost": self.cost,
+            "name": self.name,
+            "on_outage": self.on_outage,
+        }
+        fields.update(changes)
+        return RateLimit(**fields)
+
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> RateLimit:
+        try:
+            self.key.validate(signature)
+        except ConfigurationError as exc:
+            raise exc.for_task(task_name) from None
+        bound = self.replace(name=self.name or task_name)
+        bound._set(_signature=signature)
+        return bound
+
+    def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The bucket key for one call."""
+        return self.key.render(args, kwargs, self._signature)
+
+    def op(
+        self,
+        keys: KeySchema,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        bucket: str | None = None,
+        cost: int | None = None,
+    ) -> RateOp:
+        kwargs = kwargs or {}
+        if bucket is None:
+            bucket = self.bucket(args, kwargs)
+        if cost is None:
+            cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
+        if cost > self.burst:
+            raise ValueError(f"cost {cost} exceeds burst {self.burst} of {self!r}")
+        return RateOp(
+            key=keys.rate_limit(self.name or "default", bucket),
+            interval=self.rate.interval,
+            burst=self.burst,
+            cost=cost,
+        )
+
+    def denied_error(self, retry_after: float, key: str | None = None) -> RateLimited:
+        return RateLimited(
+            f"{self!r} exhausted for key {key!r}; retry after {retry_after:.3f}s",
+            guard=repr(self),
+            key=key,
+            retry_after=retry_after,
+        )
+
+
+class RateLimiter:
+    """Runs a :class:`RateLimit` against a backend, outside of Celery.
+
+    Build one with ``taskguard.connect(url).rate_limiter(name, rate, burst=...)``.
+
+    Example:
+        >>> import taskguard
+        >>> limiter = taskguard.connect("memory://").rate_limiter("sms", "2/s", burst=2)
+        >>> [limiter.try_acquire(key="+4411").allowed for _ in range(3)]
+        [True, True, False]
+    """
+
+    def __init__(self, backend: Backend, spec: RateLimit) -> None:
+        self.backend = backend
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter {self.spec!r} on {self.backend!r}>"
+
+    def try_acquire(self, key: str | None = None, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting."""
+        return self._decide(key, cost, reserve_within=0.0)
+
+    def acquire(self, key: str | None = None, cost: int = 1, timeout: float | None = None) -> Decision:
+        """Take ``cost`` tokens, waiting up to ``timeout`` seconds (``None``: as long as needed).
+
+        The wait is not a polling loop: when tokens are short, the limiter reserves the
+        exact future slot in the same call and sleeps until it.
+
+        Raises:
+            RateLimited: The tokens would not be there within ``timeout``.
+        """
+        reserve = 1e9 if timeout is None else max(timeout, 0.0)
+        decision = self._decide(key, cost, reserve_within=reserve)
+        if decision.allowed:
+            return decision
+        raise self.spec.denied_error(decision.retry_after, key)
+
+    def _decide(self, key: str | None, cost: int, *, reserve_within: float) -> Decision:
+        from .admission import admit
+
+        op = self.spec.op(self.backend.keys, bucket=key, cost=cost)
+        outcome = admit(self.backend, [self.spec], [op], reserve_within=reserve_within)
+        result = outcome.admission
+        if result.reserved:
+            clock = getattr(self.backend, "clock", None)
+            (clock.sleep if clock is not None else _sleep)(result.retry_after)
+            return Decision(True, remaining=0, key=key, degraded=outcome.degraded)
+        return Decision(
+            result.allowed,
+            retry_after=result.retry_after,
+            remaining=result.remaining,
+            key=key,
+            degraded=outcome.degraded,
+        )
+
+    def __enter__(self) -> Decision:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: each call waits for a token; the key comes from the spec."""
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.acquire(key=self.spec.key.render(args, kwargs, signature))
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)

@@ -1,0 +1,48 @@
+"""The Redis key schema: the only place that builds key names.
+
+Every key is ``<prefix>:{<tag>}:<kind>:<name>[:<key>]``. The part in braces is a Redis
+Cluster hash tag. It defaults to the prefix, so every key taskguard writes lives in one
+slot and a task's admission (which may touch a rate limit, a lock and a semaphore at once)
+stays one atomic script call on Cluster too. See docs/design.md, "Key schema".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KeySchema"]
+
+
+def _clean(part: str) -> str:
+    # Braces would start a second hash tag and move the key to another slot.
+    return part.replace("{", "(").replace("}", ")")
+
+
+@dataclass(frozen=True)
+class KeySchema:
+    """Builds every key name from one prefix and one hash tag.
+
+    Args:
+        prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``.
+        tag: The Cluster hash tag; defaults to ``prefix``.
+    """
+
+    prefix: str = "tg"
+    tag: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "{} \n"):
+            raise ValueError(f"invalid key prefix {self.prefix!r}")
+
+    @property
+    def _head(self) -> str:
+        return f"{self.prefix}:{{{_clean(self.tag or self.prefix)}}}"
+
+    def rate_limit(self, name: str, key: str | None = None) -> str:
+        """The GCRA state of rate limit ``name`` for bucket ``key``."""
+        base = f"{self._head}:rl:{_clean(name)}"
+        return f"{base}:{_clean(key)}" if key else base
+
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this schema."""
+        return f"{self._head}:*"

@@ -1,0 +1,388 @@
+"""taskguard's settings: read from Celery's config, validated into frozen objects.
+
+Three spellings are read and merged (later wins):
+
+* ``app.conf.taskguard = {...}`` (a dict; Django: ``CELERY_TASKGUARD``),
+* flat keys ``taskguard_<field>`` (Django: ``CELERY_TASKGUARD_<FIELD>``).
+
+Per-task entries live under ``tasks``, keyed by exact task name or glob
+(``"proj.tasks.send_*"``). Matching entries are merged from least to most specific (globs
+by length, then the exact name), and override the task class's ``guards``.
+
+Every invalid value raises :class:`~taskguard.errors.ConfigurationError` naming the task
+(or pattern) and the field. See docs/settings.md for every key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from taskguard.errors import ConfigurationError
+from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
+from taskguard.guards.ratelimit import RateLimit
+
+__all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
+
+EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
+GUARD_KINDS = ("rate_limit",)
+
+
+def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"must be seconds (a number) or a timedelta, got {type(value).__name__}",
+            field=field_name,
+        )
+    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
+        bound = "zero or more" if allow_zero else "positive"
+        raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=field_name)
+    return float(value)
+
+
+def _int(value: object, field_name: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(
+            f"must be an integer >= {minimum}, got {value!r}", field=field_name
+        )
+    return value
+
+
+def _str(value: object, field_name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"must be a non-empty string, got {value!r}", field=field_name)
+    return value
+
+
+def _bool(value: object, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"must be true or false, got {value!r}", field=field_name)
+    return value
+
+
+def _choice(value: object, field_name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigurationError(
+            f"must be one of {', '.join(choices)}, got {value!r}", field=field_name
+        )
+    return str(value)
+
+
+def _outage_map(value: object, field_name: str) -> dict[str, str]:
+    """``"deny"`` (every guard kind) or ``{"rate_limit": "local", ...}``."""
+    if isinstance(value, str):
+        return dict.fromkeys(GUARD_KINDS, check_outage_policy(value, field=field_name))
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"must be one of {', '.join(OUTAGE_POLICIES)} or a mapping of guard kind to "
+            f"policy, got {value!r}",
+            field=field_name,
+        )
+    result = {}
+    for kind, policy in value.items():
+        _choice(kind, f"{field_name}.{kind}", GUARD_KINDS)
+        result[kind] = check_outage_policy(policy, field=f"{field_name}.{kind}")
+    return result
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeferralPolicy:
+    """How a denied task comes back later.
+
+    Attributes:
+        max_deferrals: Deferrals allowed before the cap policy applies.
+        max_age: Seconds since the first deferral before the cap policy applies.
+        on_exhausted: ``"fail"`` (the task fails with DeferralExhausted), ``"drop"``
+            (logged and signalled, then discarded) or ``"dead_letter"`` (re-published to
+            ``dead_letter_queue``, which no worker consumes unless told to).
+        dead_letter_queue: Queue for ``dead_letter``.
+        jitter: Up to this many seconds are added at random to a non-reserved deferral,
+            so denied tasks do not all come back at once.
+        max_delay: Longest single deferral; a task needing longer defers again. Keep it
+            well below the broker's visibility timeout.
+        reserve_within: A rate-limit denial whose wait is at most this many seconds
+            reserves its future slot, and the task runs then without contesting again.
+            0 disables reservations.
+    """
+
+    max_deferrals: int = 100
+    max_age: float = 3600.0
+    on_exhausted: str = "fail"
+    dead_letter_queue: str = "taskguard.dead_letter"
+    jitter: float = 0.05
+    max_delay: float = 300.0
+    reserve_within: float = 30.0
+
+    #: Setting name -> attribute, for the deferral fields (global and per task).
+    SETTING_NAMES: ClassVar[dict[str, str]] = {
+        "max_deferrals": "max_deferrals",
+        "max_deferral_age": "max_age",
+        "on_deferral_exhausted": "on_exhausted",
+        "dead_letter_queue": "dead_letter_queue",
+        "deferral_jitter": "jitter",
+        "max_deferral_delay": "max_delay",
+        "reserve_within": "reserve_within",
+    }
+
+    def updated(self, raw: Mapping[str, Any]) -> DeferralPolicy:
+        """A copy with the deferral fields found in ``raw`` (setting names) applied."""
+        changes: dict[str, Any] = {}
+        for name, attr in self.SETTING_NAMES.items():
+            if name not in raw:
+                continue
+            value = raw[name]
+            if attr == "max_deferrals":
+                changes[attr] = _int(value, name)
+            elif attr == "on_exhausted":
+                changes[attr] = _choice(value, name, EXHAUSTED_POLICIES)
+            elif attr == "dead_letter_queue":
+                changes[attr] = _str(value, name)
+            else:
+                zero_ok = attr in ("jitter", "reserve_within")
+                changes[attr] = _duration(value, name, allow_zero=zero_ok)
+        return replace(self, **changes) if changes else self
+
+
+_GLOBAL_FIELDS = frozenset(
+    {
+        "redis_url",
+        "key_prefix",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "outage_cooldown",
+        "redis_options",
+        "on_outage",
+        "tasks",
+        "enabled",
+        *DeferralPolicy.SETTING_NAMES,
+    }
+)
+_TASK_FIELDS = frozenset(
+    {"rate_limit", "rate_limit_key", "burst", "cost", "on_outage", "enabled",
+     *DeferralPolicy.SETTING_NAMES}
+)
+_RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The effective configuration of one task, after settings were applied.
+
+    Attributes:
+        name: The task name.
+        guards: The guards to enforce, bound to the task (keys validated).
+        deferral: How denials come back.
+        enabled: False turns every guard of the task off.
+    """
+
+    name: str
+    guards: tuple[Guard, ...]
+    deferral: DeferralPolicy
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Global taskguard settings. Build with :meth:`from_app` or :meth:`from_mapping`."""
+
+    redis_url: str | None = None
+    key_prefix: str = "tg"
+    socket_timeout: float = 0.5
+    socket_connect_timeout: float = 0.5
+    outage_cooldown: float = 0.5
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
+    on_outage: Mapping[str, str] = field(default_factory=dict)
+    deferral: DeferralPolicy = field(default_factory=DeferralPolicy)
+    tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    enabled: bool = True
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
+        """Validate a plain mapping of setting names to values."""
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"must be a mapping, got {type(raw).__name__}", field="taskguard")
+        unknown = sorted(set(raw) - _GLOBAL_FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(_GLOBAL_FIELDS))}",
+                field=unknown[0],
+            )
+        values: dict[str, Any] = {"deferral": DeferralPolicy().updated(raw)}
+        if raw.get("redis_url") is not None:
+            values["redis_url"] = _str(raw["redis_url"], "redis_url")
+        if "key_prefix" in raw:
+            values["key_prefix"] = _str(raw["key_prefix"], "key_prefix")
+        for name in ("socket_timeout", "socket_connect_timeout", "outage_cooldown"):
+            if name in raw:
+                values[name] = _duration(raw[name], name)
+        if "redis_options" in raw:
+            if not isinstance(raw["redis_options"], Mapping):
+                raise ConfigurationError("must be a mapping", field="redis_options")
+            values["redis_options"] = dict(raw["redis_options"])
+        if "on_outage" in raw:
+            values["on_outage"] = _outage_map(raw["on_outage"], "on_outage")
+        if "enabled" in raw:
+            values["enabled"] = _bool(raw["enabled"], "enabled")
+        if "tasks" in raw:
+            values["tasks"] = _check_tasks(raw["tasks"])
+        return cls(**values)
+
+    @classmethod
+    def from_app(cls, app: Any) -> Settings:
+        """Read and validate the settings of a Celery app."""
+        return cls.from_mapping(read_app_config(app.conf))
+
+    def for_task(
+        self,
+        name: str,
+        class_guards: Sequence[Guard] = (),
+        signature: inspect.Signature | None = None,
+    ) -> TaskSettings:
+        """The effective settings of task ``name``: class guards overridden by settings.
+
+        Raises:
+            ConfigurationError: Naming ``name`` and the field.
+        """
+        raw = self._entries_for(name)
+        try:
+            deferral = self.deferral.updated(raw)
+            guards = _apply_overrides(list(class_guards), raw, self.on_outage)
+            bound = tuple(guard.bind(name, signature) for guard in guards)
+        except ConfigurationError as exc:
+            raise exc.for_task(name) from None
+        enabled = self.enabled and raw.get("enabled", True)
+        return TaskSettings(name=name, guards=bound, deferral=deferral, enabled=enabled)
+
+    def _entries_for(self, name: str) -> dict[str, Any]:
+        matches = [p for p in self.tasks if p == name or fnmatch.fnmatchcase(name, p)]
+        matches.sort(key=lambda p: (p == name, len(p)))
+        merged: dict[str, Any] = {}
+        for pattern in matches:
+            merged.update(self.tasks[pattern])
+        return merged
+
+    def patterns_matching_nothing(self, task_names: Sequence[str]) -> list[str]:
+        """Task patterns in ``tasks`` that match none of ``task_names`` (likely typos)."""
+        return [
+            p for p in self.tasks
+            if not any(p == n or fnmatch.fnmatchcase(n, p) for n in task_names)
+        ]
+
+
+def read_app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Collect taskguard settings from a Celery ``app.conf`` into one mapping."""
+    raw: dict[str, Any] = {}
+    for key in ("taskguard", "TASKGUARD", "CELERY_TASKGUARD"):
+        value = conf.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"must be a mapping, got {type(value).__name__}", field=key)
+        raw.update(value)
+    for key in list(conf.keys()):
+        lowered = str(key).lower()
+        lowered = lowered.removeprefix("celery_")
+        if lowered.startswith("taskguard_"):
+            raw[lowered[len("taskguard_"):]] = conf[key]
+    return raw
+
+
+def _check_tasks(value: object) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("must map task names or globs to settings", field="tasks")
+    checked: dict[str, dict[str, Any]] = {}
+    for pattern, entry in value.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigurationError(f"task pattern must be a string, got {pattern!r}", field="tasks")
+        try:
+            checked[pattern] = _check_task_entry(entry)
+        except ConfigurationError as exc:
+            raise exc.for_task(pattern) from None
+    return checked
+
+
+def _check_task_entry(entry: object) -> dict[str, Any]:
+    """Type-check one ``tasks`` entry; guards are built (and re-checked) per task."""
+    if not isinstance(entry, Mapping):
+        raise ConfigurationError(f"must be a mapping, got {type(entry).__name__}", field="tasks")
+    unknown = sorted(set(entry) - _TASK_FIELDS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(_TASK_FIELDS))}",
+            field=unknown[0],
+        )
+    entry = dict(entry)
+    DeferralPolicy().updated(entry)
+    if "enabled" in entry:
+        _bool(entry["enabled"], "enabled")
+    if "on_outage" in entry:
+        entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
+    _rate_limits_from(entry, {})  # builds the specs once to surface errors now
+    return entry
+
+
+def _rate_limits_from(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> list[RateLimit] | None:
+    """The rate limits an entry defines, or None when it leaves the class's alone."""
+    if "rate_limit" not in entry:
+        return None
+    value = entry["rate_limit"]
+    if value is None or value is False:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    common: dict[str, Any] = {}
+    if "rate_limit_key" in entry:
+        common["key"] = entry["rate_limit_key"]
+    for name in ("burst", "cost"):
+        if name in entry:
+            common[name] = entry[name]
+    if "rate_limit" in on_outage:
+        common["on_outage"] = on_outage["rate_limit"]
+    limits = []
+    for item in items:
+        if isinstance(item, Mapping):
+            unknown = sorted(set(item) - _RATE_DICT_FIELDS)
+            if unknown:
+                raise ConfigurationError(
+                    f"unknown rate limit field {unknown[0]!r}; known: "
+                    f"{', '.join(sorted(_RATE_DICT_FIELDS))}",
+                    field=f"rate_limit.{unknown[0]}",
+                )
+            if "rate" not in item:
+                raise ConfigurationError("a rate limit mapping needs 'rate'", field="rate_limit")
+            limits.append(RateLimit(**{**common, **item}))
+        elif isinstance(item, str):
+            limits.append(RateLimit(item, **common))
+        else:
+            raise ConfigurationError(
+                f"must be a rate like '10/s', a mapping or a list of them, got {item!r}",
+                field="rate_limit",
+            )
+    return limits
+
+
+def _apply_overrides(
+    guards: list[Guard], raw: Mapping[str, Any], global_outage: Mapping[str, str]
+) -> list[Guard]:
+    outage = {**global_outage, **raw.get("on_outage", {})}
+    limits = _rate_limits_from(raw, outage)
+    if limits is not None:
+        guards = [g for g in guards if not isinstance(g, RateLimit)] + list(limits)
+    else:
+        tweak: dict[str, Any] = {}
+        if "rate_limit_key" in raw:
+            tweak["key"] = raw["rate_limit_key"]
+        for name in ("burst", "cost"):
+            if name in raw:
+                tweak[name] = raw[name]
+        if "rate_limit" in outage:
+            tweak["on_outage"] = outage["rate_limit"]
+        if tweak:
+            guards = [g.replace(**tweak) if isinstance(g, RateLimit) else g for g in guards]
+    return guards
+

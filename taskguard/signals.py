@@ -1,0 +1,33 @@
+"""taskguard's signals, in Celery's own style (:class:`celery.utils.dispatch.Signal`).
+
+Connect as you would to a Celery signal::
+
+    from taskguard import signals
+
+    @signals.task_deferred.connect
+    def on_deferred(sender, task_id, delay, reason, **kwargs):
+        print(f"{sender.name}[{task_id}] deferred {delay:.2f}s: {reason}")
+
+``sender`` is the task. Handlers run synchronously in the worker; exceptions in them are
+logged by Celery and never stop the task.
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+__all__ = ["deferral_exhausted", "guard_acquired", "guard_denied", "task_deferred"]
+
+#: All of a task's guards admitted it. Args: ``task_id``, ``guards``, ``degraded``.
+guard_acquired = Signal(name="guard_acquired")
+
+#: A guard refused a task. Args: ``task_id``, ``guard``, ``key``, ``retry_after``,
+#: ``degraded``.
+guard_denied = Signal(name="guard_denied")
+
+#: A denied task was re-published to run later. Args: ``task_id``, ``delay``,
+#: ``deferrals`` (count including this one), ``reserved``, ``reason``.
+task_deferred = Signal(name="task_deferred")
+
+#: A task hit its deferral cap. Args: ``task_id``, ``deferrals``, ``age``, ``policy``.
+deferral_exhausted = Signal(name="deferral_exhausted")

@@ -1,0 +1,121 @@
+"""GuardedTask: a Celery task whose guards are admitted in one round trip at start.
+
+Admission wraps the task body in ``__call__``, which Celery's tracer calls for any task
+class that overrides it. Wrapping the body (rather than using ``after_return`` or
+``task_prerun``) is what makes release run on *every* outcome: success, exception, the
+user's ``self.retry()``, ``Ignore``, ``Reject`` and a soft time limit all unwind through it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from celery import Task
+
+from taskguard import signals
+from taskguard.backend.ops import Op, RateOp
+from taskguard.deferral import HEADER_COUNT, DeferralState, defer
+from taskguard.guards.admission import admit
+from taskguard.guards.base import Guard
+from taskguard.runtime import runtime_for
+from taskguard.settings import TaskSettings
+
+__all__ = ["GuardedTask"]
+
+
+class GuardedTask(Task):  # type: ignore[misc]
+    """Base class for tasks with fleet-wide guards.
+
+    Guards come from the ``guards`` class attribute (or ``@app.task(base=GuardedTask,
+    guards=[...])``) and are overridden per task by the ``taskguard`` settings.
+
+    Example:
+        >>> from celery import Celery
+        >>> from taskguard import GuardedTask, RateLimit
+        >>> app = Celery("proj", broker="memory://")
+        >>> @app.task(base=GuardedTask, guards=[RateLimit("100/m", key="{customer_id}")])
+        ... def sync_customer(customer_id): ...
+
+    A denied task is deferred (re-published with the same id after ``retry_after``)
+    without spending ``max_retries``. Calling the task function directly
+    (``sync_customer(1)``) runs it unguarded; in eager mode a denial raises the guard's
+    :class:`~taskguard.errors.GuardDenied` subclass instead of deferring.
+    """
+
+    #: The task's guards, in any order; admission checks them in one call.
+    guards: ClassVar[Sequence[Guard]] = ()
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        super().on_bound(app)
+        runtime_for(app)  # installs the worker hooks with the app
+
+    @functools.cached_property
+    def _taskguard_settings(self) -> TaskSettings:
+        return runtime_for(self.app).task_settings(self)
+
+    @property
+    def taskguard_settings(self) -> TaskSettings:
+        """This task's effective, validated configuration (resolved once per process)."""
+        return self._taskguard_settings
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:
+            return super().__call__(*args, **kwargs)
+        config = self.taskguard_settings
+        if not (config.enabled and config.guards):
+            return super().__call__(*args, **kwargs)
+        self._taskguard_admit(config, request, args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def _taskguard_admit(
+        self, config: TaskSettings, request: Any, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> None:
+        backend = runtime_for(self.app).backend
+        headers = request.headers
+        state = DeferralState.from_headers(headers) if headers and HEADER_COUNT in headers else None
+        guards: list[Guard] = []
+        ops: list[Op] = []
+        for guard in config.guards:
+            op = guard.op(backend.keys, args, kwargs)
+            if state is not None and op.key in state.reserved:
+                continue  # this message already paid for its slot in this bucket
+            guards.append(guard)
+            ops.append(op)
+        eager = bool(request.is_eager)
+        reserve_within = 0.0 if eager else min(
+            config.deferral.reserve_within, config.deferral.max_delay
+        )
+        outcome = admit(backend, guards, ops, reserve_within=reserve_within)
+        result = outcome.admission
+        if result.allowed:
+            if signals.guard_acquired.receivers:
+                signals.guard_acquired.send(
+                    sender=self, task_id=request.id, guards=guards, degraded=outcome.degraded
+                )
+            return
+
+        denied = guards[result.denied or 0]
+        key = ops[result.denied or 0].key
+        signals.guard_denied.send(
+            sender=self, task_id=request.id, guard=denied, key=key,
+            retry_after=result.retry_after, degraded=outcome.degraded,
+        )
+        if eager:
+            raise denied.denied_error(result.retry_after, key)
+        state = state or DeferralState()
+        paid = set(state.reserved)
+        if result.reserved:
+            paid.update(op.key for op in ops if isinstance(op, RateOp))
+        defer(
+            self,
+            retry_after=result.retry_after,
+            reserved=result.reserved,
+            paid=paid,
+            state=state,
+            policy=config.deferral,
+            reason=f"{denied!r} on {key}" + (" (backend unavailable)" if outcome.degraded else ""),
+        )
