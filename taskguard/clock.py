@@ -46,7 +46,7 @@ class FakeClock:
         102.5
     """
 
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
+    def __init__(self, start: float = 1000.0) -> None:
         self._now = start
         self._lock = threading.Lock()
 

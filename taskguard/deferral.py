@@ -109,11 +109,20 @@ def defer(
     task.signature_from_request(countdown=delay, headers=headers).apply_async()
     logger.debug(
         "deferred %s[%s] by %.3fs (%s; deferral %d%s)",
-        task.name, request.id, delay, reason, count, ", slot reserved" if reserved else "",
+        task.name,
+        request.id,
+        delay,
+        reason,
+        count,
+        ", slot reserved" if reserved else "",
     )
     signals.task_deferred.send(
-        sender=task, task_id=request.id, delay=delay, deferrals=count,
-        reserved=bool(reserved), reason=reason,
+        sender=task,
+        task_id=request.id,
+        delay=delay,
+        deferrals=count,
+        reserved=bool(reserved),
+        reason=reason,
     )
     raise Ignore(f"deferred by taskguard for {delay:.3f}s: {reason}")
 

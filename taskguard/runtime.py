@@ -105,7 +105,8 @@ class Runtime:
         if not isinstance(guards, (list, tuple)):
             raise ConfigurationError(
                 f"must be a list of guards, got {type(guards).__name__}",
-                task=task.name, field="guards",
+                task=task.name,
+                field="guards",
             )
         from taskguard.guards.base import Guard
 
@@ -113,7 +114,8 @@ class Runtime:
             if not isinstance(guard, Guard):
                 raise ConfigurationError(
                     f"must contain guards such as RateLimit(...), got {guard!r}",
-                    task=task.name, field="guards",
+                    task=task.name,
+                    field="guards",
                 )
         try:
             signature: inspect.Signature | None = inspect.signature(task.run)
@@ -155,7 +157,6 @@ class ValidateStep(bootsteps.Step):  # type: ignore[misc]
         logger.info("taskguard: %d guarded task(s) validated", guarded)
 
 
-@worker_init.connect(weak=False)
 def _install_worker_step(sender: Any = None, **kwargs: Any) -> None:
     # worker_init fires just before the worker builds its blueprint from app.steps.
     app = getattr(sender, "app", None)
@@ -163,7 +164,10 @@ def _install_worker_step(sender: Any = None, **kwargs: Any) -> None:
         app.steps["worker"].add(ValidateStep)
 
 
-@worker_process_init.connect(weak=False)
 def _reset_after_fork(**kwargs: Any) -> None:
     for runtime in list(_RUNTIMES):
         runtime.reset_after_fork()
+
+
+worker_init.connect(_install_worker_step, weak=False)
+worker_process_init.connect(_reset_after_fork, weak=False)

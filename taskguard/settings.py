@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -40,7 +41,7 @@ def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> fl
             f"must be seconds (a number) or a timedelta, got {type(value).__name__}",
             field=field_name,
         )
-    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
+    if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
         bound = "zero or more" if allow_zero else "positive"
         raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=field_name)
     return float(value)
@@ -164,8 +165,15 @@ _GLOBAL_FIELDS = frozenset(
     }
 )
 _TASK_FIELDS = frozenset(
-    {"rate_limit", "rate_limit_key", "burst", "cost", "on_outage", "enabled",
-     *DeferralPolicy.SETTING_NAMES}
+    {
+        "rate_limit",
+        "rate_limit_key",
+        "burst",
+        "cost",
+        "on_outage",
+        "enabled",
+        *DeferralPolicy.SETTING_NAMES,
+    }
 )
 _RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
 
@@ -206,7 +214,9 @@ class Settings:
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         """Validate a plain mapping of setting names to values."""
         if not isinstance(raw, Mapping):
-            raise ConfigurationError(f"must be a mapping, got {type(raw).__name__}", field="taskguard")
+            raise ConfigurationError(
+                f"must be a mapping, got {type(raw).__name__}", field="taskguard"
+            )
         unknown = sorted(set(raw) - _GLOBAL_FIELDS)
         if unknown:
             raise ConfigurationError(
@@ -270,7 +280,8 @@ class Settings:
     def patterns_matching_nothing(self, task_names: Sequence[str]) -> list[str]:
         """Task patterns in ``tasks`` that match none of ``task_names`` (likely typos)."""
         return [
-            p for p in self.tasks
+            p
+            for p in self.tasks
             if not any(p == n or fnmatch.fnmatchcase(n, p) for n in task_names)
         ]
 
@@ -289,7 +300,7 @@ def read_app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
         lowered = str(key).lower()
         lowered = lowered.removeprefix("celery_")
         if lowered.startswith("taskguard_"):
-            raw[lowered[len("taskguard_"):]] = conf[key]
+            raw[lowered[len("taskguard_") :]] = conf[key]
     return raw
 
 
@@ -299,7 +310,9 @@ def _check_tasks(value: object) -> dict[str, dict[str, Any]]:
     checked: dict[str, dict[str, Any]] = {}
     for pattern, entry in value.items():
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigurationError(f"task pattern must be a string, got {pattern!r}", field="tasks")
+            raise ConfigurationError(
+                f"task pattern must be a string, got {pattern!r}", field="tasks"
+            )
         try:
             checked[pattern] = _check_task_entry(entry)
         except ConfigurationError as exc:
@@ -327,7 +340,9 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     return entry
 
 
-def _rate_limits_from(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> list[RateLimit] | None:
+def _rate_limits_from(
+    entry: Mapping[str, Any], on_outage: Mapping[str, str]
+) -> list[RateLimit] | None:
     """The rate limits an entry defines, or None when it leaves the class's alone."""
     if "rate_limit" not in entry:
         return None
@@ -385,4 +400,3 @@ def _apply_overrides(
         if tweak:
             guards = [g.replace(**tweak) if isinstance(g, RateLimit) else g for g in guards]
     return guards
-

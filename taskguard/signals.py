@@ -16,10 +16,21 @@ from __future__ import annotations
 
 from celery.utils.dispatch import Signal
 
-__all__ = ["deferral_exhausted", "guard_acquired", "guard_denied", "task_deferred"]
+__all__ = [
+    "deferral_exhausted",
+    "guard_acquired",
+    "guard_denied",
+    "guard_released",
+    "task_deferred",
+]
 
 #: All of a task's guards admitted it. Args: ``task_id``, ``guards``, ``degraded``.
 guard_acquired = Signal(name="guard_acquired")
+
+#: A task's run ended and its guards were released. Args: ``task_id``, ``guards``,
+#: ``outcome`` (``success``, ``failure``, ``retry``, ``ignored``, ``rejected``,
+#: ``soft_time_limit`` or ``aborted``), ``duration`` (seconds).
+guard_released = Signal(name="guard_released")
 
 #: A guard refused a task. Args: ``task_id``, ``guard``, ``key``, ``retry_after``,
 #: ``degraded``.

@@ -9,10 +9,12 @@ user's ``self.retry()``, ``Ignore``, ``Reject`` and a soft time limit all unwind
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import signals
 from taskguard.backend.ops import Op, RateOp
@@ -68,12 +70,39 @@ class GuardedTask(Task):  # type: ignore[misc]
         config = self.taskguard_settings
         if not (config.enabled and config.guards):
             return super().__call__(*args, **kwargs)
-        self._taskguard_admit(config, request, args, kwargs)
-        return super().__call__(*args, **kwargs)
+        guards = self._taskguard_admit(config, request, args, kwargs)
+        started = time.monotonic()
+        outcome = "aborted"
+        try:
+            result = super().__call__(*args, **kwargs)
+            outcome = "success"
+            return result
+        except Exception as exc:
+            outcome = _outcome_of(exc)
+            raise
+        finally:
+            self._taskguard_release(request, guards, outcome, time.monotonic() - started)
+
+    def _taskguard_release(
+        self, request: Any, guards: Sequence[Guard], outcome: str, duration: float
+    ) -> None:
+        # Rate-limit tokens are spent, not held, so a task guarded only by rate limits has
+        # nothing to give back and this costs no round trip. Guards that hold something
+        # (locks, concurrency slots) and the breaker's outcome recording return it here,
+        # in one call, on every outcome.
+        if signals.guard_released.receivers:
+            signals.guard_released.send(
+                sender=self,
+                task_id=request.id,
+                guards=guards,
+                outcome=outcome,
+                duration=duration,
+            )
 
     def _taskguard_admit(
         self, config: TaskSettings, request: Any, args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> None:
+    ) -> list[Guard]:
+        """Admit the task or defer it (raising Ignore); returns the guards admitted."""
         backend = runtime_for(self.app).backend
         headers = request.headers
         state = DeferralState.from_headers(headers) if headers and HEADER_COUNT in headers else None
@@ -86,8 +115,8 @@ class GuardedTask(Task):  # type: ignore[misc]
             guards.append(guard)
             ops.append(op)
         eager = bool(request.is_eager)
-        reserve_within = 0.0 if eager else min(
-            config.deferral.reserve_within, config.deferral.max_delay
+        reserve_within = (
+            0.0 if eager else min(config.deferral.reserve_within, config.deferral.max_delay)
         )
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         result = outcome.admission
@@ -96,13 +125,17 @@ class GuardedTask(Task):  # type: ignore[misc]
                 signals.guard_acquired.send(
                     sender=self, task_id=request.id, guards=guards, degraded=outcome.degraded
                 )
-            return
+            return guards
 
         denied = guards[result.denied or 0]
         key = ops[result.denied or 0].key
         signals.guard_denied.send(
-            sender=self, task_id=request.id, guard=denied, key=key,
-            retry_after=result.retry_after, degraded=outcome.degraded,
+            sender=self,
+            task_id=request.id,
+            guard=denied,
+            key=key,
+            retry_after=result.retry_after,
+            degraded=outcome.degraded,
         )
         if eager:
             raise denied.denied_error(result.retry_after, key)
@@ -119,3 +152,17 @@ class GuardedTask(Task):  # type: ignore[misc]
             policy=config.deferral,
             reason=f"{denied!r} on {key}" + (" (backend unavailable)" if outcome.degraded else ""),
         )
+        raise AssertionError("unreachable: defer() always raises")  # pragma: no cover
+
+
+def _outcome_of(exc: Exception) -> str:
+    """How a task run ended, for the release path and the breaker."""
+    if isinstance(exc, Retry):
+        return "retry"
+    if isinstance(exc, Ignore):
+        return "ignored"
+    if isinstance(exc, Reject):
+        return "rejected"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "soft_time_limit"
+    return "failure"

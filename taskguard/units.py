@@ -112,9 +112,7 @@ def parse_duration(value: float | timedelta, *, allow_zero: bool = False) -> flo
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise ValueError(
-            f"a duration must be seconds or a timedelta, got {type(value).__name__}"
-        )
+        raise ValueError(f"a duration must be seconds or a timedelta, got {type(value).__name__}")
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise ValueError(f"a duration must be {bound} and finite, got {value!r}")

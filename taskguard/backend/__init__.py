@@ -17,9 +17,7 @@ __all__ = ["Admission", "Backend", "MemoryBackend", "Op", "RateOp", "RedisBacken
 DEFAULT_URL = "redis://localhost:6379/0"
 
 
-def connect(
-    url: str | Backend | None = None, *, prefix: str = "tg", **options: Any
-) -> Backend:
+def connect(url: str | Backend | None = None, *, prefix: str = "tg", **options: Any) -> Backend:
     """Return a backend for ``url``.
 
     Args:

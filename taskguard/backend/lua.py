@@ -31,9 +31,7 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    def __call__(
-        self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the script with EVALSHA, loading it once if the server does not know it."""
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
@@ -43,7 +41,7 @@ class Script:
 
 
 def _read(relative: str) -> str:
-    return resources.files("taskguard.backend").joinpath("scripts", relative).read_text("utf-8")
+    return (resources.files("taskguard.backend") / "scripts" / relative).read_text("utf-8")
 
 
 def load_script(name: str, libs: Sequence[str] = ()) -> Script:

@@ -64,15 +64,19 @@ class MemoryBackend(Backend):
                 return Admission(allowed=True, remaining=self._commit(ops, tats, now, now))
             if reserve_within > 0 and worst <= reserve_within:
                 self._commit(ops, tats, now + worst, now)
-                return Admission(False, retry_after=worst, denied=denied, reserved=True, remaining=0)
+                return Admission(
+                    False, retry_after=worst, denied=denied, reserved=True, remaining=0
+                )
             return Admission(False, retry_after=worst, denied=denied, remaining=0)
 
     def _commit(self, ops: Sequence[RateOp], tats: list[float], at: float, now: float) -> int:
         remaining = -1
-        for op, tat in zip(ops, tats):
-            new_tat = max(tat, at) + op.cost * op.interval
+        for op, tat in zip(ops, tats, strict=True):
+            start = max(tat, at)
+            new_tat = start + op.cost * op.interval
             self._data[op.key] = (new_tat, new_tat + 0.001)
-            left = max(math.floor((at + op.burst * op.interval - new_tat) / op.interval + 1e-9), 0)
+            # (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
+            left = max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
             remaining = left if remaining < 0 else min(remaining, left)
         return remaining
 

@@ -7,7 +7,7 @@ backend, which checks them all and commits all of them or none in one round trip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 __all__ = ["Admission", "Op", "RateOp"]
 
@@ -29,7 +29,8 @@ class RateOp:
     cost: int = 1
 
 
-Op = Union[RateOp]
+#: Every op kind a backend understands (locks, slots and breakers join later).
+Op: TypeAlias = RateOp
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ class RateLimit(Guard):
     cost: int | Callable[..., int]
     name: str | None
     on_outage: str
+    _signature: inspect.Signature | None
 
     def __init__(
         self,
@@ -193,7 +194,9 @@ class RateLimiter:
         """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting."""
         return self._decide(key, cost, reserve_within=0.0)
 
-    def acquire(self, key: str | None = None, cost: int = 1, timeout: float | None = None) -> Decision:
+    def acquire(
+        self, key: str | None = None, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
         """Take ``cost`` tokens, waiting up to ``timeout`` seconds (``None``: as long as needed).
 
         The wait is not a polling loop: when tokens are short, the limiter reserves the

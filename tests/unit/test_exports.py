@@ -1,0 +1,52 @@
+"""The public surface is deliberate: this list changes only on purpose."""
+
+import taskguard
+
+
+def test_exported_names() -> None:
+    assert taskguard.__all__ == [
+        "Backend",
+        "BackendUnavailable",
+        "CircuitOpen",
+        "ConcurrencyLimitReached",
+        "ConfigurationError",
+        "Decision",
+        "DeferralExhausted",
+        "Guard",
+        "GuardDenied",
+        "GuardedTask",
+        "LockHeld",
+        "MemoryBackend",
+        "Rate",
+        "RateLimit",
+        "RateLimited",
+        "RateLimiter",
+        "RedisBackend",
+        "TaskGuardError",
+        "__version__",
+        "connect",
+        "parse_rate",
+    ]
+    assert sorted(taskguard.__all__) == taskguard.__all__
+    for name in taskguard.__all__:
+        assert hasattr(taskguard, name), name
+
+
+def test_version_comes_from_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert taskguard.__version__ == version("celery-taskguard")
+
+
+def test_error_tree() -> None:
+    from taskguard import errors
+
+    for name in ("ConfigurationError", "BackendUnavailable", "GuardDenied", "DeferralExhausted"):
+        assert issubclass(getattr(errors, name), errors.TaskGuardError)
+    for name in ("RateLimited", "LockHeld", "ConcurrencyLimitReached", "CircuitOpen"):
+        assert issubclass(getattr(errors, name), errors.GuardDenied)
+    denied = errors.RateLimited("no", guard="RateLimit('1/s')", key="k", retry_after=0.5)
+    assert (denied.guard, denied.key, denied.retry_after) == ("RateLimit('1/s')", "k", 0.5)
+    exc = errors.ConfigurationError("bad", task="t", field="f")
+    assert str(exc) == "[task 't', field 'f'] bad"
+    assert str(exc.for_task("u")) == "[task 'u', field 'f'] bad"
