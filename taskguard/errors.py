@@ -122,7 +122,9 @@ class DeferralExhausted(TaskGuardError):
         age: Seconds since it was first deferred.
     """
 
-    def __init__(self, message: str, *, task_id: str | None, deferrals: int, age: float):
+    def __init__(
+        self, message: str, *, task_id: str | None = None, deferrals: int = 0, age: float = 0.0
+    ):
         self.task_id = task_id
         self.deferrals = deferrals
         self.age = age

@@ -105,15 +105,15 @@ class GuardedTask(Task):  # type: ignore[misc]
         """Admit the task or defer it (raising Ignore); returns the guards admitted."""
         backend = runtime_for(self.app).backend
         headers = request.headers
-        state = DeferralState.from_headers(headers) if headers and HEADER_COUNT in headers else None
+        state = DeferralState.from_headers(headers if headers and HEADER_COUNT in headers else None)
+        all_ops = [guard.op(backend.keys, args, kwargs) for guard in config.guards]
+        paid = state.honoured(all_ops, time.time())
         guards: list[Guard] = []
         ops: list[Op] = []
-        for guard in config.guards:
-            op = guard.op(backend.keys, args, kwargs)
-            if state is not None and op.key in state.reserved:
-                continue  # this message already paid for its slot in this bucket
-            guards.append(guard)
-            ops.append(op)
+        for guard, op in zip(config.guards, all_ops, strict=True):
+            if op.key not in paid:  # a bucket whose slot this message already holds
+                guards.append(guard)
+                ops.append(op)
         eager = bool(request.is_eager)
         reserve_within = (
             0.0 if eager else min(config.deferral.reserve_within, config.deferral.max_delay)
@@ -139,15 +139,13 @@ class GuardedTask(Task):  # type: ignore[misc]
         )
         if eager:
             raise denied.denied_error(result.retry_after, key)
-        state = state or DeferralState()
-        paid = set(state.reserved)
         if result.reserved:
-            paid.update(op.key for op in ops if isinstance(op, RateOp))
+            paid = paid | {op.key for op in ops if isinstance(op, RateOp)}
         defer(
             self,
             retry_after=result.retry_after,
-            reserved=result.reserved,
             paid=paid,
+            slot_in=result.retry_after if result.reserved else None,
             state=state,
             policy=config.deferral,
             reason=f"{denied!r} on {key}" + (" (backend unavailable)" if outcome.degraded else ""),

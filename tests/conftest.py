@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from taskguard.testing.servers import (
     PostgresServer,
     RedisServer,

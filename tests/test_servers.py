@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from taskguard.testing import PostgresServer, RedisServer
 from taskguard.testing import servers as servers_module
 from taskguard.testing.servers import (

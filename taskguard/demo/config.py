@@ -75,8 +75,7 @@ class DemoConfig:
         missing = [name for name in _ENV.values() if not env.get(name)]
         if missing:
             raise RuntimeError(
-                f"taskguard.demo.app is started by `taskguard demo`; {', '.join(missing)} "
-                "not set"
+                f"taskguard.demo.app is started by `taskguard demo`; {', '.join(missing)} not set"
             )
         return cls(
             redis_url=env[_ENV["redis_url"]],

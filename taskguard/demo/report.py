@@ -100,8 +100,16 @@ def _verdict(result: StageResult) -> str:
 
 def render_results(results: Sequence[StageResult]) -> str:
     """The results table, the verdicts, and the stages still to come."""
-    head = ("stage", "configured", "achieved", "ratio", "tasks", "workers", "retries spent",
-            "deferrals")
+    head = (
+        "stage",
+        "configured",
+        "achieved",
+        "ratio",
+        "tasks",
+        "workers",
+        "retries spent",
+        "deferrals",
+    )
     rows = [head]
     for r in results:
         rows.append(

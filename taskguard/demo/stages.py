@@ -94,9 +94,9 @@ class StageResult:
 
 
 @contextmanager
-def _fleet(config: DemoConfig, stage: str, count: int, concurrency: int) -> Iterator[
-    list[WorkerProcess]
-]:
+def _fleet(
+    config: DemoConfig, stage: str, count: int, concurrency: int
+) -> Iterator[list[WorkerProcess]]:
     """Like :func:`taskguard.testing.worker_fleet`, but keeps the logs when it fails."""
     workers = [
         WorkerProcess(

@@ -69,6 +69,11 @@ def create_app(config: DemoConfig) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"global_keyprefix": f"{config.prefix}:kombu:"},
         task_ignore_result=True,
+        # A worker whose prefetched messages all wait in its rate-limit bucket fetches no
+        # more until the transport's next poll (about a second on Redis), so with the
+        # default prefetch (4 per process) Celery's rate would depend on polling luck.
+        # Two seconds' worth per process shows the limit Celery actually enforces.
+        worker_prefetch_multiplier=int(os.environ.get("XPF", "4")),
         worker_enable_remote_control=False,
         task_routes={
             CELERY_TASK: {"queue": config.queue("celery")},

@@ -35,7 +35,11 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from redis.retry import Retry
 
 __all__ = [
     "PostgresServer",
@@ -120,6 +124,13 @@ def free_port() -> int:
         return port
 
 
+def _no_retry() -> Retry:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
 def redis_available(url: str, timeout: float = 0.5) -> bool:
     """Whether a Redis server answers ``PING`` at ``url``.
 
@@ -132,7 +143,9 @@ def redis_available(url: str, timeout: float = 0.5) -> bool:
     """
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=_no_retry()
+    )
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
@@ -326,9 +339,12 @@ class RedisServer:
         if process.poll() is None:
             import redis
 
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-            # The server drops the connection as it exits; any error here is covered
-            # by the wait and kill below.
+            client = redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=2, retry=_no_retry()
+            )
+            # The server drops the connection as it exits (without retries, or redis-py
+            # would reconnect with back-off for seconds); any error here is covered by
+            # the wait and kill below.
             with contextlib.suppress(redis.RedisError, OSError):
                 client.shutdown(nosave=True)
             client.close()

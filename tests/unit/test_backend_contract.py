@@ -54,7 +54,8 @@ def test_reservations_queue_up_exactly(backend: taskguard.Backend) -> None:
     assert backend.admit([bucket]).allowed
     first = backend.admit([bucket], reserve_within=60)
     second = backend.admit([bucket], reserve_within=60)
-    assert first.reserved and second.reserved
+    assert first.reserved
+    assert second.reserved
     assert second.retry_after - first.retry_after == pytest.approx(5.0, abs=0.01)
     beyond = backend.admit([bucket], reserve_within=1)
     assert not beyond.reserved

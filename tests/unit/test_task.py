@@ -39,10 +39,17 @@ def app(clock: FakeClock) -> Iterator[Celery]:
 def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     seen: list[tuple[str, dict[str, Any]]] = []
     receivers = {}
-    for name in ("guard_acquired", "guard_denied", "guard_released", "task_deferred",
-                 "deferral_exhausted"):
+    for name in (
+        "guard_acquired",
+        "guard_denied",
+        "guard_released",
+        "task_deferred",
+        "deferral_exhausted",
+    ):
+
         def receiver(sender: Any = None, _name: str = name, **kwargs: Any) -> None:
             seen.append((_name, kwargs))
+
         receivers[name] = receiver
         getattr(signals, name).connect(receiver, weak=False)
     yield seen
@@ -50,12 +57,22 @@ def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         getattr(signals, name).disconnect(receiver)
 
 
-def run_as_worker(task: Any, *args: Any, headers: dict[str, Any] | None = None,
-                  task_id: str = "tid-1", **kwargs: Any) -> Any:
+def run_as_worker(
+    task: Any,
+    *args: Any,
+    headers: dict[str, Any] | None = None,
+    task_id: str = "tid-1",
+    **kwargs: Any,
+) -> Any:
     """Call the task the way the worker's tracer does: request pushed, not called directly."""
     task.push_request(
-        id=task_id, args=args, kwargs=kwargs, called_directly=False, is_eager=False,
-        headers=headers, retries=0,
+        id=task_id,
+        args=args,
+        kwargs=kwargs,
+        called_directly=False,
+        is_eager=False,
+        headers=headers,
+        retries=0,
         delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
     )
     try:
@@ -109,7 +126,7 @@ def test_denied_task_is_republished_with_same_id_and_merged_headers(
     assert headers[HEADER_SINCE] == pytest.approx(__import__("time").time(), abs=5)
     assert headers[HEADER_RESERVED] == [runtime_for(app).backend.keys.rate_limit(work.name)]
     assert headers["eta"] is not None
-    deferred = [kw for name, kw in events if name == "task_deferred"][0]
+    deferred = next(kw for name, kw in events if name == "task_deferred")
     assert deferred["delay"] == pytest.approx(0.5)
     assert deferred["reserved"] is True
     assert "guard_released" not in [name for name, _ in events[2:]]  # never admitted
@@ -134,7 +151,7 @@ def test_deferral_without_reservation_adds_jitter_and_caps_delay(
     run_as_worker(slow)
     with pytest.raises(Ignore):
         run_as_worker(slow)
-    deferred = [kw for name, kw in events if name == "task_deferred"][0]
+    deferred = next(kw for name, kw in events if name == "task_deferred")
     assert 2.0 <= deferred["delay"] <= 2.25
     assert deferred["reserved"] is False
     [message] = published(app)
@@ -154,7 +171,7 @@ def test_deferral_cap_policies(app: Celery, events: list[Any], policy: str) -> N
     expected = DeferralExhausted if policy == "fail" else Ignore
     with pytest.raises(expected):
         run_as_worker(capped, headers=headers)
-    [(name, exhausted)] = [(n, kw) for n, kw in events if n == "deferral_exhausted"]
+    [exhausted] = [kw for n, kw in events if n == "deferral_exhausted"]
     assert exhausted["deferrals"] == 2
     assert exhausted["policy"] == policy
     assert published(app) == []

@@ -1,0 +1,88 @@
+"""The Celery app the benchmark workers run, configured from the environment.
+
+The benchmarks start workers with ``celery -A benchmarks.celeryapp worker`` from the
+repository root and set:
+
+``TG_BENCH_BROKER_URL``
+    The Redis broker; tasks also record their start times there. Required.
+``TG_BENCH_STATE_URL``
+    Where taskguard keeps guard state (default: the broker, as in most deployments).
+``TG_BENCH_PREFIX``
+    taskguard's key prefix, unique per run.
+``TG_BENCH_RATE``
+    The rate of the two rate-limited tasks (default ``20/s``).
+
+Per-task log lines are off (as with ``-l WARNING``), so the plain no-op runs as fast as
+Celery can, and the guarded one's overhead is not hidden behind logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import redis
+from celery import Celery, Task, signals
+
+from taskguard import GuardedTask, RateLimit
+
+BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
+STATE_URL = os.environ.get("TG_BENCH_STATE_URL", BROKER_URL)
+PREFIX = os.environ.get("TG_BENCH_PREFIX", "tgbench")
+RATE = os.environ.get("TG_BENCH_RATE", "20/s")
+
+#: A limit no benchmark reaches: the guarded no-op measures the cost of asking.
+NEVER_DENIES = RateLimit("1000000/s", burst=1_000_000)
+
+app = Celery("benchmarks", broker=BROKER_URL)
+app.conf.update(
+    taskguard={"redis_url": STATE_URL, "key_prefix": PREFIX},
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@signals.after_setup_logger.connect(weak=False)
+def _quiet_per_task_logs(**kwargs: Any) -> None:
+    # Celery decides once per process whether to log "received" and "succeeded" lines;
+    # raising these two loggers to WARNING before the pool forks turns both off, while
+    # the worker's own "ready." line (which WorkerProcess waits for) still appears.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_recorders: dict[int, redis.Redis] = {}
+
+
+def _record(key: str, request: Any) -> None:
+    """Append this run's start time (Redis ``TIME``) and deferral count to list ``key``."""
+    pid = os.getpid()
+    client = _recorders.get(pid)
+    if client is None:  # one client per pool process, made after the fork
+        client = _recorders[pid] = redis.Redis.from_url(BROKER_URL)
+    seconds, micros = client.time()
+    deferrals = (request.headers or {}).get("taskguard-deferrals") or 0
+    client.rpush(key, f"{seconds}.{micros:06d} {deferrals}")
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    """Does nothing: the baseline for the overhead benchmark."""
+
+
+@app.task(name="bench.guarded_noop", base=GuardedTask, guards=[NEVER_DENIES])
+def guarded_noop() -> None:
+    """Does nothing after one admission that always passes."""
+
+
+@app.task(name="bench.guarded_rate", base=GuardedTask, guards=[RateLimit(RATE)], bind=True)
+def guarded_rate(self: Task, record_key: str) -> None:
+    """Records its start under taskguard's fleet-wide ``RateLimit(RATE)``."""
+    _record(record_key, self.request)
+
+
+@app.task(name="bench.celery_rate", rate_limit=RATE, bind=True)
+def celery_rate(self: Task, record_key: str) -> None:
+    """Records its start under Celery's own (per worker) ``rate_limit=RATE``."""
+    _record(record_key, self.request)

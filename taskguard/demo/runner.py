@@ -1,0 +1,137 @@
+"""Run the whole demo: find or start a Redis, run each stage, print the report, clean up."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .config import STAGES, DemoConfig
+from .report import Header, redact, render_header, render_results, taskguard_held
+from .server import EmbeddedRedis
+from .stages import DemoError, run_stage
+from .tasks import create_app
+
+__all__ = ["DemoOptions", "run_demo"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    """The demo's command-line options.
+
+    Attributes:
+        redis_url: Use this Redis (broker and guard state) instead of an embedded one.
+        redis_source: Where ``redis_url`` came from, for the header.
+        db_url: Database for the write-behind stage; a SQLite file when ``None``.
+        seconds: Measured load per stage.
+        workers: Worker instances in each stage's fleet.
+        concurrency: Pool processes per worker.
+        rate: The limit both stages configure, in tasks per second.
+    """
+
+    redis_url: str | None = None
+    redis_source: str = "--redis-url"
+    db_url: str | None = None
+    seconds: float = 8.0
+    workers: int = 3
+    concurrency: int = 2
+    rate: int = 10
+
+
+def _delete_keys(url: str, prefix: str) -> int:
+    """Delete every key of this run (``prefix:*``) from a Redis the demo did not start."""
+    client = redis.Redis.from_url(url)
+    deleted = 0
+    try:
+        batch: list[Any] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(client.delete(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.delete(*batch))
+    finally:
+        client.close()
+    return deleted
+
+
+def _server_version(url: str) -> str:
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        info: dict[str, Any] = client.info("server")
+    except redis.RedisError as exc:
+        raise DemoError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+    finally:
+        client.close()
+    return str(info.get("valkey_version") or info.get("redis_version", "?"))
+
+
+def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> int:
+    """Run the demo, printing as it goes; return the exit status (0: taskguard held).
+
+    Raises:
+        DemoError: A stage could not be measured.
+        EmbeddedRedisError: No Redis was given and the embedded one could not start.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="taskguard-demo-"))
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if options.redis_url:
+            url = options.redis_url
+            note = (
+                f"redis {_server_version(url)} from {options.redis_source}; only this run's "
+                "keys are written, and deleted afterwards"
+            )
+        else:
+            echo("Starting the embedded Redis ...", nl=False)
+            server = cleanup.enter_context(EmbeddedRedis(workdir / "redis"))
+            url = server.url
+            echo(" ok")
+            note = f"embedded redis-server {server.version}, started for this run"
+        config = DemoConfig.new(url, rate=options.rate)
+        if options.redis_url:
+            cleanup.callback(_report_deleted, echo, url, config.prefix)
+        app = create_app(config)
+        cleanup.callback(app.close)
+
+        header = Header(
+            version=version,
+            redis_url=url,
+            redis_note=note,
+            db_url=options.db_url or f"sqlite:///{workdir / 'demo.sqlite3'}",
+            workers=options.workers,
+            concurrency=options.concurrency,
+            seconds=options.seconds,
+            rate=options.rate,
+            prefix=config.prefix,
+        )
+        echo(render_header(header))
+        results = []
+        for number, stage in enumerate(STAGES, start=1):
+            title = {"celery": "Celery's own rate_limit", "taskguard": "taskguard RateLimit"}
+            echo(f"\nStage {number}/{len(STAGES)}: {title[stage]} ({options.rate}/s)")
+            results.append(
+                run_stage(
+                    app,
+                    config,
+                    stage,
+                    workers=options.workers,
+                    concurrency=options.concurrency,
+                    seconds=options.seconds,
+                    echo=echo,
+                )
+            )
+        echo(render_results(results))
+    return 0 if taskguard_held(results[-1]) else 1
+
+
+def _report_deleted(echo: Callable[..., None], url: str, prefix: str) -> None:
+    deleted = _delete_keys(url, prefix)
+    echo(f"\nRemoved this run's {deleted} keys ({prefix}:*) from {redact(url)}.")

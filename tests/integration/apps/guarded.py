@@ -1,0 +1,127 @@
+"""The Celery app the integration tests run in real worker processes.
+
+Configured entirely from the environment the test passes to the worker:
+
+* ``TG_BROKER_URL``: broker and result backend (also where tasks record what they saw);
+* ``TASKGUARD_REDIS_URL``: where guard state lives (may be a server the test stops);
+* ``TG_PREFIX`` / ``TG_QUEUE``: key prefix and queue, unique per test module;
+* ``TG_SETTINGS``: JSON merged into ``app.conf.taskguard``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+
+from taskguard import GuardedTask, RateLimit, signals
+
+BROKER = os.environ["TG_BROKER_URL"]
+PREFIX = os.environ["TG_PREFIX"]
+
+app = Celery("guarded", broker=BROKER, backend=BROKER)
+app.conf.update(
+    task_default_queue=os.environ["TG_QUEUE"],
+    result_expires=600,
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=4,
+)
+app.conf.taskguard = {"key_prefix": PREFIX, **json.loads(os.environ.get("TG_SETTINGS", "{}"))}
+
+_records = redis.Redis.from_url(BROKER)
+
+
+def record(stream: str, **fields: Any) -> None:
+    """Append one JSON event, stamped with the record server's TIME, to ``<prefix>:<stream>``."""
+    seconds, micros = _records.time()
+    fields.update(t=seconds + micros / 1e6, host=socket.gethostname(), pid=os.getpid())
+    _records.rpush(f"{PREFIX}:{stream}", json.dumps(fields))
+
+
+def _seen(task: Any, **fields: Any) -> None:
+    request = task.request
+    headers = request.headers or {}
+    record(
+        "runs",
+        id=request.id,
+        name=task.name,
+        worker=request.hostname,
+        retries=request.retries,
+        deferrals=headers.get("taskguard-deferrals", 0),
+        **fields,
+    )
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("20/s")])
+def steady(self: Any, i: int) -> int:
+    _seen(self, i=i)
+    return i
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("4/s", key="{customer_id}")])
+def per_customer(self: Any, customer_id: str, i: int) -> int:
+    _seen(self, customer_id=customer_id, i=i)
+    return i
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s")], soft_time_limit=0.5)
+def outcome(self: Any, kind: str) -> str:
+    _seen(self, kind=kind)
+    if kind == "failure":
+        raise ValueError("boom")
+    if kind == "retry" and self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    if kind == "ignore":
+        raise Ignore()
+    if kind == "reject":
+        raise Reject("rejected on purpose", requeue=False)
+    if kind == "soft_time_limit":
+        time.sleep(5)
+    return kind
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1/h")])
+def capped(self: Any, policy: str) -> str:
+    _seen(self, policy=policy)
+    return policy
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="allow")])
+def outage_allow(self: Any, i: int) -> int:
+    _seen(self, i=i)
+    return i
+
+
+@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="deny")])
+def outage_deny(self: Any, i: int) -> int:
+    _seen(self, i=i)
+    return i
+
+
+@app.task(base=GuardedTask, guards=[RateLimit("1/s", key="{customer_id}")])
+def takes_customer(customer_id: str) -> None: ...
+
+
+def _on_released(sender: Any = None, task_id: str = "", outcome: str = "", **kw: Any) -> None:
+    record("released", id=task_id, name=sender.name, outcome=outcome)
+
+
+def _on_deferred(sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
+    record(
+        "deferred", id=task_id, name=sender.name, delay=kwargs["delay"], reserved=kwargs["reserved"]
+    )
+
+
+def _on_exhausted(sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
+    record("exhausted", id=task_id, name=sender.name, policy=kwargs["policy"])
+
+
+signals.guard_released.connect(_on_released, weak=False)
+signals.task_deferred.connect(_on_deferred, weak=False)
+signals.deferral_exhausted.connect(_on_exhausted, weak=False)
