@@ -7,8 +7,7 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,15 +20,10 @@ from taskguard.testing.servers import RedisServer
 __all__ = [
     "REPO_ROOT",
     "BenchResult",
-    "CommandStat",
     "Context",
     "Goal",
     "Row",
     "calls_per_second",
-    "command_stats",
-    "commands_between",
-    "counting_commands",
-    "describe_commands",
     "machine_info",
     "median",
 ]
@@ -136,62 +130,6 @@ def calls_per_second(call: Callable[[], object], seconds: float, batch: int = 10
         now = time.perf_counter()
         if now >= deadline:
             return calls / (now - start)
-
-
-@dataclass(frozen=True)
-class CommandStat:
-    """How often the server ran one command, and for how long in total.
-
-    Attributes:
-        calls: Calls, including those the server rejected before running them (they are
-            round trips too); failed ones (``NOSCRIPT``...) are already counted.
-        usec: Server time spent in the command, in microseconds.
-    """
-
-    calls: int
-    usec: int
-
-    def __sub__(self, other: CommandStat) -> CommandStat:
-        return CommandStat(self.calls - other.calls, self.usec - other.usec)
-
-
-def command_stats(client: redis.Redis) -> dict[str, CommandStat]:
-    """The server's ``INFO commandstats``, by lower-case command name."""
-    stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): CommandStat(
-            int(value["calls"]) + int(value.get("rejected_calls", 0)), int(value["usec"])
-        )
-        for name, value in stats.items()
-        if isinstance(value, dict)
-    }
-
-
-def commands_between(
-    before: dict[str, CommandStat], after: dict[str, CommandStat]
-) -> dict[str, CommandStat]:
-    """Commands the server ran between two :func:`command_stats` snapshots.
-
-    The first snapshot's own ``INFO`` is counted in the second, so ``info`` is left out:
-    the benchmarks send it for nothing else.
-    """
-    zero = CommandStat(0, 0)
-    diff = {name: stat - before.get(name, zero) for name, stat in sorted(after.items())}
-    return {name: stat for name, stat in diff.items() if stat.calls and name != "info"}
-
-
-@contextmanager
-def counting_commands(client: redis.Redis) -> Iterator[dict[str, CommandStat]]:
-    """Fill the yielded dict with the commands the server ran inside the block."""
-    counted: dict[str, CommandStat] = {}
-    before = command_stats(client)
-    yield counted
-    counted.update(commands_between(before, command_stats(client)))
-
-
-def describe_commands(counted: dict[str, CommandStat], per: int) -> str:
-    """``"1 EVALSHA + 0.5 GET"``: the commands counted, per ``per`` operations."""
-    return " + ".join(f"{stat.calls / per:g} {name.upper()}" for name, stat in counted.items())
 
 
 def _version(distribution: str) -> str | None:

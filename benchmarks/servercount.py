@@ -1,0 +1,151 @@
+"""Counting what a Redis server runs, as the server sees it.
+
+``INFO commandstats`` counts every command, including those a Lua script runs inside one
+EVALSHA, and cannot tell them apart. ``MONITOR`` can (it tags script commands ``lua``), so
+:func:`counting` uses both: MONITOR for the round trips clients sent and the commands
+scripts ran inside them, commandstats for the server time they took.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import redis
+
+__all__ = ["CommandStat", "Counted", "command_stats", "commands_between", "counting"]
+
+
+@dataclass(frozen=True)
+class CommandStat:
+    """How often the server ran one command, and for how long in total.
+
+    Attributes:
+        calls: Calls, including those the server rejected before running them (they are
+            round trips too); failed ones (``NOSCRIPT``...) are already counted.
+        usec: Server time spent in the command, in microseconds.
+    """
+
+    calls: int
+    usec: int
+
+    def __sub__(self, other: CommandStat) -> CommandStat:
+        return CommandStat(self.calls - other.calls, self.usec - other.usec)
+
+
+def command_stats(client: redis.Redis) -> dict[str, CommandStat]:
+    """The server's ``INFO commandstats``, by lower-case command name."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): CommandStat(
+            int(value["calls"]) + int(value.get("rejected_calls", 0)), int(value["usec"])
+        )
+        for name, value in stats.items()
+        if isinstance(value, dict)
+    }
+
+
+def commands_between(
+    before: dict[str, CommandStat], after: dict[str, CommandStat]
+) -> dict[str, CommandStat]:
+    """Commands the server ran between two :func:`command_stats` snapshots.
+
+    The first snapshot's own ``INFO`` is counted in the second, so ``info`` is left out:
+    the benchmarks send it for nothing else.
+    """
+    zero = CommandStat(0, 0)
+    diff = {name: stat - before.get(name, zero) for name, stat in sorted(after.items())}
+    return {name: stat for name, stat in diff.items() if stat.calls and name != "info"}
+
+
+@dataclass
+class Counted:
+    """What a server ran during a :func:`counting` block.
+
+    Attributes:
+        sent: Commands clients sent, that is round trips, by name (from MONITOR).
+        scripted: Commands Lua scripts ran inside those round trips (from MONITOR).
+        stats: Every command by name, with server time (``INFO commandstats``).
+    """
+
+    sent: Counter[str] = field(default_factory=Counter)
+    scripted: Counter[str] = field(default_factory=Counter)
+    stats: dict[str, CommandStat] = field(default_factory=dict)
+
+    @property
+    def round_trips(self) -> int:
+        return sum(self.sent.values())
+
+    @property
+    def server_usec(self) -> int:
+        """Server time of the round trips (a script's includes the commands it ran)."""
+        return sum(stat.usec for name, stat in self.stats.items() if name in self.sent)
+
+    def describe(self, per: int) -> str:
+        """``"1 EVALSHA (inside: 1 GET, 1 SET)"``, per ``per`` operations."""
+
+        def listed(counts: Counter[str]) -> str:
+            return ", ".join(f"{n / per:g} {name.upper()}" for name, n in sorted(counts.items()))
+
+        text = listed(self.sent) or "none"
+        return f"{text} (inside: {listed(self.scripted)})" if self.scripted else text
+
+
+class _Monitor:
+    """A thread reading ``MONITOR`` until it sees its own end marker."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent: Counter[str] = Counter()
+        self.scripted: Counter[str] = Counter()
+        self._marker = f"tgbench-monitor-end-{uuid.uuid4().hex}"
+        self._monitor = redis.Redis.from_url(url).monitor()
+        self._monitor.__enter__()  # MONITOR is on once this returns
+        self._thread = threading.Thread(target=self._read, name="tgbench-monitor", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            entry = self._monitor.next_command()
+            command: str = entry["command"]
+            if self._marker in command:
+                return
+            name = command.split(" ", 1)[0].lower()
+            if entry["client_type"] == "lua":
+                self.scripted[name] += 1
+            elif name != "info":  # the snapshots of INFO commandstats
+                self.sent[name] += 1
+
+    def stop(self) -> None:
+        """Flush: everything sent before the end marker has been read when this returns."""
+        client = redis.Redis.from_url(self.url)
+        client.echo(self._marker)
+        client.close()
+        self._thread.join(30)
+        self._monitor.__exit__()
+        if self._thread.is_alive():
+            raise RuntimeError("MONITOR reader did not see its end marker within 30 s")
+
+
+@contextmanager
+def counting(url: str) -> Iterator[Counted]:
+    """Count what the server at ``url`` runs inside the block (filled in on exit).
+
+    Only meaningful on a server nothing else talks to meanwhile.
+    """
+    admin = redis.Redis.from_url(url)
+    monitor = _Monitor(url)
+    counted = Counted()
+    before = command_stats(admin)
+    try:
+        yield counted
+    finally:
+        after = command_stats(admin)
+        monitor.stop()
+        admin.close()
+        counted.sent, counted.scripted = monitor.sent, monitor.scripted
+        counted.stats = commands_between(before, after)
