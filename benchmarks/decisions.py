@@ -14,8 +14,8 @@ hiredis parser) underneath:
 The limits are far above what one client reaches, so every decision is "allowed".
 Variants take turns in short slices, round after round, so a background blip hits them
 all; each ratio is taken within a round against that round's ``PING``, then the median
-over rounds is reported. A last pass counts, on the server, the commands each variant
-sends per decision.
+over rounds is reported. A last pass counts, on the server, the round trips each variant
+makes per decision and the commands its scripts run (see :mod:`benchmarks.servercount`).
 """
 
 from __future__ import annotations
@@ -37,17 +37,8 @@ from limits.strategies import (
 
 import taskguard
 
-from .harness import (
-    BenchResult,
-    CommandStat,
-    Context,
-    Goal,
-    Row,
-    calls_per_second,
-    counting_commands,
-    describe_commands,
-    median,
-)
+from .harness import BenchResult, Context, Goal, Row, calls_per_second, median
+from .servercount import Counted, counting
 
 NAME = "decisions"
 TITLE = "standalone limiter decisions/s from one client vs PING and limits"
@@ -142,26 +133,20 @@ def run(context: Context) -> BenchResult:
             rates[variant].append(calls_per_second(calls[variant], slice_seconds))
     ratios = {v: [r / p for r, p in zip(rates[v], rates[PING], strict=True)] for v in VARIANTS}
 
-    admin = context.client()
-    per_call: dict[Variant, dict[str, CommandStat]] = {}
     sample = 200 if context.quick else 2000
+    counts: dict[Variant, Counted] = {}
     for variant in VARIANTS:
-        with counting_commands(admin) as counted:
+        with counting(url) as counted:
             for _ in range(sample):
                 calls[variant]()
-        per_call[variant] = counted
-    admin.close()
-
-    def server_us(variant: Variant) -> float:
-        counted = per_call[variant].values()
-        return sum(stat.usec for stat in counted) / sample
+        counts[variant] = counted
 
     rows = []
     for variant in VARIANTS:
         ratio = median(ratios[variant])
+        counted = counts[variant]
         note = "" if variant is PING else f"{ratio:.3f}x PING; "
-        note += describe_commands(per_call[variant], sample)
-        note += f", {server_us(variant):.1f} µs in Redis"
+        note += f"{counted.describe(sample)}; {counted.server_usec / sample:.1f} µs in Redis"
         rows.append(Row(variant.label, median(rates[variant]), "calls/s", note))
     python_us = python_cost_us(0.2 if context.quick else 1.0)
     rows.append(Row("taskguard Python per decision, no I/O", python_us, "µs", "client stubbed out"))
@@ -172,11 +157,9 @@ def run(context: Context) -> BenchResult:
         "slice_seconds": slice_seconds,
         "calls_per_s": {v.label: rates[v] for v in VARIANTS},
         "ratio_to_ping": {v.label: ratios[v] for v in VARIANTS},
-        "commands_per_decision": {
-            v.label: {name: stat.calls / sample for name, stat in per_call[v].items()}
-            for v in VARIANTS
-        },
-        "server_us_per_decision": {v.label: server_us(v) for v in VARIANTS},
+        "round_trips_per_decision": {v.label: counts[v].round_trips / sample for v in VARIANTS},
+        "commands_per_decision": {v.label: counts[v].describe(sample) for v in VARIANTS},
+        "server_us_per_decision": {v.label: counts[v].server_usec / sample for v in VARIANTS},
         "taskguard_python_us_per_decision": python_us,
     }
     return BenchResult(NAME, TITLE, rows, goal, details)

@@ -1,24 +1,25 @@
 """(d) Round trips per guarded task, counted by the Redis server itself.
 
 taskguard's state lives on a throwaway Redis that nothing else talks to; the broker and
-the tasks' start recordings are on another server. ``INFO commandstats`` on the state
-server before and after a batch of tasks (less the ``INFO`` calls themselves) gives every
-command taskguard sent for them, whatever the client-side code looks like.
+the tasks' start recordings are on another server. The state server's ``INFO
+commandstats`` and ``MONITOR`` around a batch of tasks give every command taskguard sent
+for them, whatever the client-side code looks like (see :mod:`benchmarks.servercount`).
 
 Three figures, on one worker (prefork, ``-c 2``):
 
-* once per pool process: what connecting and loading the script costs (warm-up batch);
+* once per pool process: connecting and loading the script (the warm-up batch, less one
+  EVALSHA per warm-up task);
 * a never-denied ``RateLimit``: the admission at start, and nothing at the end, since
   rate-limit tokens are spent rather than held;
-* a ``RateLimit("200/s")`` offered twice that: most tasks are denied, reserve their slot
-  in that same call, and are re-published; the re-run skips the paid-for bucket.
+* ``RateLimit("200/s")`` with twice as many tasks queued as one second runs: most are
+  denied, reserve their slot in that same call and are re-published; the re-run skips
+  the bucket it already paid for.
 """
 
 from __future__ import annotations
 
 import time
 
-import redis
 from celery import Celery
 
 from taskguard.testing import WorkerProcess
@@ -33,20 +34,11 @@ from .celeryrun import (
     wait_until_drained,
     worker_options,
 )
-from .harness import (
-    BenchResult,
-    CommandStat,
-    Context,
-    Goal,
-    Row,
-    command_stats,
-    commands_between,
-    counting_commands,
-    describe_commands,
-)
+from .harness import BenchResult, Context, Goal, Row
+from .servercount import counting
 
 NAME = "roundtrips"
-TITLE = "Redis commands per guarded task, counted on a state-only server"
+TITLE = "Redis round trips per guarded task, counted on a state-only server"
 
 GUARDED = "bench.guarded_noop"
 RATE_LIMITED = "bench.guarded_rate"
@@ -55,11 +47,7 @@ DENSE_RATE = "200/s"
 SETTLE = 0.5
 
 
-def _total(counted: dict[str, CommandStat]) -> int:
-    return sum(stat.calls for stat in counted.values())
-
-
-def _drain(app: Celery, context: Context, queue: str, tasks: int) -> None:
+def _run_batch(app: Celery, context: Context, queue: str, tasks: int) -> None:
     broker = context.client()
     publish(app, GUARDED, tasks, queue)
     wait_until_drained(broker, queue)
@@ -68,8 +56,7 @@ def _drain(app: Celery, context: Context, queue: str, tasks: int) -> None:
 
 
 def run(context: Context) -> BenchResult:
-    tasks = 200 if context.quick else 1000
-    dense = 100 if context.quick else 400
+    tasks, dense = (200, 100) if context.quick else (1000, 400)
     warm = 100
     broker_url = context.redis.url
     queue = context.unique(NAME)
@@ -77,57 +64,52 @@ def run(context: Context) -> BenchResult:
     app = client_app(broker_url)
     broker = context.client()
     with RedisServer() as state:
-        admin = redis.Redis.from_url(state.url)
         options = worker_options(
             broker_url, state_url=state.url, prefix=context.unique(NAME), rate=DENSE_RATE
         )
-        before_start = command_stats(admin)
-        with WorkerProcess(APP, concurrency=2, queues=[queue], **options):
-            _drain(app, context, queue, warm)
-            setup = commands_between(before_start, command_stats(admin))
-            with counting_commands(admin) as never_denied:
-                _drain(app, context, queue, tasks)
-            with counting_commands(admin) as denied:
+        worker = WorkerProcess(APP, concurrency=2, queues=[queue], **options)
+        try:
+            with counting(state.url) as setup:
+                worker.start()
+                _run_batch(app, context, queue, warm)
+            with counting(state.url) as never_denied:
+                _run_batch(app, context, queue, tasks)
+            with counting(state.url) as denied:
                 publish(app, RATE_LIMITED, dense, queue, args=(key,))
                 wait_for_starts(broker, key, dense)
                 time.sleep(SETTLE)
-        admin.close()
+        finally:
+            worker.stop()
     deferred = sum(1 for start in read_starts(broker, key) if start.deferrals)
     broker.delete(key)
     broker.close()
     app.close()
 
-    # The warm-up's own admissions are per task, not per process.
-    setup_once = dict(setup)
-    if "evalsha" in setup_once:
-        stat = setup_once["evalsha"]
-        setup_once["evalsha"] = CommandStat(stat.calls - warm, stat.usec)
-    setup_once = {name: stat for name, stat in setup_once.items() if stat.calls}
-    per_task = _total(never_denied) / tasks
-    per_dense_task = _total(denied) / dense
+    setup.sent["evalsha"] -= warm  # the warm-up tasks' own admissions
+    per_task = never_denied.round_trips / tasks
+    per_dense_task = denied.round_trips / dense
     rows = [
         Row(
-            "never-denied RateLimit, per task",
+            "never-denied RateLimit",
             per_task,
-            "cmd/task",
-            f"{describe_commands(never_denied, tasks)} over {tasks} tasks; 0 at the end",
+            "RT/task",
+            f"{never_denied.describe(tasks)}; none at the end ({tasks} tasks)",
         ),
         Row(
-            f'RateLimit("{DENSE_RATE}") at 2x offered, per task',
+            f'RateLimit("{DENSE_RATE}"), 2 s of tasks queued',
             per_dense_task,
-            "cmd/task",
-            f"{describe_commands(denied, dense)}; {deferred} of {dense} deferred with a "
-            "reserved slot, re-run without a call",
+            "RT/task",
+            f"{denied.describe(dense)}; {deferred} of {dense} deferred with a reserved slot",
         ),
         Row(
-            "once per pool process (2 processes)",
-            _total(setup_once) / 2,
-            "commands",
-            describe_commands(setup_once, 2) or "none",
+            "once per pool process",
+            setup.round_trips / 2,
+            "RT",
+            setup.describe(2),
         ),
     ]
     goal = Goal(
-        "1 command per task (at start; rate limits need none at the end)",
+        "1 round trip per task at start, none at the end for rate limits",
         per_task <= 1.0 and per_dense_task <= 1.0,
         max(per_task, per_dense_task),
     )
@@ -135,8 +117,10 @@ def run(context: Context) -> BenchResult:
         "tasks": tasks,
         "dense_tasks": dense,
         "dense_deferred": deferred,
-        "never_denied": {name: stat.calls for name, stat in never_denied.items()},
-        "dense": {name: stat.calls for name, stat in denied.items()},
-        "setup_two_processes": {name: stat.calls for name, stat in setup_once.items()},
+        "never_denied": never_denied.describe(tasks),
+        "dense": denied.describe(dense),
+        "setup_per_process": setup.describe(2),
+        "never_denied_commandstats": {n: s.calls for n, s in never_denied.stats.items()},
+        "dense_commandstats": {n: s.calls for n, s in denied.stats.items()},
     }
     return BenchResult(NAME, TITLE, rows, goal, details)

@@ -176,6 +176,8 @@ _TASK_FIELDS = frozenset(
     }
 )
 _RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
+#: Per-task settings that apply to each of the task's rate limits -> RateLimit argument.
+_RATE_SHORTHANDS = {"rate_limit_key": "key", "burst": "burst", "cost": "cost"}
 
 
 @dataclass(frozen=True)
@@ -340,24 +342,29 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     return entry
 
 
+def _rate_limit_fields(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> dict[str, Any]:
+    """The RateLimit keyword arguments an entry sets for every rate limit of its task."""
+    fields = {
+        name: entry[setting] for setting, name in _RATE_SHORTHANDS.items() if setting in entry
+    }
+    if "rate_limit" in on_outage:
+        fields["on_outage"] = on_outage["rate_limit"]
+    return fields
+
+
 def _rate_limits_from(
     entry: Mapping[str, Any], on_outage: Mapping[str, str]
 ) -> list[RateLimit] | None:
     """The rate limits an entry defines, or None when it leaves the class's alone."""
+    common = _rate_limit_fields(entry, on_outage)
     if "rate_limit" not in entry:
+        if common:
+            RateLimit("1/s", **common)  # type-check the shorthands now; they tweak class guards
         return None
     value = entry["rate_limit"]
     if value is None or value is False:
         return []
     items = value if isinstance(value, (list, tuple)) else [value]
-    common: dict[str, Any] = {}
-    if "rate_limit_key" in entry:
-        common["key"] = entry["rate_limit_key"]
-    for name in ("burst", "cost"):
-        if name in entry:
-            common[name] = entry[name]
-    if "rate_limit" in on_outage:
-        common["on_outage"] = on_outage["rate_limit"]
     limits = []
     for item in items:
         if isinstance(item, Mapping):
@@ -384,19 +391,12 @@ def _rate_limits_from(
 def _apply_overrides(
     guards: list[Guard], raw: Mapping[str, Any], global_outage: Mapping[str, str]
 ) -> list[Guard]:
+    """Settings replace the class's rate limits (``rate_limit``) or tweak them (shorthands)."""
     outage = {**global_outage, **raw.get("on_outage", {})}
     limits = _rate_limits_from(raw, outage)
     if limits is not None:
-        guards = [g for g in guards if not isinstance(g, RateLimit)] + list(limits)
-    else:
-        tweak: dict[str, Any] = {}
-        if "rate_limit_key" in raw:
-            tweak["key"] = raw["rate_limit_key"]
-        for name in ("burst", "cost"):
-            if name in raw:
-                tweak[name] = raw[name]
-        if "rate_limit" in outage:
-            tweak["on_outage"] = outage["rate_limit"]
-        if tweak:
-            guards = [g.replace(**tweak) if isinstance(g, RateLimit) else g for g in guards]
-    return guards
+        return [g for g in guards if not isinstance(g, RateLimit)] + limits
+    tweak = _rate_limit_fields(raw, outage)
+    if not tweak:
+        return guards
+    return [g.replace(**tweak) if isinstance(g, RateLimit) else g for g in guards]

@@ -49,11 +49,6 @@ class GuardedTask(Task):  # type: ignore[misc]
     #: The task's guards, in any order; admission checks them in one call.
     guards: ClassVar[Sequence[Guard]] = ()
 
-    @classmethod
-    def on_bound(cls, app: Any) -> None:
-        super().on_bound(app)
-        runtime_for(app)  # installs the worker hooks with the app
-
     @functools.cached_property
     def _taskguard_settings(self) -> TaskSettings:
         return runtime_for(self.app).task_settings(self)

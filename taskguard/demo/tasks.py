@@ -47,6 +47,7 @@ def _record_start(task: Any, config: DemoConfig, stage: str) -> None:
         "retries": int(request.retries or 0),
         "deferrals": DeferralState.from_headers(request.headers).count,
         "worker": request.hostname,
+        "eta": str(request.eta), "now": __import__("time").time(),
     }
     client.rpush(config.starts_key(stage), json.dumps(record))
 

@@ -106,6 +106,7 @@ def test_invalid_global_settings(raw: dict[str, Any], field: str) -> None:
     [
         ({"rate_limit": "10/x"}, "rate_limit", "invalid rate '10/x'"),
         ({"rate_limit": "10/s", "burst": -1}, "burst", "positive integer"),
+        ({"burst": -1}, "burst", "positive integer"),  # a tweak of the class's limits
         ({"rate_limit": "10/s", "burst": "5"}, "burst", "positive integer"),
         ({"rate_limit": "10/s", "cost": 0}, "cost", "positive integer"),
         ({"rate_limit": 10}, "rate_limit", "rate like '10/s'"),
