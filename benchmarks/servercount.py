@@ -3,7 +3,9 @@
 ``INFO commandstats`` counts every command, including those a Lua script runs inside one
 EVALSHA, and cannot tell them apart. ``MONITOR`` can (it tags script commands ``lua``), so
 :func:`counting` uses both: MONITOR for the round trips clients sent and the commands
-scripts ran inside them, commandstats for the server time they took.
+scripts ran inside them, commandstats for a cross-check. MONITOR slows the server down
+(every command is copied to the monitor), so server *time* comes from
+:func:`server_usec_per_call`, which does without it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
 
-__all__ = ["CommandStat", "Counted", "command_stats", "commands_between", "counting"]
+__all__ = [
+    "CommandStat",
+    "Counted",
+    "command_stats",
+    "commands_between",
+    "counting",
+    "server_usec_per_call",
+]
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,6 @@ class Counted:
     def round_trips(self) -> int:
         return sum(self.sent.values())
 
-    @property
-    def server_usec(self) -> int:
-        """Server time of the round trips (a script's includes the commands it ran)."""
-        return sum(stat.usec for name, stat in self.stats.items() if name in self.sent)
-
     def describe(self, per: int) -> str:
         """``"1 EVALSHA (inside: 1 GET, 1 SET)"``, per ``per`` operations."""
 
@@ -99,10 +103,12 @@ class _Monitor:
     """A thread reading ``MONITOR`` until it sees its own end marker."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.sent: Counter[str] = Counter()
         self.scripted: Counter[str] = Counter()
         self._marker = f"tgbench-monitor-end-{uuid.uuid4().hex}"
+        # Connected before MONITOR starts, so its handshake is not counted.
+        self._marker_client = redis.Redis.from_url(url)
+        self._marker_client.ping()
         self._monitor = redis.Redis.from_url(url).monitor()
         self._monitor.__enter__()  # MONITOR is on once this returns
         self._thread = threading.Thread(target=self._read, name="tgbench-monitor", daemon=True)
@@ -122,9 +128,8 @@ class _Monitor:
 
     def stop(self) -> None:
         """Flush: everything sent before the end marker has been read when this returns."""
-        client = redis.Redis.from_url(self.url)
-        client.echo(self._marker)
-        client.close()
+        self._marker_client.echo(self._marker)
+        self._marker_client.close()
         self._thread.join(30)
         self._monitor.__exit__()
         if self._thread.is_alive():
@@ -138,6 +143,7 @@ def counting(url: str) -> Iterator[Counted]:
     Only meaningful on a server nothing else talks to meanwhile.
     """
     admin = redis.Redis.from_url(url)
+    admin.ping()  # connected before MONITOR starts, so its handshake is not counted
     monitor = _Monitor(url)
     counted = Counted()
     before = command_stats(admin)
@@ -149,3 +155,18 @@ def counting(url: str) -> Iterator[Counted]:
         admin.close()
         counted.sent, counted.scripted = monitor.sent, monitor.scripted
         counted.stats = commands_between(before, after)
+
+
+def server_usec_per_call(url: str, call: Callable[[], object], calls: int, command: str) -> float:
+    """Server time per ``call()``, in microseconds, spent in ``command``.
+
+    Read from ``INFO commandstats`` alone. A script's time includes the commands it runs.
+    """
+    admin = redis.Redis.from_url(url)
+    admin.ping()
+    before = command_stats(admin)
+    for _ in range(calls):
+        call()
+    ran = commands_between(before, command_stats(admin))
+    admin.close()
+    return ran[command].usec / calls if command in ran else 0.0

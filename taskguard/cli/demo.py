@@ -42,9 +42,9 @@ __all__ = ["demo"]
     "--concurrency",
     "-c",
     type=click.IntRange(min=1, max=16),
-    default=2,
+    default=1,
     show_default=True,
-    help="Pool processes per worker.",
+    help="Pool processes per worker (prefork).",
 )
 @click.option(
     "--rate",
@@ -56,6 +56,7 @@ __all__ = ["demo"]
 @click.pass_context
 def demo(
     ctx: click.Context,
+    *,
     redis_url: str | None,
     db_url: str | None,
     seconds: float,

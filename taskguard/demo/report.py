@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from .stages import StageResult
+from .stages import WARMUP, StageResult
 
 __all__ = ["Header", "redact", "render_header", "render_results", "taskguard_held"]
 
@@ -62,7 +62,7 @@ def render_header(header: Header) -> str:
             f"  database  {redact(header.db_url)}  (for the write-behind stage: coming in a "
             "later release)",
             f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
-            f", {header.seconds:g}s of measured load per stage",
+            f" (prefetch 1), {header.seconds:g}s measured per stage after {WARMUP:g}s warm-up",
             f"  limit     {header.rate}/s for the task, whichever worker runs it",
             f"  keys      every key and queue of this run starts with {header.prefix!r}",
         ]
@@ -84,17 +84,19 @@ def _verdict(result: StageResult) -> str:
                 f"{limit} on its own, so {ran}."
             )
         return (
-            f"note  {TITLES['celery']}: {ran}; it would allow up to "
-            f"{result.workers} x {limit}, this machine did not get there."
+            f"note  {TITLES['celery']}: {ran}. Its limit is per worker, so it allows up to "
+            f"{result.workers} x {limit}; its rate-limit scheduling fell short of that here."
         )
     tag = "HELD" if taskguard_held(result) else "FAIL"
     slow = " (under it: the machine could not keep up)" if result.ratio < 0.8 else ""
     return (
         f"{tag}  {TITLES['taskguard']}: one bucket in Redis for all {result.workers} "
         f"workers; {ran}{slow}.\n"
-        f"      {result.deferrals} deferrals, {result.deferred_runs} of the tasks that ran "
-        f"came back from one; retries spent: {result.retries_spent} (deferral is not a "
-        "retry)."
+        f"      {result.deferrals} deferrals: a task that found no token was re-published "
+        f"for a reserved slot ({result.deferred_runs} of the {result.tasks} measured runs "
+        "had been),\n"
+        f"      and request.retries stayed 0 in every run: retries spent "
+        f"{result.retries_spent}, deferral is not a retry."
     )
 
 
@@ -134,9 +136,10 @@ def render_results(results: Sequence[StageResult]) -> str:
     seconds = results[0].seconds if results else 0
     out = ["", "Results", line(rows[0]), "  " + "-" * (sum(widths) + 2 * (len(widths) - 1))]
     out += [line(row) for row in rows[1:]]
+    sent = results[0].sent if results else 0
     out.append(
-        f"  (tasks: started in the {seconds:g}s window, out of the backlog published; "
-        "workers: instances that ran any)"
+        f"  tasks: started in the {seconds:g}s window ({sent} published at once per stage); "
+        "workers: instances that ran any"
     )
     out.append("")
     out += [f"  {_verdict(r)}" for r in results]

@@ -40,7 +40,7 @@ class DemoOptions:
     db_url: str | None = None
     seconds: float = 8.0
     workers: int = 3
-    concurrency: int = 2
+    concurrency: int = 1
     rate: int = 10
 
 
@@ -62,6 +62,16 @@ def _delete_keys(url: str, prefix: str) -> int:
     return deleted
 
 
+def _check_redis_transport() -> None:
+    """Fail early, and say what to install, if Celery's Redis transport cannot load."""
+    try:
+        import kombu.transport.redis  # noqa: F401
+    except ImportError as exc:
+        raise DemoError(
+            f"Celery's Redis transport does not load ({exc}): pip install 'kombu[redis]'"
+        ) from exc
+
+
 def _server_version(url: str) -> str:
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
@@ -80,6 +90,7 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
         DemoError: A stage could not be measured.
         EmbeddedRedisError: No Redis was given and the embedded one could not start.
     """
+    _check_redis_transport()
     workdir = Path(tempfile.mkdtemp(prefix="taskguard-demo-"))
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)

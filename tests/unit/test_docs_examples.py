@@ -113,13 +113,20 @@ _SIGNALS = [
 
 @pytest.fixture
 def isolated() -> Iterator[None]:
-    """Undo what an example does to process-wide state: Celery's current app, receivers."""
+    """Undo what an example does to process-wide state.
+
+    That is: Celery's current and default app; the finalizers ``@app.task`` registers for
+    *every* later app (tasks are ``shared`` by default, so an example's task would be added
+    to the next example's app of the same name); and receivers of taskguard's signals.
+    """
     current_app = getattr(celery_state._tls, "current_app", None)
     default_app = celery_state.default_app
+    finalizers = set(celery_state._on_app_finalizers)
     receivers = {signal: list(signal.receivers) for signal in _SIGNALS}
     try:
         yield
     finally:
+        celery_state._on_app_finalizers.intersection_update(finalizers)
         for signal, saved in receivers.items():
             signal.receivers[:] = saved
             signal.sender_receivers_cache.clear()
