@@ -1,7 +1,7 @@
 """taskguard: fleet-wide guards for Celery tasks.
 
 Rate limits, concurrency caps, locks and circuit breakers that hold across every worker
-process, and a write-behind cache that loses nothing. See https://taskguard docs in docs/.
+process, and a write-behind cache that loses nothing. Documentation: the docs/ folder.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -7,13 +7,14 @@ message headers, merged into the existing ones (so e.g. ``sentry-trace`` survive
 
 * ``taskguard-deferrals``: how many times the task was deferred;
 * ``taskguard-deferred-since``: when it was first deferred (epoch seconds);
-* ``taskguard-reserved``: rate-limit buckets whose slot this message already paid for;
-* ``taskguard-slot``: when that slot starts (epoch seconds).
+* ``taskguard-reservation``: the rate-limit buckets whose slot this message paid for,
+  when that slot starts, and the ``retries`` count it belongs to.
 
-A reserved slot is honoured only if the task comes back on time: within half the tightest
-bucket's interval after the slot (at least :data:`GRACE_FLOOR`). A task delivered later
-than that contests again, so a late-delivered batch of reserved tasks can never start as
-a burst; its unused slot is one wasted token (see docs/design.md, "Reservations").
+A reservation is honoured once, by the run it was made for (a ``self.retry()`` copies the
+headers but not the reservation's ``retries``), and only if the task comes back on time:
+within half the tightest bucket's interval after the slot, or ``reservation_grace``,
+whichever is longer. A task delivered later contests again, so a late-delivered batch of
+reserved tasks can never start as a burst; its unused slot is one wasted token.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from celery.exceptions import Ignore
@@ -34,10 +35,10 @@ from taskguard.settings import DeferralPolicy
 
 __all__ = [
     "HEADER_COUNT",
-    "HEADER_RESERVED",
+    "HEADER_RESERVATION",
     "HEADER_SINCE",
-    "HEADER_SLOT",
     "DeferralState",
+    "Reservation",
     "defer",
 ]
 
@@ -45,11 +46,33 @@ logger = logging.getLogger("taskguard.deferral")
 
 HEADER_COUNT = "taskguard-deferrals"
 HEADER_SINCE = "taskguard-deferred-since"
-HEADER_RESERVED = "taskguard-reserved"
-HEADER_SLOT = "taskguard-slot"
+HEADER_RESERVATION = "taskguard-reservation"
+_OURS = (HEADER_COUNT, HEADER_SINCE, HEADER_RESERVATION)
 
-#: Smallest lateness (seconds) a reservation tolerates, whatever the bucket's interval.
-GRACE_FLOOR = 0.002
+
+@dataclass(frozen=True)
+class Reservation:
+    """Rate-limit slots a message has paid for.
+
+    Attributes:
+        keys: The buckets (full keys) whose token at ``slot`` is taken.
+        slot: When the slot starts, in epoch seconds (the deferring worker's clock, the
+            same clock Celery computes the message's ETA with).
+        retries: ``request.retries`` of the run the reservation belongs to.
+    """
+
+    keys: frozenset[str]
+    slot: float
+    retries: int
+
+    def as_header(self) -> dict[str, Any]:
+        return {"keys": sorted(self.keys), "slot": self.slot, "retries": self.retries}
+
+    @classmethod
+    def from_header(cls, value: Any) -> Reservation | None:
+        if not value:
+            return None
+        return cls(frozenset(map(str, value["keys"])), float(value["slot"]), int(value["retries"]))
 
 
 @dataclass(frozen=True)
@@ -58,38 +81,39 @@ class DeferralState:
 
     count: int = 0
     since: float | None = None
-    reserved: frozenset[str] = field(default_factory=frozenset)
-    slot: float | None = None
+    reservation: Reservation | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None) -> DeferralState:
         """Read the state from a task request's headers (missing or malformed: fresh)."""
-        if not headers:
+        if not headers or HEADER_COUNT not in headers:
             return _FRESH
         try:
-            count = int(headers.get(HEADER_COUNT) or 0)
-            since_raw = headers.get(HEADER_SINCE)
-            since = float(since_raw) if since_raw is not None else None
-            reserved = frozenset(str(k) for k in headers.get(HEADER_RESERVED) or ())
-            slot_raw = headers.get(HEADER_SLOT)
-            slot = float(slot_raw) if slot_raw is not None else None
-        except (TypeError, ValueError):
+            since = headers.get(HEADER_SINCE)
+            return cls(
+                count=int(headers[HEADER_COUNT] or 0),
+                since=float(since) if since is not None else None,
+                reservation=Reservation.from_header(headers.get(HEADER_RESERVATION)),
+            )
+        except (TypeError, ValueError, KeyError):
             logger.warning("ignoring malformed taskguard deferral headers: %r", headers)
             return _FRESH
-        return cls(count=count, since=since, reserved=reserved, slot=slot)
 
-    def honoured(self, ops: Sequence[Op], now: float) -> frozenset[str]:
+    def honoured(
+        self, ops: Sequence[Op], *, now: float, retries: int, grace: float
+    ) -> frozenset[str]:
         """The reserved buckets this run may skip: all of them if on time, else none."""
-        if not self.reserved or self.slot is None:
+        reservation = self.reservation
+        if reservation is None or reservation.retries != retries:
             return frozenset()
-        intervals = [op.interval for op in ops if op.key in self.reserved]
+        intervals = [op.interval for op in ops if op.key in reservation.keys]
         if not intervals:
             return frozenset()
-        late = now - self.slot
-        if late > max(min(intervals) / 2, GRACE_FLOOR):
+        late = now - reservation.slot
+        if late > max(min(intervals) / 2, grace):
             logger.debug("reserved slot missed by %.3fs; contesting again", late)
             return frozenset()
-        return self.reserved
+        return reservation.keys
 
 
 _FRESH = DeferralState()
@@ -99,8 +123,7 @@ def defer(
     task: Any,
     *,
     retry_after: float,
-    paid: Collection[str],
-    slot_in: float | None,
+    reserved: Collection[str],
     state: DeferralState,
     policy: DeferralPolicy,
     reason: str,
@@ -110,10 +133,8 @@ def defer(
     Args:
         task: The bound Celery task whose ``request`` is being deferred.
         retry_after: Seconds until the guards can admit it.
-        paid: Rate-limit buckets whose slot this message has paid for; the next run
-            skips them if it arrives on time.
-        slot_in: Seconds until that slot (``None`` without a reservation): the task is
-            re-published to arrive exactly then, without jitter.
+        reserved: Buckets whose slot at ``retry_after`` this denial reserved (empty for
+            none): the task comes back exactly then, without jitter, and skips them.
         state: The deferral state of the current message.
         policy: Caps and jitter.
         reason: Human-readable cause, for logs and signals.
@@ -130,20 +151,14 @@ def defer(
     if count > policy.max_deferrals or age > policy.max_age:
         _exhausted(task, count=state.count, age=age, policy=policy, reason=reason)
 
-    reserved = slot_in is not None
-    if slot_in is not None:
+    headers = {**(request.headers or {}), HEADER_COUNT: count, HEADER_SINCE: since}
+    if reserved:
         delay = retry_after
-        slot: float | None = now + slot_in
+        reservation = Reservation(frozenset(reserved), now + retry_after, request.retries)
+        headers[HEADER_RESERVATION] = reservation.as_header()
     else:
         delay = min(retry_after, policy.max_delay) + random.uniform(0, policy.jitter)
-        slot = state.slot if paid else None
-    headers = {
-        **(request.headers or {}),
-        HEADER_COUNT: count,
-        HEADER_SINCE: since,
-        HEADER_RESERVED: sorted(paid),
-        HEADER_SLOT: slot,
-    }
+        headers[HEADER_RESERVATION] = None
     task.signature_from_request(countdown=delay, headers=headers).apply_async()
     logger.debug(
         "deferred %s[%s] by %.3fs (%s; deferral %d%s)",
@@ -179,7 +194,9 @@ def _exhausted(
     if policy.on_exhausted == "fail":
         raise DeferralExhausted(message, task_id=request.id, deferrals=count, age=age)
     if policy.on_exhausted == "dead_letter":
-        task.signature_from_request(queue=policy.dead_letter_queue).apply_async()
+        # A fresh start for whoever replays the dead letters: no counters, no reservation.
+        headers = {k: v for k, v in (request.headers or {}).items() if k not in _OURS}
+        task.signature_from_request(queue=policy.dead_letter_queue, headers=headers).apply_async()
         logger.error("%s; dead-lettered to queue %r", message, policy.dead_letter_queue)
         raise Ignore(f"dead-lettered to {policy.dead_letter_queue}")
     logger.error("%s; dropped (on_deferral_exhausted='drop')", message)

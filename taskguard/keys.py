@@ -31,8 +31,11 @@ class KeySchema:
     tag: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.prefix or any(c in self.prefix for c in "{} \n"):
-            raise ValueError(f"invalid key prefix {self.prefix!r}")
+        if not self.prefix or any(c in self.prefix for c in "{} \n\t"):
+            raise ValueError(
+                f"invalid key prefix {self.prefix!r}: it must be non-empty, without braces "
+                "or whitespace"
+            )
 
     @property
     def _head(self) -> str:

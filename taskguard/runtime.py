@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import threading
 import weakref
 from typing import Any
@@ -19,7 +20,7 @@ from celery import bootsteps
 from celery.signals import worker_init, worker_process_init
 
 from taskguard.backend import Backend, connect
-from taskguard.errors import ConfigurationError
+from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.settings import Settings, TaskSettings
 
 __all__ = ["Runtime", "runtime_for"]
@@ -152,9 +153,26 @@ class ValidateStep(bootsteps.Step):  # type: ignore[misc]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        resolved = runtime_for(worker.app).validate()
+        runtime = runtime_for(worker.app)
+        resolved = runtime.validate()
         guarded = sum(1 for t in resolved if t.guards and t.enabled)
-        logger.info("taskguard: %d guarded task(s) validated", guarded)
+        where = _redact(runtime.redis_url())
+        logger.info("taskguard: %d guarded task(s) validated; guard state in %s", guarded, where)
+        if guarded:
+            try:
+                runtime.backend.ping()
+            except BackendUnavailable as exc:
+                logger.error(
+                    "taskguard: guard backend %s is unreachable at worker start (%s); "
+                    "guards follow their on_outage policy until it answers",
+                    where,
+                    exc,
+                )
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def _install_worker_step(sender: Any = None, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 """taskguard's settings: read from Celery's config, validated into frozen objects.
 
-Three spellings are read and merged (later wins):
+Two spellings are read and merged (later wins):
 
 * ``app.conf.taskguard = {...}`` (a dict; Django: ``CELERY_TASKGUARD``),
 * flat keys ``taskguard_<field>`` (Django: ``CELERY_TASKGUARD_<FIELD>``).
@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
 from taskguard.guards.ratelimit import RateLimit
+from taskguard.keys import KeySchema
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
@@ -59,6 +60,25 @@ def _str(value: object, field_name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"must be a non-empty string, got {value!r}", field=field_name)
     return value
+
+
+def _url(value: object) -> str:
+    url = _str(value, "redis_url")
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
+        raise ConfigurationError(
+            f"must be a redis://, rediss://, unix:// or memory:// URL, got {url!r}",
+            field="redis_url",
+        )
+    return url
+
+
+def _prefix(value: object) -> str:
+    prefix = _str(value, "key_prefix")
+    try:
+        KeySchema(prefix=prefix)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), field="key_prefix") from None
+    return prefix
 
 
 def _bool(value: object, field_name: str) -> bool:
@@ -110,6 +130,9 @@ class DeferralPolicy:
         reserve_within: A rate-limit denial whose wait is at most this many seconds
             reserves its future slot, and the task runs then without contesting again.
             0 disables reservations.
+        reservation_grace: How late a reserved task may arrive and still use its slot
+            (at least half the bucket's interval). Later, it contests again, so starts
+            never bunch up by more than this.
     """
 
     max_deferrals: int = 100
@@ -119,6 +142,7 @@ class DeferralPolicy:
     jitter: float = 0.05
     max_delay: float = 300.0
     reserve_within: float = 30.0
+    reservation_grace: float = 0.02
 
     #: Setting name -> attribute, for the deferral fields (global and per task).
     SETTING_NAMES: ClassVar[dict[str, str]] = {
@@ -129,6 +153,7 @@ class DeferralPolicy:
         "deferral_jitter": "jitter",
         "max_deferral_delay": "max_delay",
         "reserve_within": "reserve_within",
+        "reservation_grace": "reservation_grace",
     }
 
     def updated(self, raw: Mapping[str, Any]) -> DeferralPolicy:
@@ -145,7 +170,7 @@ class DeferralPolicy:
             elif attr == "dead_letter_queue":
                 changes[attr] = _str(value, name)
             else:
-                zero_ok = attr in ("jitter", "reserve_within")
+                zero_ok = attr in ("jitter", "reserve_within", "reservation_grace")
                 changes[attr] = _duration(value, name, allow_zero=zero_ok)
         return replace(self, **changes) if changes else self
 
@@ -227,9 +252,9 @@ class Settings:
             )
         values: dict[str, Any] = {"deferral": DeferralPolicy().updated(raw)}
         if raw.get("redis_url") is not None:
-            values["redis_url"] = _str(raw["redis_url"], "redis_url")
+            values["redis_url"] = _url(raw["redis_url"])
         if "key_prefix" in raw:
-            values["key_prefix"] = _str(raw["key_prefix"], "key_prefix")
+            values["key_prefix"] = _prefix(raw["key_prefix"])
         for name in ("socket_timeout", "socket_connect_timeout", "outage_cooldown"):
             if name in raw:
                 values[name] = _duration(raw[name], name)

@@ -18,7 +18,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import signals
 from taskguard.backend.ops import Op, RateOp
-from taskguard.deferral import HEADER_COUNT, DeferralState, defer
+from taskguard.deferral import DeferralState, defer
 from taskguard.guards.admission import admit
 from taskguard.guards.base import Guard
 from taskguard.runtime import runtime_for
@@ -99,10 +99,14 @@ class GuardedTask(Task):  # type: ignore[misc]
     ) -> list[Guard]:
         """Admit the task or defer it (raising Ignore); returns the guards admitted."""
         backend = runtime_for(self.app).backend
-        headers = request.headers
-        state = DeferralState.from_headers(headers if headers and HEADER_COUNT in headers else None)
+        state = DeferralState.from_headers(request.headers)
         all_ops = [guard.op(backend.keys, args, kwargs) for guard in config.guards]
-        paid = state.honoured(all_ops, time.time())
+        paid = state.honoured(
+            all_ops,
+            now=time.time(),
+            retries=request.retries,
+            grace=config.deferral.reservation_grace,
+        )
         guards: list[Guard] = []
         ops: list[Op] = []
         for guard, op in zip(config.guards, all_ops, strict=True):
@@ -134,13 +138,11 @@ class GuardedTask(Task):  # type: ignore[misc]
         )
         if eager:
             raise denied.denied_error(result.retry_after, key)
-        if result.reserved:
-            paid = paid | {op.key for op in ops if isinstance(op, RateOp)}
+        reserved = [op.key for op in ops if isinstance(op, RateOp)] if result.reserved else []
         defer(
             self,
             retry_after=result.retry_after,
-            paid=paid,
-            slot_in=result.retry_after if result.reserved else None,
+            reserved=reserved,
             state=state,
             policy=config.deferral,
             reason=f"{denied!r} on {key}" + (" (backend unavailable)" if outcome.degraded else ""),

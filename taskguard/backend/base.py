@@ -15,6 +15,7 @@ from taskguard.keys import KeySchema
 from .ops import Admission, Op
 
 if TYPE_CHECKING:
+    from taskguard.guards.keying import KeySource
     from taskguard.guards.ratelimit import RateLimiter
     from taskguard.units import Rate
 
@@ -76,6 +77,7 @@ class Backend(ABC):
         rate: str | Rate,
         *,
         burst: int | None = None,
+        key: KeySource = None,
         on_outage: str = "allow",
     ) -> RateLimiter:
         """Build a standalone GCRA rate limiter named ``name``.
@@ -84,6 +86,8 @@ class Backend(ABC):
             name: The limiter's name; all processes using one name share its buckets.
             rate: ``"10/s"``, ``"100/m"``, ``"5000/h"``, ``"1000/d"`` or a :class:`Rate`.
             burst: Tokens an idle bucket hands out at once (default 1: evenly spaced).
+            key: For use as a decorator: a template over the decorated function's
+                arguments (``"{user_id}"``) or a callable, choosing the bucket per call.
             on_outage: What to do while the backend is unreachable: ``"allow"``,
                 ``"deny"`` or ``"local"`` (limit per process).
 
@@ -95,5 +99,5 @@ class Backend(ABC):
         """
         from taskguard.guards.ratelimit import RateLimit, RateLimiter
 
-        spec = RateLimit(rate, burst=burst, name=name, on_outage=on_outage)
+        spec = RateLimit(rate, burst=burst, key=key, name=name, on_outage=on_outage)
         return RateLimiter(self, spec)

@@ -52,17 +52,22 @@ class MemoryBackend(Backend):
         with self._lock:
             now = self.clock.time()
             tats: list[float] = []
-            worst, denied = 0.0, None
+            waits: list[float] = []
+            denied = None
             for index, op in enumerate(ops):
                 tat = max(self._get(op.key, now) or 0.0, now)
                 tats.append(tat)
-                wait = tat + (op.cost - op.burst) * op.interval - now
-                if wait > 1e-9:
-                    denied = index if denied is None else denied
-                    worst = max(worst, wait)
+                wait = max(tat + (op.cost - op.burst) * op.interval - now, 0.0)
+                waits.append(wait)
+                if wait > 1e-9 and denied is None:
+                    denied = index
             if denied is None:
                 return Admission(allowed=True, remaining=self._commit(ops, tats, now, now))
-            if reserve_within > 0 and worst <= reserve_within:
+            worst = max(waits)
+            # Same rule as admit.lua: reserve only when the buckets' waits agree within
+            # half the smallest interval, so no bucket is blocked beyond its own next slot.
+            agree = worst - min(waits) <= min(op.interval for op in ops) / 2
+            if reserve_within > 0 and worst <= reserve_within and agree:
                 self._commit(ops, tats, now + worst, now)
                 return Admission(
                     False, retry_after=worst, denied=denied, reserved=True, remaining=0

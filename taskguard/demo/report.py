@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,9 @@ __all__ = ["Header", "redact", "render_header", "render_results", "taskguard_hel
 HOLD_TOLERANCE = 1.10
 #: Stage 1 "overshoots" above this factor; with 3 workers it runs close to 3x.
 OVERSHOOT = 1.5
+
+#: Verdicts are wrapped to the width of the results table.
+WIDTH = 94
 
 TITLES = {"celery": "Celery rate_limit", "taskguard": "taskguard RateLimit"}
 LATER = (
@@ -74,29 +78,31 @@ def taskguard_held(result: StageResult) -> bool:
     return result.ratio <= HOLD_TOLERANCE and result.retries_spent == 0
 
 
-def _verdict(result: StageResult) -> str:
+def _verdict(result: StageResult) -> tuple[str, str]:
+    """The tag (``OVER``, ``note``, ``HELD``, ``FAIL``) and the sentence for one stage."""
     limit = f"{result.rate}/s"
     ran = f"the fleet ran {result.achieved:.1f}/s, {result.ratio:.2f}x the limit"
     if result.stage == "celery":
         if result.ratio >= OVERSHOOT:
-            return (
-                f"OVER  {TITLES['celery']}: each of the {result.workers} workers allowed "
-                f"{limit} on its own, so {ran}."
+            return "OVER", (
+                f"{TITLES['celery']}: each of the {result.workers} workers allowed {limit} "
+                f"on its own, so {ran}."
             )
-        return (
-            f"note  {TITLES['celery']}: {ran}. Its limit is per worker, so it allows up to "
+        return "note", (
+            f"{TITLES['celery']}: {ran}. Its limit is per worker, so it allows up to "
             f"{result.workers} x {limit}; its rate-limit scheduling fell short of that here."
         )
-    tag = "HELD" if taskguard_held(result) else "FAIL"
     slow = " (under it: the machine could not keep up)" if result.ratio < 0.8 else ""
-    return (
-        f"{tag}  {TITLES['taskguard']}: one bucket in Redis for all {result.workers} "
-        f"workers; {ran}{slow}.\n"
-        f"      {result.deferrals} deferrals: a task that found no token was re-published "
-        f"for a reserved slot ({result.deferred_runs} of the {result.tasks} measured runs "
-        "had been),\n"
-        f"      and request.retries stayed 0 in every run: retries spent "
-        f"{result.retries_spent}, deferral is not a retry."
+    retries = (
+        "request.retries stayed 0 in every run: deferral is not a retry."
+        if result.retries_spent == 0
+        else f"yet {result.retries_spent} retries were spent."
+    )
+    return "HELD" if taskguard_held(result) else "FAIL", (
+        f"{TITLES['taskguard']}: one bucket in Redis for all {result.workers} workers; "
+        f"{ran}{slow}. {result.deferrals} deferrals: each task that found no token was "
+        f"re-published to run when its token is due ({result.deferred_runs} of the "
+        f"{result.tasks} measured runs had been deferred), and {retries}"
     )
 
 
@@ -142,7 +148,13 @@ def render_results(results: Sequence[StageResult]) -> str:
         "workers: instances that ran any"
     )
     out.append("")
-    out += [f"  {_verdict(r)}" for r in results]
+    for result in results:
+        tag, sentence = _verdict(result)
+        out.append(
+            textwrap.fill(
+                sentence, width=WIDTH, initial_indent=f"  {tag:<4}  ", subsequent_indent=" " * 8
+            )
+        )
     out += ["", "Coming in a later release (not part of this run):"]
     out += [f"  - {name}: {what}" for name, what in LATER]
     return "\n".join(out)

@@ -68,7 +68,8 @@ def _check_redis_transport() -> None:
         import kombu.transport.redis  # noqa: F401
     except ImportError as exc:
         raise DemoError(
-            f"Celery's Redis transport does not load ({exc}): pip install 'kombu[redis]'"
+            f"Celery's Redis transport does not load ({exc}): pip install packaging "
+            "(or 'kombu[redis]')"
         ) from exc
 
 

@@ -105,6 +105,9 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
+                # Not in the terminal's process group: Ctrl-C reaches the demo, which
+                # stops the workers first and this server last.
+                start_new_session=True,
             )
             if self._wait_until_up():
                 return self

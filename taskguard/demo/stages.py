@@ -1,8 +1,9 @@
 """One measured stage: start a fleet of real workers, give it a backlog, count the starts.
 
-The backlog is larger than the fleet could run in the window even at Celery's overshot
+The backlog is larger than the fleet could run in the stage even at Celery's overshot
 rate, so every worker is always busy and the achieved rate is the limit that is really in
-force. The window opens at the first start (by Redis ``TIME``) and lasts ``seconds``.
+force. The measured window opens :data:`WARMUP` seconds after the first start (by Redis
+``TIME``) and lasts ``seconds``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def _fleet(
         )
         for i in range(1, count + 1)
     ]
-    failed = True
+    keep_logs = False
     try:
         for worker in workers:
             worker.start(wait=False)
@@ -127,7 +128,9 @@ def _fleet(
                     f"({worker.logfile}):\n" + "\n".join(lines)
                 ) from None
         yield workers
-        failed = False
+    except Exception:
+        keep_logs = True  # for the error message's reader; not kept on Ctrl-C
+        raise
     finally:
         for worker in workers:
             if worker.is_alive() and worker.process is not None:
@@ -135,7 +138,7 @@ def _fleet(
         for worker in workers:
             worker.stop()
         for worker in workers:
-            if failed:
+            if keep_logs:
                 print(f"  worker log kept: {worker.logfile}", file=sys.stderr)
             else:
                 shutil.rmtree(worker.logfile.parent, ignore_errors=True)

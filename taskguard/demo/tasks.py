@@ -69,11 +69,10 @@ def create_app(config: DemoConfig) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"global_keyprefix": f"{config.prefix}:kombu:"},
         task_ignore_result=True,
-        # Celery's best case. With more messages prefetched than a worker may start,
-        # the ones waiting in its rate-limit bucket each add a timer entry, the event loop
-        # fires only ten per pass and then polls for up to a second, and the worker stalls
-        # below its own limit (measured here: 4-18/s instead of 30/s). One message at a
-        # time lets every worker run at exactly its per-worker limit.
+        # Celery's best case. With the default prefetch (4 per process), messages wait in
+        # each worker's rate-limit bucket on event-loop timers, and the workers stalled for
+        # about a second at a time here: 4-18/s for the fleet instead of 3 x 10/s. One
+        # message at a time lets every worker run at exactly its own limit.
         worker_prefetch_multiplier=1,
         worker_enable_remote_control=False,
         task_routes={

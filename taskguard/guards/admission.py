@@ -63,7 +63,7 @@ def admit(
         return Outcome(backend.admit(ops, reserve_within=reserve_within))
     except BackendUnavailable as exc:
         _log_outage(exc)
-        return Outcome(_decide_offline(backend, guards, ops, exc, reserve_within), degraded=True)
+        return Outcome(_decide_offline(backend, guards, ops, exc), degraded=True)
 
 
 def _decide_offline(
@@ -71,7 +71,6 @@ def _decide_offline(
     guards: Sequence[Guard],
     ops: Sequence[Op],
     exc: BackendUnavailable,
-    reserve_within: float,
 ) -> Admission:
     for index, guard in enumerate(guards):
         if guard.on_outage == "deny":
@@ -80,12 +79,12 @@ def _decide_offline(
     local = [i for i, guard in enumerate(guards) if guard.on_outage == "local"]
     if not local:
         return ALLOWED_EMPTY
-    result = backend.local.admit([ops[i] for i in local], reserve_within=reserve_within)
+    # No reservations offline: a local slot must not mark the shared buckets as paid.
+    result = backend.local.admit([ops[i] for i in local])
     if result.denied is None:
         return result
     return Admission(
         False,
         retry_after=result.retry_after,
         denied=local[result.denied],
-        reserved=result.reserved,
     )

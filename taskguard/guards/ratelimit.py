@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.ops import RateOp
-from taskguard.errors import ConfigurationError, RateLimited
+from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 from taskguard.units import Rate, parse_rate
 
@@ -153,6 +153,8 @@ class RateLimit(Guard):
             bucket = self.bucket(args, kwargs)
         if cost is None:
             cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ValueError(f"cost must be a positive integer, got {cost!r} for {self!r}")
         if cost > self.burst:
             raise ValueError(f"cost {cost} exceeds burst {self.burst} of {self!r}")
         return RateOp(
@@ -204,11 +206,17 @@ class RateLimiter:
 
         Raises:
             RateLimited: The tokens would not be there within ``timeout``.
+            BackendUnavailable: The backend is down and the policy is ``deny``.
         """
         reserve = 1e9 if timeout is None else max(timeout, 0.0)
         decision = self._decide(key, cost, reserve_within=reserve)
         if decision.allowed:
             return decision
+        if decision.degraded:
+            raise BackendUnavailable(
+                f"{self.spec!r}: backend unreachable and on_outage='deny'",
+                retry_after=decision.retry_after,
+            )
         raise self.spec.denied_error(decision.retry_after, key)
 
     def _decide(self, key: str | None, cost: int, *, reserve_within: float) -> Decision:

@@ -110,3 +110,26 @@ def test_connect_urls(redis_url: str) -> None:
 def test_connect_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKGUARD_REDIS_URL", "memory://")
     assert isinstance(taskguard.connect(), taskguard.MemoryBackend)
+
+
+def test_no_reservation_that_would_block_a_shared_bucket(backend: taskguard.Backend) -> None:
+    """A per-customer bucket far behind must not push the shared bucket's slot out."""
+    customer = op(backend, "customer-x", interval=10.0)
+    shared = op(backend, "shared", interval=0.01, burst=100)
+    assert backend.admit([customer, shared]).allowed
+    denied = backend.admit([customer, shared], reserve_within=60)
+    assert not denied.allowed
+    assert not denied.reserved
+    assert denied.denied == 0
+    other_customer = op(backend, "customer-y", interval=10.0)
+    assert backend.admit([other_customer, shared]).remaining == 0  # customer-y's bucket
+    assert backend.admit([shared]).remaining == 97  # only two tokens ever left it
+
+
+def test_reservation_across_buckets_in_step(backend: taskguard.Backend) -> None:
+    a = op(backend, "step-a", interval=5.0)
+    b = op(backend, "step-b", interval=5.0)
+    assert backend.admit([a, b]).allowed
+    reserved = backend.admit([a, b], reserve_within=60)
+    assert reserved.reserved
+    assert 4.5 < reserved.retry_after <= 5.0

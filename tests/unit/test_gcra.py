@@ -209,3 +209,27 @@ def test_denial_retry_after_is_exact(limit: int, burst: int, gaps: list[float]) 
         else:
             clock.advance(retry_after)
         assert backend.admit([op]).allowed
+
+
+def test_cost_from_a_callable_is_checked() -> None:
+    backend = taskguard.MemoryBackend()
+    spec = RateLimit("1/s", burst=3, cost=lambda n: n, name="c")
+    assert spec.op(backend.keys, (2,)).cost == 2
+    for bad in (0, -1, 4):
+        with pytest.raises(ValueError, match="cost"):
+            spec.op(backend.keys, (bad,))
+
+
+def test_rate_limiter_factory_key_template() -> None:
+    clock = FakeClock()
+    backend = taskguard.MemoryBackend(clock=clock)
+    limiter = backend.rate_limiter("per-user", "1/m", key="{user}")
+    seen = []
+
+    @limiter
+    def greet(user: str) -> None:
+        seen.append((user, clock.time()))
+
+    greet("a")
+    greet("b")
+    assert seen[0][1] == seen[1][1]

@@ -133,3 +133,9 @@ def test_fork_rebuilds_the_pool(redis_url: str, tg_prefix: str) -> None:
     after = backend.client
     assert after is not before
     after.ping()
+
+
+def test_blocking_acquire_under_deny_policy_raises_backend_unavailable() -> None:
+    backend = taskguard.connect(DEAD_URL)
+    with pytest.raises(BackendUnavailable, match="on_outage='deny'"):
+        backend.rate_limiter("d", "1/s", on_outage="deny").acquire()

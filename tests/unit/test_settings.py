@@ -91,6 +91,10 @@ def test_global_values_are_validated_and_converted() -> None:
         ({"enabled": "yes"}, "enabled"),
         ({"tasks": []}, "tasks"),
         ({"reserve_within": float("inf")}, "reserve_within"),
+        ({"reservation_grace": -1}, "reservation_grace"),
+        ({"key_prefix": "a b"}, "key_prefix"),
+        ({"key_prefix": "a{b}"}, "key_prefix"),
+        ({"redis_url": "http://x"}, "redis_url"),
     ],
 )
 def test_invalid_global_settings(raw: dict[str, Any], field: str) -> None:

@@ -5,6 +5,7 @@ transport, so the re-published message can be read back and inspected. Cross-pro
 behaviour is proven in tests/integration with real workers and real Redis.
 """
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import DeferralExhausted, GuardedTask, MemoryBackend, RateLimit, RateLimited, signals
 from taskguard.clock import FakeClock
-from taskguard.deferral import HEADER_COUNT, HEADER_RESERVED, HEADER_SINCE, DeferralState
+from taskguard.deferral import HEADER_COUNT, HEADER_RESERVATION, HEADER_SINCE, DeferralState
 from taskguard.runtime import runtime_for
 
 
@@ -62,6 +63,7 @@ def run_as_worker(
     *args: Any,
     headers: dict[str, Any] | None = None,
     task_id: str = "tid-1",
+    retries: int = 0,
     **kwargs: Any,
 ) -> Any:
     """Call the task the way the worker's tracer does: request pushed, not called directly."""
@@ -72,7 +74,7 @@ def run_as_worker(
         called_directly=False,
         is_eager=False,
         headers=headers,
-        retries=0,
+        retries=retries,
         delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
     )
     try:
@@ -123,8 +125,11 @@ def test_denied_task_is_republished_with_same_id_and_merged_headers(
     assert headers["retries"] == 0
     assert headers["sentry-trace"] == "abc-1"  # merged, not replaced
     assert headers[HEADER_COUNT] == 1
-    assert headers[HEADER_SINCE] == pytest.approx(__import__("time").time(), abs=5)
-    assert headers[HEADER_RESERVED] == [runtime_for(app).backend.keys.rate_limit(work.name)]
+    assert headers[HEADER_SINCE] == pytest.approx(time.time(), abs=5)
+    reservation = headers[HEADER_RESERVATION]
+    assert reservation["keys"] == [runtime_for(app).backend.keys.rate_limit(work.name)]
+    assert reservation["retries"] == 0
+    assert reservation["slot"] == pytest.approx(time.time() + 0.5, abs=1)
     assert headers["eta"] is not None
     deferred = next(kw for name, kw in events if name == "task_deferred")
     assert deferred["delay"] == pytest.approx(0.5)
@@ -155,7 +160,7 @@ def test_deferral_without_reservation_adds_jitter_and_caps_delay(
     assert 2.0 <= deferred["delay"] <= 2.25
     assert deferred["reserved"] is False
     [message] = published(app)
-    assert message.headers[HEADER_RESERVED] == []
+    assert message.headers[HEADER_RESERVATION] is None
 
 
 @pytest.mark.parametrize("policy", ["fail", "drop", "dead_letter"])
@@ -167,7 +172,7 @@ def test_deferral_cap_policies(app: Celery, events: list[Any], policy: str) -> N
     def capped() -> None: ...
 
     run_as_worker(capped)
-    headers = {HEADER_COUNT: 2, HEADER_SINCE: __import__("time").time()}
+    headers = {HEADER_COUNT: 2, HEADER_SINCE: time.time()}
     expected = DeferralExhausted if policy == "fail" else Ignore
     with pytest.raises(expected):
         run_as_worker(capped, headers=headers)
@@ -188,7 +193,7 @@ def test_deferral_age_cap(app: Celery) -> None:
     def old() -> None: ...
 
     run_as_worker(old)
-    long_ago = __import__("time").time() - 60
+    long_ago = time.time() - 60
     with pytest.raises(DeferralExhausted, match="deferred 1 times") as info:
         run_as_worker(old, headers={HEADER_COUNT: 1, HEADER_SINCE: long_ago})
     assert info.value.age >= 60
@@ -253,3 +258,57 @@ def test_malformed_deferral_headers_start_fresh(caplog: pytest.LogCaptureFixture
     assert state == DeferralState()
     assert "malformed" in caplog.text
     assert DeferralState.from_headers(None) == DeferralState()
+
+
+def reserved_headers(app: Celery, task: Any, *, slot: float, retries: int = 0) -> dict[str, Any]:
+    key = runtime_for(app).backend.keys.rate_limit(task.name)
+    reservation = {"keys": [key], "slot": slot, "retries": retries}
+    return {HEADER_COUNT: 1, HEADER_SINCE: time.time(), HEADER_RESERVATION: reservation}
+
+
+def test_reservation_is_not_reused_by_a_retry(app: Celery) -> None:
+    """self.retry() copies headers; the reservation belongs to one run only."""
+
+    @app.task(shared=False, base=GuardedTask, guards=[RateLimit("1/h")])
+    def once() -> str:
+        return "ran"
+
+    assert run_as_worker(once) == "ran"
+    headers = reserved_headers(app, once, slot=time.time())
+    assert run_as_worker(once, headers=headers) == "ran"  # the run it was made for
+    with pytest.raises(Ignore):
+        run_as_worker(once, headers=headers, retries=1)  # a retry contests again
+
+
+def test_late_reservation_contests_again(app: Celery) -> None:
+    app.conf.taskguard = {"reservation_grace": 0.05}
+    runtime_for(app).reload()
+
+    @app.task(shared=False, base=GuardedTask, guards=[RateLimit("10/s")])
+    def fast() -> str:
+        return "ran"
+
+    assert run_as_worker(fast) == "ran"
+    on_time = reserved_headers(app, fast, slot=time.time() - 0.01)
+    assert run_as_worker(fast, headers=on_time) == "ran"
+    # Grace is max(half the 0.1 s interval, 0.05 s): 0.2 s late is too late.
+    too_late = reserved_headers(app, fast, slot=time.time() - 0.2)
+    with pytest.raises(Ignore):
+        run_as_worker(fast, headers=too_late)
+
+
+def test_dead_letter_starts_afresh(app: Celery) -> None:
+    app.conf.taskguard = {"max_deferrals": 1, "on_deferral_exhausted": "dead_letter"}
+    runtime_for(app).reload()
+
+    @app.task(shared=False, base=GuardedTask, guards=[RateLimit("1/h")])
+    def dl() -> None: ...
+
+    run_as_worker(dl)
+    headers = {**reserved_headers(app, dl, slot=0.0), "sentry-trace": "t-1"}
+    with pytest.raises(Ignore):
+        run_as_worker(dl, headers=headers)
+    [message] = published(app, "taskguard.dead_letter")
+    assert message.headers["sentry-trace"] == "t-1"
+    for header in (HEADER_COUNT, HEADER_SINCE, HEADER_RESERVATION):
+        assert header not in message.headers

@@ -1,9 +1,13 @@
 --[[ admit.lua: check a task's guards and commit all of them or none, in one call.
 
 The op libraries (lib/*.lua) are concatenated before this file; each registers itself in
-KINDS[kind] with parse(op, argv, i), check(op, now) -> wait_us, reservable,
-commit(op, at, now) -> value, and a `reservable` flag: a reservation commits only the ops
-of reservable kinds (rate limits), at the future slot.
+KINDS[kind] with parse(op, argv, i), check(op, now) -> wait_us, slack_us,
+commit(op, at, now) -> value, and a `reservable` flag (rate limits are; locks are not).
+
+A reservation commits the reservable ops at the future slot `now + wait`. It is made only
+when every denial is reservable and the reservable ops' waits agree within the smallest
+slack (half a bucket interval): reserving a slot far beyond a bucket's own next free slot
+would block that bucket for everyone in between (GCRA keeps one TAT, not a calendar).
 
 KEYS: one per op, in op order.
 ARGV:
@@ -33,12 +37,18 @@ for i = 1, n do
 end
 
 local worst, denied, reservable = 0, 0, true
+local soonest, slack = nil, nil
 for i = 1, n do
-  local wait, can_reserve = ops[i].kind.check(ops[i], now)
+  local kind = ops[i].kind
+  local wait, op_slack = kind.check(ops[i], now)
   if wait > 0 then
     if denied == 0 then denied = i end
     if wait > worst then worst = wait end
-    reservable = reservable and can_reserve
+    reservable = reservable and kind.reservable
+  end
+  if kind.reservable then
+    if soonest == nil or wait < soonest then soonest = wait end
+    if slack == nil or op_slack < slack then slack = op_slack end
   end
 end
 
@@ -57,7 +67,7 @@ if denied == 0 then
   return { 1, 0, 0, 0, commit_all(now, false) }
 end
 local wait_us = math.ceil(worst)
-if reservable and reserve_within > 0 and worst <= reserve_within then
+if reservable and reserve_within > 0 and worst <= reserve_within and worst - soonest <= slack then
   commit_all(now + worst, true)
   return { 0, wait_us, denied, 1, 0 }
 end

@@ -10,14 +10,15 @@ Keys touched: SET with PX, so a bucket expires once it is full again.
 
 local gcra = { reservable = true }
 
--- Microseconds until the op can pass at `now` (0 when it can pass now); reservable.
+-- Microseconds until the op can pass at `now` (0 when it can pass now), and the slack a
+-- reservation may leave in this bucket (half an interval).
 function gcra.check(op, now)
   local tat = tonumber(redis.call('GET', op.key) or '0')
   if tat < now then tat = now end
   op.tat = tat
   local wait = tat + (op.cost - op.burst) * op.interval - now
   if wait < 0 then wait = 0 end
-  return wait, true
+  return wait, op.interval / 2
 end
 
 -- Take the tokens at time `at` (>= now). Returns the tokens left after the take.
