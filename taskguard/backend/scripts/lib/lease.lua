@@ -1,0 +1,70 @@
+--[[ lease.lua: an owner-checked lease on one key: locks and uniqueness claims.
+
+Op arguments: 1. owner (token)  2. ttl_ms  3. mode: "take" or "drop"
+Op keys: 1. the lease key (a string holding the owner)
+         2. take, optional: the fence key (the last fencing token handed out)
+         for release: 2. optional: the notify list that wakes one blocked waiter
+check: another owner holds the key -> wait = its PTTL; our own or none -> 0.
+commit take: SET key owner PX ttl; with a fence key, the fencing token
+  max(last + 1, now_us) is stored and returned: strictly increasing per key, and still
+  increasing after the fence key expires, because it never falls behind server time.
+commit drop: delete the key if we (or nobody) hold it; returns 0.
+release: delete the key if we own it, push a wake-up on the notify list; 1, or 0 if the
+  lease was lost (expired, or taken by someone else).
+renew: PEXPIRE the key if we own it; 1, or 0 if lost.
+--]]
+
+local FENCE_TTL_MS = 2592000000  -- 30 days; tokens stay monotonic after expiry anyway
+
+local lease = { reservable = false }
+
+function lease.parse(op, argv, i)
+  op.owner = argv[i]
+  op.ttl = tonumber(argv[i + 1])
+  op.mode = argv[i + 2]
+end
+
+function lease.check(op, now)
+  local current = redis.call('GET', op.key)
+  op.current = current
+  if current and current ~= op.owner then
+    local pttl = redis.call('PTTL', op.key)
+    if pttl < 1 then pttl = 1 end
+    return pttl * 1000, 0
+  end
+  return 0, 0
+end
+
+function lease.commit(op, at, now)
+  if op.mode == 'drop' then
+    if op.current then redis.call('DEL', op.key) end
+    return 0
+  end
+  redis.call('SET', op.key, op.owner, 'PX', op.ttl)
+  local fence = op.keys[2]
+  if not fence then return 0 end
+  local token = tonumber(redis.call('GET', fence) or '0') + 1
+  if token < now then token = now end
+  redis.call('SET', fence, string.format('%.0f', token), 'PX', FENCE_TTL_MS)
+  return token
+end
+
+function lease.release(op)
+  if redis.call('GET', op.key) ~= op.owner then return 0 end
+  redis.call('DEL', op.key)
+  local notify = op.keys[2]
+  if notify then
+    redis.call('LPUSH', notify, '1')
+    redis.call('LTRIM', notify, 0, 0)
+    redis.call('PEXPIRE', notify, 10000)
+  end
+  return 1
+end
+
+function lease.renew(op)
+  if redis.call('GET', op.key) ~= op.owner then return 0 end
+  redis.call('PEXPIRE', op.key, op.ttl)
+  return 1
+end
+
+KINDS['lease'] = lease
