@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 from celery.exceptions import Ignore
 
 from taskguard import signals
-from taskguard.backend.ops import Op
+from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import DeferralExhausted
 from taskguard.settings import DeferralPolicy
 
@@ -106,7 +106,9 @@ class DeferralState:
         reservation = self.reservation
         if reservation is None or reservation.retries != retries:
             return frozenset()
-        intervals = [op.interval for op in ops if op.key in reservation.keys]
+        intervals = [
+            op.interval for op in ops if isinstance(op, RateOp) and op.key in reservation.keys
+        ]
         if not intervals:
             return frozenset()
         late = now - reservation.slot

@@ -10,6 +10,8 @@ Callers catch one thing, :class:`TaskGuardError`, or a branch of the tree::
     │   ├── LockHeld
     │   ├── ConcurrencyLimitReached
     │   └── CircuitOpen
+    ├── LockLost                    a lease expired or was taken over before its release
+    ├── AlreadyQueued               publish-time uniqueness found the same work queued
     └── DeferralExhausted           a task was deferred too often or for too long
 
 Driver errors are wrapped with ``raise ... from exc`` so the original is kept as ``__cause__``.
@@ -18,6 +20,7 @@ Driver errors are wrapped with ``raise ... from exc`` so the original is kept as
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyQueued",
     "BackendUnavailable",
     "CircuitOpen",
     "ConcurrencyLimitReached",
@@ -25,6 +28,7 @@ __all__ = [
     "DeferralExhausted",
     "GuardDenied",
     "LockHeld",
+    "LockLost",
     "RateLimited",
     "TaskGuardError",
 ]
@@ -111,6 +115,35 @@ class ConcurrencyLimitReached(GuardDenied):
 
 class CircuitOpen(GuardDenied):
     """The circuit breaker is open."""
+
+
+class LockLost(TaskGuardError):
+    """A lease (lock) was no longer ours when we released or extended it.
+
+    It expired (the holder outlived its TTL without a heartbeat) or another owner took it
+    after expiry. The other owner's lock is never touched.
+
+    Attributes:
+        key: The lock's key.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        self.key = key
+        super().__init__(message)
+
+
+class AlreadyQueued(TaskGuardError):
+    """Publish-time uniqueness: the same work is already queued or running.
+
+    Attributes:
+        task_id: The id of the task holding the claim (its result is that work's result).
+        key: The uniqueness key.
+    """
+
+    def __init__(self, message: str, *, task_id: str | None = None, key: str | None = None):
+        self.task_id = task_id
+        self.key = key
+        super().__init__(message)
 
 
 class DeferralExhausted(TaskGuardError):

@@ -43,7 +43,26 @@ class KeySchema:
 
     def rate_limit(self, name: str, key: str | None = None) -> str:
         """The GCRA state of rate limit ``name`` for bucket ``key``."""
-        base = f"{self._head}:rl:{_clean(name)}"
+        return self._named("rl", name, key)
+
+    def lock(self, name: str, key: str | None = None) -> str:
+        """The owner of lock ``name`` for ``key``."""
+        return self._named("lock", name, key)
+
+    def fence(self, name: str, key: str | None = None) -> str:
+        """The last fencing token handed out for lock ``name`` / ``key``."""
+        return self._named("fence", name, key)
+
+    def wakeup(self, name: str, key: str | None = None) -> str:
+        """The list a release pushes to, waking one blocked waiter of lock ``name``."""
+        return self._named("wake", name, key)
+
+    def unique(self, name: str, key: str | None = None) -> str:
+        """The publish-time uniqueness claim of task ``name`` for ``key``."""
+        return self._named("uniq", name, key)
+
+    def _named(self, kind: str, name: str, key: str | None) -> str:
+        base = f"{self._head}:{kind}:{_clean(name)}"
         return f"{base}:{_clean(key)}" if key else base
 
     def pattern(self) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from taskguard.keys import KeySchema
 
-from .ops import Admission, Op
+from .ops import Admission, LeaseOp, Op
 
 if TYPE_CHECKING:
     from taskguard.guards.keying import KeySource
@@ -48,6 +48,25 @@ class Backend(ABC):
         Raises:
             BackendUnavailable: The backend could not be reached.
         """
+
+    @abstractmethod
+    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        """Release leases we own, in one round trip; False for each one no longer ours.
+
+        Another owner's lease is never touched.
+        """
+
+    @abstractmethod
+    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        """Extend leases we own by their TTL, in one round trip; False for each one lost."""
+
+    @abstractmethod
+    def owner(self, key: str) -> str | None:
+        """The current owner of lease ``key``, or None."""
+
+    @abstractmethod
+    def wait_for_wakeup(self, key: str, timeout: float) -> bool:
+        """Block until a release pushes to wake-up list ``key`` (True) or ``timeout`` ends."""
 
     @abstractmethod
     def time(self) -> float:

@@ -10,13 +10,13 @@ from taskguard.clock import Clock, SystemClock
 from taskguard.keys import KeySchema
 
 from .base import Backend
-from .ops import ALLOWED_EMPTY, Admission, Op, RateOp
+from .ops import ALLOWED_EMPTY, Admission, LeaseOp, Op, RateOp, granted
 
 __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend(Backend):
-    """Keeps guard state in a dict, guarded by one lock. Time comes from ``clock``.
+    """Keeps guard state in dicts, guarded by one lock. Time comes from ``clock``.
 
     Args:
         keys: The key schema.
@@ -26,8 +26,12 @@ class MemoryBackend(Backend):
     def __init__(self, *, keys: KeySchema | None = None, clock: Clock | None = None) -> None:
         super().__init__(keys=keys)
         self.clock: Clock = clock or SystemClock()
-        self._data: dict[str, tuple[float, float]] = {}  # key -> (value, expires_at)
+        self._data: dict[str, tuple[float, float]] = {}  # bucket -> (TAT, expires_at)
+        self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires_at)
+        self._fences: dict[str, int] = {}
+        self._wakeups: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._woken = threading.Condition(self._lock)
 
     def __repr__(self) -> str:
         return f"MemoryBackend(prefix={self.keys.prefix!r})"
@@ -46,47 +50,104 @@ class MemoryBackend(Backend):
             return None
         return value
 
+    def _lease(self, key: str, now: float) -> tuple[str, float] | None:
+        item = self._leases.get(key)
+        if item is not None and item[1] <= now:
+            del self._leases[key]
+            return None
+        return item
+
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
         with self._lock:
             now = self.clock.time()
-            tats: list[float] = []
-            waits: list[float] = []
-            denied = None
-            for index, op in enumerate(ops):
-                tat = max(self._get(op.key, now) or 0.0, now)
-                tats.append(tat)
-                wait = max(tat + (op.cost - op.burst) * op.interval - now, 0.0)
-                waits.append(wait)
-                if wait > 1e-9 and denied is None:
-                    denied = index
+            waits = [self._wait(op, now) for op in ops]
+            denied = next((i for i, wait in enumerate(waits) if wait > 1e-9), None)
             if denied is None:
-                return Admission(allowed=True, remaining=self._commit(ops, tats, now, now))
+                return granted(ops, [self._commit(op, now, now) for op in ops])
             worst = max(waits)
-            # Same rule as admit.lua: reserve only when the buckets' waits agree within
-            # half the smallest interval, so no bucket is blocked beyond its own next slot.
-            agree = worst - min(waits) <= min(op.interval for op in ops) / 2
-            if reserve_within > 0 and worst <= reserve_within and agree:
-                self._commit(ops, tats, now + worst, now)
-                return Admission(
-                    False, retry_after=worst, denied=denied, reserved=True, remaining=0
-                )
-            return Admission(False, retry_after=worst, denied=denied, remaining=0)
+            rates = [
+                (op, wait) for op, wait in zip(ops, waits, strict=True) if isinstance(op, RateOp)
+            ]
+            # Same rule as admit.lua: reserve only when every denial is a rate limit and
+            # the buckets' waits agree within half the smallest interval.
+            reservable = all(isinstance(ops[i], RateOp) for i, w in enumerate(waits) if w > 1e-9)
+            agree = worst - min(w for _, w in rates) <= min(op.interval for op, _ in rates) / 2
+            if reservable and agree and 0 < worst <= reserve_within:
+                for op, _ in rates:
+                    self._commit(op, now + worst, now)
+                return Admission(False, worst, denied=denied, reserved=True, remaining=0)
+            return Admission(False, worst, denied=denied, remaining=0)
 
-    def _commit(self, ops: Sequence[RateOp], tats: list[float], at: float, now: float) -> int:
-        remaining = -1
-        for op, tat in zip(ops, tats, strict=True):
-            start = max(tat, at)
+    def _wait(self, op: Op, now: float) -> float:
+        if isinstance(op, RateOp):
+            tat = max(self._get(op.key, now) or 0.0, now)
+            return max(tat + (op.cost - op.burst) * op.interval - now, 0.0)
+        held = self._lease(op.key, now)
+        if held is not None and held[0] != op.owner:
+            return max(held[1] - now, 0.001)
+        return 0.0
+
+    def _commit(self, op: Op, at: float, now: float) -> int:
+        if isinstance(op, RateOp):
+            start = max(self._get(op.key, now) or 0.0, now, at)
             new_tat = start + op.cost * op.interval
             self._data[op.key] = (new_tat, new_tat + 0.001)
             # (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
-            left = max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
-            remaining = left if remaining < 0 else min(remaining, left)
-        return remaining
+            return max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
+        if op.drop:
+            self._leases.pop(op.key, None)
+            return 0
+        self._leases[op.key] = (op.owner, now + op.ttl)
+        if op.fence_key is None:
+            return 0
+        token = max(self._fences.get(op.fence_key, 0) + 1, int(now * 1_000_000))
+        self._fences[op.fence_key] = token
+        return token
+
+    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        with self._lock:
+            now = self.clock.time()
+            results = []
+            for op in ops:
+                held = self._lease(op.key, now)
+                ours = held is not None and held[0] == op.owner
+                if ours:
+                    del self._leases[op.key]
+                    if op.wakeup_key is not None:
+                        self._wakeups[op.wakeup_key] = 1
+                        self._woken.notify_all()
+                results.append(ours)
+            return results
+
+    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        with self._lock:
+            now = self.clock.time()
+            results = []
+            for op in ops:
+                held = self._lease(op.key, now)
+                ours = held is not None and held[0] == op.owner
+                if ours:
+                    self._leases[op.key] = (op.owner, now + op.ttl)
+                results.append(ours)
+            return results
+
+    def owner(self, key: str) -> str | None:
+        with self._lock:
+            held = self._lease(key, self.clock.time())
+            return held[0] if held else None
+
+    def wait_for_wakeup(self, key: str, timeout: float) -> bool:
+        with self._lock:
+            woken = self._woken.wait_for(lambda: self._wakeups.get(key, 0) > 0, timeout)
+            if woken:
+                self._wakeups[key] -= 1
+            return woken
 
     def time(self) -> float:
         return self.clock.time()
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._woken = threading.Condition(self._lock)

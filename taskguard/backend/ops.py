@@ -6,10 +6,11 @@ backend, which checks them all and commits all of them or none in one round trip
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-__all__ = ["Admission", "Op", "RateOp"]
+__all__ = ["Admission", "LeaseOp", "Op", "RateOp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +30,32 @@ class RateOp:
     cost: int = 1
 
 
-#: Every op kind a backend understands (locks, slots and breakers join later).
-Op: TypeAlias = RateOp
+@dataclass(frozen=True, slots=True)
+class LeaseOp:
+    """An owner-checked lease on ``key``: a lock, or a uniqueness claim.
+
+    In admission it is taken (or, with ``drop``, checked and deleted if ours); it is
+    released and renewed by its owner only. Another owner's lease is never touched.
+
+    Attributes:
+        key: The lease key.
+        owner: The owner token (unique per holder).
+        ttl: Lease duration in seconds; the heartbeat renews it while held.
+        fence_key: When set, taking the lease hands out a fencing token from this key.
+        wakeup_key: When set, releasing wakes one waiter blocked on this list.
+        drop: Admission only checks that nobody else holds it, and deletes ours.
+    """
+
+    key: str
+    owner: str
+    ttl: float
+    fence_key: str | None = None
+    wakeup_key: str | None = None
+    drop: bool = False
+
+
+#: Every op kind a backend understands (concurrency slots and breakers join later).
+Op: TypeAlias = RateOp | LeaseOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +70,8 @@ class Admission:
             caller may run then without asking again (see docs/design.md, "Reservations").
         remaining: Tokens left in the tightest rate-limit bucket after this call, or -1
             when no rate-limit op was involved.
+        tokens: When allowed, one value per op: the fencing token of a lease taken with
+            a fence key, else 0.
     """
 
     allowed: bool
@@ -52,6 +79,15 @@ class Admission:
     denied: int | None = None
     reserved: bool = False
     remaining: int = -1
+    tokens: tuple[int, ...] = ()
+
+
+def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
+    """The admission of ``ops``, from the per-op values their commit returned."""
+    pairs = list(zip(ops, values, strict=True))
+    left = [value for op, value in pairs if isinstance(op, RateOp)]
+    tokens = tuple(value if isinstance(op, LeaseOp) else 0 for op, value in pairs)
+    return Admission(True, remaining=min(left, default=-1), tokens=tokens)
 
 
 ALLOWED_EMPTY = Admission(allowed=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,14 +18,16 @@ from taskguard.keys import KeySchema
 
 from .base import Backend
 from .lua import load_script
-from .ops import ALLOWED_EMPTY, Admission, Op, RateOp
+from .ops import ALLOWED_EMPTY, Admission, LeaseOp, Op, RateOp, granted
 from .outage import OutageBreaker
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("taskguard.backend")
 
-_ADMIT = load_script("admit", libs=["gcra"])
+_ADMIT = load_script("admit", libs=["ops", "gcra", "lease"])
+_RELEASE = load_script("release", libs=["ops", "lease"])
+_RENEW = load_script("renew", libs=["ops", "lease"])
 # Errors that mean "the server is not there": they open the outage breaker.
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -104,20 +107,49 @@ class RedisBackend(Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        keys: list[str] = []
-        args: list[Any] = [int(reserve_within * 1_000_000), len(ops)]
-        for op in ops:
-            keys.append(op.key)
-            args += _encode(op)
+        keys, args = _encode(ops, release=False)
         with self._call("admission"):
-            allowed, wait_us, denied, reserved, remaining = _ADMIT(self.client, keys, args)
-        return Admission(
-            allowed=bool(allowed),
-            retry_after=wait_us / 1_000_000,
-            denied=denied - 1 if denied else None,
-            reserved=bool(reserved),
-            remaining=remaining,
-        )
+            reply = _ADMIT(self.client, keys, [int(reserve_within * 1_000_000), *args])
+        allowed, wait_us, denied, reserved = reply[:4]
+        if not allowed:
+            return Admission(
+                False,
+                retry_after=wait_us / 1_000_000,
+                denied=denied - 1,
+                reserved=bool(reserved),
+                remaining=0,
+            )
+        return granted(ops, reply[4:])
+
+    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        if not ops:
+            return []
+        keys, args = _encode(ops, release=True)
+        with self._call("release"):
+            return [bool(r) for r in _RELEASE(self.client, keys, args)]
+
+    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+        if not ops:
+            return []
+        keys, args = _encode(ops, release=False)
+        with self._call("renewal"):
+            return [bool(r) for r in _RENEW(self.client, keys, args)]
+
+    def owner(self, key: str) -> str | None:
+        with self._call("GET"):
+            value = self.client.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def wait_for_wakeup(self, key: str, timeout: float) -> bool:
+        # BLPOP in slices shorter than the socket timeout, so a wait never looks like a
+        # dead server; a release pushes to the list and ends the wait at once.
+        deadline = time.monotonic() + timeout
+        slice_ = max(self._options["socket_timeout"] * 0.8, 0.05)
+        while (left := deadline - time.monotonic()) > 0:
+            with self._call("BLPOP"):
+                if self.client.blpop([key], timeout=min(left, slice_)):
+                    return True
+        return False
 
     def time(self) -> float:
         with self._call("TIME"):
@@ -143,7 +175,20 @@ class RedisBackend(Backend):
             self._client = self._make_client()
 
 
-def _encode(op: Op) -> list[Any]:
-    if isinstance(op, RateOp):
-        return ["rl", 3, repr(op.interval * 1_000_000), op.burst, op.cost]
-    raise TypeError(f"unsupported op {op!r}")  # pragma: no cover - exhaustive over Op
+def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for lib/ops.lua: n, then per op kind, nkeys, argc, arguments."""
+    keys: list[str] = []
+    args: list[Any] = [len(ops)]
+    for op in ops:
+        if isinstance(op, RateOp):
+            op_keys = [op.key]
+            op_args: list[Any] = [repr(op.interval * 1_000_000), op.burst, op.cost]
+            kind = "rl"
+        else:
+            extra = op.wakeup_key if release else op.fence_key
+            op_keys = [op.key] if extra is None else [op.key, extra]
+            op_args = [op.owner, max(int(op.ttl * 1000), 1), "drop" if op.drop else "take"]
+            kind = "lease"
+        keys += op_keys
+        args += [kind, len(op_keys), len(op_args), *op_args]
+    return keys, args

@@ -1,6 +1,6 @@
 --[[ gcra.lua: the GCRA rate-limit op, used by admit.lua (concatenated before it).
 
-Op arguments (ARGV, after the op's kind and argc):
+Op arguments (ARGV, after the op's kind, nkeys and argc):
   1. interval_us  emission interval: microseconds per token (may be fractional)
   2. burst        tokens an idle bucket hands out at once (integer >= cost)
   3. cost         tokens this call takes (integer >= 1)
