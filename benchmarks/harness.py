@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,7 @@ __all__ = [
     "Goal",
     "Row",
     "calls_per_second",
+    "interleaved_call_times",
     "machine_info",
     "median",
 ]
@@ -109,6 +111,26 @@ class Context:
     def client(self) -> redis.Redis:
         """A new client for :attr:`redis`."""
         return redis.Redis.from_url(self.redis.url)
+
+
+def interleaved_call_times(
+    calls: Sequence[Callable[[], object]], seconds: float
+) -> list[array[float]]:
+    """Call each of ``calls`` in turn, timing every call, for about ``seconds``.
+
+    Returns:
+        For each call, its durations in nanoseconds.
+    """
+    clock = time.perf_counter_ns
+    times = [array("d") for _ in calls]
+    deadline = clock() + seconds * 1e9
+    while clock() < deadline:
+        for _ in range(20):
+            for call, durations in zip(calls, times, strict=True):
+                started = clock()
+                call()
+                durations.append(clock() - started)
+    return times
 
 
 def median(values: Sequence[float]) -> float:

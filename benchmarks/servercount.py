@@ -89,6 +89,15 @@ class Counted:
     def round_trips(self) -> int:
         return sum(self.sent.values())
 
+    def without(self, other: Counted, times: float) -> Counted:
+        """These counts less ``times`` x ``other``'s: a warm-up less its tasks' share."""
+
+        def less(mine: Counter[str], theirs: Counter[str]) -> Counter[str]:
+            left = Counter({name: round(n - times * theirs[name]) for name, n in mine.items()})
+            return +left  # drops what is zero or below
+
+        return Counted(less(self.sent, other.sent), less(self.scripted, other.scripted))
+
     def describe(self, per: int) -> str:
         """``"1 EVALSHA (inside: 1 GET, 1 SET)"``, per ``per`` operations."""
 

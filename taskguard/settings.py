@@ -384,7 +384,9 @@ def _rate_limits_from(
     common = _rate_limit_fields(entry, on_outage)
     if "rate_limit" not in entry:
         if common:
-            RateLimit("1/s", **common)  # type-check the shorthands now; they tweak class guards
+            # Type-check the shorthands now; cost against burst is checked per task, with
+            # the burst of the class's limits they tweak.
+            RateLimit("1/s", **{"burst": 10**9, **common})
         return None
     value = entry["rate_limit"]
     if value is None or value is False:

@@ -18,9 +18,12 @@ from celery.utils.dispatch import Signal
 
 __all__ = [
     "deferral_exhausted",
+    "duplicate_rejected",
     "guard_acquired",
     "guard_denied",
     "guard_released",
+    "lease_lost",
+    "lock_conflict",
     "task_deferred",
 ]
 
@@ -42,3 +45,15 @@ task_deferred = Signal(name="task_deferred")
 
 #: A task hit its deferral cap. Args: ``task_id``, ``deferrals``, ``age``, ``policy``.
 deferral_exhausted = Signal(name="deferral_exhausted")
+
+#: A task's run-time lock was held by another run. Args: ``task_id``, ``key``,
+#: ``retry_after``, ``action`` (``defer``, ``skip`` or ``fail``).
+lock_conflict = Signal(name="lock_conflict")
+
+#: A lease (lock, uniqueness claim) was found expired or taken over, by the heartbeat or
+#: at release. Args: ``task_id`` (None outside tasks), ``key``.
+lease_lost = Signal(name="lease_lost")
+
+#: Uniqueness refused a duplicate. Args: ``task_id`` (the duplicate's), ``holder`` (the
+#: id holding the claim, when known), ``key``, ``stage`` (``publish`` or ``run``).
+duplicate_rejected = Signal(name="duplicate_rejected")

@@ -9,20 +9,19 @@ user's ``self.retry()``, ``Ignore``, ``Reject`` and a soft time limit all unwind
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
-from taskguard import signals
-from taskguard.backend.ops import Op, RateOp
-from taskguard.deferral import DeferralState, defer
-from taskguard.guards.admission import admit
+from taskguard.backend.base import Backend
 from taskguard.guards.base import Guard
+from taskguard.guards.lock import Lock
+from taskguard.runs import admit_run, release_run
 from taskguard.runtime import runtime_for
 from taskguard.settings import TaskSettings
+from taskguard.uniqueness import publish_unique
 
 __all__ = ["GuardedTask"]
 
@@ -58,6 +57,11 @@ class GuardedTask(Task):  # type: ignore[misc]
         """This task's effective, validated configuration (resolved once per process)."""
         return self._taskguard_settings
 
+    @property
+    def taskguard_backend(self) -> Backend:
+        """Where this task's guard state lives (shared by the app's tasks)."""
+        return runtime_for(self.app).backend
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if request.called_directly:
@@ -65,8 +69,7 @@ class GuardedTask(Task):  # type: ignore[misc]
         config = self.taskguard_settings
         if not (config.enabled and config.guards):
             return super().__call__(*args, **kwargs)
-        guards = self._taskguard_admit(config, request, args, kwargs)
-        started = time.monotonic()
+        run = admit_run(self, config, request, args, kwargs)
         outcome = "aborted"
         try:
             result = super().__call__(*args, **kwargs)
@@ -76,78 +79,17 @@ class GuardedTask(Task):  # type: ignore[misc]
             outcome = _outcome_of(exc)
             raise
         finally:
-            self._taskguard_release(request, guards, outcome, time.monotonic() - started)
+            release_run(self, request, run, outcome)
 
-    def _taskguard_release(
-        self, request: Any, guards: Sequence[Guard], outcome: str, duration: float
-    ) -> None:
-        # Rate-limit tokens are spent, not held, so a task guarded only by rate limits has
-        # nothing to give back and this costs no round trip. Guards that hold something
-        # (locks, concurrency slots) and the breaker's outcome recording return it here,
-        # in one call, on every outcome.
-        if signals.guard_released.receivers:
-            signals.guard_released.send(
-                sender=self,
-                task_id=request.id,
-                guards=guards,
-                outcome=outcome,
-                duration=duration,
-            )
-
-    def _taskguard_admit(
-        self, config: TaskSettings, request: Any, args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> list[Guard]:
-        """Admit the task or defer it (raising Ignore); returns the guards admitted."""
-        backend = runtime_for(self.app).backend
-        state = DeferralState.from_headers(request.headers)
-        all_ops = [guard.op(backend.keys, args, kwargs) for guard in config.guards]
-        paid = state.honoured(
-            all_ops,
-            now=time.time(),
-            retries=request.retries,
-            grace=config.deferral.reservation_grace,
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Publish the task; publish-time uniqueness (``Lock(mode="until_...")``) first."""
+        config = self.taskguard_settings
+        unique = any(isinstance(g, Lock) and g.at_publish for g in config.guards)
+        if not (config.enabled and unique):
+            return super().apply_async(args, kwargs, **options)
+        return publish_unique(
+            self, config, args=args, kwargs=kwargs, options=options, publish=super().apply_async
         )
-        guards: list[Guard] = []
-        ops: list[Op] = []
-        for guard, op in zip(config.guards, all_ops, strict=True):
-            if op.key not in paid:  # a bucket whose slot this message already holds
-                guards.append(guard)
-                ops.append(op)
-        eager = bool(request.is_eager)
-        reserve_within = (
-            0.0 if eager else min(config.deferral.reserve_within, config.deferral.max_delay)
-        )
-        outcome = admit(backend, guards, ops, reserve_within=reserve_within)
-        result = outcome.admission
-        if result.allowed:
-            if signals.guard_acquired.receivers:
-                signals.guard_acquired.send(
-                    sender=self, task_id=request.id, guards=guards, degraded=outcome.degraded
-                )
-            return guards
-
-        denied = guards[result.denied or 0]
-        key = ops[result.denied or 0].key
-        signals.guard_denied.send(
-            sender=self,
-            task_id=request.id,
-            guard=denied,
-            key=key,
-            retry_after=result.retry_after,
-            degraded=outcome.degraded,
-        )
-        if eager:
-            raise denied.denied_error(result.retry_after, key)
-        reserved = [op.key for op in ops if isinstance(op, RateOp)] if result.reserved else []
-        defer(
-            self,
-            retry_after=result.retry_after,
-            reserved=reserved,
-            state=state,
-            policy=config.deferral,
-            reason=f"{denied!r} on {key}" + (" (backend unavailable)" if outcome.degraded else ""),
-        )
-        raise AssertionError("unreachable: defer() always raises")  # pragma: no cover
 
 
 def _outcome_of(exc: Exception) -> str:

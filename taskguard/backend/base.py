@@ -16,7 +16,9 @@ from .ops import Admission, LeaseOp, Op
 
 if TYPE_CHECKING:
     from taskguard.guards.keying import KeySource
+    from taskguard.guards.lock import DistributedLock
     from taskguard.guards.ratelimit import RateLimiter
+    from taskguard.heartbeat import Heartbeat
     from taskguard.units import Rate
 
     from .memory import MemoryBackend
@@ -34,6 +36,7 @@ class Backend(ABC):
     def __init__(self, *, keys: KeySchema | None = None) -> None:
         self.keys = keys or KeySchema()
         self._local: MemoryBackend | None = None
+        self._heartbeat: Heartbeat | None = None
 
     @abstractmethod
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
@@ -82,6 +85,20 @@ class Backend(ABC):
         """Drop state inherited from a parent process (connections, breaker state)."""
 
     @property
+    def heartbeat(self) -> Heartbeat:
+        """This process's heartbeat for leases held on this backend (started on first use)."""
+        if self._heartbeat is None:
+            from taskguard.heartbeat import Heartbeat
+
+            self._heartbeat = Heartbeat(self)
+        return self._heartbeat
+
+    def _forget_heartbeat(self) -> None:
+        # A forked child inherits the parent's registry but not its thread, and the
+        # parent's leases are not the child's to renew.
+        self._heartbeat = None
+
+    @property
     def local(self) -> MemoryBackend:
         """A process-local backend with the same key schema, used by the ``local`` policy."""
         if self._local is None:
@@ -89,6 +106,28 @@ class Backend(ABC):
 
             self._local = MemoryBackend(keys=self.keys)
         return self._local
+
+    def lock(self, name: str, *, ttl: float = 30.0, renew: bool = True) -> DistributedLock:
+        """Build a standalone distributed lock on resource ``name``.
+
+        Args:
+            name: The resource; every process using this name shares the lock.
+            ttl: Lease seconds; a crashed holder's lock frees itself after this.
+            renew: Renew the lease from the process heartbeat while held (so the TTL
+                only matters after a crash).
+
+        Example:
+            >>> import taskguard
+            >>> lock = taskguard.connect("memory://").lock("invoice:7", ttl=10)
+            >>> held = lock.acquire(timeout=1)
+            >>> lock.try_acquire().allowed
+            False
+            >>> held.release()
+            True
+        """
+        from taskguard.guards.lock import DistributedLock
+
+        return DistributedLock(self, name, ttl=ttl, renew=renew)
 
     def rate_limiter(
         self,

@@ -73,8 +73,11 @@ class MemoryBackend(Backend):
             # Same rule as admit.lua: reserve only when every denial is a rate limit and
             # the buckets' waits agree within half the smallest interval.
             reservable = all(isinstance(ops[i], RateOp) for i, w in enumerate(waits) if w > 1e-9)
-            agree = worst - min(w for _, w in rates) <= min(op.interval for op, _ in rates) / 2
-            if reservable and agree and 0 < worst <= reserve_within:
+            if (
+                reservable
+                and 0 < worst <= reserve_within
+                and worst - min(w for _, w in rates) <= min(op.interval for op, _ in rates) / 2
+            ):
                 for op, _ in rates:
                     self._commit(op, now + worst, now)
                 return Admission(False, worst, denied=denied, reserved=True, remaining=0)
@@ -149,5 +152,6 @@ class MemoryBackend(Backend):
         return self.clock.time()
 
     def reset_after_fork(self) -> None:
+        self._forget_heartbeat()
         self._lock = threading.Lock()
         self._woken = threading.Condition(self._lock)

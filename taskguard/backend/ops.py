@@ -44,6 +44,8 @@ class LeaseOp:
         fence_key: When set, taking the lease hands out a fencing token from this key.
         wakeup_key: When set, releasing wakes one waiter blocked on this list.
         drop: Admission only checks that nobody else holds it, and deletes ours.
+        purpose: ``"lock"`` (one run at a time) or ``"claim"`` (publish-time uniqueness:
+            another owner means a duplicate message).
     """
 
     key: str
@@ -52,6 +54,7 @@ class LeaseOp:
     fence_key: str | None = None
     wakeup_key: str | None = None
     drop: bool = False
+    purpose: str = "lock"
 
 
 #: Every op kind a backend understands (concurrency slots and breakers join later).

@@ -168,6 +168,7 @@ class RedisBackend(Backend):
         # parent's outage state. The scripts stay cached server-side.
         self._pid = os.getpid()
         self.breaker.reset()
+        self._forget_heartbeat()
         if self._given_client is not None:
             self._given_client.connection_pool.reset()
             self._client = self._given_client

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from taskguard.backend.ops import Op
 from taskguard.errors import ConfigurationError, GuardDenied
@@ -34,8 +34,8 @@ def check_outage_policy(value: object, *, field: str = "on_outage") -> str:
 class Decision:
     """The answer of a ``try_acquire()``.
 
-    It is truthy when allowed, and a no-op context manager, so ``with limiter.acquire():``
-    reads naturally.
+    It is truthy when allowed, and a context manager that releases what was acquired (a
+    lock's lease; nothing for a rate limit), so ``with limiter.acquire():`` reads naturally.
 
     Attributes:
         allowed: Whether the call may proceed.
@@ -43,6 +43,8 @@ class Decision:
         remaining: Tokens left in the bucket after this call (-1 if not applicable).
         key: The resolved guard key.
         degraded: True when the backend was unreachable and the outage policy decided.
+        token: A lock's fencing token, when one was acquired.
+        lease: What to release, when the guard holds something (a lock).
     """
 
     allowed: bool
@@ -50,6 +52,8 @@ class Decision:
     remaining: int = -1
     key: str | None = None
     degraded: bool = False
+    token: int | None = None
+    lease: Releasable | None = None
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -63,13 +67,22 @@ class Decision:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        if self.lease is not None:
+            self.lease.release()
+
+
+class Releasable(Protocol):
+    """Something held that can be given back."""
+
+    def release(self) -> bool:
+        """Give it back; False if it was no longer ours."""
+        ...
 
 
 class Guard(ABC):
     """A guard specification: an immutable value saying *what* to enforce.
 
-    Subclasses implement :meth:`op` (turn one call into a backend op) and
+    Subclasses implement :meth:`task_ops` (turn one task run into backend ops) and
     :meth:`denied_error`. Specs validate their own fields on construction and raise
     :class:`ConfigurationError` naming the field; :meth:`bind` adds the task context.
     """
@@ -96,8 +109,14 @@ class Guard(ABC):
         """
 
     @abstractmethod
-    def op(self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Op:
-        """The backend op for one call with these arguments."""
+    def task_ops(
+        self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
+    ) -> list[Op]:
+        """The backend ops admitting one task run with these arguments."""
+
+    def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The key this guard uses for one call (None: one key for all calls)."""
+        return None
 
     @abstractmethod
     def denied_error(self, retry_after: float, key: str | None = None) -> GuardDenied:

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from taskguard.backend.ops import RateOp
+from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 from taskguard.units import Rate, parse_rate
@@ -139,20 +139,8 @@ class RateLimit(Guard):
         """The bucket key for one call."""
         return self.key.render(args, kwargs, self._signature)
 
-    def op(
-        self,
-        keys: KeySchema,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        bucket: str | None = None,
-        cost: int | None = None,
-    ) -> RateOp:
-        kwargs = kwargs or {}
-        if bucket is None:
-            bucket = self.bucket(args, kwargs)
-        if cost is None:
-            cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
+    def op(self, keys: KeySchema, bucket: str | None = None, cost: int = 1) -> RateOp:
+        """The op taking ``cost`` tokens from ``bucket`` (None: the limiter's one bucket)."""
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise ValueError(f"cost must be a positive integer, got {cost!r} for {self!r}")
         if cost > self.burst:
@@ -163,6 +151,12 @@ class RateLimit(Guard):
             burst=self.burst,
             cost=cost,
         )
+
+    def task_ops(
+        self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
+    ) -> list[Op]:
+        cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
+        return [self.op(keys, self.bucket(args, kwargs), cost)]
 
     def denied_error(self, retry_after: float, key: str | None = None) -> RateLimited:
         return RateLimited(
@@ -212,7 +206,7 @@ class RateLimiter:
         decision = self._decide(key, cost, reserve_within=reserve)
         if decision.allowed:
             return decision
-        if decision.degraded:
+        if decision.degraded and self.spec.on_outage == "deny":
             raise BackendUnavailable(
                 f"{self.spec!r}: backend unreachable and on_outage='deny'",
                 retry_after=decision.retry_after,
@@ -222,7 +216,7 @@ class RateLimiter:
     def _decide(self, key: str | None, cost: int, *, reserve_within: float) -> Decision:
         from .admission import admit
 
-        op = self.spec.op(self.backend.keys, bucket=key, cost=cost)
+        op = self.spec.op(self.backend.keys, key, cost)
         outcome = admit(self.backend, [self.spec], [op], reserve_within=reserve_within)
         result = outcome.admission
         if result.reserved:

@@ -214,10 +214,10 @@ def test_denial_retry_after_is_exact(limit: int, burst: int, gaps: list[float]) 
 def test_cost_from_a_callable_is_checked() -> None:
     backend = taskguard.MemoryBackend()
     spec = RateLimit("1/s", burst=3, cost=lambda n: n, name="c")
-    assert spec.op(backend.keys, (2,)).cost == 2
+    assert spec.task_ops(backend.keys, (2,), {}, "t")[0].cost == 2  # type: ignore[union-attr]
     for bad in (0, -1, 4):
         with pytest.raises(ValueError, match="cost"):
-            spec.op(backend.keys, (bad,))
+            spec.task_ops(backend.keys, (bad,), {}, "t")
 
 
 def test_rate_limiter_factory_key_template() -> None:

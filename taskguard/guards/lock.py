@@ -1,0 +1,382 @@
+"""Distributed locks: owner-checked leases with fencing tokens, and task uniqueness.
+
+A lock is a lease on one Redis key holding its owner's token. Acquire, release and extend
+check the owner in Lua, so no one can free someone else's lock; the heartbeat renews it
+while held, so a short TTL is safe for a long task and a killed holder's lock comes back
+within that TTL. Every acquire hands out a fencing token that increases per lock across
+all holders: Redis locks alone only make duplicate work rare; the protected resource must
+check the token to make it impossible (see docs/locks.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from taskguard.backend.ops import LeaseOp, Op
+from taskguard.errors import ConfigurationError, LockHeld, LockLost
+from taskguard.keys import KeySchema
+from taskguard.units import parse_duration
+
+from .base import Decision, Guard, check_outage_policy
+from .keying import KeyFunc, KeySource
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["MODES", "DistributedLock", "HeldLock", "Lock"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Uniqueness modes. ``while_executing``: one run at a time (run-time lock).
+#: ``until_executing``: one queued message at a time, claimed at publish and released
+#: when it starts. ``until_executed``: claimed at publish, released when it ends.
+MODES = (
+    "while_executing",
+    "until_executing",
+    "until_executed",
+    "until_executing+while_executing",
+)
+CONFLICT_POLICIES = ("defer", "skip", "fail")
+DUPLICATE_POLICIES = ("return", "raise")
+
+
+def _duration(value: object, field: str) -> float:
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), field=field) from None
+
+
+def _choice(value: object, field: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigurationError(f"must be one of {', '.join(choices)}, got {value!r}", field=field)
+    return str(value)
+
+
+class Lock(Guard):
+    """One run at a time per key, across the fleet; optionally one queued message too.
+
+    Args:
+        key: Template over the task's arguments (``"{account_id}"``) or a callable; None
+            makes one lock for every call of the task.
+        ttl: Lease seconds. The heartbeat renews it every ``ttl / 3`` while the task runs,
+            so it only bounds how long a crashed holder blocks others.
+        mode: One of :data:`MODES` (default ``"while_executing"``).
+        on_conflict: When the run-time lock is held: ``"defer"`` (come back later),
+            ``"skip"`` (drop this run, logged and signalled) or ``"fail"`` (LockHeld).
+        wait: Seconds to wait in the worker for the holder's release (woken by it, not
+            polling) before ``on_conflict`` applies.
+        queue_ttl: Seconds a publish-time claim lasts, covering time in the queue, so a
+            message lost by the broker cannot lock its key forever.
+        on_duplicate: At publish, a duplicate ``"return"``s the queued task's
+            AsyncResult, or ``"raise"``s AlreadyQueued.
+        name: Lock name; tasks sharing a name share locks. Defaults to the task name.
+        on_outage: ``"deny"`` (default: defer while Redis is down), ``"allow"`` or
+            ``"local"``.
+    """
+
+    kind = "lock"
+    key: KeyFunc
+    ttl: float
+    mode: str
+    on_conflict: str
+    wait: float
+    queue_ttl: float
+    on_duplicate: str
+    name: str | None
+    on_outage: str
+    _signature: inspect.Signature | None
+
+    def __init__(
+        self,
+        key: KeySource = None,
+        *,
+        ttl: float = 60.0,
+        mode: str = "while_executing",
+        on_conflict: str = "defer",
+        wait: float = 0.0,
+        queue_ttl: float = 3600.0,
+        on_duplicate: str = "return",
+        name: str | None = None,
+        on_outage: str = "deny",
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
+            raise ConfigurationError(f"must be seconds in [0, 3600), got {wait!r}", field="wait")
+        self._set(
+            key=KeyFunc(key),
+            ttl=_duration(ttl, "ttl"),
+            mode=_choice(mode, "mode", MODES),
+            on_conflict=_choice(on_conflict, "on_conflict", CONFLICT_POLICIES),
+            wait=float(wait),
+            queue_ttl=_duration(queue_ttl, "queue_ttl"),
+            on_duplicate=_choice(on_duplicate, "on_duplicate", DUPLICATE_POLICIES),
+            name=name,
+            on_outage=check_outage_policy(on_outage),
+            _signature=None,
+        )
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "key": self.key.source,
+            "ttl": self.ttl,
+            "mode": self.mode,
+            "on_conflict": self.on_conflict,
+            "wait": self.wait,
+            "queue_ttl": self.queue_ttl,
+            "on_duplicate": self.on_duplicate,
+            "name": self.name,
+            "on_outage": self.on_outage,
+        }
+
+    def __repr__(self) -> str:
+        defaults = Lock()._fields()
+        shown = [f"{k}={v!r}" for k, v in self._fields().items() if v != defaults[k]]
+        return f"Lock({', '.join(shown)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Lock):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def replace(self, **changes: Any) -> Lock:
+        """A copy with some fields changed."""
+        return Lock(**{**self._fields(), **changes})
+
+    @property
+    def runtime(self) -> bool:
+        """True when the mode takes a lock for the run itself."""
+        return "while_executing" in self.mode
+
+    @property
+    def at_publish(self) -> bool:
+        """True when the mode claims the key when the task is published."""
+        return "until_" in self.mode
+
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> Lock:
+        try:
+            self.key.validate(signature)
+        except ConfigurationError as exc:
+            raise exc.for_task(task_name, "lock.key") from None
+        bound = self.replace(name=self.name or task_name)
+        bound._set(_signature=signature)
+        return bound
+
+    def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        return self.key.render(args, kwargs, self._signature)
+
+    def claim_op(self, keys: KeySchema, bucket: str | None, task_id: str) -> LeaseOp:
+        """The publish-time claim of ``bucket`` by message ``task_id``."""
+        return LeaseOp(
+            keys.unique(self.name or "", bucket),
+            owner=task_id,
+            ttl=self.queue_ttl,
+            purpose="claim",
+        )
+
+    def task_ops(
+        self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
+    ) -> list[Op]:
+        bucket = self.bucket(args, kwargs)
+        name = self.name or ""
+        ops: list[Op] = []
+        if self.at_publish:
+            # Run-time half of uniqueness: a duplicate that slipped past publish (send_task,
+            # or a claim that expired) finds the claim held by another message id.
+            until_executed = self.mode == "until_executed"
+            ops.append(
+                LeaseOp(
+                    keys.unique(name, bucket),
+                    owner=task_id,
+                    ttl=self.ttl if until_executed else self.queue_ttl,
+                    drop=not until_executed,
+                    purpose="claim",
+                )
+            )
+        if self.runtime:
+            ops.append(
+                LeaseOp(
+                    keys.lock(name, bucket),
+                    owner=f"{task_id}:{uuid.uuid4().hex[:12]}",
+                    ttl=self.ttl,
+                    fence_key=keys.fence(name, bucket),
+                    wakeup_key=keys.wakeup(name, bucket),
+                )
+            )
+        return ops
+
+    def denied_error(self, retry_after: float, key: str | None = None) -> LockHeld:
+        return LockHeld(
+            f"{self!r} is held for key {key!r}; it expires in {retry_after:.1f}s unless renewed",
+            guard=repr(self),
+            key=key,
+            retry_after=retry_after,
+        )
+
+
+class HeldLock:
+    """An acquired lock: its fencing token, and how to give it back.
+
+    Attributes:
+        fencing_token: Strictly greater than every token handed out before for this lock.
+        owner: This holder's owner token.
+    """
+
+    def __init__(self, lock: DistributedLock, lease: LeaseOp, fencing_token: int) -> None:
+        self.lock = lock
+        self.lease = lease
+        self.owner = lease.owner
+        self.fencing_token = fencing_token
+        self._handle: int | None = None
+        if lock.renew:
+            self._handle = lock.backend.heartbeat.add(lease)
+
+    def __repr__(self) -> str:
+        return f"<HeldLock {self.lease.key} token={self.fencing_token}>"
+
+    def release(self, *, raise_on_lost: bool = True) -> bool:
+        """Release the lock if we still own it; another owner's lock is never touched.
+
+        Raises:
+            LockLost: It expired or was taken over (unless ``raise_on_lost=False``, then
+                False is returned).
+        """
+        if self._handle is not None:
+            self.lock.backend.heartbeat.remove(self._handle)
+            self._handle = None
+        [released] = self.lock.backend.release([self.lease])
+        if not released and raise_on_lost:
+            raise LockLost(f"lock {self.lease.key} was no longer ours", key=self.lease.key)
+        return released
+
+    def extend(self, ttl: float | None = None, *, raise_on_lost: bool = True) -> bool:
+        """Push the expiry to ``ttl`` (default: the lock's TTL) from now, if still ours."""
+        lease = self.lease
+        if ttl is not None:
+            lease = LeaseOp(
+                lease.key, lease.owner, parse_duration(ttl), lease.fence_key, lease.wakeup_key
+            )
+        [extended] = self.lock.backend.renew([lease])
+        if not extended and raise_on_lost:
+            raise LockLost(f"lock {self.lease.key} was no longer ours", key=self.lease.key)
+        return extended
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class DistributedLock:
+    """A named lock outside of Celery. Build with ``taskguard.connect(url).lock(name)``.
+
+    Example:
+        >>> import taskguard
+        >>> lock = taskguard.connect("memory://").lock("report:42", ttl=30)
+        >>> with lock.acquire(timeout=5) as held:
+        ...     held.fencing_token > 0
+        True
+    """
+
+    def __init__(
+        self, backend: Backend, name: str, *, ttl: float = 30.0, renew: bool = True
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.ttl = _duration(ttl, "ttl")
+        self.renew = renew
+        self._held = threading.local()  # what `with lock:` acquired, per thread
+
+    def __repr__(self) -> str:
+        return f"<DistributedLock {self.name!r} ttl={self.ttl} on {self.backend!r}>"
+
+    def _lease(self) -> LeaseOp:
+        keys = self.backend.keys
+        return LeaseOp(
+            keys.lock(self.name),
+            owner=uuid.uuid4().hex,
+            ttl=self.ttl,
+            fence_key=keys.fence(self.name),
+            wakeup_key=keys.wakeup(self.name),
+        )
+
+    def try_acquire(self) -> Decision:
+        """Take the lock if it is free; the decision carries the token and the lease."""
+        lease = self._lease()
+        result = self.backend.admit([lease])
+        if not result.allowed:
+            return Decision(False, retry_after=result.retry_after, key=self.name)
+        held = HeldLock(self, lease, result.tokens[0])
+        return Decision(True, key=self.name, token=held.fencing_token, lease=held)
+
+    def acquire(
+        self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
+    ) -> HeldLock:
+        """Take the lock, waiting for it.
+
+        Args:
+            timeout: Seconds to wait (None: as long as it takes). The wait wakes when the
+                holder releases, without polling; an expired holder is noticed at its TTL.
+            retries: Instead of waiting for a release, try this many more times with
+                exponential backoff (``backoff``, doubling, with jitter).
+            backoff: The first backoff pause, in seconds.
+
+        Raises:
+            LockHeld: Not acquired in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            decision = self.try_acquire()
+            if decision.lease is not None:
+                return cast(HeldLock, decision.lease)
+            if retries is not None:
+                if attempt >= retries:
+                    break
+                pause = backoff * 2**attempt
+                time.sleep(pause / 2 + random.uniform(0, pause / 2))
+                attempt += 1
+                continue
+            left = decision.retry_after if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.backend.wait_for_wakeup(
+                self.backend.keys.wakeup(self.name), min(left, decision.retry_after)
+            )
+        raise LockHeld(
+            f"lock {self.name!r} is held", key=self.name, retry_after=decision.retry_after
+        )
+
+    def locked(self) -> bool:
+        """True while someone holds the lock."""
+        return self.backend.owner(self.backend.keys.lock(self.name)) is not None
+
+    def __enter__(self) -> HeldLock:
+        held = self.acquire()
+        self._held.__dict__.setdefault("stack", []).append(held)
+        return held
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.stack.pop().release()
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: each call runs holding the lock."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.acquire():
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]

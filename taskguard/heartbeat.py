@@ -1,0 +1,143 @@
+"""One thread per process renews every lease the process holds, in one call.
+
+Leases (locks, uniqueness claims, and later concurrency slots) carry a short TTL so that a
+killed worker's leases come back within that TTL. A task that runs longer than the TTL
+keeps its leases because this heartbeat extends all of them together every ``ttl / 3``
+seconds, in one script call whatever their number. A renewal that finds a lease gone
+(it expired during a stall, or another owner took it) reports it through ``on_lost``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from taskguard.backend.base import Backend
+from taskguard.backend.ops import LeaseOp
+from taskguard.errors import BackendUnavailable
+
+__all__ = ["Heartbeat"]
+
+logger = logging.getLogger("taskguard.heartbeat")
+
+#: Shortest pause between two renewal rounds, whatever the TTLs.
+MIN_INTERVAL = 0.05
+
+
+@dataclass
+class _Entry:
+    lease: LeaseOp
+    on_lost: Callable[[LeaseOp], None] | None
+
+
+class Heartbeat:
+    """Renews registered leases from a daemon thread started on first use.
+
+    Args:
+        backend: Where the leases live.
+
+    Example:
+        >>> import taskguard
+        >>> from taskguard.backend.ops import LeaseOp
+        >>> backend = taskguard.connect("memory://")
+        >>> lease = LeaseOp("k", owner="me", ttl=10.0)
+        >>> backend.admit([lease]).allowed
+        True
+        >>> handle = backend.heartbeat.add(lease)
+        >>> backend.heartbeat.beat()  # one renewal round; returns the leases found lost
+        []
+        >>> backend.heartbeat.remove(handle)
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._entries: dict[int, _Entry] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, lease: LeaseOp, on_lost: Callable[[LeaseOp], None] | None = None) -> int:
+        """Start renewing ``lease``; returns a handle for :meth:`remove`."""
+        with self._lock:
+            handle = next(self._ids)
+            self._entries[handle] = _Entry(lease, on_lost)
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+        self._wake.set()  # a shorter TTL may need an earlier round
+        return handle
+
+    def remove(self, handle: int) -> None:
+        """Stop renewing the lease behind ``handle`` (unknown handles are ignored)."""
+        with self._lock:
+            self._entries.pop(handle, None)
+
+    def interval(self) -> float:
+        """Seconds until the next round: a third of the shortest TTL held."""
+        with self._lock:
+            ttls = [entry.lease.ttl for entry in self._entries.values()]
+        return max(min(ttls, default=1.0) / 3, MIN_INTERVAL)
+
+    def beat(self) -> list[LeaseOp]:
+        """Renew every lease now, in one call; return (and report) the ones found lost.
+
+        Raises:
+            BackendUnavailable: The backend did not answer; the leases stay registered.
+        """
+        with self._lock:
+            handles = list(self._entries)
+            entries = [self._entries[h] for h in handles]
+        if not entries:
+            return []
+        results = self.backend.renew([entry.lease for entry in entries])
+        lost = []
+        for handle, entry, renewed in zip(handles, entries, results, strict=True):
+            if renewed:
+                continue
+            lost.append(entry.lease)
+            self.remove(handle)
+            logger.warning("lease on %s lost: it expired or was taken over", entry.lease.key)
+            if entry.on_lost is not None:
+                try:
+                    entry.on_lost(entry.lease)
+                except Exception:
+                    logger.exception("lease-lost callback failed for %s", entry.lease.key)
+        return lost
+
+    def _start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="taskguard-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.interval())
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.beat()
+            except BackendUnavailable as exc:
+                # The leases may expire if this lasts a TTL; the next round tries again.
+                logger.warning("lease renewal failed: %s", exc)
+            except Exception:  # pragma: no cover - a bug must not kill the heartbeat
+                logger.exception("lease renewal crashed")
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the thread (leases stay registered); idempotent."""
+        self._stopping.set()
+        self._wake.set()
+        self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
