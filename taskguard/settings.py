@@ -25,13 +25,14 @@ from typing import Any, ClassVar
 
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
+from taskguard.guards.lock import Lock
 from taskguard.guards.ratelimit import RateLimit
 from taskguard.keys import KeySchema
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
 EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
-GUARD_KINDS = ("rate_limit",)
+GUARD_KINDS = ("rate_limit", "lock")
 
 
 def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
@@ -191,6 +192,7 @@ _GLOBAL_FIELDS = frozenset(
 )
 _TASK_FIELDS = frozenset(
     {
+        "lock",
         "rate_limit",
         "rate_limit_key",
         "burst",
@@ -201,6 +203,9 @@ _TASK_FIELDS = frozenset(
     }
 )
 _RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
+_LOCK_FIELDS = frozenset(
+    {"key", "ttl", "mode", "on_conflict", "wait", "queue_ttl", "on_duplicate", "name", "on_outage"}
+)
 #: Per-task settings that apply to each of the task's rate limits -> RateLimit argument.
 _RATE_SHORTHANDS = {"rate_limit_key": "key", "burst": "burst", "cost": "cost"}
 
@@ -364,6 +369,7 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     if "on_outage" in entry:
         entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
     _rate_limits_from(entry, {})  # builds the specs once to surface errors now
+    _locks_from(entry, {})
     return entry
 
 
@@ -415,11 +421,43 @@ def _rate_limits_from(
     return limits
 
 
+def _locks_from(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> list[Lock] | None:
+    """The lock an entry defines (a mapping of Lock arguments), or None to keep the class's."""
+    if "lock" not in entry:
+        return None
+    value = entry["lock"]
+    if value is None or value is False:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"must be a mapping of Lock arguments (key, ttl, mode...) or null, got {value!r}",
+            field="lock",
+        )
+    unknown = sorted(set(value) - _LOCK_FIELDS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown lock field {unknown[0]!r}; known: {', '.join(sorted(_LOCK_FIELDS))}",
+            field=f"lock.{unknown[0]}",
+        )
+    fields = dict(value)
+    if "lock" in on_outage:
+        fields.setdefault("on_outage", on_outage["lock"])
+    try:
+        return [Lock(**fields)]
+    except ConfigurationError as exc:
+        raise ConfigurationError(exc.reason, field=f"lock.{exc.field}") from None
+
+
 def _apply_overrides(
     guards: list[Guard], raw: Mapping[str, Any], global_outage: Mapping[str, str]
 ) -> list[Guard]:
-    """Settings replace the class's rate limits (``rate_limit``) or tweak them (shorthands)."""
+    """Settings replace the class's guards of a kind, or tweak them (shorthands, outage)."""
     outage = {**global_outage, **raw.get("on_outage", {})}
+    locks = _locks_from(raw, outage)
+    if locks is not None:
+        guards = [*(g for g in guards if not isinstance(g, Lock)), *locks]
+    elif "lock" in outage:
+        guards = [g.replace(on_outage=outage["lock"]) if isinstance(g, Lock) else g for g in guards]
     limits = _rate_limits_from(raw, outage)
     if limits is not None:
         return [g for g in guards if not isinstance(g, RateLimit)] + limits
