@@ -60,16 +60,17 @@ def _table(results: Sequence[BenchResult]) -> str:
     for result in results:
         for index, row in enumerate(result.rows):
             name = result.name if index == 0 else ""
-            lines.append(
-                f"{name:<11} {row.label:<44} {_figure(row.value):>12} {row.unit:<9} {row.note}"
-            )
+            figure = _figure(row.value, row.decimals)
+            lines.append(f"{name:<11} {row.label:<44} {figure:>12} {row.unit:<9} {row.note}")
         if result.goal is not None:
             verdict = "met" if result.goal.met else "MISSED"
             lines.append(f"{'':<11} {'goal: ' + result.goal.description:<44} {verdict:>12}")
     return "\n".join(lines)
 
 
-def _figure(value: float) -> str:
+def _figure(value: float, decimals: int | None) -> str:
+    if decimals is not None:
+        return f"{value:,.{decimals}f}"
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 10:
@@ -86,7 +87,11 @@ def _summary(results: Sequence[BenchResult], failed: Sequence[str], path: Path) 
         parts.append("missed: " + ", ".join(r.name for r in missed))
     if failed:
         parts.append("FAILED to run: " + ", ".join(failed))
-    return f"taskguard benchmarks: {'; '.join(parts)}. Results: {path}"
+    try:
+        shown = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = path
+    return f"taskguard benchmarks: {'; '.join(parts)}. Results: {shown}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[BenchResult] = []
     failed: list[str] = []
     with RedisServer() as server:
-        context = Context(quick=args.quick, redis=server)
+        context = Context(quick=args.quick, server=server)
         client = context.client()
         machine = machine_info(client)
         client.close()

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="untyped-decorator"
+# (celery ships no type information, so its decorators are untyped)
 """The Celery app the benchmark workers run, configured from the environment.
 
 The benchmarks start workers with ``celery -A benchmarks.celeryapp worker`` from the

@@ -124,7 +124,7 @@ def read_starts(client: redis.Redis, key: str) -> list[Start]:
     """The starts recorded under ``key``, in time order."""
     starts = []
     for raw in client.lrange(key, 0, -1):
-        at, deferrals = raw.decode().split()
+        at, deferrals = (raw if isinstance(raw, str) else raw.decode()).split()
         starts.append(Start(float(at), int(deferrals)))
     return sorted(starts, key=lambda start: start.at)
 

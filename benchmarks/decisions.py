@@ -162,7 +162,7 @@ class Timing:
 
 def run(context: Context) -> BenchResult:
     reps, seconds = (1, 1.0) if context.quick else (3, 8.0)
-    url = context.redis.url
+    url = context.server.url
     calls = [v.make(url, context.unique(f"{NAME}-{i}")) for i, v in enumerate(VARIANTS)]
     for call in calls:  # warm-up: connections, script loads
         calls_per_second(call, 0.05)

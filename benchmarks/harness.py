@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 import uuid
 from array import array
@@ -42,12 +43,14 @@ class Row:
         value: The figure.
         unit: Its unit (``"tasks/s"``, ``"x"``, ``"cmd/task"``...).
         note: Context shown after the figure (ratios, spreads, references).
+        decimals: Digits after the point in the table (default: by magnitude).
     """
 
     label: str
     value: float
     unit: str
     note: str = ""
+    decimals: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,13 @@ class Context:
 
     Attributes:
         quick: Short durations: a smoke run whose figures are not meaningful.
-        redis: A throwaway Redis server for brokers, guard state and recordings; nothing
-            else uses it, so its counters and queues are ours alone.
+        server: A throwaway Redis server for brokers, guard state and recordings;
+            nothing else uses it, so its counters and queues are ours alone.
         run_id: Unique per run; every key prefix and queue name includes it.
     """
 
     quick: bool
-    redis: RedisServer
+    server: RedisServer
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def unique(self, what: str) -> str:
@@ -109,8 +112,8 @@ class Context:
         return f"tgbench-{self.run_id}-{what}"
 
     def client(self) -> redis.Redis:
-        """A new client for :attr:`redis`."""
-        return redis.Redis.from_url(self.redis.url)
+        """A new client for :attr:`server`."""
+        return redis.Redis.from_url(self.server.url)
 
 
 def interleaved_call_times(
@@ -161,10 +164,23 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
 def machine_info(client: redis.Redis) -> dict[str, Any]:
-    """What the figures depend on: cores, Python, Redis and library versions."""
+    """What the figures depend on: cores, Python, Redis, library versions, the source tree."""
     server = client.info("server")
+    changed = _git("status", "--porcelain", "--", "taskguard")
     return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "taskguard_modified_since_commit": bool(changed) if changed is not None else None,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

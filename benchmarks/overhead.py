@@ -71,8 +71,8 @@ class _Rounds:
 
 
 def run(context: Context) -> BenchResult:
-    pairs, tasks = (2, 800) if context.quick else (5, 3000)
-    url = context.redis.url
+    pairs, tasks = (2, 800) if context.quick else (7, 3000)
+    url = context.server.url
     app = client_app(url)
     hostname = f"{context.unique(NAME)}@localhost"
     idle = context.unique(f"{NAME}-idle")
@@ -90,6 +90,7 @@ def run(context: Context) -> BenchResult:
             for pair in range(pairs):
                 order = (PLAIN, GUARDED) if pair % 2 == 0 else (GUARDED, PLAIN)
                 rounds += [Round(pair, name, runner.throughput(name, tasks)) for name in order]
+            runner.client.close()
     finally:
         app.close()
     evalsha = command_stats(admin).get("evalsha", CommandStat(0, 0)).calls - evalsha_before

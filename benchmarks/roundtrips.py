@@ -59,7 +59,7 @@ def _run_batch(app: Celery, context: Context, queue: str, tasks: int) -> None:
 def run(context: Context) -> BenchResult:
     tasks, dense = (200, 100) if context.quick else (1000, 400)
     warm = 100
-    broker_url = context.redis.url
+    broker_url = context.server.url
     queue = context.unique(NAME)
     key = context.unique(f"{NAME}-starts")
     app = client_app(broker_url)
@@ -117,6 +117,7 @@ def run(context: Context) -> BenchResult:
             startup.round_trips,
             "RT",
             startup.describe(1),
+            decimals=0,
         ),
     ]
     goal = Goal(

@@ -118,7 +118,7 @@ class _Monitor:
         # Connected before MONITOR starts, so its handshake is not counted.
         self._marker_client = redis.Redis.from_url(url)
         self._marker_client.ping()
-        self._monitor = redis.Redis.from_url(url).monitor()
+        self._monitor = redis.Redis.from_url(url).monitor()  # type: ignore[no-untyped-call]
         self._monitor.__enter__()  # MONITOR is on once this returns
         self._thread = threading.Thread(target=self._read, name="tgbench-monitor", daemon=True)
         self._thread.start()

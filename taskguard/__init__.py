@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from taskguard.backend import Backend, MemoryBackend, RedisBackend, connect
 from taskguard.errors import (
+    AlreadyQueued,
     BackendUnavailable,
     CircuitOpen,
     ConcurrencyLimitReached,
@@ -15,10 +16,19 @@ from taskguard.errors import (
     DeferralExhausted,
     GuardDenied,
     LockHeld,
+    LockLost,
     RateLimited,
     TaskGuardError,
 )
-from taskguard.guards import Decision, Guard, RateLimit, RateLimiter
+from taskguard.guards import (
+    Decision,
+    DistributedLock,
+    Guard,
+    HeldLock,
+    Lock,
+    RateLimit,
+    RateLimiter,
+)
 from taskguard.task import GuardedTask
 from taskguard.units import Rate, parse_rate
 
@@ -28,6 +38,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadyQueued",
     "Backend",
     "BackendUnavailable",
     "CircuitOpen",
@@ -35,10 +46,14 @@ __all__ = [
     "ConfigurationError",
     "Decision",
     "DeferralExhausted",
+    "DistributedLock",
     "Guard",
     "GuardDenied",
     "GuardedTask",
+    "HeldLock",
+    "Lock",
     "LockHeld",
+    "LockLost",
     "MemoryBackend",
     "Rate",
     "RateLimit",

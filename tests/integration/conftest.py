@@ -28,6 +28,7 @@ class Fleet:
 
     broker_url: str
     guard_url: str
+    app: str = APP
     prefix: str = field(default_factory=lambda: f"tgt-{uuid.uuid4().hex[:8]}")
     queue: str = field(default_factory=lambda: f"tgq-{uuid.uuid4().hex[:8]}")
     settings: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +44,7 @@ class Fleet:
         }
 
     def worker(self, concurrency: int = 2) -> WorkerProcess:
-        return WorkerProcess(APP, concurrency=concurrency, env=self.env(), cwd=ROOT)
+        return WorkerProcess(self.app, concurrency=concurrency, env=self.env(), cwd=ROOT)
 
     def start(self, count: int, concurrency: int = 2) -> Fleet:
         started = [self.worker(concurrency).start(wait=False) for _ in range(count)]
@@ -64,8 +65,18 @@ class Fleet:
         )
 
     def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
-        """Publish ``tests.integration.apps.guarded.<task>`` to this fleet's queue."""
-        return self.celery.send_task(f"{APP}.{task}", args=args, queue=self.queue, **options)
+        """Publish ``<app module>.<task>`` by name (``send_task``) to this fleet's queue."""
+        return self.celery.send_task(f"{self.app}.{task}", args=args, queue=self.queue, **options)
+
+    def worker_of(self, hostname: str) -> WorkerProcess:
+        """The worker whose node name is ``hostname`` (as in ``request.hostname``)."""
+        name = hostname.split("@", 1)[0]
+        return next(w for w in self.workers if w.hostname.split("@", 1)[0] == name)
+
+    def server_time(self) -> float:
+        with self.client() as client:
+            seconds, micros = client.time()
+        return float(seconds + micros / 1e6)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.broker_url)

@@ -5,6 +5,7 @@ import taskguard
 
 def test_exported_names() -> None:
     assert taskguard.__all__ == [
+        "AlreadyQueued",
         "Backend",
         "BackendUnavailable",
         "CircuitOpen",
@@ -12,10 +13,14 @@ def test_exported_names() -> None:
         "ConfigurationError",
         "Decision",
         "DeferralExhausted",
+        "DistributedLock",
         "Guard",
         "GuardDenied",
         "GuardedTask",
+        "HeldLock",
+        "Lock",
         "LockHeld",
+        "LockLost",
         "MemoryBackend",
         "Rate",
         "RateLimit",

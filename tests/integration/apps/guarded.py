@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 from celery.exceptions import Ignore, Reject
 
-from taskguard import GuardedTask, RateLimit, signals
+from taskguard import GuardedTask, Lock, RateLimit, signals
 
 BROKER = os.environ["TG_BROKER_URL"]
 PREFIX = os.environ["TG_PREFIX"]
@@ -125,3 +125,73 @@ def _on_exhausted(sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
 signals.guard_released.connect(_on_released, weak=False)
 signals.task_deferred.connect(_on_deferred, weak=False)
 signals.deferral_exhausted.connect(_on_exhausted, weak=False)
+
+
+# ---- locks -------------------------------------------------------------------------------
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=10, wait=2)])
+def exclusive(self: Any, key: str, i: int) -> int:
+    seconds, micros = _records.time()
+    start = seconds + micros / 1e6
+    time.sleep(0.01)
+    seconds, micros = _records.time()
+    record(
+        "locked",
+        key=key,
+        i=i,
+        token=self.request.taskguard.fencing_token,
+        start=start,
+        end=seconds + micros / 1e6,
+    )
+    return i
+
+
+def _hold(task: Any, key: str, seconds: float) -> bool:
+    info = task.request.taskguard
+    _seen(task, key=key, token=info.fencing_token, phase="start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    _seen(task, key=key, token=info.fencing_token, phase="end", lease_lost=info.lease_lost)
+    return bool(info.lease_lost)
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=5, wait=8, name="hold5")])
+def hold5(self: Any, key: str, seconds: float) -> bool:
+    return _hold(self, key, seconds)
+
+
+@app.task(
+    bind=True,
+    base=GuardedTask,
+    guards=[Lock(key="{key}", ttl=5, on_conflict="skip", name="hold5")],
+)
+def skip5(self: Any, key: str) -> str:
+    _seen(self, key=key, phase="ran")
+    return "ran"
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=2, name="hold2")])
+def hold2(self: Any, key: str, seconds: float) -> bool:
+    return _hold(self, key, seconds)
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{i}")])
+def outage_lock(self: Any, i: int) -> int:
+    _seen(self, i=i)
+    return i
+
+
+def _on_lease_lost(
+    sender: Any = None, task_id: str | None = None, key: str = "", **kw: Any
+) -> None:
+    record("lost", id=task_id, key=key)
+
+
+def _on_conflict(sender: Any = None, task_id: str = "", key: str = "", **kw: Any) -> None:
+    record("conflict", id=task_id, name=sender.name, key=key, action=kw["action"])
+
+
+signals.lease_lost.connect(_on_lease_lost, weak=False)
+signals.lock_conflict.connect(_on_conflict, weak=False)
