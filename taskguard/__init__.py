@@ -21,13 +21,17 @@ from taskguard.errors import (
     TaskGuardError,
 )
 from taskguard.guards import (
+    Concurrency,
+    ConcurrencyControl,
     Decision,
     DistributedLock,
     Guard,
+    HeldLease,
     HeldLock,
     Lock,
     RateLimit,
     RateLimiter,
+    Semaphore,
 )
 from taskguard.task import GuardedTask
 from taskguard.units import Rate, parse_rate
@@ -42,6 +46,8 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "CircuitOpen",
+    "Concurrency",
+    "ConcurrencyControl",
     "ConcurrencyLimitReached",
     "ConfigurationError",
     "Decision",
@@ -50,6 +56,7 @@ __all__ = [
     "Guard",
     "GuardDenied",
     "GuardedTask",
+    "HeldLease",
     "HeldLock",
     "Lock",
     "LockHeld",
@@ -60,6 +67,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RedisBackend",
+    "Semaphore",
     "TaskGuardError",
     "__version__",
     "connect",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskguard.backend.base import Backend
-from taskguard.backend.ops import LeaseOp
+from taskguard.backend.ops import Held
 from taskguard.errors import BackendUnavailable
 
 __all__ = ["Heartbeat"]
@@ -29,8 +29,8 @@ MIN_INTERVAL = 0.05
 
 @dataclass
 class _Entry:
-    lease: LeaseOp
-    on_lost: Callable[[LeaseOp], None] | None
+    lease: Held
+    on_lost: Callable[[Held], None] | None
 
 
 class Heartbeat:
@@ -64,7 +64,7 @@ class Heartbeat:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, lease: LeaseOp, on_lost: Callable[[LeaseOp], None] | None = None) -> int:
+    def add(self, lease: Held, on_lost: Callable[[Held], None] | None = None) -> int:
         """Start renewing ``lease``; returns a handle for :meth:`remove`."""
         with self._lock:
             handle = next(self._ids)
@@ -85,7 +85,7 @@ class Heartbeat:
             ttls = [entry.lease.ttl for entry in self._entries.values()]
         return max(min(ttls, default=1.0) / 3, MIN_INTERVAL)
 
-    def beat(self) -> list[LeaseOp]:
+    def beat(self) -> list[Held]:
         """Renew every lease now, in one call; return (and report) the ones found lost.
 
         Raises:

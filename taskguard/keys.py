@@ -57,6 +57,14 @@ class KeySchema:
         """The list a release pushes to, waking one blocked waiter of lock ``name``."""
         return self._named("wake", name, key)
 
+    def slots(self, name: str, key: str | None = None) -> str:
+        """The holders of concurrency limit ``name`` for ``key`` (a sorted set)."""
+        return self._named("slots", name, key)
+
+    def slot_wakeup(self, name: str, key: str | None = None) -> str:
+        """The list a slot release pushes to, waking blocked waiters."""
+        return self._named("swake", name, key)
+
     def unique(self, name: str, key: str | None = None) -> str:
         """The publish-time uniqueness claim of task ``name`` for ``key``."""
         return self._named("uniq", name, key)

@@ -18,7 +18,7 @@ from celery.exceptions import Ignore
 
 from taskguard import signals
 from taskguard.backend.base import Backend
-from taskguard.backend.ops import LeaseOp, Op, RateOp
+from taskguard.backend.ops import Held, LeaseOp, Op, RateOp, SlotOp
 from taskguard.deferral import DeferralState, defer
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
@@ -64,11 +64,15 @@ class Run:
     handles: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def held(self) -> list[LeaseOp]:
-        """The leases to give back at the end (none when admitted offline)."""
+    def held(self) -> list[Held]:
+        """The leases and slots to give back at the end (none when admitted offline)."""
         if self.degraded:
             return []
-        return [op for op in self.ops if isinstance(op, LeaseOp) and not op.drop]
+        return [
+            op
+            for op in self.ops
+            if isinstance(op, SlotOp) or (isinstance(op, LeaseOp) and not op.drop)
+        ]
 
 
 def admit_run(
@@ -94,7 +98,7 @@ def admit_run(
     eager = bool(request.is_eager)
     deferral = config.deferral
     reserve_within = 0.0 if eager else min(deferral.reserve_within, deferral.max_delay)
-    wait = max((g.wait for g in guards if isinstance(g, Lock)), default=0.0)
+    wait = max((g.wait for g in guards), default=0.0)
     deadline = time.monotonic() + wait
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
@@ -105,9 +109,10 @@ def admit_run(
         index = outcome.admission.denied or 0
         op = ops[index]
         left = deadline - time.monotonic()
-        if isinstance(op, LeaseOp) and op.wakeup_key and left > 0 and not outcome.degraded:
+        wakeup = op.wakeup_key if isinstance(op, (LeaseOp, SlotOp)) else None
+        if wakeup and left > 0 and not outcome.degraded:
             # A bounded wait in the worker, woken by the holder's release.
-            backend.wait_for_wakeup(op.wakeup_key, min(left, outcome.admission.retry_after))
+            backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
             continue
         _denied(
             task,
@@ -138,11 +143,14 @@ def _admitted(
     request.taskguard = info
     run = Run(guards, ops, backend, info, degraded=outcome.degraded)
 
-    def lost(lease: LeaseOp) -> None:
+    def lost(lease: Held) -> None:
         info.lease_lost = True
         signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
 
     run.handles = [backend.heartbeat.add(lease, lost) for lease in run.held()]
+    for op in run.held():
+        if isinstance(op, SlotOp):
+            signals.slot_acquired.send(sender=task, task_id=request.id, key=op.key, limit=op.limit)
     if signals.guard_acquired.receivers:
         signals.guard_acquired.send(
             sender=task, task_id=request.id, guards=guards, degraded=outcome.degraded
@@ -194,9 +202,12 @@ def _denied(
         if guard.on_conflict == "skip":
             logger.info("%s[%s] skipped: %s is held", task.name, request.id, op.key)
             raise Ignore(f"skipped: {op.key} is held")
-        # The holder renews its lease, so its TTL says little about when it ends; come
-        # back within a fraction of it rather than at expiry.
-        retry_after = min(retry_after, max(guard.ttl / 4, 0.5))
+    if isinstance(op, SlotOp) and not outcome.degraded:
+        signals.slot_denied.send(
+            sender=task, task_id=request.id, key=op.key, limit=op.limit, retry_after=retry_after
+        )
+    if not outcome.degraded:
+        retry_after = guard.conflict_delay(retry_after)
     reserved = [o.key for o in ops if isinstance(o, RateOp)] if result.reserved else []
     suffix = " (backend unavailable)" if outcome.degraded else ""
     defer(

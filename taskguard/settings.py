@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
+from taskguard.guards.concurrency import Concurrency
 from taskguard.guards.lock import Lock
 from taskguard.guards.ratelimit import RateLimit
 from taskguard.keys import KeySchema
@@ -32,7 +33,7 @@ from taskguard.keys import KeySchema
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
 EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
-GUARD_KINDS = ("rate_limit", "lock")
+GUARD_KINDS = ("rate_limit", "lock", "concurrency")
 
 
 def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
@@ -192,6 +193,7 @@ _GLOBAL_FIELDS = frozenset(
 )
 _TASK_FIELDS = frozenset(
     {
+        "concurrency",
         "lock",
         "rate_limit",
         "rate_limit_key",
@@ -203,6 +205,7 @@ _TASK_FIELDS = frozenset(
     }
 )
 _RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
+_CONCURRENCY_FIELDS = frozenset({"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage"})
 _LOCK_FIELDS = frozenset(
     {"key", "ttl", "mode", "on_conflict", "wait", "queue_ttl", "on_duplicate", "name", "on_outage"}
 )
@@ -369,7 +372,8 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     if "on_outage" in entry:
         entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
     _rate_limits_from(entry, {})  # builds the specs once to surface errors now
-    _locks_from(entry, {})
+    _guard_from(entry, "lock", {})
+    _guard_from(entry, "concurrency", {})
     return entry
 
 
@@ -421,31 +425,49 @@ def _rate_limits_from(
     return limits
 
 
-def _locks_from(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> list[Lock] | None:
-    """The lock an entry defines (a mapping of Lock arguments), or None to keep the class's."""
-    if "lock" not in entry:
+_GUARD_SETTINGS: dict[str, tuple[type[Guard], frozenset[str], str]] = {
+    # setting -> (guard class, accepted fields, the field a bare value sets)
+    "lock": (Lock, _LOCK_FIELDS, "key"),
+    "concurrency": (Concurrency, _CONCURRENCY_FIELDS, "limit"),
+}
+
+
+def _guard_from(
+    entry: Mapping[str, Any], setting: str, on_outage: Mapping[str, str]
+) -> list[Guard] | None:
+    """The guard an entry's ``lock`` / ``concurrency`` defines, or None to keep the class's.
+
+    The value is a mapping of the guard's arguments, null to remove the class's guard, or
+    for ``concurrency`` a bare limit (``"concurrency": 3``).
+    """
+    if setting not in entry:
         return None
-    value = entry["lock"]
+    value = entry[setting]
     if value is None or value is False:
         return []
+    cls, accepted, bare = _GUARD_SETTINGS[setting]
+    if setting == "concurrency" and not isinstance(value, Mapping):
+        value = {bare: value}
     if not isinstance(value, Mapping):
         raise ConfigurationError(
-            f"must be a mapping of Lock arguments (key, ttl, mode...) or null, got {value!r}",
-            field="lock",
+            f"must be a mapping of {cls.__name__} arguments or null, got {value!r}",
+            field=setting,
         )
-    unknown = sorted(set(value) - _LOCK_FIELDS)
+    unknown = sorted(set(value) - accepted)
     if unknown:
         raise ConfigurationError(
-            f"unknown lock field {unknown[0]!r}; known: {', '.join(sorted(_LOCK_FIELDS))}",
-            field=f"lock.{unknown[0]}",
+            f"unknown {setting} field {unknown[0]!r}; known: {', '.join(sorted(accepted))}",
+            field=f"{setting}.{unknown[0]}",
         )
     fields = dict(value)
-    if "lock" in on_outage:
-        fields.setdefault("on_outage", on_outage["lock"])
+    if setting in on_outage:
+        fields.setdefault("on_outage", on_outage[setting])
     try:
-        return [Lock(**fields)]
+        return [cls(**fields)]
     except ConfigurationError as exc:
-        raise ConfigurationError(exc.reason, field=f"lock.{exc.field}") from None
+        raise ConfigurationError(exc.reason, field=f"{setting}.{exc.field}") from None
+    except TypeError as exc:  # a required argument is missing
+        raise ConfigurationError(str(exc), field=setting) from None
 
 
 def _apply_overrides(
@@ -453,11 +475,14 @@ def _apply_overrides(
 ) -> list[Guard]:
     """Settings replace the class's guards of a kind, or tweak them (shorthands, outage)."""
     outage = {**global_outage, **raw.get("on_outage", {})}
-    locks = _locks_from(raw, outage)
-    if locks is not None:
-        guards = [*(g for g in guards if not isinstance(g, Lock)), *locks]
-    elif "lock" in outage:
-        guards = [g.replace(on_outage=outage["lock"]) if isinstance(g, Lock) else g for g in guards]
+    for setting, (cls, _, _) in _GUARD_SETTINGS.items():
+        replacement = _guard_from(raw, setting, outage)
+        if replacement is not None:
+            guards = [*(g for g in guards if not isinstance(g, cls)), *replacement]
+        elif setting in outage:
+            guards = [
+                g.replace(on_outage=outage[setting]) if isinstance(g, cls) else g for g in guards
+            ]
     limits = _rate_limits_from(raw, outage)
     if limits is not None:
         return [g for g in guards if not isinstance(g, RateLimit)] + limits

@@ -24,6 +24,8 @@ __all__ = [
     "guard_released",
     "lease_lost",
     "lock_conflict",
+    "slot_acquired",
+    "slot_denied",
     "task_deferred",
 ]
 
@@ -57,3 +59,10 @@ lease_lost = Signal(name="lease_lost")
 #: Uniqueness refused a duplicate. Args: ``task_id`` (the duplicate's), ``holder`` (the
 #: id holding the claim, when known), ``key``, ``stage`` (``publish`` or ``run``).
 duplicate_rejected = Signal(name="duplicate_rejected")
+
+#: A task took a concurrency slot. Args: ``task_id``, ``key``, ``limit``.
+slot_acquired = Signal(name="slot_acquired")
+
+#: Every concurrency slot of a key was taken (after any bounded wait). Args:
+#: ``task_id``, ``key``, ``limit``, ``retry_after``.
+slot_denied = Signal(name="slot_denied")

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from taskguard.keys import KeySchema
 
-from .ops import Admission, LeaseOp, Op
+from .ops import Admission, Held, Op
 
 if TYPE_CHECKING:
+    from taskguard.guards.concurrency import Semaphore
     from taskguard.guards.keying import KeySource
     from taskguard.guards.lock import DistributedLock
     from taskguard.guards.ratelimit import RateLimiter
@@ -53,14 +54,14 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def release(self, ops: Sequence[Held]) -> list[bool]:
         """Release leases we own, in one round trip; False for each one no longer ours.
 
         Another owner's lease is never touched.
         """
 
     @abstractmethod
-    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def renew(self, ops: Sequence[Held]) -> list[bool]:
         """Extend leases we own by their TTL, in one round trip; False for each one lost."""
 
     @abstractmethod
@@ -128,6 +129,27 @@ class Backend(ABC):
         from taskguard.guards.lock import DistributedLock
 
         return DistributedLock(self, name, ttl=ttl, renew=renew)
+
+    def semaphore(
+        self, name: str, *, limit: int, ttl: float = 60.0, renew: bool = True
+    ) -> Semaphore:
+        """Build a fleet-wide semaphore: at most ``limit`` holders of ``name`` at once.
+
+        Args:
+            name: The resource; every process using this name shares the slots.
+            limit: Slots (may be changed later on the returned object).
+            ttl: Lease seconds; a crashed holder's slot frees itself after this.
+            renew: Renew held slots from the process heartbeat.
+
+        Example:
+            >>> import taskguard
+            >>> partner = taskguard.connect("memory://").semaphore("partner-api", limit=5)
+            >>> partner.run(lambda: "called")
+            'called'
+        """
+        from taskguard.guards.concurrency import Semaphore
+
+        return Semaphore(self, name, limit=limit, ttl=ttl, renew=renew)
 
     def rate_limiter(
         self,

@@ -10,7 +10,7 @@ from taskguard.clock import Clock, SystemClock
 from taskguard.keys import KeySchema
 
 from .base import Backend
-from .ops import ALLOWED_EMPTY, Admission, LeaseOp, Op, RateOp, granted
+from .ops import ALLOWED_EMPTY, Admission, Held, Op, RateOp, SlotOp, granted
 
 __all__ = ["MemoryBackend"]
 
@@ -29,6 +29,7 @@ class MemoryBackend(Backend):
         self._data: dict[str, tuple[float, float]] = {}  # bucket -> (TAT, expires_at)
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires_at)
         self._fences: dict[str, int] = {}
+        self._slots: dict[str, dict[str, float]] = {}  # key -> {owner: expires_at}
         self._wakeups: dict[str, int] = {}
         self._lock = threading.Lock()
         self._woken = threading.Condition(self._lock)
@@ -83,10 +84,21 @@ class MemoryBackend(Backend):
                 return Admission(False, worst, denied=denied, reserved=True, remaining=0)
             return Admission(False, worst, denied=denied, remaining=0)
 
+    def _holders(self, key: str, now: float) -> dict[str, float]:
+        holders = self._slots.setdefault(key, {})
+        for owner in [o for o, expires in holders.items() if expires <= now]:
+            del holders[owner]
+        return holders
+
     def _wait(self, op: Op, now: float) -> float:
         if isinstance(op, RateOp):
             tat = max(self._get(op.key, now) or 0.0, now)
             return max(tat + (op.cost - op.burst) * op.interval - now, 0.0)
+        if isinstance(op, SlotOp):
+            holders = self._holders(op.key, now)
+            if op.owner in holders or len(holders) < op.limit:
+                return 0.0
+            return max(min(holders.values()) - now, 0.001)
         held = self._lease(op.key, now)
         if held is not None and held[0] != op.owner:
             return max(held[1] - now, 0.001)
@@ -99,6 +111,9 @@ class MemoryBackend(Backend):
             self._data[op.key] = (new_tat, new_tat + 0.001)
             # (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
             return max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
+        if isinstance(op, SlotOp):
+            self._holders(op.key, now)[op.owner] = now + op.ttl
+            return 0
         if op.drop:
             self._leases.pop(op.key, None)
             return 0
@@ -109,30 +124,41 @@ class MemoryBackend(Backend):
         self._fences[op.fence_key] = token
         return token
 
-    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def release(self, ops: Sequence[Held]) -> list[bool]:
         with self._lock:
-            now = self.clock.time()
-            results = []
-            for op in ops:
-                held = self._lease(op.key, now)
-                ours = held is not None and held[0] == op.owner
-                if ours:
-                    del self._leases[op.key]
-                    if op.wakeup_key is not None:
-                        self._wakeups[op.wakeup_key] = 1
-                        self._woken.notify_all()
-                results.append(ours)
+            results = [self._give_back(op, self.clock.time()) for op in ops]
+            self._woken.notify_all()
             return results
 
-    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def _give_back(self, op: Held, now: float) -> bool:
+        if isinstance(op, SlotOp):
+            ours = self._holders(op.key, now).pop(op.owner, None) is not None
+            wake = op.limit
+        else:
+            held = self._lease(op.key, now)
+            ours = held is not None and held[0] == op.owner
+            if ours:
+                del self._leases[op.key]
+            wake = 1
+        if ours and op.wakeup_key is not None:
+            self._wakeups[op.wakeup_key] = min(self._wakeups.get(op.wakeup_key, 0) + 1, wake)
+        return ours
+
+    def renew(self, ops: Sequence[Held]) -> list[bool]:
         with self._lock:
             now = self.clock.time()
             results = []
             for op in ops:
-                held = self._lease(op.key, now)
-                ours = held is not None and held[0] == op.owner
-                if ours:
-                    self._leases[op.key] = (op.owner, now + op.ttl)
+                if isinstance(op, SlotOp):
+                    holders = self._holders(op.key, now)
+                    ours = op.owner in holders
+                    if ours:
+                        holders[op.owner] = now + op.ttl
+                else:
+                    held = self._lease(op.key, now)
+                    ours = held is not None and held[0] == op.owner
+                    if ours:
+                        self._leases[op.key] = (op.owner, now + op.ttl)
                 results.append(ours)
             return results
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-__all__ = ["Admission", "LeaseOp", "Op", "RateOp"]
+__all__ = ["Admission", "Held", "LeaseOp", "Op", "RateOp", "SlotOp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,30 @@ class LeaseOp:
     purpose: str = "lock"
 
 
-#: Every op kind a backend understands (concurrency slots and breakers join later).
-Op: TypeAlias = RateOp | LeaseOp
+@dataclass(frozen=True, slots=True)
+class SlotOp:
+    """One of ``limit`` concurrency slots under ``key``, held as an expiring lease.
+
+    Attributes:
+        key: The holders' set.
+        owner: The owner token (unique per holder).
+        ttl: Lease duration in seconds; the heartbeat renews it while held.
+        limit: How many holders may hold a slot at once.
+        wakeup_key: When set, releasing wakes a waiter blocked on this list.
+    """
+
+    key: str
+    owner: str
+    ttl: float
+    limit: int
+    wakeup_key: str | None = None
+
+
+#: Ops that hold something until released (and are renewed by the heartbeat meanwhile).
+Held: TypeAlias = LeaseOp | SlotOp
+
+#: Every op kind a backend understands (breakers join later).
+Op: TypeAlias = RateOp | LeaseOp | SlotOp
 
 
 @dataclass(frozen=True, slots=True)

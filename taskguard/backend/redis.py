@@ -18,16 +18,16 @@ from taskguard.keys import KeySchema
 
 from .base import Backend
 from .lua import load_script
-from .ops import ALLOWED_EMPTY, Admission, LeaseOp, Op, RateOp, granted
+from .ops import ALLOWED_EMPTY, Admission, Held, Op, RateOp, SlotOp, granted
 from .outage import OutageBreaker
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("taskguard.backend")
 
-_ADMIT = load_script("admit", libs=["ops", "gcra", "lease"])
-_RELEASE = load_script("release", libs=["ops", "lease"])
-_RENEW = load_script("renew", libs=["ops", "lease"])
+_ADMIT = load_script("admit", libs=["ops", "gcra", "lease", "slot"])
+_RELEASE = load_script("release", libs=["ops", "lease", "slot"])
+_RENEW = load_script("renew", libs=["ops", "lease", "slot"])
 # Errors that mean "the server is not there": they open the outage breaker.
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -121,14 +121,14 @@ class RedisBackend(Backend):
             )
         return granted(ops, reply[4:])
 
-    def release(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def release(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
         keys, args = _encode(ops, release=True)
         with self._call("release"):
             return [bool(r) for r in _RELEASE(self.client, keys, args)]
 
-    def renew(self, ops: Sequence[LeaseOp]) -> list[bool]:
+    def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
         keys, args = _encode(ops, release=False)
@@ -185,6 +185,10 @@ def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
             op_keys = [op.key]
             op_args: list[Any] = [repr(op.interval * 1_000_000), op.burst, op.cost]
             kind = "rl"
+        elif isinstance(op, SlotOp):
+            op_keys = [op.key] if not (release and op.wakeup_key) else [op.key, op.wakeup_key]
+            op_args = [op.owner, max(int(op.ttl * 1000), 1), op.limit]
+            kind = "slot"
         else:
             extra = op.wakeup_key if release else op.fence_key
             op_keys = [op.key] if extra is None else [op.key, extra]

@@ -1,16 +1,22 @@
 """Guard specifications and the primitives that run them."""
 
 from .base import OUTAGE_POLICIES, Decision, Guard
+from .concurrency import Concurrency, ConcurrencyControl, Semaphore
+from .leases import HeldLease
 from .lock import DistributedLock, HeldLock, Lock
 from .ratelimit import RateLimit, RateLimiter
 
 __all__ = [
     "OUTAGE_POLICIES",
+    "Concurrency",
+    "ConcurrencyControl",
     "Decision",
     "DistributedLock",
     "Guard",
+    "HeldLease",
     "HeldLock",
     "Lock",
     "RateLimit",
     "RateLimiter",
+    "Semaphore",
 ]

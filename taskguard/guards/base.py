@@ -89,6 +89,12 @@ class Guard(ABC):
 
     kind: ClassVar[str]
     on_outage: str
+    #: Seconds a denied task waits in the worker (woken by a release) before deferring.
+    wait: float = 0.0
+
+    def conflict_delay(self, retry_after: float) -> float:
+        """How long to defer a task this guard refused, given the backend's estimate."""
+        return retry_after
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -107,6 +113,10 @@ class Guard(ABC):
         Raises:
             ConfigurationError: Naming the task and the field.
         """
+
+    @abstractmethod
+    def replace(self, **changes: Any) -> Guard:
+        """A copy with some fields changed (validated like a new spec)."""
 
     @abstractmethod
     def task_ops(

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.ops import LeaseOp, Op
-from taskguard.errors import ConfigurationError, LockHeld, LockLost
+from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
 from taskguard.units import parse_duration
 
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource
+from .leases import HeldLease, wait_for_lease
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -216,6 +215,11 @@ class Lock(Guard):
             )
         return ops
 
+    def conflict_delay(self, retry_after: float) -> float:
+        # The holder renews its lease, so its TTL says little about when it ends; come
+        # back within a fraction of it rather than at expiry.
+        return min(retry_after, max(self.ttl / 4, 0.5))
+
     def denied_error(self, retry_after: float, key: str | None = None) -> LockHeld:
         return LockHeld(
             f"{self!r} is held for key {key!r}; it expires in {retry_after:.1f}s unless renewed",
@@ -225,58 +229,8 @@ class Lock(Guard):
         )
 
 
-class HeldLock:
-    """An acquired lock: its fencing token, and how to give it back.
-
-    Attributes:
-        fencing_token: Strictly greater than every token handed out before for this lock.
-        owner: This holder's owner token.
-    """
-
-    def __init__(self, lock: DistributedLock, lease: LeaseOp, fencing_token: int) -> None:
-        self.lock = lock
-        self.lease = lease
-        self.owner = lease.owner
-        self.fencing_token = fencing_token
-        self._handle: int | None = None
-        if lock.renew:
-            self._handle = lock.backend.heartbeat.add(lease)
-
-    def __repr__(self) -> str:
-        return f"<HeldLock {self.lease.key} token={self.fencing_token}>"
-
-    def release(self, *, raise_on_lost: bool = True) -> bool:
-        """Release the lock if we still own it; another owner's lock is never touched.
-
-        Raises:
-            LockLost: It expired or was taken over (unless ``raise_on_lost=False``, then
-                False is returned).
-        """
-        if self._handle is not None:
-            self.lock.backend.heartbeat.remove(self._handle)
-            self._handle = None
-        [released] = self.lock.backend.release([self.lease])
-        if not released and raise_on_lost:
-            raise LockLost(f"lock {self.lease.key} was no longer ours", key=self.lease.key)
-        return released
-
-    def extend(self, ttl: float | None = None, *, raise_on_lost: bool = True) -> bool:
-        """Push the expiry to ``ttl`` (default: the lock's TTL) from now, if still ours."""
-        lease = self.lease
-        if ttl is not None:
-            lease = LeaseOp(
-                lease.key, lease.owner, parse_duration(ttl), lease.fence_key, lease.wakeup_key
-            )
-        [extended] = self.lock.backend.renew([lease])
-        if not extended and raise_on_lost:
-            raise LockLost(f"lock {self.lease.key} was no longer ours", key=self.lease.key)
-        return extended
-
-    def __enter__(self) -> HeldLock:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+#: An acquired lock (the generic held lease, with its fencing token).
+HeldLock = HeldLease
 
 
 class DistributedLock:
@@ -318,12 +272,12 @@ class DistributedLock:
         result = self.backend.admit([lease])
         if not result.allowed:
             return Decision(False, retry_after=result.retry_after, key=self.name)
-        held = HeldLock(self, lease, result.tokens[0])
+        held = HeldLease(self.backend, lease, result.tokens[0], renew=self.renew)
         return Decision(True, key=self.name, token=held.fencing_token, lease=held)
 
     def acquire(
         self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
-    ) -> HeldLock:
+    ) -> HeldLease:
         """Take the lock, waiting for it.
 
         Args:
@@ -336,34 +290,24 @@ class DistributedLock:
         Raises:
             LockHeld: Not acquired in time.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt = 0
-        while True:
-            decision = self.try_acquire()
-            if decision.lease is not None:
-                return cast(HeldLock, decision.lease)
-            if retries is not None:
-                if attempt >= retries:
-                    break
-                pause = backoff * 2**attempt
-                time.sleep(pause / 2 + random.uniform(0, pause / 2))
-                attempt += 1
-                continue
-            left = decision.retry_after if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.backend.wait_for_wakeup(
-                self.backend.keys.wakeup(self.name), min(left, decision.retry_after)
-            )
-        raise LockHeld(
-            f"lock {self.name!r} is held", key=self.name, retry_after=decision.retry_after
+        wakeup = self.backend.keys.wakeup(self.name)
+        held, retry_after = wait_for_lease(
+            self.backend,
+            self.try_acquire,
+            wakeup,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
         )
+        if held is None:
+            raise LockHeld(f"lock {self.name!r} is held", key=self.name, retry_after=retry_after)
+        return held
 
     def locked(self) -> bool:
         """True while someone holds the lock."""
         return self.backend.owner(self.backend.keys.lock(self.name)) is not None
 
-    def __enter__(self) -> HeldLock:
+    def __enter__(self) -> HeldLease:
         held = self.acquire()
         self._held.__dict__.setdefault("stack", []).append(held)
         return held

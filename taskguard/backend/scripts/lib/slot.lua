@@ -1,0 +1,72 @@
+--[[ slot.lua: a concurrency slot, a lease in a sorted set of holders scored by expiry.
+
+Op arguments: 1. owner (token)  2. ttl_ms  3. limit (slots; may change between calls)
+Op keys: 1. the holders' sorted set (member: owner, score: expiry in server ms)
+         for release: 2. optional: the notify list that wakes one blocked waiter
+check: prune expired holders, then: ours already -> 0; fewer than `limit` holders -> 0;
+  else wait = until the earliest holder's lease would expire (an upper bound: holders
+  renew, and most release long before).
+  Lowering `limit` live admits no one new until the count falls below it.
+commit: ZADD owner with expiry now + ttl; the set expires with its last lease.
+release: ZREM ours, push a wake-up (at most `limit` kept); 1, or 0 if our lease was gone.
+renew: move our expiry to now + ttl; 1, or 0 if gone.
+--]]
+
+local slot = { reservable = false }
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function keep_alive(key, ms)
+  -- The set lives as long as its longest lease.
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
+function slot.parse(op, argv, i)
+  op.owner = argv[i]
+  op.ttl = tonumber(argv[i + 1])
+  op.limit = tonumber(argv[i + 2])
+end
+
+function slot.check(op, now)
+  local ms = math.floor(now / 1000)
+  redis.call('ZREMRANGEBYSCORE', op.key, '-inf', ms)
+  if redis.call('ZSCORE', op.key, op.owner) then return 0, 0 end
+  if redis.call('ZCARD', op.key) < op.limit then return 0, 0 end
+  local first = redis.call('ZRANGE', op.key, 0, 0, 'WITHSCORES')
+  local wait = (tonumber(first[2]) - ms) * 1000
+  if wait < 1000 then wait = 1000 end
+  return wait, 0
+end
+
+function slot.commit(op, at, now)
+  local ms = math.floor(now / 1000)
+  redis.call('ZADD', op.key, ms + op.ttl, op.owner)
+  keep_alive(op.key, op.ttl)
+  return 0
+end
+
+function slot.release(op)
+  if redis.call('ZREM', op.key, op.owner) == 0 then return 0 end
+  local notify = op.keys[2]
+  if notify then
+    -- Up to `limit` wake-ups pending: enough for every slot freed at once.
+    redis.call('LPUSH', notify, '1')
+    redis.call('LTRIM', notify, 0, op.limit - 1)
+    redis.call('PEXPIRE', notify, 10000)
+  end
+  return 1
+end
+
+function slot.renew(op)
+  local ms = now_ms()
+  local score = redis.call('ZSCORE', op.key, op.owner)
+  if not score or tonumber(score) <= ms then return 0 end
+  redis.call('ZADD', op.key, 'XX', ms + op.ttl, op.owner)
+  keep_alive(op.key, op.ttl)
+  return 1
+end
+
+KINDS['slot'] = slot

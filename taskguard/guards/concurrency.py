@@ -1,0 +1,341 @@
+"""Global concurrency caps: a leased semaphore in Redis, and a process-local one.
+
+Holders are leases in a sorted set scored by expiry: the acquire script prunes expired
+holders before counting, and the heartbeat renews the leases of live holders, so a killed
+worker's slots come back within the lease TTL, and no counter can leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskguard.backend.ops import Op, SlotOp
+from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
+from taskguard.keys import KeySchema
+from taskguard.units import parse_duration
+
+from .base import Decision, Guard, check_outage_policy
+from .keying import KeyFunc, KeySource
+from .leases import HeldLease, wait_for_lease
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["Concurrency", "ConcurrencyControl", "Semaphore"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def _limit(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"must be a positive integer, got {value!r}", field="limit")
+    return value
+
+
+def _seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
+    try:
+        return parse_duration(value, allow_zero=allow_zero)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), field=field) from None
+
+
+class Concurrency(Guard):
+    """At most ``limit`` runs at once per key, across the fleet.
+
+    Args:
+        limit: Slots per key.
+        key: Template over the task's arguments (``"{tenant_id}"``) or a callable: one
+            cap per value. None: one cap for every call.
+        wait: Seconds to wait in the worker for a slot, woken by a release, before the
+            task is deferred.
+        retry_delay: Longest deferral after a refused slot (the holders' leases are
+            renewed, so their expiry says little about when they finish).
+        ttl: Lease seconds; a killed worker's slot comes back within this.
+        name: Cap name; tasks sharing a name share slots. Defaults to the task name.
+        on_outage: ``"deny"`` (default), ``"allow"`` or ``"local"`` while Redis is down.
+    """
+
+    kind = "concurrency"
+    limit: int
+    key: KeyFunc
+    wait: float
+    retry_delay: float
+    ttl: float
+    name: str | None
+    on_outage: str
+    _signature: inspect.Signature | None
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        key: KeySource = None,
+        wait: float = 0.0,
+        retry_delay: float = 1.0,
+        ttl: float = 60.0,
+        name: str | None = None,
+        on_outage: str = "deny",
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        self._set(
+            limit=_limit(limit),
+            key=KeyFunc(key),
+            wait=_seconds(wait, "wait", allow_zero=True),
+            retry_delay=_seconds(retry_delay, "retry_delay"),
+            ttl=_seconds(ttl, "ttl"),
+            name=name,
+            on_outage=check_outage_policy(on_outage),
+            _signature=None,
+        )
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "key": self.key.source,
+            "wait": self.wait,
+            "retry_delay": self.retry_delay,
+            "ttl": self.ttl,
+            "name": self.name,
+            "on_outage": self.on_outage,
+        }
+
+    def __repr__(self) -> str:
+        defaults = Concurrency(1)._fields()
+        shown = [repr(self.limit)]
+        shown += [
+            f"{k}={v!r}" for k, v in self._fields().items() if k != "limit" and v != defaults[k]
+        ]
+        return f"Concurrency({', '.join(shown)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Concurrency):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def replace(self, **changes: Any) -> Concurrency:
+        """A copy with some fields changed."""
+        return Concurrency(**{**self._fields(), **changes})
+
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> Concurrency:
+        try:
+            self.key.validate(signature)
+        except ConfigurationError as exc:
+            raise ConfigurationError(exc.reason, task=task_name, field="concurrency.key") from None
+        bound = self.replace(name=self.name or task_name)
+        bound._set(_signature=signature)
+        return bound
+
+    def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        return self.key.render(args, kwargs, self._signature)
+
+    def slot_op(self, keys: KeySchema, bucket: str | None, owner: str) -> SlotOp:
+        """The op taking one of the ``bucket``'s slots for ``owner``."""
+        name = self.name or ""
+        return SlotOp(
+            keys.slots(name, bucket),
+            owner=owner,
+            ttl=self.ttl,
+            limit=self.limit,
+            wakeup_key=keys.slot_wakeup(name, bucket),
+        )
+
+    def task_ops(
+        self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
+    ) -> list[Op]:
+        owner = f"{task_id}:{uuid.uuid4().hex[:12]}"
+        return [self.slot_op(keys, self.bucket(args, kwargs), owner)]
+
+    def conflict_delay(self, retry_after: float) -> float:
+        return min(retry_after, self.retry_delay)
+
+    def denied_error(self, retry_after: float, key: str | None = None) -> ConcurrencyLimitReached:
+        return ConcurrencyLimitReached(
+            f"{self!r}: all {self.limit} slots of {key!r} are taken",
+            guard=repr(self),
+            key=key,
+            retry_after=retry_after,
+        )
+
+
+class Semaphore:
+    """A fleet-wide semaphore outside of Celery: ``taskguard.connect(url).semaphore(...)``.
+
+    ``limit`` may be changed on the object at any time; lowering it admits no one new
+    until the holders fall below it.
+
+    Example:
+        >>> import taskguard
+        >>> heavy = taskguard.connect("memory://").semaphore("heavy", limit=2)
+        >>> with heavy.acquire(timeout=1):
+        ...     heavy.try_acquire().allowed
+        True
+        >>> heavy.run(sum, [1, 2, 3])
+        6
+    """
+
+    def __init__(
+        self, backend: Backend, name: str, *, limit: int, ttl: float = 60.0, renew: bool = True
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.limit = _limit(limit)
+        self.ttl = _seconds(ttl, "ttl")
+        self.renew = renew
+        self._held = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<Semaphore {self.name!r} limit={self.limit} on {self.backend!r}>"
+
+    def try_acquire(self) -> Decision:
+        """Take a slot if one is free; the decision carries the lease to release."""
+        spec = Concurrency(self.limit, ttl=self.ttl, name=self.name)
+        op = spec.slot_op(self.backend.keys, None, uuid.uuid4().hex)
+        result = self.backend.admit([op])
+        if not result.allowed:
+            return Decision(False, retry_after=result.retry_after, key=self.name)
+        return Decision(True, key=self.name, lease=HeldLease(self.backend, op, renew=self.renew))
+
+    def acquire(
+        self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
+    ) -> HeldLease:
+        """Take a slot, waiting up to ``timeout`` seconds, woken by releases (no polling).
+
+        Raises:
+            ConcurrencyLimitReached: No slot in time.
+        """
+        wakeup = self.backend.keys.slot_wakeup(self.name)
+        held, retry_after = wait_for_lease(
+            self.backend,
+            self.try_acquire,
+            wakeup,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+        )
+        if held is None:
+            raise ConcurrencyLimitReached(
+                f"all {self.limit} slots of {self.name!r} are taken",
+                key=self.name,
+                retry_after=retry_after,
+            )
+        return held
+
+    def run(
+        self, func: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> T:
+        """Call ``func(*args, **kwargs)`` holding a slot (the seed's ``run(fn)``)."""
+        with self.acquire(timeout):
+            return func(*args, **kwargs)
+
+    def __enter__(self) -> HeldLease:
+        held = self.acquire()
+        self._held.__dict__.setdefault("stack", []).append(held)
+        return held
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.stack.pop().release()
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: each call holds a slot."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.run(func, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class ConcurrencyControl:
+    """At most ``max_concurrent`` calls at once inside this process: threads or asyncio.
+
+    For capping work fanned out *inside* one task (the seed's ``ConcurrencyControl``).
+
+    Args:
+        max_concurrent: Calls allowed at once.
+        queue_timeout: Seconds a call may wait for its turn (None: no limit); past it,
+            ConcurrencyLimitReached.
+
+    Example:
+        >>> import asyncio
+        >>> control = ConcurrencyControl(max_concurrent=2, queue_timeout=5)
+        >>> async def fetch(n):
+        ...     return n * 2
+        >>> async def main():
+        ...     return await asyncio.gather(*(control.run_async(fetch, n) for n in range(4)))
+        >>> asyncio.run(main())
+        [0, 2, 4, 6]
+    """
+
+    def __init__(self, max_concurrent: int, queue_timeout: float | None = None) -> None:
+        self.max_concurrent = _limit(max_concurrent)
+        self.queue_timeout = (
+            None if queue_timeout is None else _seconds(queue_timeout, "queue_timeout")
+        )
+        self._threads = threading.BoundedSemaphore(self.max_concurrent)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._guard = threading.Lock()
+
+    def _refuse(self) -> ConcurrencyLimitReached:
+        return ConcurrencyLimitReached(
+            f"no turn within {self.queue_timeout}s ({self.max_concurrent} at once)",
+            retry_after=0.0,
+        )
+
+    def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``func`` in this thread once a turn is free."""
+        if not self._threads.acquire(timeout=self.queue_timeout):
+            raise self._refuse()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self._threads.release()
+
+    async def run_async(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await ``func(*args, **kwargs)`` once a turn is free in this event loop."""
+        semaphore = self._semaphore()
+        try:
+            await asyncio.wait_for(semaphore.acquire(), self.queue_timeout)
+        except asyncio.TimeoutError:
+            raise self._refuse() from None
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            semaphore.release()
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # One asyncio semaphore per running loop: they cannot be shared across loops.
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if loop not in self._loops:
+                self._loops[loop] = asyncio.Semaphore(self.max_concurrent)
+            return self._loops[loop]
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator, on a plain or an ``async`` function."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await self.run_async(func, *args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.run(func, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]

@@ -1,0 +1,109 @@
+"""What the standalone lock and semaphore share: a held lease, and waiting for one."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from taskguard.backend.ops import Held
+from taskguard.errors import LockLost
+from taskguard.units import parse_duration
+
+from .base import Decision
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["HeldLease", "wait_for_lease"]
+
+
+class HeldLease:
+    """An acquired lock or concurrency slot: how to give it back, and its fencing token.
+
+    Attributes:
+        fencing_token: For a lock, strictly greater than every token handed out before
+            for it; None for a concurrency slot.
+        owner: This holder's owner token.
+    """
+
+    def __init__(
+        self, backend: Backend, op: Held, fencing_token: int | None = None, *, renew: bool = True
+    ) -> None:
+        self.backend = backend
+        self.op = op
+        self.owner = op.owner
+        self.fencing_token = fencing_token
+        self._handle: int | None = backend.heartbeat.add(op) if renew else None
+
+    def __repr__(self) -> str:
+        token = "" if self.fencing_token is None else f" token={self.fencing_token}"
+        return f"<HeldLease {self.op.key}{token}>"
+
+    def release(self, *, raise_on_lost: bool = True) -> bool:
+        """Give it back if still ours; another owner's lease is never touched.
+
+        Raises:
+            LockLost: It expired or was taken over (unless ``raise_on_lost=False``, then
+                False is returned).
+        """
+        if self._handle is not None:
+            self.backend.heartbeat.remove(self._handle)
+            self._handle = None
+        [released] = self.backend.release([self.op])
+        if not released and raise_on_lost:
+            raise LockLost(f"lease on {self.op.key} was no longer ours", key=self.op.key)
+        return released
+
+    def extend(self, ttl: float | None = None, *, raise_on_lost: bool = True) -> bool:
+        """Push the expiry to ``ttl`` (default: the lease's TTL) from now, if still ours."""
+        op = self.op if ttl is None else dataclasses.replace(self.op, ttl=parse_duration(ttl))
+        [extended] = self.backend.renew([op])
+        if not extended and raise_on_lost:
+            raise LockLost(f"lease on {self.op.key} was no longer ours", key=self.op.key)
+        return extended
+
+    def __enter__(self) -> HeldLease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def wait_for_lease(
+    backend: Backend,
+    try_acquire: Callable[[], Decision],
+    wakeup_key: str,
+    *,
+    timeout: float | None,
+    retries: int | None,
+    backoff: float,
+) -> tuple[HeldLease | None, float]:
+    """Call ``try_acquire`` until it yields a lease, waiting between attempts.
+
+    Without ``retries`` the wait blocks on ``wakeup_key``, which a release pushes to, so
+    it ends at the release (or at the holder's expiry, for a crashed holder) rather than
+    at a polling tick. With ``retries`` it sleeps with exponential backoff and jitter.
+
+    Returns:
+        The lease (or None when out of time or retries) and the last ``retry_after``.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        decision = try_acquire()
+        if decision.lease is not None:
+            return cast(HeldLease, decision.lease), 0.0
+        if retries is not None:
+            if attempt >= retries:
+                return None, decision.retry_after
+            pause = backoff * 2**attempt
+            time.sleep(pause / 2 + random.uniform(0, pause / 2))
+            attempt += 1
+            continue
+        left = decision.retry_after if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return None, decision.retry_after
+        backend.wait_for_wakeup(wakeup_key, min(left, decision.retry_after))
