@@ -27,18 +27,21 @@ def test_worker_survives_redis_outage_following_policy(
     # allow: runs without its guard while Redis is down.
     allowed = [fleet.send("outage_allow", i) for i in range(1, 11)]
     assert sorted(r.get(timeout=30) for r in allowed) == list(range(1, 11))
-    # deny (a rate limit set to deny, and a lock, which denies by default): deferred,
-    # not failed, and not run, while Redis is down.
+    # deny (a rate limit set to deny; a lock and a concurrency cap deny by default):
+    # deferred, not failed, and not run, while Redis is down.
     denied = [fleet.send("outage_deny", i) for i in range(5)]
     locked = [fleet.send("outage_lock", i) for i in range(3)]
-    fleet.wait_for("deferred", lambda recs: len({r["id"] for r in recs}) >= 8, timeout=30)
-    assert all(r.state == "PENDING" for r in denied + locked)
-    assert not [r for r in fleet.records("runs") if r["name"].endswith(("_deny", "_lock"))]
+    slotted = [fleet.send("outage_slot", i) for i in range(3)]
+    fleet.wait_for("deferred", lambda recs: len({r["id"] for r in recs}) >= 11, timeout=30)
+    assert all(r.state == "PENDING" for r in denied + locked + slotted)
+    outage_runs = ("_deny", "_lock", "_slot")
+    assert not [r for r in fleet.records("runs") if r["name"].endswith(outage_runs)]
     assert worker.is_alive()
 
     private_redis.start()
     assert sorted(r.get(timeout=60) for r in denied) == list(range(5))
     assert sorted(r.get(timeout=60) for r in locked) == list(range(3))
+    assert sorted(r.get(timeout=60) for r in slotted) == list(range(3))
     assert worker.is_alive()
     runs = [r for r in fleet.records("runs") if r["name"].endswith(".outage_deny")]
     assert len(runs) == 5

@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 from celery.exceptions import Ignore, Reject
 
-from taskguard import GuardedTask, Lock, RateLimit, signals
+from taskguard import Concurrency, GuardedTask, Lock, RateLimit, signals
 
 BROKER = os.environ["TG_BROKER_URL"]
 PREFIX = os.environ["TG_PREFIX"]
@@ -195,3 +195,59 @@ def _on_conflict(sender: Any = None, task_id: str = "", key: str = "", **kw: Any
 
 signals.lease_lost.connect(_on_lease_lost, weak=False)
 signals.lock_conflict.connect(_on_conflict, weak=False)
+
+
+# ---- concurrency ---------------------------------------------------------------------
+
+
+def _timed(task: Any, seconds: float, **fields: Any) -> None:
+    start = _records.time()
+    time.sleep(seconds)
+    end = _records.time()
+    record(
+        "slots",
+        id=task.request.id,
+        name=task.name,
+        start=start[0] + start[1] / 1e6,
+        end=end[0] + end[1] / 1e6,
+        deferrals=(task.request.headers or {}).get("taskguard-deferrals", 0),
+        **fields,
+    )
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Concurrency(2, wait=10, name="cap2")])
+def capped_slot(self: Any, i: int, seconds: float = 0.02) -> int:
+    _timed(self, seconds, i=i)
+    return i
+
+
+@app.task(
+    bind=True, base=GuardedTask, guards=[Concurrency(2, key="{tenant}", wait=10, name="cap-t")]
+)
+def tenant_slot(self: Any, tenant: str, i: int) -> int:
+    _timed(self, 0.02, tenant=tenant, i=i)
+    return i
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Concurrency(1, ttl=5, wait=8, name="crashcap")])
+def crash_slot(self: Any, i: int, seconds: float) -> int:
+    _seen(self, i=i, phase="start")
+    _timed(self, seconds, i=i)
+    return i
+
+
+@app.task(
+    bind=True,
+    base=GuardedTask,
+    guards=[Concurrency(1, wait=0.5, retry_delay=0.2, name="short-wait")],
+)
+def short_wait_slot(self: Any, i: int, seconds: float) -> int:
+    _seen(self, i=i, phase="start")
+    _timed(self, seconds, i=i)
+    return i
+
+
+@app.task(bind=True, base=GuardedTask, guards=[Concurrency(1, name="outage-cap")])
+def outage_slot(self: Any, i: int) -> int:
+    _seen(self, i=i)
+    return i
