@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
-from taskguard.testing.servers import RedisServer
+from taskguard.testing import RedisServer
 
 from . import accuracy, decisions, overhead, roundtrips
 from .harness import BenchResult, Context, machine_info

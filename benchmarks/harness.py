@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from taskguard.testing.servers import RedisServer
+from taskguard.testing import RedisServer
 
 __all__ = [
     "REPO_ROOT",

@@ -23,8 +23,7 @@ import time
 
 from celery import Celery
 
-from taskguard.testing import WorkerProcess
-from taskguard.testing.servers import RedisServer
+from taskguard.testing import RedisServer, WorkerProcess
 
 from .celeryrun import (
     APP,

@@ -263,7 +263,7 @@ def _redis_62() -> str | None:
     strict=True,
     raises=BackendUnavailable,
     reason="Redis 6.2 truncates a sub-millisecond BLPOP timeout to 0 (block forever): the "
-    "wait ends in a socket timeout and trips the outage breaker (backend/redis.py:150)",
+    "wait ends in a socket timeout and trips the outage breaker (RedisBackend.wait_for_wakeup)",
 )
 def test_sub_millisecond_wait_on_redis_62_times_out_cleanly() -> None:
     with RedisServer(binary=_redis_62()) as server:

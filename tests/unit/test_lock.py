@@ -291,7 +291,7 @@ def test_lock_settings_name_task_and_field(lock: Any, field: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Lock.bind (guards/lock.py:171) asks for field 'lock.key', but "
+    reason="Lock.bind() asks for field 'lock.key', but "
     "ConfigurationError.for_task keeps the inner field 'key'",
 )
 def test_lock_key_naming_a_missing_argument() -> None:

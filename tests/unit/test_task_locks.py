@@ -201,7 +201,7 @@ def test_lease_lost_during_run_is_flagged_and_the_thief_kept(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="runs.py:229-235: release_run signals lease_lost again for a lease the heartbeat "
+    reason="runs.release_run() signals lease_lost again for a lease the heartbeat "
     "already reported lost (one loss, two signals)",
 )
 def test_one_loss_is_one_lease_lost_signal(
@@ -246,8 +246,8 @@ def test_outage_allow_runs_unlocked(dead_app: Celery) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=ValueError,
-    reason="runs.py:135 zips all ops with the tokens of the local ops only "
-    "(admission.py:84-85 returns the local admission as is): a 'local' lock with an "
+    reason="runs._admitted() zips all ops with the tokens of the local ops only "
+    "(admission._decide_offline() returns the local admission as is): a 'local' lock with an "
     "'allow' guard crashes the run during an outage",
 )
 def test_outage_local_lock_with_allow_rate_limit_runs(dead_app: Celery) -> None:
@@ -262,7 +262,7 @@ def test_outage_local_lock_with_allow_rate_limit_runs(dead_app: Celery) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="runs.py:67-70: a degraded run holds nothing, so a 'local' lock taken in "
+    reason="Run.held(): a degraded run holds nothing, so a 'local' lock taken in "
     "backend.local is never released (nor renewed): the key stays locked for its TTL",
 )
 def test_outage_local_lock_is_released_after_the_run(dead_app: Celery) -> None:

@@ -196,8 +196,8 @@ def test_outage_allow_publishes_unchecked(dead_app: Celery) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=BackendUnavailable,
-    reason="deferral.py:164 re-publishes through GuardedTask.apply_async, whose publish-time "
-    "claim (uniqueness.py:55-59) raises under on_outage='deny': the task fails instead of "
+    reason="deferral.defer() re-publishes through GuardedTask.apply_async, whose publish-time "
+    "claim (publish_unique()) raises under on_outage='deny': the task fails instead of "
     "deferring",
 )
 def test_outage_defers_a_unique_task_at_run(dead_app: Celery, events: list[Any]) -> None:
