@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -129,6 +129,7 @@ def defer(
     state: DeferralState,
     policy: DeferralPolicy,
     reason: str,
+    on_give_up: Callable[[], None] | None = None,
 ) -> NoReturn:
     """Re-publish the running task to run after ``retry_after``, then end this run.
 
@@ -140,6 +141,8 @@ def defer(
         state: The deferral state of the current message.
         policy: Caps and jitter.
         reason: Human-readable cause, for logs and signals.
+        on_give_up: Called when the cap is hit, before failing, dropping or
+            dead-lettering (the run frees its uniqueness claims there).
 
     Raises:
         Ignore: Always, after the task was re-published (or dropped / dead-lettered).
@@ -151,6 +154,8 @@ def defer(
     since = state.since if state.since is not None else now
     age = now - since
     if count > policy.max_deferrals or age > policy.max_age:
+        if on_give_up is not None:
+            on_give_up()
         _exhausted(task, count=state.count, age=age, policy=policy, reason=reason)
 
     headers = {**(request.headers or {}), HEADER_COUNT: count, HEADER_SINCE: since}

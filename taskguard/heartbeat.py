@@ -69,7 +69,7 @@ class Heartbeat:
         with self._lock:
             handle = next(self._ids)
             self._entries[handle] = _Entry(lease, on_lost)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None or not self._thread.is_alive() or self._stopping.is_set():
                 self._start()
         self._wake.set()  # a shorter TTL may need an earlier round
         return handle
@@ -99,7 +99,10 @@ class Heartbeat:
         results = self.backend.renew([entry.lease for entry in entries])
         lost = []
         for handle, entry, renewed in zip(handles, entries, results, strict=True):
-            if renewed:
+            with self._lock:
+                # Released while we renewed: gone because its holder gave it back.
+                still_held = handle in self._entries
+            if renewed or not still_held:
                 continue
             lost.append(entry.lease)
             self.remove(handle)
@@ -112,7 +115,8 @@ class Heartbeat:
         return lost
 
     def _start(self) -> None:
-        self._stopping.clear()
+        # A stopping thread may still be alive: it exits on its own; start a fresh one.
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskguard-heartbeat", daemon=True)
         self._thread.start()
 

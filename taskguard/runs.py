@@ -1,18 +1,19 @@
 """One guarded task run: admitted in one round trip at start, released in one at the end.
 
 :func:`admit_run` turns every guard of the task into backend ops, admits them together
-(all or nothing), and on a denial defers, skips, waits or fails as the denying guard says.
-What the run holds (lock leases, uniqueness claims) is renewed by the process heartbeat
-and given back by :func:`release_run` on every outcome.
+(all or nothing), and on a denial waits, defers, skips or fails as the denying guard says.
+What the run holds (lock leases, concurrency slots, uniqueness claims) is renewed by the
+process heartbeat and given back by :func:`release_run` on every outcome.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 from celery.exceptions import Ignore
 
@@ -45,6 +46,7 @@ class RunInfo:
 
     fencing_tokens: dict[str, int] = field(default_factory=dict)
     lease_lost: bool = False
+    lost_keys: set[str] = field(default_factory=set, repr=False)
 
     @property
     def fencing_token(self) -> int | None:
@@ -52,27 +54,30 @@ class RunInfo:
         return next(iter(self.fencing_tokens.values()), None)
 
 
+def _holds(op: Op) -> TypeGuard[Held]:
+    return isinstance(op, SlotOp) or (isinstance(op, LeaseOp) and not op.drop)
+
+
 @dataclass
 class Run:
-    """A task run in progress: the guards it passed and what it holds."""
+    """A task run in progress: the guards it passed and what it holds where."""
 
     guards: list[Guard]
     ops: list[Op]
-    backend: Backend
+    holder: Backend  # the shared backend, or the process-local one when admitted offline
+    held: list[Held]
     info: RunInfo
-    degraded: bool = False
     handles: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def held(self) -> list[Held]:
-        """The leases and slots to give back at the end (none when admitted offline)."""
-        if self.degraded:
-            return []
-        return [
-            op
-            for op in self.ops
-            if isinstance(op, SlotOp) or (isinstance(op, LeaseOp) and not op.drop)
-        ]
+
+def _pairs(task: Any, config: TaskSettings, request: Any, args: Any, kwargs: Any) -> Any:
+    backend: Backend = task.taskguard_backend
+    return [
+        (guard, op)
+        for guard in config.guards
+        for op in guard.task_ops(backend.keys, args, kwargs, request.id)
+    ]
 
 
 def admit_run(
@@ -81,11 +86,7 @@ def admit_run(
     """Admit this run of ``task`` or end it (defer, skip, fail); returns what it holds."""
     backend: Backend = task.taskguard_backend
     state = DeferralState.from_headers(request.headers)
-    pairs = [
-        (guard, op)
-        for guard in config.guards
-        for op in guard.task_ops(backend.keys, args, kwargs, request.id)
-    ]
+    pairs = _pairs(task, config, request, args, kwargs)
     paid = state.honoured(
         [op for _, op in pairs],
         now=time.time(),
@@ -98,57 +99,50 @@ def admit_run(
     eager = bool(request.is_eager)
     deferral = config.deferral
     reserve_within = 0.0 if eager else min(deferral.reserve_within, deferral.max_delay)
-    wait = max((g.wait for g in guards), default=0.0)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + max((g.wait for g in guards), default=0.0)
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         if outcome.admission.allowed:
-            return _admitted(
-                task, request, backend=backend, guards=guards, ops=ops, outcome=outcome
-            )
+            return _admitted(task, request, guards=guards, ops=ops, outcome=outcome)
         index = outcome.admission.denied or 0
         op = ops[index]
         left = deadline - time.monotonic()
         wakeup = op.wakeup_key if isinstance(op, (LeaseOp, SlotOp)) else None
         if wakeup and left > 0 and not outcome.degraded:
             # A bounded wait in the worker, woken by the holder's release.
-            backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
-            continue
-        _denied(
-            task,
-            request,
-            config=config,
-            state=state,
-            guard=guards[index],
-            op=op,
-            ops=ops,
-            outcome=outcome,
-            eager=eager,
-        )
+            try:
+                backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
+                continue
+            except BackendUnavailable as exc:
+                logger.warning("%s[%s]: wait interrupted: %s", task.name, request.id, exc)
+        _denied(task, request, config, state, guards[index], op, ops, outcome, eager=eager)
 
 
 def _admitted(
-    task: Any,
-    request: Any,
-    *,
-    backend: Backend,
-    guards: list[Guard],
-    ops: list[Op],
-    outcome: Outcome,
+    task: Any, request: Any, *, guards: list[Guard], ops: list[Op], outcome: Outcome
 ) -> Run:
+    backend: Backend = task.taskguard_backend
     info = RunInfo()
-    for op, token in zip(ops, outcome.admission.tokens or [0] * len(ops), strict=True):
-        if isinstance(op, LeaseOp) and op.fence_key is not None:
+    tokens = outcome.admission.tokens or (0,) * len(ops)
+    for op, token in zip(ops, tokens, strict=True):
+        if isinstance(op, LeaseOp) and op.fence_key is not None and token:
             info.fencing_tokens[op.key] = token
     request.taskguard = info
-    run = Run(guards, ops, backend, info, degraded=outcome.degraded)
+    holder: Backend = backend
+    if outcome.degraded:  # held only in this process, by the `local` policy
+        holder = backend.local
+        held = [op for i, op in enumerate(ops) if i in outcome.local and _holds(op)]
+    else:
+        held = [op for op in ops if _holds(op)]
+    run = Run(guards, ops, holder, held, info)
 
     def lost(lease: Held) -> None:
         info.lease_lost = True
+        info.lost_keys.add(lease.key)
         signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
 
-    run.handles = [backend.heartbeat.add(lease, lost) for lease in run.held()]
-    for op in run.held():
+    run.handles = [holder.heartbeat.add(lease, lost) for lease in held]
+    for op in held:
         if isinstance(op, SlotOp):
             signals.slot_acquired.send(sender=task, task_id=request.id, key=op.key, limit=op.limit)
     if signals.guard_acquired.receivers:
@@ -158,20 +152,21 @@ def _admitted(
     return run
 
 
-def _denied(
+def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     task: Any,
     request: Any,
-    *,
     config: TaskSettings,
     state: DeferralState,
     guard: Guard,
     op: Op,
     ops: list[Op],
     outcome: Outcome,
+    *,
     eager: bool,
 ) -> NoReturn:
-    result = outcome.admission
-    retry_after = result.retry_after
+    backend: Backend = task.taskguard_backend
+    retry_after = outcome.admission.retry_after
+    online = not outcome.degraded
     signals.guard_denied.send(
         sender=task,
         task_id=request.id,
@@ -180,16 +175,14 @@ def _denied(
         retry_after=retry_after,
         degraded=outcome.degraded,
     )
-    if isinstance(op, LeaseOp) and op.purpose == "claim" and not outcome.degraded:
-        holder = task.taskguard_backend.owner(op.key)
+    if online and isinstance(op, LeaseOp) and op.purpose == "claim":
+        holder = backend.owner(op.key)
         signals.duplicate_rejected.send(
             sender=task, task_id=request.id, holder=holder, key=op.key, stage="run"
         )
         logger.info("%s[%s] is a duplicate of %s; skipped", task.name, request.id, holder)
         raise Ignore(f"duplicate of {holder} ({op.key})")
-    if eager:
-        raise guard.denied_error(retry_after, op.key)
-    if isinstance(guard, Lock) and isinstance(op, LeaseOp) and not outcome.degraded:
+    if online and isinstance(guard, Lock) and isinstance(op, LeaseOp):
         signals.lock_conflict.send(
             sender=task,
             task_id=request.id,
@@ -197,53 +190,78 @@ def _denied(
             retry_after=retry_after,
             action=guard.on_conflict,
         )
-        if guard.on_conflict == "fail":
-            raise guard.denied_error(retry_after, op.key)
         if guard.on_conflict == "skip":
+            _give_up_claims(backend, ops)
             logger.info("%s[%s] skipped: %s is held", task.name, request.id, op.key)
             raise Ignore(f"skipped: {op.key} is held")
-    if isinstance(op, SlotOp) and not outcome.degraded:
+        if guard.on_conflict == "fail":
+            _give_up_claims(backend, ops)
+            raise guard.denied_error(retry_after, op.key)
+    if online and isinstance(op, SlotOp):
         signals.slot_denied.send(
             sender=task, task_id=request.id, key=op.key, limit=op.limit, retry_after=retry_after
         )
-    if not outcome.degraded:
-        retry_after = guard.conflict_delay(retry_after)
-    reserved = [o.key for o in ops if isinstance(o, RateOp)] if result.reserved else []
-    suffix = " (backend unavailable)" if outcome.degraded else ""
+    if eager:
+        _give_up_claims(backend, ops)
+        raise guard.denied_error(retry_after, op.key)
+    reserved = outcome.admission.reserved
+    suffix = "" if online else " (backend unavailable)"
     defer(
         task,
-        retry_after=retry_after,
-        reserved=reserved,
+        retry_after=guard.conflict_delay(retry_after) if online else retry_after,
+        reserved=[o.key for o in ops if isinstance(o, RateOp)] if reserved else [],
         state=state,
         policy=config.deferral,
         reason=f"{guard!r} on {op.key}{suffix}",
+        on_give_up=lambda: _give_up_claims(backend, ops),
     )
+
+
+def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
+    """This message will not run: free its publish-time claims for new publishes."""
+    claims = [op for op in ops if isinstance(op, LeaseOp) and op.purpose == "claim"]
+    if claims:
+        try:
+            backend.release(claims)  # owner-checked: only claims this message holds
+        except BackendUnavailable as exc:
+            logger.warning("claims kept until they expire: %s", exc)
 
 
 def release_run(task: Any, request: Any, run: Run, outcome: str) -> None:
     """Give back what the run holds, in one round trip; never raises."""
-    heartbeat = run.backend.heartbeat
+    heartbeat = run.holder.heartbeat
     for handle in run.handles:
         heartbeat.remove(handle)
-    held = run.held()
-    if held:
-        try:
-            released = run.backend.release(held)
-        except BackendUnavailable as exc:
-            logger.warning(
-                "%s[%s]: could not release %d lease(s), they expire by TTL: %s",
-                task.name,
-                request.id,
-                len(held),
-                exc,
-            )
-        else:
-            for lease, ok in zip(held, released, strict=True):
-                if not ok:
-                    logger.warning(
-                        "%s[%s]: lease %s was lost before release", task.name, request.id, lease.key
-                    )
-                    signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
+    held = run.held
+    keep: list[Held] = []
+    if outcome == "retry":
+        # The retry message is this message again: keep its claims for its time in the
+        # queue, so a duplicate cannot be published meanwhile (the retry re-takes them).
+        keep = [
+            dataclasses.replace(op, ttl=_queue_ttl(run, op))
+            for op in held
+            if isinstance(op, LeaseOp) and op.purpose == "claim"
+        ]
+        held = [op for op in held if not (isinstance(op, LeaseOp) and op.purpose == "claim")]
+    try:
+        released = run.holder.release(held) if held else []
+        if keep:
+            run.holder.renew(keep)
+    except BackendUnavailable as exc:
+        logger.warning(
+            "%s[%s]: could not release %d lease(s), they expire by TTL: %s",
+            task.name,
+            request.id,
+            len(held),
+            exc,
+        )
+    else:
+        for lease, ok in zip(held, released, strict=True):
+            if not ok and lease.key not in run.info.lost_keys:
+                logger.warning(
+                    "%s[%s]: lease %s was lost before release", task.name, request.id, lease.key
+                )
+                signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
     if signals.guard_released.receivers:
         signals.guard_released.send(
             sender=task,
@@ -252,3 +270,10 @@ def release_run(task: Any, request: Any, run: Run, outcome: str) -> None:
             outcome=outcome,
             duration=time.monotonic() - run.started,
         )
+
+
+def _queue_ttl(run: Run, claim: LeaseOp) -> float:
+    for guard in run.guards:
+        if isinstance(guard, Lock) and guard.at_publish:
+            return guard.queue_ttl
+    return claim.ttl

@@ -52,8 +52,8 @@ deferral_exhausted = Signal(name="deferral_exhausted")
 #: ``retry_after``, ``action`` (``defer``, ``skip`` or ``fail``).
 lock_conflict = Signal(name="lock_conflict")
 
-#: A lease (lock, uniqueness claim) was found expired or taken over, by the heartbeat or
-#: at release. Args: ``task_id`` (None outside tasks), ``key``.
+#: A task's lease (lock, slot, uniqueness claim) was found expired or taken over, by the
+#: heartbeat or at release; sent once per lease. Args: ``task_id``, ``key``.
 lease_lost = Signal(name="lease_lost")
 
 #: Uniqueness refused a duplicate. Args: ``task_id`` (the duplicate's), ``holder`` (the

@@ -85,7 +85,10 @@ class GuardedTask(Task):  # type: ignore[misc]
         """Publish the task; publish-time uniqueness (``Lock(mode="until_...")``) first."""
         config = self.taskguard_settings
         unique = any(isinstance(g, Lock) and g.at_publish for g in config.guards)
-        if not (config.enabled and unique):
+        # A deferral or retry re-publishes the running message itself: its claim is its
+        # own already, and must not stop it (nor fail it while Redis is down).
+        republish = options.get("task_id") is not None and options["task_id"] == self.request.id
+        if not (config.enabled and unique) or republish:
             return super().apply_async(args, kwargs, **options)
         return publish_unique(
             self, config, args=args, kwargs=kwargs, options=options, publish=super().apply_async

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -146,8 +147,10 @@ class RedisBackend(Backend):
         deadline = time.monotonic() + timeout
         slice_ = max(self._options["socket_timeout"] * 0.8, 0.05)
         while (left := deadline - time.monotonic()) > 0:
+            # Redis 6.2 reads a timeout under 1 ms as 0, "block forever": never ask for it.
+            wait = max(math.ceil(min(left, slice_) * 1000) / 1000, 0.01)
             with self._call("BLPOP"):
-                if self.client.blpop([key], timeout=min(left, slice_)):
+                if self.client.blpop([key], timeout=wait):
                     return True
         return False
 

@@ -30,10 +30,13 @@ class Outcome:
     Attributes:
         admission: The backend's decision (or the policy's, when degraded).
         degraded: True when the backend was unreachable and outage policies decided.
+        local: When degraded, the indexes of the ops the process-local backend admitted
+            (``local`` policy): those, and only those, are held there until released.
     """
 
     admission: Admission
     degraded: bool = False
+    local: tuple[int, ...] = ()
 
 
 def _log_outage(exc: BackendUnavailable) -> None:
@@ -63,7 +66,7 @@ def admit(
         return Outcome(backend.admit(ops, reserve_within=reserve_within))
     except BackendUnavailable as exc:
         _log_outage(exc)
-        return Outcome(_decide_offline(backend, guards, ops, exc), degraded=True)
+        return _decide_offline(backend, guards, ops, exc)
 
 
 def _decide_offline(
@@ -71,20 +74,21 @@ def _decide_offline(
     guards: Sequence[Guard],
     ops: Sequence[Op],
     exc: BackendUnavailable,
-) -> Admission:
+) -> Outcome:
     for index, guard in enumerate(guards):
         if guard.on_outage == "deny":
             retry_after = exc.retry_after or OUTAGE_RETRY_AFTER
-            return Admission(False, retry_after=retry_after, denied=index)
-    local = [i for i, guard in enumerate(guards) if guard.on_outage == "local"]
+            return Outcome(Admission(False, retry_after=retry_after, denied=index), True)
+    local = tuple(i for i, guard in enumerate(guards) if guard.on_outage == "local")
     if not local:
-        return ALLOWED_EMPTY
+        return Outcome(ALLOWED_EMPTY, degraded=True)
     # No reservations offline: a local slot must not mark the shared buckets as paid.
     result = backend.local.admit([ops[i] for i in local])
-    if result.denied is None:
-        return result
-    return Admission(
-        False,
-        retry_after=result.retry_after,
-        denied=local[result.denied],
-    )
+    if result.denied is not None:
+        denied = Admission(False, retry_after=result.retry_after, denied=local[result.denied])
+        return Outcome(denied, degraded=True)
+    tokens = [0] * len(ops)
+    for index, token in zip(local, result.tokens or [0] * len(local), strict=True):
+        tokens[index] = token
+    admitted = Admission(True, remaining=result.remaining, tokens=tuple(tokens))
+    return Outcome(admitted, degraded=True, local=local)

@@ -63,6 +63,11 @@ class HeldLease:
         [extended] = self.backend.renew([op])
         if not extended and raise_on_lost:
             raise LockLost(f"lease on {self.op.key} was no longer ours", key=self.op.key)
+        if extended and op is not self.op:
+            self.op = op
+            if self._handle is not None:  # renew with the new TTL from now on
+                self.backend.heartbeat.remove(self._handle)
+                self._handle = self.backend.heartbeat.add(op)
         return extended
 
     def __enter__(self) -> HeldLease:

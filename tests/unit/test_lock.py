@@ -289,11 +289,6 @@ def test_lock_settings_name_task_and_field(lock: Any, field: str) -> None:
     assert (error.task, error.field) == ("t", field)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lock.bind() asks for field 'lock.key', but "
-    "ConfigurationError.for_task keeps the inner field 'key'",
-)
 def test_lock_key_naming_a_missing_argument() -> None:
     error = settings_error({"lock": {"key": "{customer_id}"}})
     assert error.task == "t"

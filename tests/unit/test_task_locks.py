@@ -199,11 +199,6 @@ def test_lease_lost_during_run_is_flagged_and_the_thief_kept(
     assert backend.owner(key) == "other-run"  # the late release did not free it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs.release_run() signals lease_lost again for a lease the heartbeat "
-    "already reported lost (one loss, two signals)",
-)
 def test_one_loss_is_one_lease_lost_signal(
     app: Celery, backend: taskguard.MemoryBackend, clock: FakeClock, events: list[Any]
 ) -> None:
@@ -243,13 +238,6 @@ def test_outage_allow_runs_unlocked(dead_app: Celery) -> None:
     assert run_as_worker(job, 1) == "ran"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="runs._admitted() zips all ops with the tokens of the local ops only "
-    "(admission._decide_offline() returns the local admission as is): a 'local' lock with an "
-    "'allow' guard crashes the run during an outage",
-)
 def test_outage_local_lock_with_allow_rate_limit_runs(dead_app: Celery) -> None:
     guards = [Lock(key="{n}", on_outage="local"), RateLimit("10/s", on_outage="allow")]
 
@@ -260,11 +248,6 @@ def test_outage_local_lock_with_allow_rate_limit_runs(dead_app: Celery) -> None:
     assert run_as_worker(job, 1) == "ran"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Run.held(): a degraded run holds nothing, so a 'local' lock taken in "
-    "backend.local is never released (nor renewed): the key stays locked for its TTL",
-)
 def test_outage_local_lock_is_released_after_the_run(dead_app: Celery) -> None:
     @dead_app.task(shared=False, base=GuardedTask, guards=[Lock(key="{n}", on_outage="local")])
     def job(n: int) -> str:

@@ -193,13 +193,6 @@ def test_outage_allow_publishes_unchecked(dead_app: Celery) -> None:
     assert message.headers["id"] == result.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BackendUnavailable,
-    reason="deferral.defer() re-publishes through GuardedTask.apply_async, whose publish-time "
-    "claim (publish_unique()) raises under on_outage='deny': the task fails instead of "
-    "deferring",
-)
 def test_outage_defers_a_unique_task_at_run(dead_app: Celery, events: list[Any]) -> None:
     @dead_app.task(shared=False, base=GuardedTask, guards=[Lock(key="{n}", mode="until_executing")])
     def job(n: int) -> None:

@@ -51,7 +51,7 @@ end
 local wait_us = math.ceil(worst)
 if reservable and reserve_within > 0 and worst <= reserve_within and worst - soonest <= slack then
   for i = 1, n do
-    ops[i].kind.commit(ops[i], now + worst, now)
+    if ops[i].kind.reservable then ops[i].kind.commit(ops[i], now + worst, now) end
   end
   return { 0, wait_us, denied, 1 }
 end
