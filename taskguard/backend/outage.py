@@ -64,7 +64,7 @@ class OutageBreaker:
 
     def record_success(self) -> None:
         """Close the breaker."""
-        if self._failures:
+        if self._failures:  # the common case costs one attribute read
             with self._lock:
                 self._failures = 0
                 self._open_until = 0.0

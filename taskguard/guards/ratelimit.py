@@ -12,6 +12,7 @@ from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 from taskguard.units import Rate, parse_rate
 
+from .admission import admit
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from taskguard.backend.base import Backend
 
 __all__ = ["RateLimit", "RateLimiter"]
+
+#: Distinct (bucket, cost) ops a standalone limiter keeps built.
+_OP_CACHE_SIZE = 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -155,6 +159,13 @@ class RateLimit(Guard):
     def task_ops(
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
+        if self.key.source is None and not callable(self.cost):
+            # One bucket, fixed cost: the same op for every run (built once per schema).
+            cached = self.__dict__.get("_static_op")
+            if cached is None or cached[0] is not keys:
+                cached = (keys, self.op(keys, None, self.cost))
+                object.__setattr__(self, "_static_op", cached)
+            return [cached[1]]
         cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
         return [self.op(keys, self.bucket(args, kwargs), cost)]
 
@@ -182,6 +193,8 @@ class RateLimiter:
     def __init__(self, backend: Backend, spec: RateLimit) -> None:
         self.backend = backend
         self.spec = spec
+        self._specs = (spec,)
+        self._ops: dict[tuple[str | None, int], RateOp] = {}
 
     def __repr__(self) -> str:
         return f"<RateLimiter {self.spec!r} on {self.backend!r}>"
@@ -213,11 +226,19 @@ class RateLimiter:
             )
         raise self.spec.denied_error(decision.retry_after, key)
 
-    def _decide(self, key: str | None, cost: int, *, reserve_within: float) -> Decision:
-        from .admission import admit
+    def _op(self, key: str | None, cost: int) -> RateOp:
+        # Ops are immutable values: build each (bucket, cost) once, not per decision.
+        op = self._ops.get((key, cost))
+        if op is None:
+            if len(self._ops) >= _OP_CACHE_SIZE:
+                self._ops.clear()
+            op = self._ops[key, cost] = self.spec.op(self.backend.keys, key, cost)
+        return op
 
-        op = self.spec.op(self.backend.keys, key, cost)
-        outcome = admit(self.backend, [self.spec], [op], reserve_within=reserve_within)
+    def _decide(self, key: str | None, cost: int, *, reserve_within: float) -> Decision:
+        outcome = admit(
+            self.backend, self._specs, [self._op(key, cost)], reserve_within=reserve_within
+        )
         result = outcome.admission
         if result.reserved:
             clock = getattr(self.backend, "clock", None)
