@@ -25,7 +25,7 @@ from taskguard import Concurrency, GuardedTask, Lock, RateLimit, signals
 BROKER = os.environ["TG_BROKER_URL"]
 PREFIX = os.environ["TG_PREFIX"]
 
-app = Celery("guarded", broker=BROKER, backend=BROKER)
+app = Celery("guarded", broker=BROKER, backend=BROKER, set_as_current=False)
 app.conf.update(
     task_default_queue=os.environ["TG_QUEUE"],
     result_expires=600,
@@ -58,19 +58,21 @@ def _seen(task: Any, **fields: Any) -> None:
     )
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("20/s")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("20/s")])
 def steady(self: Any, i: int) -> int:
     _seen(self, i=i)
     return i
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("4/s", key="{customer_id}")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("4/s", key="{customer_id}")])
 def per_customer(self: Any, customer_id: str, i: int) -> int:
     _seen(self, customer_id=customer_id, i=i)
     return i
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s")], soft_time_limit=0.5)
+@app.task(
+    shared=False, bind=True, base=GuardedTask, guards=[RateLimit("1000/s")], soft_time_limit=0.5
+)
 def outcome(self: Any, kind: str) -> str:
     _seen(self, kind=kind)
     if kind == "failure":
@@ -86,25 +88,27 @@ def outcome(self: Any, kind: str) -> str:
     return kind
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1/h")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("1/h")])
 def capped(self: Any, policy: str) -> str:
     _seen(self, policy=policy)
     return policy
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="allow")])
+@app.task(
+    shared=False, bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="allow")]
+)
 def outage_allow(self: Any, i: int) -> int:
     _seen(self, i=i)
     return i
 
 
-@app.task(bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="deny")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="deny")])
 def outage_deny(self: Any, i: int) -> int:
     _seen(self, i=i)
     return i
 
 
-@app.task(base=GuardedTask, guards=[RateLimit("1/s", key="{customer_id}")])
+@app.task(shared=False, base=GuardedTask, guards=[RateLimit("1/s", key="{customer_id}")])
 def takes_customer(customer_id: str) -> None: ...
 
 
@@ -130,7 +134,7 @@ signals.deferral_exhausted.connect(_on_exhausted, weak=False)
 # ---- locks -------------------------------------------------------------------------------
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=10, wait=2)])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=10, wait=2)])
 def exclusive(self: Any, key: str, i: int) -> int:
     seconds, micros = _records.time()
     start = seconds + micros / 1e6
@@ -157,12 +161,18 @@ def _hold(task: Any, key: str, seconds: float) -> bool:
     return bool(info.lease_lost)
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=5, wait=8, name="hold5")])
+@app.task(
+    shared=False,
+    bind=True,
+    base=GuardedTask,
+    guards=[Lock(key="{key}", ttl=5, wait=8, name="hold5")],
+)
 def hold5(self: Any, key: str, seconds: float) -> bool:
     return _hold(self, key, seconds)
 
 
 @app.task(
+    shared=False,
     bind=True,
     base=GuardedTask,
     guards=[Lock(key="{key}", ttl=5, on_conflict="skip", name="hold5")],
@@ -172,12 +182,14 @@ def skip5(self: Any, key: str) -> str:
     return "ran"
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=2, name="hold2")])
+@app.task(
+    shared=False, bind=True, base=GuardedTask, guards=[Lock(key="{key}", ttl=2, name="hold2")]
+)
 def hold2(self: Any, key: str, seconds: float) -> bool:
     return _hold(self, key, seconds)
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{i}")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Lock(key="{i}")])
 def outage_lock(self: Any, i: int) -> int:
     _seen(self, i=i)
     return i
@@ -215,21 +227,29 @@ def _timed(task: Any, seconds: float, **fields: Any) -> None:
     )
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Concurrency(2, wait=10, name="cap2")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Concurrency(2, wait=10, name="cap2")])
 def capped_slot(self: Any, i: int, seconds: float = 0.02) -> int:
     _timed(self, seconds, i=i)
     return i
 
 
 @app.task(
-    bind=True, base=GuardedTask, guards=[Concurrency(2, key="{tenant}", wait=10, name="cap-t")]
+    shared=False,
+    bind=True,
+    base=GuardedTask,
+    guards=[Concurrency(2, key="{tenant}", wait=10, name="cap-t")],
 )
 def tenant_slot(self: Any, tenant: str, i: int) -> int:
     _timed(self, 0.02, tenant=tenant, i=i)
     return i
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Concurrency(1, ttl=5, wait=8, name="crashcap")])
+@app.task(
+    shared=False,
+    bind=True,
+    base=GuardedTask,
+    guards=[Concurrency(1, ttl=5, wait=8, name="crashcap")],
+)
 def crash_slot(self: Any, i: int, seconds: float) -> int:
     _seen(self, i=i, phase="start")
     _timed(self, seconds, i=i)
@@ -237,6 +257,7 @@ def crash_slot(self: Any, i: int, seconds: float) -> int:
 
 
 @app.task(
+    shared=False,
     bind=True,
     base=GuardedTask,
     guards=[Concurrency(1, wait=0.5, retry_delay=0.2, name="short-wait")],
@@ -247,7 +268,7 @@ def short_wait_slot(self: Any, i: int, seconds: float) -> int:
     return i
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Concurrency(1, name="outage-cap")])
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Concurrency(1, name="outage-cap")])
 def outage_slot(self: Any, i: int) -> int:
     _seen(self, i=i)
     return i

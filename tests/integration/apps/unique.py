@@ -28,17 +28,22 @@ def _run(task: Any, key: str, seconds: float) -> str:
     return task.request.id
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", mode="until_executing")])
+@app.task(
+    shared=False, bind=True, base=GuardedTask, guards=[Lock(key="{key}", mode="until_executing")]
+)
 def until_executing(self: Any, key: str, seconds: float = 0.0) -> str:
     return _run(self, key, seconds)
 
 
-@app.task(bind=True, base=GuardedTask, guards=[Lock(key="{key}", mode="until_executed")])
+@app.task(
+    shared=False, bind=True, base=GuardedTask, guards=[Lock(key="{key}", mode="until_executed")]
+)
 def until_executed(self: Any, key: str, seconds: float = 0.0) -> str:
     return _run(self, key, seconds)
 
 
 @app.task(
+    shared=False,
     bind=True,
     base=GuardedTask,
     guards=[Lock(key="{key}", mode="until_executing+while_executing", wait=10)],
@@ -48,6 +53,7 @@ def both(self: Any, key: str, seconds: float = 0.0) -> str:
 
 
 @app.task(
+    shared=False,
     bind=True,
     base=GuardedTask,
     guards=[Lock(key="{key}", mode="until_executed", on_duplicate="raise")],
