@@ -18,11 +18,21 @@ from types import ModuleType
 
 from taskguard.testing import RedisServer
 
-from . import accuracy, decisions, overhead, roundtrips
+from . import accuracy, decisions, locks, lockwake, overhead, roundtrips, semaphore, semwake
 from .harness import BenchResult, Context, machine_info
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (accuracy, overhead, decisions, roundtrips)
+    module.NAME: module
+    for module in (
+        accuracy,
+        overhead,
+        decisions,
+        roundtrips,
+        locks,
+        lockwake,
+        semaphore,
+        semwake,
+    )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -6,6 +6,12 @@ EVALSHA, and cannot tell them apart. ``MONITOR`` can (it tags script commands ``
 scripts ran inside them, commandstats for a cross-check. MONITOR slows the server down
 (every command is copied to the monitor), so server *time* comes from
 :func:`server_usec_per_call`, which does without it.
+
+A round trip is one command a client sent and waited for, except that a transaction
+(``MULTI`` ... ``EXEC``, which redis-py's transactional pipelines send in one write and
+read back in one go) is one round trip however many commands it holds. MONITOR shows those
+commands one by one, so :class:`Counted` counts them (``batched``) and leaves them out of
+:attr:`Counted.round_trips`. The suite's own clients send no other pipelines.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "commands_between",
     "counting",
     "server_usec_per_call",
+    "server_usec_sent",
 ]
 
 
@@ -76,18 +83,22 @@ class Counted:
     """What a server ran during a :func:`counting` block.
 
     Attributes:
-        sent: Commands clients sent, that is round trips, by name (from MONITOR).
+        sent: Commands clients sent, by name (from MONITOR).
         scripted: Commands Lua scripts ran inside those round trips (from MONITOR).
         stats: Every command by name, with server time (``INFO commandstats``).
+        batched: Commands of :attr:`sent` that travelled in one write with the ``MULTI``
+            before them (the rest of a transaction, up to and including its ``EXEC``).
     """
 
     sent: Counter[str] = field(default_factory=Counter)
     scripted: Counter[str] = field(default_factory=Counter)
     stats: dict[str, CommandStat] = field(default_factory=dict)
+    batched: int = 0
 
     @property
     def round_trips(self) -> int:
-        return sum(self.sent.values())
+        """Commands sent, counting a whole ``MULTI`` ... ``EXEC`` transaction as one."""
+        return sum(self.sent.values()) - self.batched
 
     def without(self, other: Counted, times: float) -> Counted:
         """These counts less ``times`` x ``other``'s: a warm-up less its tasks' share."""
@@ -96,7 +107,11 @@ class Counted:
             left = Counter({name: round(n - times * theirs[name]) for name, n in mine.items()})
             return +left  # drops what is zero or below
 
-        return Counted(less(self.sent, other.sent), less(self.scripted, other.scripted))
+        return Counted(
+            less(self.sent, other.sent),
+            less(self.scripted, other.scripted),
+            batched=max(round(self.batched - times * other.batched), 0),
+        )
 
     def describe(self, per: int) -> str:
         """``"1 EVALSHA (inside: 1 GET, 1 SET)"``, per ``per`` operations."""
@@ -114,6 +129,8 @@ class _Monitor:
     def __init__(self, url: str) -> None:
         self.sent: Counter[str] = Counter()
         self.scripted: Counter[str] = Counter()
+        self.batched = 0
+        self._in_multi: set[str] = set()  # clients between MULTI and EXEC
         self._marker = f"tgbench-monitor-end-{uuid.uuid4().hex}"
         # Connected before MONITOR starts, so its handshake is not counted.
         self._marker_client = redis.Redis.from_url(url)
@@ -134,6 +151,15 @@ class _Monitor:
                 self.scripted[name] += 1
             elif name != "info":  # the snapshots of INFO commandstats
                 self.sent[name] += 1
+                self._transaction(f"{entry['client_address']}:{entry['client_port']}", name)
+
+    def _transaction(self, client: str, name: str) -> None:
+        if name == "multi":
+            self._in_multi.add(client)
+        elif client in self._in_multi:
+            self.batched += 1
+            if name in ("exec", "discard"):
+                self._in_multi.discard(client)
 
     def stop(self) -> None:
         """Flush: everything sent before the end marker has been read when this returns."""
@@ -163,6 +189,7 @@ def counting(url: str) -> Iterator[Counted]:
         monitor.stop()
         admin.close()
         counted.sent, counted.scripted = monitor.sent, monitor.scripted
+        counted.batched = monitor.batched
         counted.stats = commands_between(before, after)
 
 
@@ -179,3 +206,26 @@ def server_usec_per_call(url: str, call: Callable[[], object], calls: int, comma
     ran = commands_between(before, command_stats(admin))
     admin.close()
     return ran[command].usec / calls if command in ran else 0.0
+
+
+def server_usec_sent(url: str, call: Callable[[], object], calls: int, counted: Counted) -> float:
+    """Server time per ``call()``, in microseconds, in the commands clients sent.
+
+    ``counted`` is a :func:`counting` of the same call: it says which commands the client
+    sent and which ran inside scripts. A script's time already includes the commands it
+    runs, so those are left out; where a name is both sent and scripted (a client ``GET``
+    and a script's ``GET``), its time is shared out by call counts.
+    """
+    admin = redis.Redis.from_url(url)
+    admin.ping()
+    before = command_stats(admin)
+    for _ in range(calls):
+        call()
+    ran = commands_between(before, command_stats(admin))
+    admin.close()
+    total = 0.0
+    for name, stat in ran.items():
+        sent, scripted = counted.sent[name], counted.scripted[name]
+        if sent:
+            total += stat.usec * sent / (sent + scripted)
+    return total / calls

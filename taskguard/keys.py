@@ -65,6 +65,18 @@ class KeySchema:
         """The list a slot release pushes to, waking blocked waiters."""
         return self._named("swake", name, key)
 
+    def breaker(self, name: str) -> str:
+        """The state of circuit breaker ``name`` (a hash)."""
+        return self._named("cb", name, None)
+
+    def breaker_window(self, name: str) -> str:
+        """The sliding window of breaker ``name``'s outcomes."""
+        return self._named("cbw", name, None)
+
+    def breaker_probes(self, name: str) -> str:
+        """The half-open probe leases of breaker ``name`` (a sorted set)."""
+        return self._named("cbp", name, None)
+
     def unique(self, name: str, key: str | None = None) -> str:
         """The publish-time uniqueness claim of task ``name`` for ``key``."""
         return self._named("uniq", name, key)

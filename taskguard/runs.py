@@ -13,17 +13,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeGuard
+from typing import Any, NoReturn, TypeGuard, cast
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from taskguard import signals
 from taskguard.backend.base import Backend
-from taskguard.backend.ops import Held, LeaseOp, Op, RateOp, SlotOp
+from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp
 from taskguard.deferral import DeferralState, defer
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import Guard
+from taskguard.guards.breaker import OPENED_HALF, TRANSITIONS, CircuitBreaker, announce
 from taskguard.guards.lock import Lock
 from taskguard.settings import TaskSettings
 
@@ -67,6 +68,7 @@ class Run:
     holder: Backend  # the shared backend, or the process-local one when admitted offline
     held: list[Held]
     info: RunInfo
+    breakers: list[tuple[CircuitBreaker, BreakerOp]] = field(default_factory=list)
     handles: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -134,7 +136,18 @@ def _admitted(
         held = [op for i, op in enumerate(ops) if i in outcome.local and _holds(op)]
     else:
         held = [op for op in ops if _holds(op)]
-    run = Run(guards, ops, holder, held, info)
+    breakers = [
+        (guard, op)
+        for i, (guard, op) in enumerate(zip(guards, ops, strict=True))
+        if isinstance(op, BreakerOp)
+        and isinstance(guard, CircuitBreaker)
+        and (not outcome.degraded or i in outcome.local)
+    ]
+    run = Run(guards, ops, holder, held, info, breakers)
+    for i, op in enumerate(ops):
+        if isinstance(op, BreakerOp) and tokens[i] == 2:
+            announce(cast(CircuitBreaker, guards[i]).name, *OPENED_HALF, task_id=request.id)
+    probes = [op for i, op in enumerate(ops) if isinstance(op, BreakerOp) and tokens[i] > 0]
 
     def lost(lease: Held) -> None:
         info.lease_lost = True
@@ -142,6 +155,7 @@ def _admitted(
         signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
 
     run.handles = [holder.heartbeat.add(lease, lost) for lease in held]
+    run.handles += [holder.heartbeat.add(probe) for probe in probes]
     for op in held:
         if isinstance(op, SlotOp):
             signals.slot_acquired.send(sender=task, task_id=request.id, key=op.key, limit=op.limit)
@@ -197,6 +211,9 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         if guard.on_conflict == "fail":
             _give_up_claims(backend, ops)
             raise guard.denied_error(retry_after, op.key)
+    if online and isinstance(guard, CircuitBreaker) and guard.on_open == "fail":
+        _give_up_claims(backend, ops)
+        raise guard.denied_error(retry_after)
     if online and isinstance(op, SlotOp):
         signals.slot_denied.send(
             sender=task, task_id=request.id, key=op.key, limit=op.limit, retry_after=retry_after
@@ -227,8 +244,13 @@ def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
             logger.warning("claims kept until they expire: %s", exc)
 
 
-def release_run(task: Any, request: Any, run: Run, outcome: str) -> None:
-    """Give back what the run holds, in one round trip; never raises."""
+def release_run(
+    task: Any, request: Any, run: Run, outcome: str, exc: BaseException | None = None
+) -> None:
+    """Give back what the run holds and record breaker outcomes, in one round trip.
+
+    Never raises: a task's result must not depend on the release.
+    """
     heartbeat = run.holder.heartbeat
     for handle in run.handles:
         heartbeat.remove(handle)
@@ -243,19 +265,28 @@ def release_run(task: Any, request: Any, run: Run, outcome: str) -> None:
             if isinstance(op, LeaseOp) and op.purpose == "claim"
         ]
         held = [op for op in held if not (isinstance(op, LeaseOp) and op.purpose == "claim")]
+    duration = time.monotonic() - run.started
+    recorded = [
+        dataclasses.replace(op, mode=_breaker_code(guard, outcome, exc, duration))
+        for guard, op in run.breakers
+    ]
     try:
-        released = run.holder.release(held) if held else []
+        results = run.holder.release([*held, *recorded]) if held or recorded else []
+        released, transitions = results[: len(held)], results[len(held) :]
         if keep:
             run.holder.renew(keep)
-    except BackendUnavailable as exc:
+    except BackendUnavailable as down:
         logger.warning(
             "%s[%s]: could not release %d lease(s), they expire by TTL: %s",
             task.name,
             request.id,
             len(held),
-            exc,
+            down,
         )
     else:
+        for (guard, _), code in zip(run.breakers, transitions, strict=True):
+            if code in TRANSITIONS:
+                announce(guard.name, *TRANSITIONS[code], task_id=request.id)
         for lease, ok in zip(held, released, strict=True):
             if not ok and lease.key not in run.info.lost_keys:
                 logger.warning(
@@ -270,6 +301,19 @@ def release_run(task: Any, request: Any, run: Run, outcome: str) -> None:
             outcome=outcome,
             duration=time.monotonic() - run.started,
         )
+
+
+def _breaker_code(
+    guard: CircuitBreaker, outcome: str, exc: BaseException | None, duration: float
+) -> str:
+    """What a task run's outcome counts as for a breaker."""
+    if outcome in ("ignored", "rejected", "aborted"):
+        return "i"
+    if outcome == "success":
+        return guard.outcome(None, duration)
+    if isinstance(exc, Retry) and isinstance(exc.exc, BaseException):
+        exc = exc.exc  # self.retry(exc=...) after a failed call: that failure counts
+    return guard.outcome(exc, duration)
 
 
 def _queue_ttl(run: Run, claim: LeaseOp) -> float:

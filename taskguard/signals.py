@@ -17,6 +17,7 @@ from __future__ import annotations
 from celery.utils.dispatch import Signal
 
 __all__ = [
+    "circuit_state_changed",
     "deferral_exhausted",
     "duplicate_rejected",
     "guard_acquired",
@@ -66,3 +67,8 @@ slot_acquired = Signal(name="slot_acquired")
 #: Every concurrency slot of a key was taken (after any bounded wait). Args:
 #: ``task_id``, ``key``, ``limit``, ``retry_after``.
 slot_denied = Signal(name="slot_denied")
+
+#: A circuit breaker changed state, seen by the process that made the transition. Args:
+#: ``name``, ``old``, ``new`` (``closed``, ``open``, ``half_open``), ``reason``,
+#: ``task_id`` (the task whose outcome made it, if any). ``sender`` is None.
+circuit_state_changed = Signal(name="circuit_state_changed")

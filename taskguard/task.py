@@ -70,16 +70,16 @@ class GuardedTask(Task):  # type: ignore[misc]
         if not (config.enabled and config.guards):
             return super().__call__(*args, **kwargs)
         run = admit_run(self, config, request, args, kwargs)
-        outcome = "aborted"
+        outcome, error = "aborted", None
         try:
             result = super().__call__(*args, **kwargs)
             outcome = "success"
             return result
         except Exception as exc:
-            outcome = _outcome_of(exc)
+            outcome, error = _outcome_of(exc), exc
             raise
         finally:
-            release_run(self, request, run, outcome)
+            release_run(self, request, run, outcome, error)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Publish the task; publish-time uniqueness (``Lock(mode="until_...")``) first."""

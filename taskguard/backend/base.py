@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskguard.keys import KeySchema
 
-from .ops import Admission, Held, Op
+from .ops import Admission, BreakerOp, Held, Op
 
 if TYPE_CHECKING:
+    from taskguard.guards.breaker import Breaker
     from taskguard.guards.concurrency import Semaphore
     from taskguard.guards.keying import KeySource
     from taskguard.guards.lock import DistributedLock
@@ -54,10 +55,12 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def release(self, ops: Sequence[Held]) -> list[bool]:
-        """Release leases we own, in one round trip; False for each one no longer ours.
+    def release(self, ops: Sequence[Held]) -> list[int]:
+        """Release leases and slots we own, and record breaker outcomes, in one round trip.
 
-        Another owner's lease is never touched.
+        Returns one int per op: for a lease or slot 1 if released, 0 if no longer ours
+        (another owner's lease is never touched); for a breaker, the transition code
+        (0 none, 1 closed>open, 2 half_open>open, 3 half_open>closed).
         """
 
     @abstractmethod
@@ -71,6 +74,15 @@ class Backend(ABC):
     @abstractmethod
     def wait_for_wakeup(self, key: str, timeout: float) -> bool:
         """Block until a release pushes to wake-up list ``key`` (True) or ``timeout`` ends."""
+
+    @abstractmethod
+    def breaker_state(self, op: BreakerOp) -> str:
+        """The effective state of ``op``'s breaker: closed, open, half_open,
+        forced_open or disabled."""
+
+    @abstractmethod
+    def set_breaker(self, op: BreakerOp, action: str) -> None:
+        """Apply ``force_open``, ``disable``, ``force_close`` or ``reset`` to a breaker."""
 
     @abstractmethod
     def time(self) -> float:
@@ -129,6 +141,24 @@ class Backend(ABC):
         from taskguard.guards.lock import DistributedLock
 
         return DistributedLock(self, name, ttl=ttl, renew=renew)
+
+    def circuit_breaker(self, name: str, **options: Any) -> Breaker:
+        """Build a fleet-wide circuit breaker named ``name``.
+
+        Args:
+            name: The breaker; every process using this name shares its state.
+            **options: The :class:`~taskguard.CircuitBreaker` options (``failure_rate``,
+                ``window``, ``open_for``, ``half_open_probes``...).
+
+        Example:
+            >>> import taskguard
+            >>> breaker = taskguard.connect("memory://").circuit_breaker("geo", window=10)
+            >>> breaker.call(lambda: "ok"), breaker.state
+            ('ok', 'closed')
+        """
+        from taskguard.guards.breaker import Breaker, CircuitBreaker
+
+        return Breaker(self, CircuitBreaker(name, **options))
 
     def semaphore(
         self, name: str, *, limit: int, ttl: float = 60.0, renew: bool = True

@@ -10,7 +10,9 @@ from taskguard.clock import Clock, SystemClock
 from taskguard.keys import KeySchema
 
 from .base import Backend
-from .ops import ALLOWED_EMPTY, Admission, Held, Op, RateOp, SlotOp, granted
+from .breakers import effective_state
+from .memory_breaker import BreakerStates
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp, granted
 
 __all__ = ["MemoryBackend"]
 
@@ -30,6 +32,7 @@ class MemoryBackend(Backend):
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires_at)
         self._fences: dict[str, int] = {}
         self._slots: dict[str, dict[str, float]] = {}  # key -> {owner: expires_at}
+        self._breakers = BreakerStates()
         self._wakeups: dict[str, int] = {}
         self._lock = threading.Lock()
         self._woken = threading.Condition(self._lock)
@@ -63,10 +66,25 @@ class MemoryBackend(Backend):
             return ALLOWED_EMPTY
         with self._lock:
             now = self.clock.time()
-            waits = [self._wait(op, now) for op in ops]
+            probes: set[int] = set()
+            waits = []
+            for index, op in enumerate(ops):
+                if isinstance(op, BreakerOp):
+                    wait, probe = self._breakers.check(op, now)
+                    if probe:
+                        probes.add(index)
+                else:
+                    wait = self._wait(op, now)
+                waits.append(wait)
             denied = next((i for i, wait in enumerate(waits) if wait > 1e-9), None)
             if denied is None:
-                return granted(ops, [self._commit(op, now, now) for op in ops])
+                values = [
+                    self._breakers.commit(op, now, i in probes)
+                    if isinstance(op, BreakerOp)
+                    else self._commit(op, now, now)
+                    for i, op in enumerate(ops)
+                ]
+                return granted(ops, values)
             worst = max(waits)
             rates = [
                 (op, wait) for op, wait in zip(ops, waits, strict=True) if isinstance(op, RateOp)
@@ -90,7 +108,7 @@ class MemoryBackend(Backend):
             del holders[owner]
         return holders
 
-    def _wait(self, op: Op, now: float) -> float:
+    def _wait(self, op: RateOp | LeaseOp | SlotOp, now: float) -> float:
         if isinstance(op, RateOp):
             tat = max(self._get(op.key, now) or 0.0, now)
             return max(tat + (op.cost - op.burst) * op.interval - now, 0.0)
@@ -104,7 +122,7 @@ class MemoryBackend(Backend):
             return max(held[1] - now, 0.001)
         return 0.0
 
-    def _commit(self, op: Op, at: float, now: float) -> int:
+    def _commit(self, op: RateOp | LeaseOp | SlotOp, at: float, now: float) -> int:
         if isinstance(op, RateOp):
             start = max(self._get(op.key, now) or 0.0, now, at)
             new_tat = start + op.cost * op.interval
@@ -124,13 +142,15 @@ class MemoryBackend(Backend):
         self._fences[op.fence_key] = token
         return token
 
-    def release(self, ops: Sequence[Held]) -> list[bool]:
+    def release(self, ops: Sequence[Held]) -> list[int]:
         with self._lock:
             results = [self._give_back(op, self.clock.time()) for op in ops]
             self._woken.notify_all()
             return results
 
-    def _give_back(self, op: Held, now: float) -> bool:
+    def _give_back(self, op: Held, now: float) -> int:
+        if isinstance(op, BreakerOp):
+            return self._breakers.release(op, now)
         if isinstance(op, SlotOp):
             ours = self._holders(op.key, now).pop(op.owner, None) is not None
             wake = op.limit
@@ -149,7 +169,9 @@ class MemoryBackend(Backend):
             now = self.clock.time()
             results = []
             for op in ops:
-                if isinstance(op, SlotOp):
+                if isinstance(op, BreakerOp):
+                    ours = self._breakers.renew(op, now)
+                elif isinstance(op, SlotOp):
                     holders = self._holders(op.key, now)
                     ours = op.owner in holders
                     if ours:
@@ -161,6 +183,15 @@ class MemoryBackend(Backend):
                         self._leases[op.key] = (op.owner, now + op.ttl)
                 results.append(ours)
             return results
+
+    def breaker_state(self, op: BreakerOp) -> str:
+        with self._lock:
+            s = self._breakers.get(op.key)
+            return effective_state(s.state, s.until * 1000, s.forced, self.clock.time() * 1000)
+
+    def set_breaker(self, op: BreakerOp, action: str) -> None:
+        with self._lock:
+            self._breakers.apply(op.key, action)
 
     def owner(self, key: str) -> str | None:
         with self._lock:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
-__all__ = ["Admission", "Held", "LeaseOp", "Op", "RateOp", "SlotOp"]
+__all__ = ["Admission", "BreakerOp", "Held", "LeaseOp", "Op", "RateOp", "SlotOp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +76,39 @@ class SlotOp:
     wakeup_key: str | None = None
 
 
-#: Ops that hold something until released (and are renewed by the heartbeat meanwhile).
-Held: TypeAlias = LeaseOp | SlotOp
+@dataclass(frozen=True, slots=True)
+class BreakerOp:
+    """A call through circuit breaker ``key``: admitted at start, its outcome recorded at
+    the end (``mode``), in the admission and release scripts (see lib/breaker.lua).
 
-#: Every op kind a backend understands (breakers join later).
-Op: TypeAlias = RateOp | LeaseOp | SlotOp
+    Attributes:
+        key: The breaker's state hash.
+        window_key: Its sliding window of outcomes.
+        probes_key: Its half-open probe leases.
+        owner: This call's token (a probe lease is held under it).
+        mode: ``"check"`` in admission; the outcome code at release.
+        params: The breaker's settings, in lib/breaker.lua's argument order (3 to 14).
+        probe_ttl: Probe lease seconds (renewed by the heartbeat while the probe runs).
+    """
+
+    key: str
+    window_key: str
+    probes_key: str
+    owner: str
+    mode: str
+    params: tuple[Any, ...]
+    probe_ttl: float
+
+    @property
+    def ttl(self) -> float:
+        return self.probe_ttl
+
+
+#: Ops that hold something until released (and are renewed by the heartbeat meanwhile).
+Held: TypeAlias = LeaseOp | SlotOp | BreakerOp
+
+#: Every op kind a backend understands.
+Op: TypeAlias = RateOp | LeaseOp | SlotOp | BreakerOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +124,8 @@ class Admission:
         remaining: Tokens left in the tightest rate-limit bucket after this call, or -1
             when no rate-limit op was involved.
         tokens: When allowed, one value per op: the fencing token of a lease taken with
-            a fence key, else 0.
+            a fence key; for a breaker, 1 for a half-open probe and 2 for a probe that
+            moved it from open to half-open; else 0.
     """
 
     allowed: bool
@@ -113,7 +142,7 @@ def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
         return Admission(True, remaining=values[0], tokens=(0,))
     pairs = list(zip(ops, values, strict=True))
     left = [value for op, value in pairs if isinstance(op, RateOp)]
-    tokens = tuple(value if isinstance(op, LeaseOp) else 0 for op, value in pairs)
+    tokens = tuple(0 if isinstance(op, RateOp) else value for op, value in pairs)
     return Admission(True, remaining=min(left, default=-1), tokens=tokens)
 
 

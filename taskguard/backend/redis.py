@@ -18,20 +18,22 @@ from taskguard.errors import BackendUnavailable
 from taskguard.keys import KeySchema
 
 from .base import Backend
+from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
 from .lua import Script, load_script
-from .ops import ALLOWED_EMPTY, Admission, Held, Op, RateOp, SlotOp, granted
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp, SlotOp, granted
 from .outage import OutageBreaker
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("taskguard.backend")
 
-_ADMIT = load_script("admit", libs=["ops", "gcra", "lease", "slot"])
+_ALL = ["ops", "gcra", "lease", "slot", "breaker"]
+_ADMIT = load_script("admit", libs=_ALL)
 # The same script with only the rate-limit library: less Lua to set up on every call,
 # for the most common admission (rate limits alone).
 _ADMIT_RATES = load_script("admit", libs=["ops", "gcra"])
-_RELEASE = load_script("release", libs=["ops", "lease", "slot"])
-_RENEW = load_script("renew", libs=["ops", "lease", "slot"])
+_RELEASE = load_script("release", libs=_ALL)
+_RENEW = load_script("renew", libs=_ALL)
 # Errors that mean "the server is not there": they open the outage breaker.
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -142,17 +144,38 @@ class RedisBackend(Backend):
             )
         return granted(ops, reply[4:])
 
-    def release(self, ops: Sequence[Held]) -> list[bool]:
+    def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
         keys, args = _encode(ops, release=True)
-        return [bool(r) for r in self._run(_RELEASE, keys, args, "release")]
+        return [int(r) for r in self._run(_RELEASE, keys, args, "release")]
 
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
         keys, args = _encode(ops, release=False)
         return [bool(r) for r in self._run(_RENEW, keys, args, "renewal")]
+
+    def breaker_state(self, op: BreakerOp) -> str:
+        with self._call("breaker state"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            pipe.hmget(op.key, "state", "until", "forced")
+            (seconds, micros), (state, until, forced) = pipe.execute()
+        return effective_state(state, until, forced, seconds * 1000 + micros // 1000)
+
+    def set_breaker(self, op: BreakerOp, action: str) -> None:
+        with self._call(f"breaker {action}"):
+            pipe = self.client.pipeline(transaction=True)
+            if action == "reset":
+                pipe.delete(op.key, op.window_key, op.probes_key)
+            elif action == "force_close":
+                pipe.delete(op.window_key, op.probes_key)
+                pipe.hset(op.key, items=[x for pair in CLOSED_FIELDS.items() for x in pair])
+            else:
+                pipe.hset(op.key, "forced", FORCED[action])
+            pipe.pexpire(op.key, BREAKER_IDLE_MS)
+            pipe.execute()
 
     def owner(self, key: str) -> str | None:
         with self._call("GET"):
@@ -206,6 +229,10 @@ def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
             op_keys = [op.key]
             op_args: list[Any] = [repr(op.interval * 1_000_000), op.burst, op.cost]
             kind = "rl"
+        elif isinstance(op, BreakerOp):
+            op_keys = [op.key, op.window_key, op.probes_key]
+            op_args = [op.owner, op.mode, *op.params]
+            kind = "cb"
         elif isinstance(op, SlotOp):
             op_keys = [op.key] if not (release and op.wakeup_key) else [op.key, op.wakeup_key]
             op_args = [op.owner, max(int(op.ttl * 1000), 1), op.limit]

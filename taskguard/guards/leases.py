@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from taskguard.backend.ops import Held
+from taskguard.backend.ops import LeaseOp, SlotOp
 from taskguard.errors import LockLost
 from taskguard.units import parse_duration
 
@@ -30,7 +30,12 @@ class HeldLease:
     """
 
     def __init__(
-        self, backend: Backend, op: Held, fencing_token: int | None = None, *, renew: bool = True
+        self,
+        backend: Backend,
+        op: LeaseOp | SlotOp,
+        fencing_token: int | None = None,
+        *,
+        renew: bool = True,
     ) -> None:
         self.backend = backend
         self.op = op
@@ -52,7 +57,7 @@ class HeldLease:
         if self._handle is not None:
             self.backend.heartbeat.remove(self._handle)
             self._handle = None
-        [released] = self.backend.release([self.op])
+        released = bool(self.backend.release([self.op])[0])
         if not released and raise_on_lost:
             raise LockLost(f"lease on {self.op.key} was no longer ours", key=self.op.key)
         return released

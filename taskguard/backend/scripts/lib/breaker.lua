@@ -1,0 +1,189 @@
+--[[ breaker.lua: a circuit breaker shared by every process, all transitions in Lua.
+
+Op arguments:
+   1. owner (the call's token)
+   2. mode: admission "check"; release: the outcome "s" success, "S" slow success,
+      "f" failure, "F" slow failure, "i" ignored (counts for nothing, frees a probe)
+   3. window type "count" (last N calls) or "time" (last N seconds, 1 s buckets)
+   4. window size N          5. minimum calls before rates count
+   6. failure rate to trip (0..1; above 1 disables)
+   7. slow-call rate to trip (0..1; above 1 disables)
+   8. consecutive failures to trip (0 disables)
+   9. open_for_ms            10. growth factor per repeated open (1: none)
+  11. max_open_ms            12. probes admitted in half-open (fleet-wide)
+  13. successes to close     14. probe lease ttl_ms
+Op keys: 1. the state hash  2. the window (list or hash)  3. the probes' sorted set
+State hash fields: state (closed | open | half_open), until (ms, end of open), opens
+  (consecutive opens, for growth), ok (probe successes), consec (consecutive failures),
+  forced ("" | open | disabled), wc/wf/ws (count window: calls, failures, slow).
+An open breaker whose time is up is half-open: the first probe admitted stores it.
+commit returns 0 (an ordinary call), 1 (a half-open probe) or 2 (a probe that moved the
+  breaker from open to half-open). release returns the transition it made: 0 none,
+  1 closed>open, 2 half_open>open, 3 half_open>closed.
+Every key expires: the window after N s (time) or with the state; the state after a day
+  idle (a closed breaker with no calls has nothing worth keeping).
+--]]
+
+local breaker = { reservable = false }
+local IDLE_MS = 86400000
+
+function breaker.parse(op, argv, i)
+  op.owner = argv[i]
+  op.mode = argv[i + 1]
+  op.wtype = argv[i + 2]
+  op.wsize = tonumber(argv[i + 3])
+  op.min_calls = tonumber(argv[i + 4])
+  op.failure_rate = tonumber(argv[i + 5])
+  op.slow_rate = tonumber(argv[i + 6])
+  op.consecutive = tonumber(argv[i + 7])
+  op.open_for = tonumber(argv[i + 8])
+  op.growth = tonumber(argv[i + 9])
+  op.max_open = tonumber(argv[i + 10])
+  op.probes = tonumber(argv[i + 11])
+  op.to_close = tonumber(argv[i + 12])
+  op.probe_ttl = tonumber(argv[i + 13])
+end
+
+local function load(op, ms)
+  local f = redis.call('HMGET', op.key, 'state', 'until', 'forced')
+  local state, forced = f[1] or 'closed', f[3] or ''
+  if state == 'open' and ms >= tonumber(f[2] or '0') then state = 'half_open_due' end
+  return state, tonumber(f[2] or '0'), forced
+end
+
+local function touch(op)
+  redis.call('PEXPIRE', op.key, IDLE_MS)
+end
+
+local function trip(op, ms, from)
+  local opens = tonumber(redis.call('HGET', op.key, 'opens') or '0') + 1
+  local open_for = op.open_for * (op.growth ^ (opens - 1))
+  if open_for > op.max_open then open_for = op.max_open end
+  redis.call('HSET', op.key, 'state', 'open', 'until', ms + math.floor(open_for),
+             'opens', opens, 'ok', 0, 'consec', 0, 'wc', 0, 'wf', 0, 'ws', 0)
+  redis.call('DEL', op.keys[2], op.keys[3])
+  touch(op)
+  if from == 'closed' then return 1 end
+  return 2
+end
+
+function breaker.check(op, now)
+  local ms = math.floor(now / 1000)
+  local state, until_ms, forced = load(op, ms)
+  if forced == 'disabled' then return 0, 0 end
+  if forced == 'open' then return op.open_for * 1000, 0 end
+  if state == 'closed' then return 0, 0 end
+  if state == 'open' then return (until_ms - ms) * 1000, 0 end
+  -- half-open (stored, or due): admit up to `probes` live probe leases fleet-wide
+  redis.call('ZREMRANGEBYSCORE', op.keys[3], '-inf', ms)
+  if redis.call('ZSCORE', op.keys[3], op.owner) then return 0, 0 end
+  if redis.call('ZCARD', op.keys[3]) < op.probes then
+    op.probe = true
+    return 0, 0
+  end
+  local first = redis.call('ZRANGE', op.keys[3], 0, 0, 'WITHSCORES')
+  local wait = (tonumber(first[2]) - ms) * 1000
+  if wait < 1000 then wait = 1000 end
+  return wait, 0
+end
+
+function breaker.commit(op, at, now)
+  if not op.probe then return 0 end
+  local ms = math.floor(now / 1000)
+  local result = 1
+  if redis.call('HGET', op.key, 'state') ~= 'half_open' then
+    redis.call('HSET', op.key, 'state', 'half_open', 'ok', 0)
+    result = 2
+  end
+  redis.call('ZADD', op.keys[3], ms + op.probe_ttl, op.owner)
+  redis.call('PEXPIRE', op.keys[3], op.probe_ttl)
+  touch(op)
+  return result
+end
+
+local function record_count(op, code, failed, slow)
+  local window = op.keys[2]
+  redis.call('RPUSH', window, code)
+  redis.call('HINCRBY', op.key, 'wc', 1)
+  if failed then redis.call('HINCRBY', op.key, 'wf', 1) end
+  if slow then redis.call('HINCRBY', op.key, 'ws', 1) end
+  if redis.call('LLEN', window) > op.wsize then
+    local old = redis.call('LPOP', window)
+    redis.call('HINCRBY', op.key, 'wc', -1)
+    if old == 'f' or old == 'F' then redis.call('HINCRBY', op.key, 'wf', -1) end
+    if old == 'S' or old == 'F' then redis.call('HINCRBY', op.key, 'ws', -1) end
+  end
+  redis.call('PEXPIRE', window, IDLE_MS)
+  local c = redis.call('HMGET', op.key, 'wc', 'wf', 'ws')
+  return tonumber(c[1]), tonumber(c[2]), tonumber(c[3])
+end
+
+local function record_time(op, ms, failed, slow)
+  local window = op.keys[2]
+  local sec = math.floor(ms / 1000)
+  redis.call('HINCRBY', window, sec .. ':c', 1)
+  if failed then redis.call('HINCRBY', window, sec .. ':f', 1) end
+  if slow then redis.call('HINCRBY', window, sec .. ':s', 1) end
+  redis.call('PEXPIRE', window, (op.wsize + 1) * 1000)
+  local calls, failures, slows = 0, 0, 0
+  local all = redis.call('HGETALL', window)
+  for j = 1, #all, 2 do
+    local bucket, kind = string.match(all[j], '^(%d+):(%a)$')
+    local n = tonumber(all[j + 1])
+    if tonumber(bucket) <= sec - op.wsize then
+      redis.call('HDEL', window, all[j])
+    elseif kind == 'c' then calls = calls + n
+    elseif kind == 'f' then failures = failures + n
+    else slows = slows + n end
+  end
+  return calls, failures, slows
+end
+
+function breaker.release(op)
+  local ms = math.floor(server_time_us() / 1000)
+  local state, _, forced = load(op, ms)
+  local code = op.mode
+  local probe = redis.call('ZREM', op.keys[3], op.owner) == 1
+  if forced ~= '' or code == 'i' then return 0 end
+  local failed = code == 'f' or code == 'F'
+  local slow = code == 'S' or code == 'F'
+  touch(op)
+  if probe and (state == 'half_open' or state == 'half_open_due') then
+    if failed or slow then return trip(op, ms, 'half_open') end
+    local ok = redis.call('HINCRBY', op.key, 'ok', 1)
+    if ok >= op.to_close then
+      redis.call('HSET', op.key, 'state', 'closed', 'opens', 0, 'ok', 0, 'consec', 0,
+                 'wc', 0, 'wf', 0, 'ws', 0)
+      redis.call('DEL', op.keys[2], op.keys[3])
+      return 3
+    end
+    return 0
+  end
+  if state ~= 'closed' then return 0 end  -- admitted before the trip: not counted
+  local consec = 0
+  if failed then consec = redis.call('HINCRBY', op.key, 'consec', 1)
+  else redis.call('HSET', op.key, 'consec', 0) end
+  local calls, failures, slows
+  if op.wtype == 'time' then
+    calls, failures, slows = record_time(op, ms, failed, slow)
+  else
+    calls, failures, slows = record_count(op, code, failed, slow)
+  end
+  if op.consecutive > 0 and consec >= op.consecutive then return trip(op, ms, 'closed') end
+  if calls >= op.min_calls and calls > 0 then
+    if failures / calls >= op.failure_rate or slows / calls >= op.slow_rate then
+      return trip(op, ms, 'closed')
+    end
+  end
+  return 0
+end
+
+function breaker.renew(op)
+  local ms = math.floor(server_time_us() / 1000)
+  if not redis.call('ZSCORE', op.keys[3], op.owner) then return 1 end  -- not a probe
+  redis.call('ZADD', op.keys[3], 'XX', ms + op.probe_ttl, op.owner)
+  redis.call('PEXPIRE', op.keys[3], op.probe_ttl)
+  return 1
+end
+
+KINDS['cb'] = breaker

@@ -1,0 +1,434 @@
+"""Circuit breakers shared by the whole fleet: Resilience4j's semantics, atomic in Redis.
+
+State lives in Redis under the breaker's name, and every transition happens inside the
+admission and release scripts (lib/breaker.lua), with time from Redis ``TIME``. Half-open
+probes are leases, so a probe whose worker dies frees its permit within ``probe_ttl``.
+
+States: CLOSED (calls pass; outcomes fill a sliding window) -> OPEN (calls refused until
+``open_for`` passes; it grows on repeated opens) -> HALF_OPEN (``half_open_probes``
+probes fleet-wide; ``successes_to_close`` successes close it, one failure re-opens it).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskguard.backend.ops import BreakerOp, Op
+from taskguard.errors import CircuitOpen, ConfigurationError
+from taskguard.keys import KeySchema
+from taskguard.units import parse_duration
+
+from .base import Decision, Guard, check_outage_policy
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["TRANSITIONS", "Breaker", "BreakerCall", "CircuitBreaker"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+#: Release transition codes (lib/breaker.lua) -> (old state, new state, reason).
+TRANSITIONS = {
+    1: ("closed", "open", "failure or slow-call threshold reached"),
+    2: ("half_open", "open", "a probe failed"),
+    3: ("half_open", "closed", "probes succeeded"),
+}
+OPENED_HALF = ("open", "half_open", "open_for elapsed")
+ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _number(value: object, field: str, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"must be a number, got {value!r}", field=field)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigurationError(f"must be {bound}, got {value!r}", field=field)
+    return float(value)
+
+
+def _count(value: object, field: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigurationError(f"must be an integer >= {low}, got {value!r}", field=field)
+    return value
+
+
+def _seconds(value: object, field: str) -> float:
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), field=field) from None
+
+
+def _filter(value: object, field: str) -> ExceptionFilter:
+    if callable(value) and not isinstance(value, type):
+        return value
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in items):
+        raise ConfigurationError(
+            f"must be exception types or a predicate, got {value!r}", field=field
+        )
+    return tuple(items)
+
+
+def _matches(rule: ExceptionFilter, exc: BaseException) -> bool:
+    return rule(exc) if callable(rule) and not isinstance(rule, tuple) else isinstance(exc, rule)
+
+
+class CircuitBreaker(Guard):
+    """A breaker named ``name``; every task and process using the name shares it.
+
+    Args:
+        name: The breaker's name (e.g. the downstream service).
+        failure_rate: Trip when failures / calls reaches this (0..1) in the window.
+        slow_call_rate: Trip when slow calls / calls reaches this (0..1); None: never.
+        slow_call_duration: Seconds from which a call counts as slow.
+        window: The sliding window: the last N calls, or the last N seconds.
+        window_type: ``"count"`` or ``"time"`` (1-second buckets).
+        minimum_calls: Calls the window needs before rates can trip it.
+        consecutive_failures: Also trip after this many failures in a row (0: off); the
+            simple mode (the seed's ``threshold``).
+        open_for: Seconds to stay open (the seed's ``timeout``).
+        open_growth: Multiply ``open_for`` by this on each repeated open (1: fixed).
+        max_open_for: Upper bound for the grown ``open_for``.
+        half_open_probes: Probes admitted fleet-wide while half-open.
+        successes_to_close: Probe successes that close it (default: all the probes).
+        probe_ttl: Probe lease seconds; a crashed probe's permit frees after this.
+        record_exceptions: Exception types (or a predicate) that count as failures.
+        ignore_exceptions: Exception types (or a predicate) that count for nothing.
+        on_open: For tasks: ``"defer"`` until the next probe time, or ``"fail"``.
+        on_outage: ``"allow"`` (default), ``"deny"`` or ``"local"`` while Redis is down.
+    """
+
+    kind = "circuit_breaker"
+    name: str
+    failure_rate: float
+    slow_call_rate: float | None
+    slow_call_duration: float
+    window: int
+    window_type: str
+    minimum_calls: int
+    consecutive_failures: int
+    open_for: float
+    open_growth: float
+    max_open_for: float
+    half_open_probes: int
+    successes_to_close: int
+    probe_ttl: float
+    record_exceptions: ExceptionFilter
+    ignore_exceptions: ExceptionFilter
+    on_open: str
+    on_outage: str
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_rate: float = 0.5,
+        slow_call_rate: float | None = None,
+        slow_call_duration: float = 60.0,
+        window: int = 20,
+        window_type: str = "count",
+        minimum_calls: int | None = None,
+        consecutive_failures: int = 0,
+        open_for: float = 30.0,
+        open_growth: float = 1.0,
+        max_open_for: float = 600.0,
+        half_open_probes: int = 1,
+        successes_to_close: int | None = None,
+        probe_ttl: float = 60.0,
+        record_exceptions: Any = (Exception,),
+        ignore_exceptions: Any = (),
+        on_open: str = "defer",
+        on_outage: str = "allow",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        if window_type not in ("count", "time"):
+            raise ConfigurationError(
+                f"must be 'count' or 'time', got {window_type!r}", field="window_type"
+            )
+        if on_open not in ("defer", "fail"):
+            raise ConfigurationError(f"must be 'defer' or 'fail', got {on_open!r}", field="on_open")
+        probes = _count(half_open_probes, "half_open_probes")
+        size = _count(window, "window")
+        self._set(
+            name=name,
+            failure_rate=_number(failure_rate, "failure_rate", 0.0, 1.0),
+            slow_call_rate=None
+            if slow_call_rate is None
+            else _number(slow_call_rate, "slow_call_rate", 0.0, 1.0),
+            slow_call_duration=_seconds(slow_call_duration, "slow_call_duration"),
+            window=size,
+            window_type=window_type,
+            minimum_calls=_count(
+                minimum_calls if minimum_calls is not None else min(size, 10), "minimum_calls"
+            ),
+            consecutive_failures=_count(consecutive_failures, "consecutive_failures", 0),
+            open_for=_seconds(open_for, "open_for"),
+            open_growth=_number(open_growth, "open_growth", 1.0),
+            max_open_for=_seconds(max_open_for, "max_open_for"),
+            half_open_probes=probes,
+            successes_to_close=_count(successes_to_close or probes, "successes_to_close"),
+            probe_ttl=_seconds(probe_ttl, "probe_ttl"),
+            record_exceptions=_filter(record_exceptions, "record_exceptions"),
+            ignore_exceptions=_filter(ignore_exceptions, "ignore_exceptions"),
+            on_open=on_open,
+            on_outage=check_outage_policy(on_outage),
+        )
+
+    _ARGS = (
+        "failure_rate",
+        "slow_call_rate",
+        "slow_call_duration",
+        "window",
+        "window_type",
+        "minimum_calls",
+        "consecutive_failures",
+        "open_for",
+        "open_growth",
+        "max_open_for",
+        "half_open_probes",
+        "successes_to_close",
+        "probe_ttl",
+        "record_exceptions",
+        "ignore_exceptions",
+        "on_open",
+        "on_outage",
+    )
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._ARGS}
+
+    def __repr__(self) -> str:
+        defaults = CircuitBreaker(self.name)._fields()
+        shown = [f"{k}={v!r}" for k, v in self._fields().items() if v != defaults[k]]
+        return f"CircuitBreaker({', '.join([repr(self.name), *shown])})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CircuitBreaker):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def replace(self, **changes: Any) -> CircuitBreaker:
+        """A copy with some fields changed."""
+        fields = {**self._fields(), **changes}
+        return CircuitBreaker(fields.pop("name", self.name), **fields)
+
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> CircuitBreaker:
+        return self
+
+    def params(self) -> tuple[Any, ...]:
+        """The settings in lib/breaker.lua's argument order (arguments 3 to 14)."""
+        slow_rate = 2.0 if self.slow_call_rate is None else self.slow_call_rate
+        return (
+            self.window_type,
+            self.window,
+            self.minimum_calls,
+            self.failure_rate,
+            slow_rate,
+            self.consecutive_failures,
+            int(self.open_for * 1000),
+            self.open_growth,
+            int(self.max_open_for * 1000),
+            self.half_open_probes,
+            self.successes_to_close,
+            int(self.probe_ttl * 1000),
+        )
+
+    def call_op(self, keys: KeySchema, owner: str) -> BreakerOp:
+        """The op admitting one call through the breaker (``mode`` is set at release)."""
+        return BreakerOp(
+            keys.breaker(self.name),
+            keys.breaker_window(self.name),
+            keys.breaker_probes(self.name),
+            owner=owner,
+            mode="check",
+            params=self.params(),
+            probe_ttl=self.probe_ttl,
+        )
+
+    def task_ops(
+        self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
+    ) -> list[Op]:
+        return [self.call_op(keys, f"{task_id}:{uuid.uuid4().hex[:12]}")]
+
+    def outcome(self, exc: BaseException | None, duration: float) -> str:
+        """The outcome code of a call that raised ``exc`` (None: returned) in ``duration``."""
+        slow = duration >= self.slow_call_duration
+        if exc is not None:
+            if _matches(self.ignore_exceptions, exc):
+                return "i"
+            if _matches(self.record_exceptions, exc):
+                return "F" if slow else "f"
+        return "S" if slow else "s"
+
+    def conflict_delay(self, retry_after: float) -> float:
+        return retry_after  # the next probe time: exactly when a task may be admitted
+
+    def denied_error(self, retry_after: float, key: str | None = None) -> CircuitOpen:
+        return CircuitOpen(
+            f"circuit {self.name!r} is open; next probe in {retry_after:.1f}s",
+            guard=repr(self),
+            key=key or self.name,
+            retry_after=retry_after,
+        )
+
+
+class BreakerCall:
+    """One admitted call: report how it went with :meth:`record` (exactly once)."""
+
+    def __init__(self, breaker: Breaker, op: BreakerOp, probe: bool) -> None:
+        self.breaker = breaker
+        self.op = op
+        self.probe = probe
+        self.started = time.monotonic()
+        self._recorded = False
+
+    def record(self, exc: BaseException | None = None, duration: float | None = None) -> None:
+        """Record the outcome: ``exc`` raised (None: success) after ``duration`` seconds."""
+        if self._recorded:
+            return
+        self._recorded = True
+        spent = time.monotonic() - self.started if duration is None else duration
+        code = self.breaker.spec.outcome(exc, spent)
+        [transition] = self.breaker.backend.release([_with_mode(self.op, code)])
+        self.breaker.transitioned(transition)
+
+    def release(self) -> bool:
+        """Record a success (so a Decision used as a context manager records too)."""
+        self.record()
+        return True
+
+
+def _with_mode(op: BreakerOp, mode: str) -> BreakerOp:
+    return BreakerOp(op.key, op.window_key, op.probes_key, op.owner, mode, op.params, op.probe_ttl)
+
+
+class Breaker:
+    """A fleet-wide breaker outside of Celery: ``taskguard.connect(url).circuit_breaker()``.
+
+    Example:
+        >>> import taskguard
+        >>> breaker = taskguard.connect("memory://").circuit_breaker(
+        ...     "partner-api", consecutive_failures=2, open_for=30)
+        >>> def flaky():
+        ...     raise ConnectionError("down")
+        >>> for _ in range(2):
+        ...     try:
+        ...         breaker.call(flaky)
+        ...     except ConnectionError:
+        ...         pass
+        >>> breaker.state
+        'open'
+        >>> breaker.call(flaky)
+        Traceback (most recent call last):
+        taskguard.errors.CircuitOpen: circuit 'partner-api' is open; next probe in 30.0s
+    """
+
+    def __init__(self, backend: Backend, spec: CircuitBreaker) -> None:
+        self.backend = backend
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.spec.name!r} on {self.backend!r}>"
+
+    def transitioned(self, code: int, task_id: str | None = None) -> None:
+        """Announce a transition made by a release (no-op for 0)."""
+        if code in TRANSITIONS:
+            announce(self.spec.name, *TRANSITIONS[code], task_id=task_id)
+
+    def try_acquire(self) -> Decision:
+        """Ask to make a call; an allowed decision carries the call to record."""
+        from .admission import admit
+
+        op = self.spec.call_op(self.backend.keys, uuid.uuid4().hex)
+        outcome = admit(self.backend, [self.spec], [op])
+        result = outcome.admission
+        if not result.allowed:
+            return Decision(
+                False, retry_after=result.retry_after, key=self.spec.name, degraded=outcome.degraded
+            )
+        token = result.tokens[0] if result.tokens else 0
+        if token == 2:
+            announce(self.spec.name, *OPENED_HALF)
+        if outcome.degraded:
+            return Decision(True, key=self.spec.name, degraded=True)
+        return Decision(True, key=self.spec.name, lease=BreakerCall(self, op, token > 0))
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``func`` through the breaker (the seed's ``execute``).
+
+        Raises:
+            CircuitOpen: The breaker is open (or half-open with every probe taken).
+        """
+        decision = self.try_acquire()
+        if not decision.allowed:
+            raise self.spec.denied_error(decision.retry_after)
+        call = decision.lease
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(call, BreakerCall):
+                call.record(exc)
+            raise
+        if isinstance(call, BreakerCall):
+            call.record()
+        return result
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: every call goes through the breaker."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.call(func, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open``, ``half_open``, ``forced_open`` or ``disabled``."""
+        return self.backend.breaker_state(self.spec.call_op(self.backend.keys, "-"))
+
+    def is_open(self) -> bool:
+        """True while calls are refused (open or forced open)."""
+        return self.state in ("open", "forced_open")
+
+    def force_open(self) -> None:
+        """Refuse every call until :meth:`force_close` or :meth:`reset`."""
+        self.backend.set_breaker(self.spec.call_op(self.backend.keys, "-"), "force_open")
+
+    def disable(self) -> None:
+        """Let every call through and record nothing, until closed or reset."""
+        self.backend.set_breaker(self.spec.call_op(self.backend.keys, "-"), "disable")
+
+    def force_close(self) -> None:
+        """Close it now, with an empty window."""
+        self.backend.set_breaker(self.spec.call_op(self.backend.keys, "-"), "force_close")
+
+    def reset(self) -> None:
+        """Forget everything about it (closed, empty window, no growth)."""
+        self.backend.set_breaker(self.spec.call_op(self.backend.keys, "-"), "reset")
+
+
+def announce(name: str, old: str, new: str, reason: str, task_id: str | None = None) -> None:
+    """Send ``circuit_state_changed`` (and log; a breaker opening is a warning)."""
+    import logging
+
+    from taskguard import signals
+
+    level = logging.WARNING if new == "open" else logging.INFO
+    logging.getLogger("taskguard.breaker").log(
+        level, "circuit %r: %s -> %s (%s)", name, old, new, reason
+    )
+    signals.circuit_state_changed.send(
+        sender=None, name=name, old=old, new=new, reason=reason, task_id=task_id
+    )
