@@ -126,9 +126,7 @@ def measure(
                 call()
         counts.append(counted)
         server_us.append(server_usec_sent(url, call, sample, counted))
-    return Measured(
-        variants, median_us, ratios, timings, counts, server_us, sample, reps, seconds
-    )
+    return Measured(variants, median_us, ratios, timings, counts, server_us, sample, reps, seconds)
 
 
 def ping_pair(url: str, namespace: str) -> Call:

@@ -27,7 +27,7 @@ from dramatiq.rate_limits.backends import RedisBackend as DramatiqRedisBackend
 import taskguard
 from taskguard import Semaphore
 
-from .harness import BenchResult, Context, Goal, Row
+from .harness import BenchResult, Context, Goal
 from .locks import python_rows, rows
 from .pairs import Call, Variant, bare_evalsha_pair, measure, ping_pair
 

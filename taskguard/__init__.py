@@ -21,6 +21,8 @@ from taskguard.errors import (
     TaskGuardError,
 )
 from taskguard.guards import (
+    Breaker,
+    CircuitBreaker,
     Concurrency,
     ConcurrencyControl,
     Decision,
@@ -45,6 +47,8 @@ __all__ = [
     "AlreadyQueued",
     "Backend",
     "BackendUnavailable",
+    "Breaker",
+    "CircuitBreaker",
     "CircuitOpen",
     "Concurrency",
     "ConcurrencyControl",

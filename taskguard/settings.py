@@ -24,16 +24,15 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from taskguard.errors import ConfigurationError
+from taskguard.guard_settings import apply_overrides, check_breakers, check_guard_entries
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
-from taskguard.guards.concurrency import Concurrency
-from taskguard.guards.lock import Lock
-from taskguard.guards.ratelimit import RateLimit
+from taskguard.guards.breaker import CircuitBreaker
 from taskguard.keys import KeySchema
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
 EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
-GUARD_KINDS = ("rate_limit", "lock", "concurrency")
+GUARD_KINDS = ("rate_limit", "lock", "concurrency", "circuit_breaker")
 
 
 def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
@@ -187,12 +186,14 @@ _GLOBAL_FIELDS = frozenset(
         "redis_options",
         "on_outage",
         "tasks",
+        "breakers",
         "enabled",
         *DeferralPolicy.SETTING_NAMES,
     }
 )
 _TASK_FIELDS = frozenset(
     {
+        "circuit_breaker",
         "concurrency",
         "lock",
         "rate_limit",
@@ -204,13 +205,6 @@ _TASK_FIELDS = frozenset(
         *DeferralPolicy.SETTING_NAMES,
     }
 )
-_RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
-_CONCURRENCY_FIELDS = frozenset({"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage"})
-_LOCK_FIELDS = frozenset(
-    {"key", "ttl", "mode", "on_conflict", "wait", "queue_ttl", "on_duplicate", "name", "on_outage"}
-)
-#: Per-task settings that apply to each of the task's rate limits -> RateLimit argument.
-_RATE_SHORTHANDS = {"rate_limit_key": "key", "burst": "burst", "cost": "cost"}
 
 
 @dataclass(frozen=True)
@@ -243,6 +237,7 @@ class Settings:
     on_outage: Mapping[str, str] = field(default_factory=dict)
     deferral: DeferralPolicy = field(default_factory=DeferralPolicy)
     tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    breakers: Mapping[str, CircuitBreaker] = field(default_factory=dict)
     enabled: bool = True
 
     @classmethod
@@ -276,6 +271,8 @@ class Settings:
             values["enabled"] = _bool(raw["enabled"], "enabled")
         if "tasks" in raw:
             values["tasks"] = _check_tasks(raw["tasks"])
+        if "breakers" in raw:
+            values["breakers"] = check_breakers(raw["breakers"])
         return cls(**values)
 
     @classmethod
@@ -297,7 +294,7 @@ class Settings:
         raw = self._entries_for(name)
         try:
             deferral = self.deferral.updated(raw)
-            guards = _apply_overrides(list(class_guards), raw, self.on_outage)
+            guards = apply_overrides(list(class_guards), raw, self.on_outage, self.breakers)
             bound = tuple(guard.bind(name, signature) for guard in guards)
         except ConfigurationError as exc:
             raise exc.for_task(name) from None
@@ -371,122 +368,5 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
         _bool(entry["enabled"], "enabled")
     if "on_outage" in entry:
         entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
-    _rate_limits_from(entry, {})  # builds the specs once to surface errors now
-    _guard_from(entry, "lock", {})
-    _guard_from(entry, "concurrency", {})
+    check_guard_entries(entry)
     return entry
-
-
-def _rate_limit_fields(entry: Mapping[str, Any], on_outage: Mapping[str, str]) -> dict[str, Any]:
-    """The RateLimit keyword arguments an entry sets for every rate limit of its task."""
-    fields = {
-        name: entry[setting] for setting, name in _RATE_SHORTHANDS.items() if setting in entry
-    }
-    if "rate_limit" in on_outage:
-        fields["on_outage"] = on_outage["rate_limit"]
-    return fields
-
-
-def _rate_limits_from(
-    entry: Mapping[str, Any], on_outage: Mapping[str, str]
-) -> list[RateLimit] | None:
-    """The rate limits an entry defines, or None when it leaves the class's alone."""
-    common = _rate_limit_fields(entry, on_outage)
-    if "rate_limit" not in entry:
-        if common:
-            # Type-check the shorthands now; cost against burst is checked per task, with
-            # the burst of the class's limits they tweak.
-            RateLimit("1/s", **{"burst": 10**9, **common})
-        return None
-    value = entry["rate_limit"]
-    if value is None or value is False:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    limits = []
-    for item in items:
-        if isinstance(item, Mapping):
-            unknown = sorted(set(item) - _RATE_DICT_FIELDS)
-            if unknown:
-                raise ConfigurationError(
-                    f"unknown rate limit field {unknown[0]!r}; known: "
-                    f"{', '.join(sorted(_RATE_DICT_FIELDS))}",
-                    field=f"rate_limit.{unknown[0]}",
-                )
-            if "rate" not in item:
-                raise ConfigurationError("a rate limit mapping needs 'rate'", field="rate_limit")
-            limits.append(RateLimit(**{**common, **item}))
-        elif isinstance(item, str):
-            limits.append(RateLimit(item, **common))
-        else:
-            raise ConfigurationError(
-                f"must be a rate like '10/s', a mapping or a list of them, got {item!r}",
-                field="rate_limit",
-            )
-    return limits
-
-
-_GUARD_SETTINGS: dict[str, tuple[type[Guard], frozenset[str], str]] = {
-    # setting -> (guard class, accepted fields, the field a bare value sets)
-    "lock": (Lock, _LOCK_FIELDS, "key"),
-    "concurrency": (Concurrency, _CONCURRENCY_FIELDS, "limit"),
-}
-
-
-def _guard_from(
-    entry: Mapping[str, Any], setting: str, on_outage: Mapping[str, str]
-) -> list[Guard] | None:
-    """The guard an entry's ``lock`` / ``concurrency`` defines, or None to keep the class's.
-
-    The value is a mapping of the guard's arguments, null to remove the class's guard, or
-    for ``concurrency`` a bare limit (``"concurrency": 3``).
-    """
-    if setting not in entry:
-        return None
-    value = entry[setting]
-    if value is None or value is False:
-        return []
-    cls, accepted, bare = _GUARD_SETTINGS[setting]
-    if setting == "concurrency" and not isinstance(value, Mapping):
-        value = {bare: value}
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(
-            f"must be a mapping of {cls.__name__} arguments or null, got {value!r}",
-            field=setting,
-        )
-    unknown = sorted(set(value) - accepted)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown {setting} field {unknown[0]!r}; known: {', '.join(sorted(accepted))}",
-            field=f"{setting}.{unknown[0]}",
-        )
-    fields = dict(value)
-    if setting in on_outage:
-        fields.setdefault("on_outage", on_outage[setting])
-    try:
-        return [cls(**fields)]
-    except ConfigurationError as exc:
-        raise ConfigurationError(exc.reason, field=f"{setting}.{exc.field}") from None
-    except TypeError as exc:  # a required argument is missing
-        raise ConfigurationError(str(exc), field=setting) from None
-
-
-def _apply_overrides(
-    guards: list[Guard], raw: Mapping[str, Any], global_outage: Mapping[str, str]
-) -> list[Guard]:
-    """Settings replace the class's guards of a kind, or tweak them (shorthands, outage)."""
-    outage = {**global_outage, **raw.get("on_outage", {})}
-    for setting, (cls, _, _) in _GUARD_SETTINGS.items():
-        replacement = _guard_from(raw, setting, outage)
-        if replacement is not None:
-            guards = [*(g for g in guards if not isinstance(g, cls)), *replacement]
-        elif setting in outage:
-            guards = [
-                g.replace(on_outage=outage[setting]) if isinstance(g, cls) else g for g in guards
-            ]
-    limits = _rate_limits_from(raw, outage)
-    if limits is not None:
-        return [g for g in guards if not isinstance(g, RateLimit)] + limits
-    tweak = _rate_limit_fields(raw, outage)
-    if not tweak:
-        return guards
-    return [g.replace(**tweak) if isinstance(g, RateLimit) else g for g in guards]

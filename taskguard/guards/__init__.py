@@ -1,6 +1,7 @@
 """Guard specifications and the primitives that run them."""
 
 from .base import OUTAGE_POLICIES, Decision, Guard
+from .breaker import Breaker, BreakerCall, CircuitBreaker
 from .concurrency import Concurrency, ConcurrencyControl, Semaphore
 from .leases import HeldLease
 from .lock import DistributedLock, HeldLock, Lock
@@ -8,6 +9,9 @@ from .ratelimit import RateLimit, RateLimiter
 
 __all__ = [
     "OUTAGE_POLICIES",
+    "Breaker",
+    "BreakerCall",
+    "CircuitBreaker",
     "Concurrency",
     "ConcurrencyControl",
     "Decision",

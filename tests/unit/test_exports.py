@@ -8,6 +8,8 @@ def test_exported_names() -> None:
         "AlreadyQueued",
         "Backend",
         "BackendUnavailable",
+        "Breaker",
+        "CircuitBreaker",
         "CircuitOpen",
         "Concurrency",
         "ConcurrencyControl",

@@ -71,7 +71,12 @@ def test_global_values_are_validated_and_converted() -> None:
     assert settings.deferral.max_age == 60.0
     assert settings.deferral.on_exhausted == "dead_letter"
     assert settings.deferral.jitter == 0.0
-    assert settings.on_outage == {"rate_limit": "deny", "lock": "deny", "concurrency": "deny"}
+    assert settings.on_outage == {
+        "rate_limit": "deny",
+        "lock": "deny",
+        "concurrency": "deny",
+        "circuit_breaker": "deny",
+    }
 
 
 @pytest.mark.parametrize(
