@@ -8,7 +8,19 @@ Each benchmark is one module with a ``NAME``, a ``TITLE`` and a ``run(context)``
 * :mod:`benchmarks.overhead`: guarded no-op throughput divided by plain no-op throughput;
 * :mod:`benchmarks.decisions`: standalone limiter decisions per second from one client,
   against ``PING`` and the ``limits`` package;
-* :mod:`benchmarks.roundtrips`: Redis commands per guarded task, counted by the server.
+* :mod:`benchmarks.roundtrips`: Redis commands per guarded task, counted by the server;
+* :mod:`benchmarks.locks`: lock acquire+release pairs per second from one client, against
+  redis-py's ``Lock``, python-redis-lock and pottery's ``Redlock``;
+* :mod:`benchmarks.lockwake`: how soon a blocked waiter holds a released lock, against
+  python-redis-lock and redis-py;
+* :mod:`benchmarks.semaphore`: concurrency-slot acquire+release pairs per second, against
+  Dramatiq's ``ConcurrentRateLimiter``;
+* :mod:`benchmarks.semwake`: how soon a blocked waiter holds a released slot.
+
+Helpers: :mod:`benchmarks.harness` (results, timing), :mod:`benchmarks.servercount`
+(counting on the server), :mod:`benchmarks.celeryrun` and :mod:`benchmarks.celeryapp`
+(worker processes), :mod:`benchmarks.pairs` (acquire+release pairs) and
+:mod:`benchmarks.handoff` (two-process wake latency).
 
 Nothing here is imported by taskguard itself.
 """

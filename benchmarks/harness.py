@@ -187,6 +187,16 @@ def machine_info(client: redis.Redis) -> dict[str, Any]:
         "redis_server": server.get("redis_version"),
         "packages": {
             name: _version(name)
-            for name in ("celery-taskguard", "celery", "kombu", "redis", "hiredis", "limits")
+            for name in (
+                "celery-taskguard",
+                "celery",
+                "kombu",
+                "redis",
+                "hiredis",
+                "limits",
+                "python-redis-lock",
+                "pottery",
+                "dramatiq",
+            )
         },
     }

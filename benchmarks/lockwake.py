@@ -9,7 +9,9 @@ with its defaults:
 * python-redis-lock ``Lock(conn, name, expire=30).acquire(timeout=10)``: the same idea
   (BLPOP on a signal list its release script pushes to);
 * redis-py ``Lock(name, timeout=30).acquire(blocking_timeout=10)``: polls with
-  ``SET NX`` every ``sleep=0.1`` s.
+  ``SET NX`` every ``sleep=0.1`` s;
+* the floor for any wake-on-release design: no lock at all, the holder's "release" is one
+  ``LPUSH`` and the waiter's "acquire" one ``BLPOP``, by bare redis-py.
 """
 
 from __future__ import annotations
@@ -83,10 +85,32 @@ class PythonRedisLockSide:
         pass
 
 
+class BlpopFloorSide:
+    def __init__(self, url: str, namespace: str, role: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.key = f"{namespace}:{LOCK}"
+        self.holder = role == "holder"
+
+    def take(self) -> None:
+        return None
+
+    def wait(self) -> None:
+        if not self.client.blpop([self.key], timeout=WAIT):
+            raise TimeoutError("nothing pushed")
+
+    def give(self, held: None) -> None:
+        if self.holder:
+            self.client.lpush(self.key, "1")
+
+    def close(self) -> None:
+        self.client.delete(self.key)
+
+
 TASKGUARD = Handoff("taskguard lock (BLPOP wake-up)", TaskguardSide)
 PYTHON_REDIS_LOCK = Handoff("python-redis-lock (BLPOP signal)", PythonRedisLockSide)
 REDIS_PY = Handoff("redis-py Lock (polls every 100 ms)", RedisPySide)
-VARIANTS = (TASKGUARD, PYTHON_REDIS_LOCK, REDIS_PY)
+FLOOR = Handoff("floor: bare LPUSH -> BLPOP, no lock", BlpopFloorSide)
+VARIANTS = (TASKGUARD, PYTHON_REDIS_LOCK, REDIS_PY, FLOOR)
 
 
 def latency_rows(results: list[Latencies], ours: str) -> list[Row]:

@@ -8,7 +8,9 @@ redis-py and hiredis underneath.
 As in :mod:`benchmarks.decisions`, the variants take turns pair by pair, each pair timed,
 and a variant's rate is one over its median pair time, so every variant sees the same
 background on this shared machine; the run is split in parts to show how stable the ratios
-are. Then, per variant, the server counts round trips and the commands scripts ran
+are. A variant that disturbs its neighbours (one that starts threads on every call) can be
+timed in a separate interleave with the reference alone (``isolated``). Then, per variant,
+the server counts round trips and the commands scripts ran
 (MONITOR) and the server time (``INFO commandstats``, without MONITOR); see
 :mod:`benchmarks.servercount`. A ``MULTI`` ... ``EXEC`` transaction counts as one round
 trip, as redis-py sends it in one write.
@@ -59,6 +61,7 @@ class Measured:
     sample: int
     reps: int
     seconds: float
+    isolated: Sequence[Variant] = ()
 
     def index(self, variant: Variant) -> int:
         return list(self.variants).index(variant)
@@ -85,6 +88,7 @@ class Measured:
         return {
             "reps": self.reps,
             "seconds_per_rep": self.seconds,
+            "timed_apart_with_the_reference": [v.label for v in self.isolated],
             "median_us_per_pair": dict(zip(labels, self.median_us, strict=True)),
             "timings": {
                 label: [asdict(rep[i]) for rep in self.timings] for i, label in enumerate(labels)
@@ -101,22 +105,38 @@ class Measured:
 
 
 def measure(
-    context: Context, name: str, variants: Sequence[Variant], reference: Variant
+    context: Context,
+    name: str,
+    variants: Sequence[Variant],
+    reference: Variant,
+    isolated: Sequence[Variant] = (),
 ) -> Measured:
-    """Time every variant's pairs, interleaved; then count each one on the server."""
+    """Time every variant's pairs, interleaved; then count each one on the server.
+
+    Each of ``isolated`` is timed in its own interleave with ``reference`` (half as long),
+    and its ratio is to the reference's time in that interleave.
+    """
     reps, seconds = (1, 1.0) if context.quick else (3, 6.0)
     url = context.server.url
-    calls = [v.make(url, context.unique(f"{name}-{i}")) for i, v in enumerate(variants)]
+    everything = [*variants, *isolated]
+    calls = [v.make(url, context.unique(f"{name}-{i}")) for i, v in enumerate(everything)]
     for call in calls:  # warm-up: connections, script loads, heartbeat threads
         calls_per_second(call, 0.05, batch=10)
-    timings = [
-        [Timing.of(ns) for ns in interleaved_call_times(calls, seconds)] for _ in range(reps)
-    ]
+    main = calls[: len(variants)]
     ref = list(variants).index(reference)
-    median_us = [median([rep[i].median_us for rep in timings]) for i in range(len(variants))]
+    timings = [[Timing.of(ns) for ns in interleaved_call_times(main, seconds)] for _ in range(reps)]
     ratios = [
         [rep[ref].median_us / rep[i].median_us for rep in timings] for i in range(len(variants))
     ]
+    for call in calls[len(variants) :]:
+        apart = [
+            [Timing.of(ns) for ns in interleaved_call_times([main[ref], call], seconds / 2)]
+            for _ in range(reps)
+        ]
+        for rep, (_, timing) in zip(timings, apart, strict=True):
+            rep.append(timing)
+        ratios.append([r.median_us / t.median_us for r, t in apart])
+    median_us = [median([rep[i].median_us for rep in timings]) for i in range(len(everything))]
     sample = 200 if context.quick else 2000
     counts: list[Counted] = []
     server_us: list[float] = []
@@ -126,7 +146,18 @@ def measure(
                 call()
         counts.append(counted)
         server_us.append(server_usec_sent(url, call, sample, counted))
-    return Measured(variants, median_us, ratios, timings, counts, server_us, sample, reps, seconds)
+    return Measured(
+        everything,
+        median_us,
+        ratios,
+        timings,
+        counts,
+        server_us,
+        sample,
+        reps,
+        seconds,
+        tuple(isolated),
+    )
 
 
 def ping_pair(url: str, namespace: str) -> Call:

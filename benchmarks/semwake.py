@@ -46,7 +46,7 @@ class TaskguardSide:
             held.release()
 
 
-TASKGUARD = Handoff(f"taskguard semaphore, limit {LIMIT} (BLPOP wake-up)", TaskguardSide)
+TASKGUARD = Handoff(f"taskguard semaphore (limit {LIMIT}, BLPOP)", TaskguardSide)
 VARIANTS = (TASKGUARD,)
 
 

@@ -225,7 +225,9 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     suffix = "" if online else " (backend unavailable)"
     defer(
         task,
-        retry_after=guard.conflict_delay(retry_after) if online else retry_after,
+        retry_after=guard.conflict_delay(retry_after)
+        if online or guard.on_outage == "local"
+        else retry_after,
         reserved=[o.key for o in ops if isinstance(o, RateOp)] if reserved else [],
         state=state,
         policy=config.deferral,

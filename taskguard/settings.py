@@ -33,6 +33,7 @@ __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
 EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
 GUARD_KINDS = ("rate_limit", "lock", "concurrency", "circuit_breaker")
+ADMISSION_ORDER = ("circuit_breaker", "lock", "concurrency", "rate_limit")
 
 
 def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
@@ -295,6 +296,9 @@ class Settings:
         try:
             deferral = self.deferral.updated(raw)
             guards = apply_overrides(list(class_guards), raw, self.on_outage, self.breakers)
+            # Admission order (DESIGN): breaker, lock, concurrency, rate limit, so the
+            # first refusal reported is the one that decides how the task waits.
+            guards.sort(key=lambda g: ADMISSION_ORDER.index(g.kind))
             bound = tuple(guard.bind(name, signature) for guard in guards)
         except ConfigurationError as exc:
             raise exc.for_task(name) from None

@@ -104,7 +104,8 @@ class BreakerStates:
             return 0.0, False
         if len(s.probes) < p.probes:
             return 0.0, True
-        return max(min(s.probes.values()) - now, 0.001), False
+        # Every probe permit is out: ask again soon, at most a second from now.
+        return min(max(min(s.probes.values()) - now, 0.001), 1.0), False
 
     def commit(self, op: BreakerOp, now: float, probe: bool) -> int:
         if not probe:

@@ -252,7 +252,8 @@ class Semaphore:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.run(func, *args, **kwargs)
+            with self.acquire():  # not run(): its `timeout` would take the caller's
+                return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 

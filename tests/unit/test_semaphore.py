@@ -80,11 +80,6 @@ def test_run_and_decorator_hold_a_slot_per_call(backend: taskguard.Backend) -> N
     assert sem.try_acquire().allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Semaphore.__call__ passes the call's kwargs to run(), whose own `timeout` "
-    "keyword swallows a `timeout` argument meant for the decorated function",
-)
 def test_decorated_function_keeps_its_timeout_argument(backend: taskguard.Backend) -> None:
     sem = backend.semaphore("kw", limit=1)
 

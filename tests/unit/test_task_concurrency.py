@@ -15,8 +15,8 @@ from celery import Celery
 from celery.exceptions import Ignore
 
 import taskguard
-from taskguard import Concurrency, ConcurrencyLimitReached, GuardedTask
-from taskguard.backend.ops import SlotOp
+from taskguard import Concurrency, ConcurrencyLimitReached, GuardedTask, RateLimit
+from taskguard.backend.ops import RateOp, SlotOp
 from taskguard.clock import FakeClock
 from taskguard.runtime import runtime_for
 
@@ -186,6 +186,22 @@ def test_wait_is_bounded_then_defers(app: Celery, backend: taskguard.MemoryBacke
     assert len(published(app)) == 1
 
 
+def test_a_full_cap_behind_a_rate_limit_still_defers_within_retry_delay(
+    app: Celery, backend: taskguard.MemoryBackend, events: list[Any]
+) -> None:
+    guards = [RateLimit("6/m"), Concurrency(1, retry_delay=2)]
+
+    @app.task(shared=False, base=GuardedTask, guards=guards)
+    def job() -> None: ...
+
+    assert backend.admit([RateOp(backend.keys.rate_limit(job.name), interval=10.0, burst=1)])
+    other_run(backend, job, ttl=60)
+    with pytest.raises(Ignore):
+        run_as_worker(job)
+    [deferred] = of(events, "task_deferred")
+    assert deferred["delay"] <= 10  # the rate limit's wait; the slot's is retry_delay
+
+
 def test_eager_denial_raises(app: Celery, backend: taskguard.MemoryBackend) -> None:
     @app.task(shared=False, base=GuardedTask, guards=[Concurrency(1)])
     def job() -> str:
@@ -258,11 +274,6 @@ def test_outage_local_caps_within_the_process_and_releases(
     assert run_as_worker(job, task_id="tid-4") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs._denied applies conflict_delay only online: a slot refused by the local "
-    "outage policy defers for the local holder's whole lease (ttl), not <= retry_delay",
-)
 def test_outage_local_denial_defers_within_retry_delay(dead_app: Celery, events: list[Any]) -> None:
     local = runtime_for(dead_app).backend.local
     spec = Concurrency(1, on_outage="local", retry_delay=2)

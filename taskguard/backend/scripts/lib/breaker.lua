@@ -81,10 +81,13 @@ function breaker.check(op, now)
     op.probe = true
     return 0, 0
   end
+  -- Every probe permit is out: ask again soon (probes usually end long before their
+  -- leases would expire), at most a second from now.
   local first = redis.call('ZRANGE', op.keys[3], 0, 0, 'WITHSCORES')
-  local wait = (tonumber(first[2]) - ms) * 1000
-  if wait < 1000 then wait = 1000 end
-  return wait, 0
+  local wait = tonumber(first[2]) - ms
+  if wait > 1000 then wait = 1000 end
+  if wait < 1 then wait = 1 end
+  return wait * 1000, 0
 end
 
 function breaker.commit(op, at, now)
@@ -115,7 +118,7 @@ local function record_count(op, code, failed, slow)
   end
   redis.call('PEXPIRE', window, IDLE_MS)
   local c = redis.call('HMGET', op.key, 'wc', 'wf', 'ws')
-  return tonumber(c[1]), tonumber(c[2]), tonumber(c[3])
+  return tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0')
 end
 
 local function record_time(op, ms, failed, slow)

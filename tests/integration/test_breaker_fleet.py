@@ -1,0 +1,148 @@
+"""Circuit breakers shared by a fleet of real workers, in front of a real HTTP stub."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from celery.result import AsyncResult
+
+from .conftest import Fleet
+
+APP = "tests.integration.apps.breakers"
+
+
+class Stub:
+    """A local HTTP service whose health the test switches; it logs every call it gets."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.calls: list[tuple[float, str]] = []
+        self.release = threading.Event()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stub.calls.append((time.time(), self.path))
+                if self.path == "/hang":
+                    stub.release.wait(60)
+                elif stub.mode == "slow":
+                    time.sleep(0.3)
+                code = 500 if stub.mode == "fail" and self.path != "/hang" else 200
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(b"ok" if code == 200 else b"down")
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def calls_between(self, start: float, end: float) -> int:
+        return sum(1 for t, path in self.calls if start < t < end and path != "/hang")
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    server = Stub()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
+    return fleet_factory(app=APP).start(count=3, concurrency=2)
+
+
+def transitions(fleet: Fleet, name: str) -> list[dict]:
+    return [r for r in fleet.records("transitions") if r["name"] == name]
+
+
+def wait_transitions(fleet: Fleet, name: str, count: int, timeout: float = 30) -> list[dict]:
+    return fleet.wait_for(
+        "transitions", lambda recs: len([r for r in recs if r["name"] == name]) >= count, timeout
+    )[: 10**6]
+
+
+def settle(results: list[AsyncResult]) -> None:
+    for result in results:
+        # Failures are the point here; states are checked by the caller.
+        result.get(timeout=60, propagate=False)
+
+
+def test_fleet_wide_trip_probes_and_recovery(fleet: Fleet, stub: Stub) -> None:
+    settle([fleet.send("call_partner", stub.url) for _ in range(2)])
+    stub.mode = "fail"
+    failing = [fleet.send("call_partner", stub.url) for _ in range(8)]
+    settle(failing)
+    [trip] = wait_transitions(fleet, "cb-trip", 1)[:1]
+    assert (trip["old"], trip["new"]) == ("closed", "open")
+    assert any(r.state == "FAILURE" for r in failing)
+
+    # Queued while open: deferred, not failed; the stub hears nothing until open_for passes.
+    queued = [fleet.send("call_partner", stub.url) for _ in range(10)]
+    time.sleep(1.5)
+    assert stub.calls_between(trip["t"] + 0.5, trip["t"] + 2.0) == 0
+    # Half-open with the stub still down: at most 2 probes, fleet-wide, then open again.
+    records = wait_transitions(fleet, "cb-trip", 3)
+    half, reopen = records[1], records[2]
+    assert (half["old"], half["new"]) == ("open", "half_open")
+    assert (reopen["old"], reopen["new"]) == ("half_open", "open")
+    assert stub.calls_between(half["t"] - 0.1, reopen["t"] + 0.1) <= 2
+    stub.mode = "ok"  # recovers during the second, longer (4 s) open period
+    time.sleep(3)
+    assert stub.calls_between(reopen["t"] + 0.2, reopen["t"] + 3.5) == 0
+
+    assert [r.get(timeout=60) for r in queued] == ["ok"] * 10
+    final = transitions(fleet, "cb-trip")
+    assert (final[-1]["old"], final[-1]["new"]) == ("half_open", "closed")
+    assert final[-1]["t"] - reopen["t"] >= 4 - 0.2  # open_for grew from 2 s to 4 s
+    runs = [r for r in fleet.records("runs") if r["id"] in {q.id for q in queued}]
+    assert {r["retries"] for r in runs} == {0}
+    assert all(r["deferrals"] >= 1 for r in runs)
+
+
+def test_slow_calls_alone_trip_it(fleet: Fleet, stub: Stub) -> None:
+    stub.mode = "slow"
+    results = [fleet.send("call_partner_slow", stub.url) for _ in range(6)]
+    [trip] = wait_transitions(fleet, "cb-slow", 1)[:1]
+    assert (trip["old"], trip["new"]) == ("closed", "open")
+    stub.mode = "ok"
+    succeeded = [r for r in results if r.ready() and r.successful()]
+    assert len(succeeded) >= 4  # the slow calls themselves succeeded
+
+
+def test_ignored_exceptions_do_not_count(fleet: Fleet, stub: Stub) -> None:
+    stub.mode = "fail"
+    settle([fleet.send("call_partner_filtered", stub.url, True) for _ in range(6)])
+    assert transitions(fleet, "cb-filter") == []  # 6 ignored failures: still closed
+    settle([fleet.send("call_partner_filtered", stub.url, False) for _ in range(2)])
+    [trip] = wait_transitions(fleet, "cb-filter", 1)[:1]
+    assert (trip["old"], trip["new"]) == ("closed", "open")  # 2 recorded ones trip it
+
+
+def test_crashed_probe_frees_its_permit(fleet_factory: Callable[..., Fleet], stub: Stub) -> None:
+    crash = fleet_factory(app=APP).start(count=2, concurrency=1)
+    stub.mode = "fail"
+    settle([crash.send("call_partner_crashable", stub.url)])
+    wait_transitions(crash, "cb-crash", 1)
+    time.sleep(1.2)  # open_for passes: the next call is the half-open probe
+    crash.send("call_partner_crashable", f"{stub.url}/hang")
+    [probe_run] = crash.wait_for("runs", lambda recs: len(recs) >= 2, timeout=30)[1:2]
+    crash.worker_of(probe_run["worker"]).kill()  # the probe dies holding its permit
+    killed = time.time()
+    stub.mode = "ok"
+    after = crash.send("call_partner_crashable", stub.url)
+    assert after.get(timeout=30) == "ok"
+    started = next(t for t, path in stub.calls if path == "/" and t > killed)
+    assert started - killed <= 3 + 2  # probe_ttl, plus the denied task's retry interval
