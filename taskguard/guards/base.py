@@ -7,13 +7,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from taskguard.backend.ops import Op
 from taskguard.errors import ConfigurationError, GuardDenied
 from taskguard.keys import KeySchema
 
 __all__ = ["OUTAGE_POLICIES", "Decision", "Guard", "check_outage_policy"]
+
+G = TypeVar("G", bound="Guard")
 
 #: What a guard does while its backend is unreachable.
 #: ``allow``: let the call through; ``deny``: refuse (a task defers); ``local``: enforce
@@ -103,20 +105,59 @@ class Guard(ABC):
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
+    #: Constructor arguments shown without a name in ``repr`` (and needed to build one).
+    _positional: ClassVar[tuple[str, ...]] = ()
+
     @abstractmethod
-    def bind(self, task_name: str, signature: inspect.Signature | None) -> Guard:
+    def _fields(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this spec."""
+
+    def __repr__(self) -> str:
+        fields = self._fields()
+        defaults = type(self)(*(fields[n] for n in self._positional))._fields()
+        shown = [repr(fields[n]) for n in self._positional]
+        shown += [
+            f"{k}={v!r}"
+            for k, v in fields.items()
+            if k not in self._positional and v != defaults[k]
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def replace(self: G, **changes: Any) -> G:
+        """A copy with some fields changed (validated like a new spec)."""
+        return type(self)(**{**self._fields(), **changes})
+
+    def bind(self: G, task_name: str, signature: inspect.Signature | None) -> G:
         """Return a copy of this spec ready for ``task_name``.
 
         Validates what depends on the task (a key template naming a missing argument)
-        and fills in task-dependent defaults (the limiter name).
+        and fills in task-dependent defaults (the name, from the task's).
 
         Raises:
             ConfigurationError: Naming the task and the field.
         """
+        key = getattr(self, "key", None)
+        if key is not None:
+            try:
+                key.validate(signature)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    exc.reason, task=task_name, field=self._key_field
+                ) from None
+        bound = self.replace(name=getattr(self, "name", None) or task_name)
+        object.__setattr__(bound, "_signature", signature)
+        return bound
 
-    @abstractmethod
-    def replace(self, **changes: Any) -> Guard:
-        """A copy with some fields changed (validated like a new spec)."""
+    #: The setting a bad key template is reported under.
+    _key_field: ClassVar[str] = "key"
 
     @abstractmethod
     def task_ops(

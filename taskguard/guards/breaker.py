@@ -106,6 +106,7 @@ class CircuitBreaker(Guard):
     """
 
     kind = "circuit_breaker"
+    _positional = ("name",)
     name: str
     failure_rate: float
     slow_call_rate: float | None
@@ -203,28 +204,10 @@ class CircuitBreaker(Guard):
     )
 
     def _fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._ARGS}
-
-    def __repr__(self) -> str:
-        defaults = CircuitBreaker(self.name)._fields()
-        shown = [f"{k}={v!r}" for k, v in self._fields().items() if v != defaults[k]]
-        return f"CircuitBreaker({', '.join([repr(self.name), *shown])})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CircuitBreaker):
-            return NotImplemented
-        return repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-    def replace(self, **changes: Any) -> CircuitBreaker:
-        """A copy with some fields changed."""
-        fields = {**self._fields(), **changes}
-        return CircuitBreaker(fields.pop("name", self.name), **fields)
+        return {name: getattr(self, name) for name in ("name", *self._ARGS)}
 
     def bind(self, task_name: str, signature: inspect.Signature | None) -> CircuitBreaker:
-        return self
+        return self  # a breaker is named by the user: shared across tasks, not per task
 
     def params(self) -> tuple[Any, ...]:
         """The settings in lib/breaker.lua's argument order (arguments 3 to 14)."""

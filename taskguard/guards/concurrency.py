@@ -64,6 +64,8 @@ class Concurrency(Guard):
     """
 
     kind = "concurrency"
+    _positional = ("limit",)
+    _key_field = "concurrency.key"
     limit: int
     key: KeyFunc
     wait: float
@@ -107,35 +109,6 @@ class Concurrency(Guard):
             "name": self.name,
             "on_outage": self.on_outage,
         }
-
-    def __repr__(self) -> str:
-        defaults = Concurrency(1)._fields()
-        shown = [repr(self.limit)]
-        shown += [
-            f"{k}={v!r}" for k, v in self._fields().items() if k != "limit" and v != defaults[k]
-        ]
-        return f"Concurrency({', '.join(shown)})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Concurrency):
-            return NotImplemented
-        return repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-    def replace(self, **changes: Any) -> Concurrency:
-        """A copy with some fields changed."""
-        return Concurrency(**{**self._fields(), **changes})
-
-    def bind(self, task_name: str, signature: inspect.Signature | None) -> Concurrency:
-        try:
-            self.key.validate(signature)
-        except ConfigurationError as exc:
-            raise ConfigurationError(exc.reason, task=task_name, field="concurrency.key") from None
-        bound = self.replace(name=self.name or task_name)
-        bound._set(_signature=signature)
-        return bound
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         return self.key.render(args, kwargs, self._signature)

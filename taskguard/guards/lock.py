@@ -82,6 +82,7 @@ class Lock(Guard):
     """
 
     kind = "lock"
+    _key_field = "lock.key"
     key: KeyFunc
     ttl: float
     mode: str
@@ -136,23 +137,6 @@ class Lock(Guard):
             "on_outage": self.on_outage,
         }
 
-    def __repr__(self) -> str:
-        defaults = Lock()._fields()
-        shown = [f"{k}={v!r}" for k, v in self._fields().items() if v != defaults[k]]
-        return f"Lock({', '.join(shown)})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Lock):
-            return NotImplemented
-        return repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-    def replace(self, **changes: Any) -> Lock:
-        """A copy with some fields changed."""
-        return Lock(**{**self._fields(), **changes})
-
     @property
     def runtime(self) -> bool:
         """True when the mode takes a lock for the run itself."""
@@ -162,15 +146,6 @@ class Lock(Guard):
     def at_publish(self) -> bool:
         """True when the mode claims the key when the task is published."""
         return "until_" in self.mode
-
-    def bind(self, task_name: str, signature: inspect.Signature | None) -> Lock:
-        try:
-            self.key.validate(signature)
-        except ConfigurationError as exc:
-            raise ConfigurationError(exc.reason, task=task_name, field="lock.key") from None
-        bound = self.replace(name=self.name or task_name)
-        bound._set(_signature=signature)
-        return bound
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         return self.key.render(args, kwargs, self._signature)

@@ -53,6 +53,7 @@ class RateLimit(Guard):
     """
 
     kind = "rate_limit"
+    _positional = ("rate",)
     rate: Rate
     key: KeyFunc
     burst: int
@@ -95,6 +96,16 @@ class RateLimit(Guard):
             _signature=None,
         )
 
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "key": self.key.source,
+            "burst": self.burst,
+            "cost": self.cost,
+            "name": self.name,
+            "on_outage": self.on_outage,
+        }
+
     def __repr__(self) -> str:
         parts = [repr(str(self.rate))]
         if self.key.source is not None:
@@ -108,36 +119,6 @@ class RateLimit(Guard):
         if self.on_outage != "allow":
             parts.append(f"on_outage={self.on_outage!r}")
         return f"RateLimit({', '.join(parts)})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RateLimit):
-            return NotImplemented
-        return repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-    def replace(self, **changes: Any) -> RateLimit:
-        """A copy with some fields changed."""
-        fields: dict[str, Any] = {
-            "rate": self.rate,
-            "key": self.key.source,
-            "burst": self.burst,
-            "cost": self.cost,
-            "name": self.name,
-            "on_outage": self.on_outage,
-        }
-        fields.update(changes)
-        return RateLimit(**fields)
-
-    def bind(self, task_name: str, signature: inspect.Signature | None) -> RateLimit:
-        try:
-            self.key.validate(signature)
-        except ConfigurationError as exc:
-            raise exc.for_task(task_name) from None
-        bound = self.replace(name=self.name or task_name)
-        bound._set(_signature=signature)
-        return bound
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         """The bucket key for one call."""
