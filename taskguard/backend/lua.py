@@ -6,6 +6,7 @@ it, after a one-line prelude declaring the ``KINDS`` registry they fill in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from importlib import resources
@@ -19,17 +20,31 @@ _PRELUDE = "local KINDS = {}\n"
 
 
 class Script:
-    """One Lua script, its source and its SHA1.
+    """One Lua script: read (once, on first use) from ``scripts/<name>.lua`` with its op
+    libraries in front, and run by EVALSHA.
 
     Args:
-        name: File name without ``.lua`` (for error messages).
-        source: The full Lua source.
+        name: File name without ``.lua``.
+        libs: Libraries from ``scripts/lib/`` to put in front, in order.
     """
 
-    def __init__(self, name: str, source: str) -> None:
+    def __init__(self, name: str, libs: Sequence[str] = ()) -> None:
         self.name = name
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self.libs = tuple(libs)
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name} libs={list(self.libs)}>"
+
+    @functools.cached_property
+    def source(self) -> str:
+        """The full Lua source (prelude, libraries, script)."""
+        parts = [_PRELUDE, *(_read(f"lib/{lib}.lua") for lib in self.libs)]
+        return "\n".join([*parts, _read(f"{self.name}.lua")])
+
+    @functools.cached_property
+    def sha(self) -> str:
+        """The SHA1 EVALSHA runs it by."""
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the script with EVALSHA, loading it once if the server does not know it."""
@@ -45,6 +60,5 @@ def _read(relative: str) -> str:
 
 
 def load_script(name: str, libs: Sequence[str] = ()) -> Script:
-    """Build the script ``scripts/<name>.lua`` with ``scripts/lib/<lib>.lua`` in front."""
-    parts = [_PRELUDE, *(_read(f"lib/{lib}.lua") for lib in libs), _read(f"{name}.lua")]
-    return Script(name, "\n".join(parts))
+    """The script ``scripts/<name>.lua`` with ``scripts/lib/<lib>.lua`` in front (read lazily)."""
+    return Script(name, libs)
