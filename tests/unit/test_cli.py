@@ -1,12 +1,15 @@
 """The ``taskguard`` command line: help, version, and the demo command's wiring.
 
 The demo itself (real workers, a real Redis) is run by ``scripts/demo``; here its runner
-is replaced so only the command's option handling and exit codes are exercised.
+is replaced so only the command's option handling and exit codes are exercised, and the
+breaker stage's verdict (part of the exit code) is checked on made-up records.
 """
 
 from __future__ import annotations
 
 import sys
+import urllib.error
+import urllib.request
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -17,6 +20,13 @@ import taskguard
 from taskguard.cli import main
 from taskguard.cli import taskguard as cli
 from taskguard.demo import runner
+from taskguard.demo.breaker_report import (
+    BreakerResult,
+    breaker_held,
+    breaker_verdict,
+    render_timeline,
+)
+from taskguard.demo.partner import PartnerCall, PartnerStub
 from taskguard.demo.runner import DemoOptions
 from taskguard.demo.stages import DemoError
 
@@ -45,6 +55,7 @@ def test_demo_help(run: CliRunner) -> None:
     assert result.exit_code == 0
     for option in ("--redis-url", "--db-url", "--seconds", "TASKGUARD_REDIS_URL"):
         assert option in result.output
+    assert "CircuitBreaker" in result.output
 
 
 def test_entry_points_name_the_group() -> None:
@@ -118,3 +129,86 @@ def test_version_names_missing_libraries() -> None:
     from taskguard.cli.version import _installed
 
     assert _installed("celery-taskguard-no-such-distribution") == "not installed"
+
+
+def _breaker_result(*, call_while_open: bool = False, in_flight: int = 0) -> BreakerResult:
+    """A breaker stage as the demo records it: healthy, failing, open, probe, closed."""
+    runs, calls = [], []
+
+    def call(t: float, status: int, deferrals: int = 0) -> None:
+        task = f"task-{len(runs)}"
+        calls.append(PartnerCall(t, status, task))
+        runs.append(
+            {"id": task, "status": status, "retries": 0, "deferrals": deferrals,
+             "worker": f"tgdemo-x-breaker{len(runs) % 3 + 1}@host"}
+        )  # fmt: skip
+
+    for i in range(6):
+        call(100 + i * 0.5, 200)
+    for i in range(5):
+        call(103 + i * 0.05, 500)
+    for i in range(in_flight):
+        call(103.3 + i * 0.01, 500)
+    if call_while_open:
+        call(104, 500)
+    call(105.3, 200, deferrals=1)  # the probe
+    for i in range(10):
+        call(105.5 + i * 0.1, 200, deferrals=1 if i < 6 else 0)
+    transitions = [
+        {"t": 103.3, "old": "closed", "new": "open", "reason": "x", "task_id": "task-10"},
+        {"t": 105.3, "old": "open", "new": "half_open", "reason": "x", "task_id": "task-11"},
+        {"t": 105.31, "old": "half_open", "new": "closed", "reason": "x", "task_id": "task-11"},
+    ]
+    failed = [r["id"] for r in runs if r["status"] == 500]
+    return BreakerResult(
+        workers=3,
+        slots=3,
+        rate=20,
+        start=100.0,
+        end=107.0,
+        published={r["id"]: 100.0 for r in runs},
+        calls=calls,
+        switches=[(103.0, False), (104.3, True)],
+        transitions=transitions,
+        runs=runs,
+        failures=[{"id": i, "error": "PartnerDown", "by_taskguard": False} for i in failed],
+        deferrals=9,
+    )
+
+
+def test_breaker_verdict_holds_on_a_clean_run() -> None:
+    result = _breaker_result(in_flight=2)  # admitted before it opened: not counted
+    assert breaker_held(result)
+    tag, sentence = breaker_verdict(result)
+    assert tag == "HELD"
+    assert "0 calls from any of the 3 workers while open; 1 probe" in sentence
+    assert "7 deferred tasks completed" in sentence
+    timeline = render_timeline(result)
+    assert "2 in flight at the open" in timeline
+    assert "the probe" in timeline
+
+
+def test_breaker_verdict_fails_on_a_call_while_open() -> None:
+    result = _breaker_result(call_while_open=True)
+    assert not breaker_held(result)
+    tag, sentence = breaker_verdict(result)
+    assert tag == "FAIL"
+    assert "the stub got 1 calls while it was open" in sentence
+
+
+def test_breaker_verdict_fails_when_a_deferred_task_fails() -> None:
+    result = _breaker_result()
+    result.failures.append({"id": "task-12", "error": "CircuitOpen", "by_taskguard": True})
+    assert not breaker_held(result)
+    assert "1 tasks ended FAILURE because of it" in breaker_verdict(result)[1]
+
+
+def test_partner_stub_logs_and_switches() -> None:
+    with PartnerStub() as stub:
+        with urllib.request.urlopen(f"{stub.url}/?task=a", timeout=5) as reply:
+            assert reply.read() == b"ok"
+        stub.set_healthy(False)
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"{stub.url}/?task=b", timeout=5)
+        failed.value.close()
+        assert [(c.status, c.task) for c in stub.calls_snapshot()] == [(200, "a"), (500, "b")]
