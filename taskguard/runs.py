@@ -313,8 +313,12 @@ def _breaker_code(
         return "i"
     if outcome == "success":
         return guard.outcome(None, duration)
-    if isinstance(exc, Retry) and isinstance(exc.exc, BaseException):
-        exc = exc.exc  # self.retry(exc=...) after a failed call: that failure counts
+    if isinstance(exc, Retry):
+        # self.retry(exc=...) after a failed call: that failure counts; a bare retry
+        # says nothing about the downstream service.
+        if not isinstance(exc.exc, BaseException):
+            return "i"
+        exc = exc.exc
     return guard.outcome(exc, duration)
 
 

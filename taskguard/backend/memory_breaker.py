@@ -131,12 +131,13 @@ class BreakerStates:
         s, p = self.get(op.key), _Params.of(op)
         state = self.effective(op.key, now)
         code = op.mode
+        s.probes = {o: t for o, t in s.probes.items() if t > now}  # expired: no probe
         probe = s.probes.pop(op.owner, None) is not None
         if s.forced or code == "i":
             return 0
         failed, slow = code in "fF", code in "SF"
         if probe and state in ("half_open", "half_open_due"):
-            if failed or slow:
+            if failed or (slow and p.slow_rate <= 1):
                 return self._trip(s, p, now, HALF_OPEN_TO_OPEN)
             s.ok += 1
             if s.ok >= p.to_close:

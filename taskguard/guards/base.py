@@ -70,7 +70,7 @@ class Decision:
         tb: TracebackType | None,
     ) -> None:
         if self.lease is not None:
-            self.lease.release()
+            self.lease.release_after(exc)
 
 
 class Releasable(Protocol):
@@ -78,6 +78,10 @@ class Releasable(Protocol):
 
     def release(self) -> bool:
         """Give it back; False if it was no longer ours."""
+        ...
+
+    def release_after(self, exc: BaseException | None) -> None:
+        """Give it back at the end of a ``with`` block that raised ``exc`` (or None)."""
         ...
 
 

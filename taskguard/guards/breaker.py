@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.ops import BreakerOp, Op
-from taskguard.errors import CircuitOpen, ConfigurationError
+from taskguard.errors import BackendUnavailable, CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
 from taskguard.units import parse_duration
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from taskguard.backend.base import Backend
 
 __all__ = ["TRANSITIONS", "Breaker", "BreakerCall", "CircuitBreaker"]
+
+logger = logging.getLogger("taskguard.breaker")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -44,8 +48,8 @@ ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bo
 
 
 def _number(value: object, field: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"must be a number, got {value!r}", field=field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"must be a finite number, got {value!r}", field=field)
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ConfigurationError(f"must be {bound}, got {value!r}", field=field)
@@ -90,12 +94,14 @@ class CircuitBreaker(Guard):
         slow_call_duration: Seconds from which a call counts as slow.
         window: The sliding window: the last N calls, or the last N seconds.
         window_type: ``"count"`` or ``"time"`` (1-second buckets).
-        minimum_calls: Calls the window needs before rates can trip it.
+        minimum_calls: Calls the window needs before rates can trip it (at most the
+            window's size, for a count window).
         consecutive_failures: Also trip after this many failures in a row (0: off); the
             simple mode (the seed's ``threshold``).
         open_for: Seconds to stay open (the seed's ``timeout``).
         open_growth: Multiply ``open_for`` by this on each repeated open (1: fixed).
-        max_open_for: Upper bound for the grown ``open_for``.
+        max_open_for: Upper bound for the grown ``open_for`` (default: the larger of
+            ``open_for`` and 600 s; never below ``open_for``).
         half_open_probes: Probes admitted fleet-wide while half-open.
         successes_to_close: Probe successes that close it (default: all the probes).
         probe_ttl: Probe lease seconds; a crashed probe's permit frees after this.
@@ -139,7 +145,7 @@ class CircuitBreaker(Guard):
         consecutive_failures: int = 0,
         open_for: float = 30.0,
         open_growth: float = 1.0,
-        max_open_for: float = 600.0,
+        max_open_for: float | None = None,
         half_open_probes: int = 1,
         successes_to_close: int | None = None,
         probe_ttl: float = 60.0,
@@ -158,6 +164,20 @@ class CircuitBreaker(Guard):
             raise ConfigurationError(f"must be 'defer' or 'fail', got {on_open!r}", field="on_open")
         probes = _count(half_open_probes, "half_open_probes")
         size = _count(window, "window")
+        opened = _seconds(open_for, "open_for")
+        longest = (
+            max(opened, 600.0) if max_open_for is None else _seconds(max_open_for, "max_open_for")
+        )
+        if longest < opened:
+            raise ConfigurationError(
+                f"must not be below open_for ({opened}s), got {max_open_for!r}",
+                field="max_open_for",
+            )
+        calls = _count(
+            minimum_calls if minimum_calls is not None else min(size, 10), "minimum_calls"
+        )
+        if window_type == "count":
+            calls = min(calls, size)  # as Resilience4j: a full window is enough calls
         self._set(
             name=name,
             failure_rate=_number(failure_rate, "failure_rate", 0.0, 1.0),
@@ -167,15 +187,16 @@ class CircuitBreaker(Guard):
             slow_call_duration=_seconds(slow_call_duration, "slow_call_duration"),
             window=size,
             window_type=window_type,
-            minimum_calls=_count(
-                minimum_calls if minimum_calls is not None else min(size, 10), "minimum_calls"
-            ),
+            minimum_calls=calls,
             consecutive_failures=_count(consecutive_failures, "consecutive_failures", 0),
-            open_for=_seconds(open_for, "open_for"),
+            open_for=opened,
             open_growth=_number(open_growth, "open_growth", 1.0),
-            max_open_for=_seconds(max_open_for, "max_open_for"),
+            max_open_for=longest,
             half_open_probes=probes,
-            successes_to_close=_count(successes_to_close or probes, "successes_to_close"),
+            successes_to_close=_count(
+                probes if successes_to_close is None else successes_to_close,
+                "successes_to_close",
+            ),
             probe_ttl=_seconds(probe_ttl, "probe_ttl"),
             record_exceptions=_filter(record_exceptions, "record_exceptions"),
             ignore_exceptions=_filter(ignore_exceptions, "ignore_exceptions"),
@@ -204,7 +225,18 @@ class CircuitBreaker(Guard):
     )
 
     def _fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in ("name", *self._ARGS)}
+        fields = {name: getattr(self, name) for name in ("name", *self._ARGS)}
+        # Values derived from others are given back as "default", so that replace()
+        # derives them again (replace(window=5) must not keep a minimum_calls of 10).
+        derived = {
+            "minimum_calls": min(self.window, 10),
+            "max_open_for": max(self.open_for, 600.0),
+            "successes_to_close": self.half_open_probes,
+        }
+        for name, value in derived.items():
+            if fields[name] == value:
+                fields[name] = None
+        return fields
 
     def bind(self, task_name: str, signature: inspect.Signature | None) -> CircuitBreaker:
         return self  # a breaker is named by the user: shared across tasks, not per task
@@ -261,7 +293,7 @@ class CircuitBreaker(Guard):
         return CircuitOpen(
             f"circuit {self.name!r} is open; next probe in {retry_after:.1f}s",
             guard=repr(self),
-            key=key or self.name,
+            key=self.name,
             retry_after=retry_after,
         )
 
@@ -269,27 +301,44 @@ class CircuitBreaker(Guard):
 class BreakerCall:
     """One admitted call: report how it went with :meth:`record` (exactly once)."""
 
-    def __init__(self, breaker: Breaker, op: BreakerOp, probe: bool) -> None:
+    def __init__(
+        self, breaker: Breaker, op: BreakerOp, probe: bool, backend: Backend | None = None
+    ) -> None:
         self.breaker = breaker
         self.op = op
         self.probe = probe
+        # Where the call was admitted: the breaker's backend, or the process-local one
+        # under the ``local`` outage policy.
+        self.backend = backend or breaker.backend
         self.started = time.monotonic()
         self._recorded = False
 
     def record(self, exc: BaseException | None = None, duration: float | None = None) -> None:
-        """Record the outcome: ``exc`` raised (None: success) after ``duration`` seconds."""
+        """Record the outcome: ``exc`` raised (None: success) after ``duration`` seconds.
+
+        Never raises: if Redis went away since the call was admitted, the outcome is
+        logged and lost (the call's own result matters more).
+        """
         if self._recorded:
             return
         self._recorded = True
         spent = time.monotonic() - self.started if duration is None else duration
         code = self.breaker.spec.outcome(exc, spent)
-        [transition] = self.breaker.backend.release([_with_mode(self.op, code)])
+        try:
+            [transition] = self.backend.release([_with_mode(self.op, code)])
+        except BackendUnavailable as down:
+            logger.warning("circuit %r: outcome not recorded: %s", self.breaker.spec.name, down)
+            return
         self.breaker.transitioned(transition)
 
     def release(self) -> bool:
-        """Record a success (so a Decision used as a context manager records too)."""
+        """Record a success."""
         self.record()
         return True
+
+    def release_after(self, exc: BaseException | None) -> None:
+        """Record how a ``with decision:`` block ended: its exception, or success."""
+        self.record(exc)
 
 
 def _with_mode(op: BreakerOp, mode: str) -> BreakerOp:
@@ -343,9 +392,11 @@ class Breaker:
         token = result.tokens[0] if result.tokens else 0
         if token == 2:
             announce(self.spec.name, *OPENED_HALF)
-        if outcome.degraded:
+        if outcome.degraded and not outcome.local:  # `allow` offline: nothing to record
             return Decision(True, key=self.spec.name, degraded=True)
-        return Decision(True, key=self.spec.name, lease=BreakerCall(self, op, token > 0))
+        backend = self.backend.local if outcome.degraded else self.backend
+        call = BreakerCall(self, op, token > 0, backend)
+        return Decision(True, key=self.spec.name, degraded=outcome.degraded, lease=call)
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``func`` through the breaker (the seed's ``execute``).
@@ -355,6 +406,11 @@ class Breaker:
         """
         decision = self.try_acquire()
         if not decision.allowed:
+            if decision.degraded and self.spec.on_outage == "deny":
+                raise BackendUnavailable(
+                    f"circuit {self.spec.name!r}: backend unreachable and on_outage='deny'",
+                    retry_after=decision.retry_after,
+                )
             raise self.spec.denied_error(decision.retry_after)
         call = decision.lease
         try:
@@ -404,7 +460,6 @@ class Breaker:
 
 def announce(name: str, old: str, new: str, reason: str, task_id: str | None = None) -> None:
     """Send ``circuit_state_changed`` (and log; a breaker opening is a warning)."""
-    import logging
 
     from taskguard import signals
 

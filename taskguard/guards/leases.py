@@ -75,6 +75,10 @@ class HeldLease:
                 self._handle = self.backend.heartbeat.add(op)
         return extended
 
+    def release_after(self, exc: BaseException | None) -> None:
+        """Release at the end of a ``with`` block (whatever it raised)."""
+        self.release()
+
     def __enter__(self) -> HeldLease:
         return self
 

@@ -278,14 +278,12 @@ def test_every_key_has_a_ttl_and_counters_match_the_window(h: Harness) -> None:
 
 
 @REDIS_ONLY
-@pytest.mark.xfail(strict=True, reason="a fresh breaker's state hash is created without a TTL")
 def test_a_fresh_breakers_state_has_a_ttl_after_one_call(h: Harness) -> None:
     assert h.client is not None
     run(breaker(h, consecutive_failures=0), "s")
     assert h.client.pttl(h.backend.keys.breaker("svc")) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="a probe whose lease expired still counts at release")
 def test_a_probe_that_outlived_its_lease_does_not_count(h: Harness) -> None:
     b = breaker(h, consecutive_failures=1, half_open_probes=2, successes_to_close=1, probe_ttl=0.4)
     trip(b)

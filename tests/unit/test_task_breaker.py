@@ -194,7 +194,6 @@ def test_retry_counts_the_wrapped_exception(app: Celery, backend: taskguard.Memo
     assert len(published(app)) == 2  # the retries themselves went out as usual
 
 
-@pytest.mark.xfail(strict=True, reason="a bare self.retry() is counted as a failure")
 def test_a_bare_retry_is_not_a_failure(app: Celery, backend: taskguard.MemoryBackend) -> None:
     spec = CircuitBreaker("partner", consecutive_failures=1)
 

@@ -142,17 +142,12 @@ local function record_time(op, ms, failed, slow)
   return calls, failures, slows
 end
 
-function breaker.release(op)
-  local ms = math.floor(server_time_us() / 1000)
-  local state, _, forced = load(op, ms)
-  local code = op.mode
-  local probe = redis.call('ZREM', op.keys[3], op.owner) == 1
-  if forced ~= '' or code == 'i' then return 0 end
+local function record(op, ms, state, probe, code)
   local failed = code == 'f' or code == 'F'
   local slow = code == 'S' or code == 'F'
-  touch(op)
   if probe and (state == 'half_open' or state == 'half_open_due') then
-    if failed or slow then return trip(op, ms, 'half_open') end
+    -- A slow probe fails only when slow calls are tracked at all.
+    if failed or (slow and op.slow_rate <= 1) then return trip(op, ms, 'half_open') end
     local ok = redis.call('HINCRBY', op.key, 'ok', 1)
     if ok >= op.to_close then
       redis.call('HSET', op.key, 'state', 'closed', 'opens', 0, 'ok', 0, 'consec', 0,
@@ -179,6 +174,18 @@ function breaker.release(op)
     end
   end
   return 0
+end
+
+function breaker.release(op)
+  local ms = math.floor(server_time_us() / 1000)
+  local state, _, forced = load(op, ms)
+  -- An expired probe lease is no probe any more: its permit was already given away.
+  redis.call('ZREMRANGEBYSCORE', op.keys[3], '-inf', ms)
+  local probe = redis.call('ZREM', op.keys[3], op.owner) == 1
+  if forced ~= '' or op.mode == 'i' then return 0 end
+  local result = record(op, ms, state, probe, op.mode)
+  touch(op)  -- after the writes, so a breaker's first record has its TTL too
+  return result
 end
 
 function breaker.renew(op)
