@@ -60,6 +60,7 @@ class Heartbeat:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._waiting = 0.0  # the pause the thread is in, in seconds
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,7 +72,10 @@ class Heartbeat:
             self._entries[handle] = _Entry(lease, on_lost)
             if self._thread is None or not self._thread.is_alive() or self._stopping.is_set():
                 self._start()
-        self._wake.set()  # a shorter TTL may need an earlier round
+            elif lease.ttl / 3 < self._waiting:
+                # Only a lease that must be renewed before the next round wakes the thread
+                # (waking it for every lease would renew what was just taken).
+                self._wake.set()
         return handle
 
     def remove(self, handle: int) -> None:
@@ -122,7 +126,8 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(self.interval())
+            self._waiting = self.interval()
+            self._wake.wait(self._waiting)
             self._wake.clear()
             if self._stopping.is_set():
                 break

@@ -138,8 +138,10 @@ class Admission:
 
 def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
     """The admission of ``ops``, from the per-op values their commit returned."""
-    if len(ops) == 1 and type(ops[0]) is RateOp:  # the common single rate limit
-        return Admission(True, remaining=values[0], tokens=(0,))
+    if len(ops) == 1:  # the common single guard
+        if type(ops[0]) is RateOp:
+            return Admission(True, remaining=values[0], tokens=(0,))
+        return Admission(True, tokens=(values[0],))
     pairs = list(zip(ops, values, strict=True))
     left = [value for op, value in pairs if isinstance(op, RateOp)]
     tokens = tuple(0 if isinstance(op, RateOp) else value for op, value in pairs)

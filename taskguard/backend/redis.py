@@ -20,20 +20,43 @@ from taskguard.keys import KeySchema
 from .base import Backend
 from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
 from .lua import Script, load_script
-from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp, SlotOp, granted
+from .ops import (
+    ALLOWED_EMPTY,
+    Admission,
+    BreakerOp,
+    Held,
+    LeaseOp,
+    Op,
+    RateOp,
+    SlotOp,
+    granted,
+)
 from .outage import OutageBreaker
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("taskguard.backend")
 
-_ALL = ["ops", "gcra", "lease", "slot", "breaker"]
-_ADMIT = load_script("admit", libs=_ALL)
-# The same script with only the rate-limit library: less Lua to set up on every call,
-# for the most common admission (rate limits alone).
-_ADMIT_RATES = load_script("admit", libs=["ops", "gcra"])
-_RELEASE = load_script("release", libs=_ALL)
-_RENEW = load_script("renew", libs=_ALL)
+#: Op class -> the Lua library that implements it (lib/<name>.lua).
+_LIBS = {RateOp: "gcra", LeaseOp: "lease", SlotOp: "slot", BreakerOp: "breaker"}
+_SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
+_BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
+
+
+def _script(name: str, ops: Sequence[Op]) -> Script:
+    """``name``.lua with only the libraries its ops need: less Lua set up per call."""
+    kinds = tuple(type(op) for op in ops)
+    script = _SCRIPTS.get((name, kinds))
+    if script is None:
+        needed = {_LIBS[kind] for kind in kinds}
+        libs = tuple(lib for lib in _LIBS.values() if lib in needed)
+        script = _BY_LIBS.get((name, libs))
+        if script is None:
+            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
+        _SCRIPTS[name, kinds] = script
+    return script
+
+
 # Errors that mean "the server is not there": they open the outage breaker.
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -131,8 +154,7 @@ class RedisBackend(Backend):
             return ALLOWED_EMPTY
         keys, args = _encode(ops, release=False)
         args[0:0] = [int(reserve_within * 1_000_000)]
-        rates_only = all(type(op) is RateOp for op in ops)
-        reply = self._run(_ADMIT_RATES if rates_only else _ADMIT, keys, args, "admission")
+        reply = self._run(_script("admit", ops), keys, args, "admission")
         allowed, wait_us, denied, reserved = reply[:4]
         if not allowed:
             return Admission(
@@ -148,13 +170,13 @@ class RedisBackend(Backend):
         if not ops:
             return []
         keys, args = _encode(ops, release=True)
-        return [int(r) for r in self._run(_RELEASE, keys, args, "release")]
+        return [int(r) for r in self._run(_script("release", ops), keys, args, "release")]
 
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
         keys, args = _encode(ops, release=False)
-        return [bool(r) for r in self._run(_RENEW, keys, args, "renewal")]
+        return [bool(r) for r in self._run(_script("renew", ops), keys, args, "renewal")]
 
     def breaker_state(self, op: BreakerOp) -> str:
         with self._call("breaker state"):

@@ -171,10 +171,18 @@ class Semaphore:
     def __repr__(self) -> str:
         return f"<Semaphore {self.name!r} limit={self.limit} on {self.backend!r}>"
 
+    def _spec(self) -> Concurrency:
+        # Rebuilt only when `limit` was changed on the object.
+        spec = self.__dict__.get("_cached_spec")
+        if spec is None or spec.limit != self.limit:
+            spec = self.__dict__["_cached_spec"] = Concurrency(
+                self.limit, ttl=self.ttl, name=self.name
+            )
+        return spec
+
     def try_acquire(self) -> Decision:
         """Take a slot if one is free; the decision carries the lease to release."""
-        spec = Concurrency(self.limit, ttl=self.ttl, name=self.name)
-        op = spec.slot_op(self.backend.keys, None, uuid.uuid4().hex)
+        op = self._spec().slot_op(self.backend.keys, None, uuid.uuid4().hex)
         result = self.backend.admit([op])
         if not result.allowed:
             return Decision(False, retry_after=result.retry_after, key=self.name)

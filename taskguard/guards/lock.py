@@ -227,18 +227,19 @@ class DistributedLock:
         self.ttl = _duration(ttl, "ttl")
         self.renew = renew
         self._held = threading.local()  # what `with lock:` acquired, per thread
+        keys = backend.keys
+        self._keys = (keys.lock(name), keys.fence(name), keys.wakeup(name))
 
     def __repr__(self) -> str:
         return f"<DistributedLock {self.name!r} ttl={self.ttl} on {self.backend!r}>"
 
     def _lease(self) -> LeaseOp:
-        keys = self.backend.keys
         return LeaseOp(
-            keys.lock(self.name),
+            self._keys[0],
             owner=uuid.uuid4().hex,
             ttl=self.ttl,
-            fence_key=keys.fence(self.name),
-            wakeup_key=keys.wakeup(self.name),
+            fence_key=self._keys[1],
+            wakeup_key=self._keys[2],
         )
 
     def try_acquire(self) -> Decision:
