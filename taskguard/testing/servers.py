@@ -301,6 +301,9 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
+                # Out of the terminal's process group: a Ctrl-C reaches the owner, which
+                # stops its users (workers) first and this server last.
+                start_new_session=True,
             )
         self._process = process
         self._proc_finalizer = weakref.finalize(self, _kill, process)
