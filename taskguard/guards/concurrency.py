@@ -23,7 +23,7 @@ from taskguard.units import parse_duration
 
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource
-from .leases import HeldLease, wait_for_lease
+from .leases import HeldLease, LeasedPrimitive
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -142,7 +142,7 @@ class Concurrency(Guard):
         )
 
 
-class Semaphore:
+class Semaphore(LeasedPrimitive):
     """A fleet-wide semaphore outside of Celery: ``taskguard.connect(url).semaphore(...)``.
 
     ``limit`` may be changed on the object at any time; lowering it admits no one new
@@ -166,7 +166,7 @@ class Semaphore:
         self.limit = _limit(limit)
         self.ttl = _seconds(ttl, "ttl")
         self.renew = renew
-        self._held = threading.local()
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.name!r} limit={self.limit} on {self.backend!r}>"
@@ -188,30 +188,16 @@ class Semaphore:
             return Decision(False, retry_after=result.retry_after, key=self.name)
         return Decision(True, key=self.name, lease=HeldLease(self.backend, op, renew=self.renew))
 
-    def acquire(
-        self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
-    ) -> HeldLease:
-        """Take a slot, waiting up to ``timeout`` seconds, woken by releases (no polling).
+    @property
+    def _wakeup_key(self) -> str:
+        return self.backend.keys.slot_wakeup(self.name)
 
-        Raises:
-            ConcurrencyLimitReached: No slot in time.
-        """
-        wakeup = self.backend.keys.slot_wakeup(self.name)
-        held, retry_after = wait_for_lease(
-            self.backend,
-            self.try_acquire,
-            wakeup,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
+    def _refused(self, retry_after: float) -> ConcurrencyLimitReached:
+        return ConcurrencyLimitReached(
+            f"all {self.limit} slots of {self.name!r} are taken",
+            key=self.name,
+            retry_after=retry_after,
         )
-        if held is None:
-            raise ConcurrencyLimitReached(
-                f"all {self.limit} slots of {self.name!r} are taken",
-                key=self.name,
-                retry_after=retry_after,
-            )
-        return held
 
     def run(
         self, func: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
@@ -219,24 +205,6 @@ class Semaphore:
         """Call ``func(*args, **kwargs)`` holding a slot (the seed's ``run(fn)``)."""
         with self.acquire(timeout):
             return func(*args, **kwargs)
-
-    def __enter__(self) -> HeldLease:
-        held = self.acquire()
-        self._held.__dict__.setdefault("stack", []).append(held)
-        return held
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held.stack.pop().release()
-
-    def __call__(self, func: F) -> F:
-        """Use as a decorator: each call holds a slot."""
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.acquire():  # not run(): its `timeout` would take the caller's
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
 
 
 class ConcurrencyControl:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
+import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskguard.backend.ops import LeaseOp, SlotOp
-from taskguard.errors import LockLost
+from taskguard.errors import GuardDenied, LockLost
 from taskguard.units import parse_duration
 
 from .base import Decision
@@ -17,7 +20,9 @@ from .base import Decision
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
 
-__all__ = ["HeldLease", "wait_for_lease"]
+__all__ = ["HeldLease", "LeasedPrimitive", "wait_for_lease"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class HeldLease:
@@ -121,3 +126,73 @@ def wait_for_lease(
         if left <= 0:
             return None, decision.retry_after
         backend.wait_for_wakeup(wakeup_key, min(left, decision.retry_after))
+
+
+class LeasedPrimitive(ABC):
+    """What the standalone lock and semaphore share: waiting, ``with``, decorating.
+
+    Subclasses provide :meth:`try_acquire`, the wake-up list a release pushes to, and the
+    error for "not in time".
+    """
+
+    backend: Backend
+    name: str
+
+    def __init__(self) -> None:
+        self._held = threading.local()  # what `with primitive:` acquired, per thread
+
+    @abstractmethod
+    def try_acquire(self) -> Decision:
+        """Take it if free, without waiting; the decision carries the lease."""
+
+    @property
+    @abstractmethod
+    def _wakeup_key(self) -> str: ...
+
+    @abstractmethod
+    def _refused(self, retry_after: float) -> GuardDenied: ...
+
+    def acquire(
+        self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
+    ) -> HeldLease:
+        """Take it, waiting for it.
+
+        Args:
+            timeout: Seconds to wait (None: as long as it takes). The wait wakes when a
+                holder releases, without polling; an expired holder is noticed at its TTL.
+            retries: Instead of waiting for a release, try this many more times with
+                exponential backoff (``backoff``, doubling, with jitter).
+            backoff: The first backoff pause, in seconds.
+
+        Raises:
+            GuardDenied: Not acquired in time (LockHeld, ConcurrencyLimitReached).
+        """
+        held, retry_after = wait_for_lease(
+            self.backend,
+            self.try_acquire,
+            self._wakeup_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+        )
+        if held is None:
+            raise self._refused(retry_after)
+        return held
+
+    def __enter__(self) -> HeldLease:
+        held = self.acquire()
+        self._held.__dict__.setdefault("stack", []).append(held)
+        return held
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.stack.pop().release()
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: each call runs holding it."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.acquire():
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]

@@ -10,9 +10,7 @@ check the token to make it impossible (see docs/locks.md).
 
 from __future__ import annotations
 
-import functools
 import inspect
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +22,7 @@ from taskguard.units import parse_duration
 
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource
-from .leases import HeldLease, wait_for_lease
+from .leases import HeldLease, LeasedPrimitive
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -208,7 +206,7 @@ class Lock(Guard):
 HeldLock = HeldLease
 
 
-class DistributedLock:
+class DistributedLock(LeasedPrimitive):
     """A named lock outside of Celery. Build with ``taskguard.connect(url).lock(name)``.
 
     Example:
@@ -226,7 +224,7 @@ class DistributedLock:
         self.name = name
         self.ttl = _duration(ttl, "ttl")
         self.renew = renew
-        self._held = threading.local()  # what `with lock:` acquired, per thread
+        super().__init__()
         keys = backend.keys
         self._keys = (keys.lock(name), keys.fence(name), keys.wakeup(name))
 
@@ -251,52 +249,13 @@ class DistributedLock:
         held = HeldLease(self.backend, lease, result.tokens[0], renew=self.renew)
         return Decision(True, key=self.name, token=held.fencing_token, lease=held)
 
-    def acquire(
-        self, timeout: float | None = None, *, retries: int | None = None, backoff: float = 0.05
-    ) -> HeldLease:
-        """Take the lock, waiting for it.
+    @property
+    def _wakeup_key(self) -> str:
+        return self._keys[2]
 
-        Args:
-            timeout: Seconds to wait (None: as long as it takes). The wait wakes when the
-                holder releases, without polling; an expired holder is noticed at its TTL.
-            retries: Instead of waiting for a release, try this many more times with
-                exponential backoff (``backoff``, doubling, with jitter).
-            backoff: The first backoff pause, in seconds.
-
-        Raises:
-            LockHeld: Not acquired in time.
-        """
-        wakeup = self.backend.keys.wakeup(self.name)
-        held, retry_after = wait_for_lease(
-            self.backend,
-            self.try_acquire,
-            wakeup,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-        )
-        if held is None:
-            raise LockHeld(f"lock {self.name!r} is held", key=self.name, retry_after=retry_after)
-        return held
+    def _refused(self, retry_after: float) -> LockHeld:
+        return LockHeld(f"lock {self.name!r} is held", key=self.name, retry_after=retry_after)
 
     def locked(self) -> bool:
         """True while someone holds the lock."""
-        return self.backend.owner(self.backend.keys.lock(self.name)) is not None
-
-    def __enter__(self) -> HeldLease:
-        held = self.acquire()
-        self._held.__dict__.setdefault("stack", []).append(held)
-        return held
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held.stack.pop().release()
-
-    def __call__(self, func: F) -> F:
-        """Use as a decorator: each call runs holding the lock."""
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.acquire():
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        return self.backend.owner(self._keys[0]) is not None
