@@ -26,22 +26,6 @@ SIGNALS = ("lock_conflict", "lease_lost", "task_deferred", "guard_denied", "guar
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def backend(clock: FakeClock) -> taskguard.MemoryBackend:
-    return taskguard.MemoryBackend(clock=clock)
-
-
-@pytest.fixture
-def app(backend: taskguard.MemoryBackend) -> Iterator[Celery]:
-    with celery_app(backend) as app:
-        yield app
-
-
-@pytest.fixture
 def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     with recorded(*SIGNALS) as seen:
         yield seen
