@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,11 +45,13 @@ class Fleet:
         }
 
     def worker(self, concurrency: int = 2) -> WorkerProcess:
-        return WorkerProcess(self.app, concurrency=concurrency, env=self.env(), cwd=ROOT)
+        """A worker of this fleet (not started); stopped and cleaned up with the fleet."""
+        worker = WorkerProcess(self.app, concurrency=concurrency, env=self.env(), cwd=ROOT)
+        self.workers.append(worker)
+        return worker
 
     def start(self, count: int, concurrency: int = 2) -> Fleet:
         started = [self.worker(concurrency).start(wait=False) for _ in range(count)]
-        self.workers += started
         for worker in started:
             worker.wait_ready(60)
         return self
@@ -56,6 +59,7 @@ class Fleet:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+            shutil.rmtree(worker.logfile.parent, ignore_errors=True)
 
     @functools.cached_property
     def celery(self) -> Celery:
