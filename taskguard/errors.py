@@ -12,7 +12,10 @@ Callers catch one thing, :class:`TaskGuardError`, or a branch of the tree::
     │   └── CircuitOpen
     ├── LockLost                    a lease expired or was taken over before its release
     ├── AlreadyQueued               publish-time uniqueness found the same work queued
-    └── DeferralExhausted           a task was deferred too often or for too long
+    ├── DeferralExhausted           a task was deferred too often or for too long
+    ├── WriteBehindFull             the write-behind queue is at capacity (policy "raise")
+    └── StoreError                  the database (store) failed; ``transient`` says if a
+                                    retry may succeed
 
 Driver errors are wrapped with ``raise ... from exc`` so the original is kept as ``__cause__``.
 """
@@ -30,7 +33,9 @@ __all__ = [
     "LockHeld",
     "LockLost",
     "RateLimited",
+    "StoreError",
     "TaskGuardError",
+    "WriteBehindFull",
 ]
 
 
@@ -161,4 +166,34 @@ class DeferralExhausted(TaskGuardError):
         self.task_id = task_id
         self.deferrals = deferrals
         self.age = age
+        super().__init__(message)
+
+
+class WriteBehindFull(TaskGuardError):
+    """A write-behind write found its queue at capacity and the policy is ``"raise"``.
+
+    Nothing was written: neither the cache nor the queue changed.
+
+    Attributes:
+        namespace: The cache namespace.
+        backlog: Records queued in the key's partition when the write was refused.
+    """
+
+    def __init__(self, message: str, *, namespace: str, backlog: int):
+        self.namespace = namespace
+        self.backlog = backlog
+        super().__init__(message)
+
+
+class StoreError(TaskGuardError):
+    """A store (database) operation failed.
+
+    Attributes:
+        transient: True for errors a retry may cure (connection lost, server restarting,
+            serialization failure); False for errors in the data (a constraint violated),
+            which the drain pool dead-letters instead of retrying.
+    """
+
+    def __init__(self, message: str, *, transient: bool):
+        self.transient = transient
         super().__init__(message)

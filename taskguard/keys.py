@@ -81,6 +81,43 @@ class KeySchema:
         """The publish-time uniqueness claim of task ``name`` for ``key``."""
         return self._named("uniq", name, key)
 
+    # ------------------------------------------------------------------ cache
+    # A cache namespace is split into partitions (crc32(key) mod P). Each partition has
+    # its own hash tag, so a write-behind write (value + stream entry + dirty mark) is one
+    # script call on Cluster, and partitions spread over the cluster's slots. Cache keys
+    # are user data and are kept verbatim: only the first {...} of a name is its hash tag.
+
+    def _cache_head(self, namespace: str, partition: int) -> str:
+        return f"{self.prefix}:{{{_clean(self.tag or self.prefix)}:c:{namespace}:{partition}}}"
+
+    def cache_value(self, namespace: str, partition: int, key: str) -> str:
+        """The cached value of ``key`` in ``namespace`` (a string with a TTL)."""
+        return f"{self._cache_head(namespace, partition)}:v:{key}"
+
+    def cache_flight(self, namespace: str, partition: int, key: str) -> str:
+        """The single-flight lock of a cache-aside load of ``key``."""
+        return f"{self._cache_head(namespace, partition)}:f:{key}"
+
+    def cache_stream(self, namespace: str, partition: int) -> str:
+        """The write-behind stream of one partition (entries: see ``cache/records.py``)."""
+        return f"{self._cache_head(namespace, partition)}:wb"
+
+    def cache_dirty(self, namespace: str, partition: int) -> str:
+        """The dirty index of one partition: key -> stream id of its newest queued write."""
+        return f"{self._cache_head(namespace, partition)}:dirty"
+
+    def drain_lease(self, namespace: str, partition: int) -> str:
+        """The lease naming the one drain consumer of a partition."""
+        return f"{self._cache_head(namespace, partition)}:lease"
+
+    def dead_letters(self, namespace: str) -> str:
+        """The dead-letter stream of ``namespace``'s write-behind records."""
+        return f"{self._head}:dlq:{namespace}"
+
+    def write_behind_namespaces(self) -> str:
+        """A hash of every write-behind namespace: name -> partition count."""
+        return f"{self._head}:wbns"
+
     def _named(self, kind: str, name: str, key: str | None) -> str:
         base = f"{self._head}:{kind}:{_clean(name)}"
         return f"{base}:{_clean(key)}" if key else base

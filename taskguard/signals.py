@@ -18,7 +18,10 @@ from celery.utils.dispatch import Signal
 
 __all__ = [
     "circuit_state_changed",
+    "dead_lettered",
     "deferral_exhausted",
+    "drain_batch_failed",
+    "drain_batch_written",
     "duplicate_rejected",
     "guard_acquired",
     "guard_denied",
@@ -28,6 +31,7 @@ __all__ = [
     "slot_acquired",
     "slot_denied",
     "task_deferred",
+    "writebehind_backpressure",
 ]
 
 #: All of a task's guards admitted it. Args: ``task_id``, ``guards``, ``degraded``.
@@ -72,3 +76,20 @@ slot_denied = Signal(name="slot_denied")
 #: ``name``, ``old``, ``new`` (``closed``, ``open``, ``half_open``), ``reason``,
 #: ``task_id`` (the task whose outcome made it, if any). ``sender`` is None.
 circuit_state_changed = Signal(name="circuit_state_changed")
+
+#: The drain pool committed a batch to the store. Args: ``namespace``, ``partition``,
+#: ``records`` (stream entries acked), ``rows`` (rows written after coalescing),
+#: ``duration`` (seconds). ``sender`` is the pool.
+drain_batch_written = Signal(name="drain_batch_written")
+
+#: A batch could not be written. Args: ``namespace``, ``partition``, ``records``,
+#: ``error`` (the exception), ``transient`` (True: it will be retried after a backoff).
+drain_batch_failed = Signal(name="drain_batch_failed")
+
+#: Write-behind records were moved to the dead-letter stream. Args: ``namespace``,
+#: ``keys``, ``error`` (text), ``attempts``.
+dead_lettered = Signal(name="dead_lettered")
+
+#: A write-behind write met a full queue. Args: ``namespace``, ``key``, ``backlog``,
+#: ``policy`` (``write_through``, ``raise`` or ``block``).
+writebehind_backpressure = Signal(name="writebehind_backpressure")

@@ -1,0 +1,1 @@
+"""Cache service and strategies; the write-behind queue (see docs/caching.md)."""

@@ -1,0 +1,1 @@
+"""The drain pool: moves write-behind records from Redis into a store."""

@@ -1,0 +1,82 @@
+"""The store protocol: where the cache's values live for good (a database).
+
+A store keeps one row per (namespace, key) with the value, its version and a deleted
+flag. Every write is a *versioned upsert*: a row is replaced only by a record with a higher
+version, and a delete is a tombstone (``deleted=True``) that also carries a version. So
+writing the same records twice, or an old record after a new one, leaves the same final
+state: the drain pool's at-least-once delivery becomes an exact final state.
+
+Versions are integers that order writes to one key. Write-behind records take theirs from
+the Redis stream id (:func:`taskguard.cache.records.version_of`); direct writes take
+:func:`taskguard.cache.records.local_version`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Loaded", "Record", "Store"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One write for a store.
+
+    Attributes:
+        key: The cache key (unique within a namespace).
+        value: A JSON-serializable value; ``None`` for a delete.
+        version: Orders writes to ``key``; a higher version wins.
+        deleted: True for a tombstone (the key was deleted).
+    """
+
+    key: str
+    value: Any
+    version: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A row read back from a store.
+
+    Attributes:
+        value: The stored value (``None`` when ``deleted``).
+        version: The version that wrote it.
+        deleted: True when the newest write was a delete (a tombstone).
+    """
+
+    value: Any
+    version: int
+    deleted: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the cache and the drain pool need from a database.
+
+    Implementations: :class:`taskguard.sinks.sql.SQLStore` (PostgreSQL, SQLite).
+    Every method may raise :class:`taskguard.errors.StoreError`; its ``transient`` flag
+    tells the drain pool whether to retry the batch or bisect it for poison records.
+    """
+
+    def write(self, namespace: str, records: Sequence[Record]) -> None:
+        """Apply ``records`` in ONE transaction, each as a versioned upsert.
+
+        ``records`` has at most one record per key (the caller coalesces). Records whose
+        version is not higher than the stored row's are skipped, not errors.
+        """
+        ...
+
+    def load(self, namespace: str, key: str) -> Loaded | None:
+        """The row of ``key``, a tombstone included; ``None`` if never written."""
+        ...
+
+    def load_many(self, namespace: str, keys: Sequence[str]) -> Mapping[str, Loaded]:
+        """The rows of ``keys`` that exist (tombstones included), by key."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
