@@ -11,7 +11,10 @@ the fields:
 ``d``
     ``"1"`` for a delete (absent otherwise);
 ``c``
-    the codec the value was encoded with (``"json"`` or ``"msgpack"``).
+    the codec the value was encoded with (``"json"`` or ``"msgpack"``);
+``V``
+    an explicit version (absent normally; set when a dead letter is re-queued, so the
+    record keeps the version of the original write and cannot overwrite a newer one).
 
 The entry's stream id ``<ms>-<seq>`` is the write's version: ``ms * 1_000_000 + seq``
 (:func:`version_of`), an integer that orders every write of a partition and fits a 64-bit
@@ -80,10 +83,13 @@ class QueuedWrite:
     payload: bytes | None
     codec: str
     deleted: bool
+    explicit_version: int | None = None
 
     @property
     def version(self) -> int:
-        """The write's version (see :func:`version_of`)."""
+        """The write's version: ``explicit_version`` or the stream id's (:func:`version_of`)."""
+        if self.explicit_version is not None:
+            return self.explicit_version
         return version_of(self.stream_id)
 
     @classmethod
@@ -91,10 +97,12 @@ class QueuedWrite:
         """Decode an entry as XREADGROUP / XRANGE return it (bytes, not decoded)."""
         sid = stream_id.decode("ascii") if isinstance(stream_id, bytes) else stream_id
         deleted = fields.get(b"d") == b"1"
+        explicit = fields.get(b"V")
         return cls(
             stream_id=sid,
             key=fields[b"k"].decode("utf-8"),
             payload=None if deleted else fields.get(b"v"),
             codec=fields.get(b"c", b"json").decode("ascii"),
             deleted=deleted,
+            explicit_version=int(explicit) if explicit is not None else None,
         )
