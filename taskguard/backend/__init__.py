@@ -17,14 +17,17 @@ __all__ = ["Admission", "Backend", "MemoryBackend", "Op", "RateOp", "RedisBacken
 DEFAULT_URL = "redis://localhost:6379/0"
 
 
-def connect(url: str | Backend | None = None, *, prefix: str = "tg", **options: Any) -> Backend:
+def connect(
+    url: str | Backend | None = None, *, prefix: str | None = None, **options: Any
+) -> Backend:
     """Return a backend for ``url``.
 
     Args:
         url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
             process-local backend; an existing :class:`Backend` is returned as is. Defaults
             to ``$TASKGUARD_REDIS_URL``, then ``redis://localhost:6379/0``.
-        prefix: Key prefix for every key this backend writes.
+        prefix: Key prefix for every key this backend writes. Defaults to
+            ``$TASKGUARD_PREFIX``, then ``"tg"``.
         **options: Passed to :class:`RedisBackend` (``socket_timeout``, ``redis_options``...).
 
     Example:
@@ -36,7 +39,7 @@ def connect(url: str | Backend | None = None, *, prefix: str = "tg", **options: 
     if isinstance(url, Backend):
         return url
     url = url or os.environ.get("TASKGUARD_REDIS_URL") or DEFAULT_URL
-    keys = KeySchema(prefix=prefix)
+    keys = KeySchema(prefix=prefix or os.environ.get("TASKGUARD_PREFIX") or "tg")
     if url.startswith("memory://"):
         return MemoryBackend(keys=keys, **options)
     if url.split("://", 1)[0] in ("redis", "rediss", "unix"):

@@ -10,6 +10,10 @@ The convention for code blocks in the documentation
   ``taskguard`` ``redis_url: "memory://"``, and ``taskguard.clock.FakeClock`` instead of
   sleeping. Use ``assert`` to state what the example shows; ``print`` is fine too.
   A ``title="..."`` after the language is allowed (``python title="proj/tasks.py"``).
+* A ``python needs-redis`` fence is executed too, against the test Redis: the
+  ``TASKGUARD_REDIS_URL`` and ``TASKGUARD_PREFIX`` environment variables point
+  ``taskguard.connect()`` at it under a unique key prefix (deleted afterwards), and the block
+  runs in a temporary working directory, so ``sqlite:///example.db`` leaves nothing behind.
 * A fence whose language is ``py`` is Python that is **shown, not run**: it needs a real
   Redis, a running worker, a Django project, or is a fragment. Pygments highlights both.
 * Other languages are never run: ``bash``/``console`` for commands, ``text`` for output,
@@ -54,6 +58,7 @@ class Block:
     line: int  # 1-based line of the opening fence
     language: str
     source: str
+    needs_redis: bool = False
 
     @property
     def id(self) -> str:
@@ -100,6 +105,7 @@ def iter_blocks(path: Path) -> Iterator[Block]:
             line=start + 1,
             language=_language(opening.group("info")),
             source=textwrap.dedent("\n".join(body)) + "\n",
+            needs_redis="needs-redis" in opening.group("info").split(),
         )
 
 
@@ -137,7 +143,14 @@ def isolated() -> Iterator[None]:
 
 @pytest.mark.usefixtures("isolated")
 @pytest.mark.parametrize("block", RUNNABLE, ids=[block.id for block in RUNNABLE])
-def test_example_runs(block: Block) -> None:
+def test_example_runs(
+    block: Block, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if block.needs_redis:
+        # Looked up lazily, so in-process examples never start a server.
+        monkeypatch.setenv("TASKGUARD_REDIS_URL", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("TASKGUARD_PREFIX", request.getfixturevalue("tg_prefix"))
+        monkeypatch.chdir(request.getfixturevalue("tmp_path"))
     namespace: dict[str, object] = {"__name__": "__main__"}
     code = compile(block.source, block.id, "exec")
     try:
