@@ -142,11 +142,17 @@ class Backend(ABC):
 
         return DistributedLock(self, name, ttl=ttl, renew=renew)
 
-    def circuit_breaker(self, name: str, **options: Any) -> Breaker:
+    def circuit_breaker(
+        self, name: str, *, hot_path: bool = False, flush_interval: float = 0.05, **options: Any
+    ) -> Breaker:
         """Build a fleet-wide circuit breaker named ``name``.
 
         Args:
             name: The breaker; every process using this name shares its state.
+            hot_path: Let ``call()`` decide from a state kept in the process while closed and
+                flush the outcomes in batches (no round trip per call; a trip lags by up
+                to one ``flush_interval``). See docs/breakers.md, "Hot-path mode".
+            flush_interval: Seconds between two flushes in hot-path mode (at most 1).
             **options: The :class:`~taskguard.CircuitBreaker` options (``failure_rate``,
                 ``window``, ``open_for``, ``half_open_probes``...).
 
@@ -158,7 +164,12 @@ class Backend(ABC):
         """
         from taskguard.guards.breaker import Breaker, CircuitBreaker
 
-        return Breaker(self, CircuitBreaker(name, **options))
+        spec = CircuitBreaker(name, **options)
+        if hot_path:
+            from taskguard.guards.breaker_hotpath import hot_path_breaker
+
+            return hot_path_breaker(self, spec, flush_interval)
+        return Breaker(self, spec)
 
     def semaphore(
         self, name: str, *, limit: int, ttl: float = 60.0, renew: bool = True

@@ -16,6 +16,7 @@ Op keys: 1. the state hash  2. the window (list or hash)  3. the probes' sorted 
 State hash fields: state (closed | open | half_open), until (ms, end of open), opens
   (consecutive opens, for growth), ok (probe successes), consec (consecutive failures),
   forced ("" | open | disabled), wc/wf/ws (count window: calls, failures, slow).
+  flushed (calls folded in by hot-path flushes, in total: see breaker.flush).
 An open breaker whose time is up is half-open: the first probe admitted stores it.
 commit returns 0 (an ordinary call), 1 (a half-open probe) or 2 (a probe that moved the
   breaker from open to half-open). release returns the transition it made: 0 none,
@@ -121,12 +122,13 @@ local function record_count(op, code, failed, slow)
   return tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0')
 end
 
-local function record_time(op, ms, failed, slow)
+-- Adds n calls, nf failures and ns slow calls to the current second's bucket.
+local function record_time(op, ms, n, nf, ns)
   local window = op.keys[2]
   local sec = math.floor(ms / 1000)
-  redis.call('HINCRBY', window, sec .. ':c', 1)
-  if failed then redis.call('HINCRBY', window, sec .. ':f', 1) end
-  if slow then redis.call('HINCRBY', window, sec .. ':s', 1) end
+  redis.call('HINCRBY', window, sec .. ':c', n)
+  if nf > 0 then redis.call('HINCRBY', window, sec .. ':f', nf) end
+  if ns > 0 then redis.call('HINCRBY', window, sec .. ':s', ns) end
   redis.call('PEXPIRE', window, (op.wsize + 1) * 1000)
   local calls, failures, slows = 0, 0, 0
   local all = redis.call('HGETALL', window)
@@ -140,6 +142,16 @@ local function record_time(op, ms, failed, slow)
     else slows = slows + n end
   end
   return calls, failures, slows
+end
+
+local function tripped(op, ms, consec, calls, failures, slows)
+  if op.consecutive > 0 and consec >= op.consecutive then return trip(op, ms, 'closed') end
+  if calls >= op.min_calls and calls > 0 then
+    if failures / calls >= op.failure_rate or slows / calls >= op.slow_rate then
+      return trip(op, ms, 'closed')
+    end
+  end
+  return 0
 end
 
 local function record(op, ms, state, probe, code)
@@ -163,17 +175,11 @@ local function record(op, ms, state, probe, code)
   else redis.call('HSET', op.key, 'consec', 0) end
   local calls, failures, slows
   if op.wtype == 'time' then
-    calls, failures, slows = record_time(op, ms, failed, slow)
+    calls, failures, slows = record_time(op, ms, 1, failed and 1 or 0, slow and 1 or 0)
   else
     calls, failures, slows = record_count(op, code, failed, slow)
   end
-  if op.consecutive > 0 and consec >= op.consecutive then return trip(op, ms, 'closed') end
-  if calls >= op.min_calls and calls > 0 then
-    if failures / calls >= op.failure_rate or slows / calls >= op.slow_rate then
-      return trip(op, ms, 'closed')
-    end
-  end
-  return 0
+  return tripped(op, ms, consec, calls, failures, slows)
 end
 
 function breaker.release(op)
@@ -186,6 +192,55 @@ function breaker.release(op)
   local result = record(op, ms, state, probe, op.mode)
   touch(op)  -- after the writes, so a breaker's first record has its TTL too
   return result
+end
+
+--[[ flush: fold one process's aggregated outcomes into a closed breaker (hot-path mode).
+  c: ARGV of breaker_flush.lua, read by the script: calls, failures, slow calls, the
+  batch's trailing failures, 1 if every call of the batch failed, the codes of its last
+  (at most window) calls in order, the channel to announce a trip on, the breaker's name.
+  Counts are folded only while closed and not forced (as a release would: outcomes of calls
+  admitted before a trip are not counted); the window is evaluated once, after the fold.
+  Returns {transition (0 or 1), effective state, ms left open, calls flushed in total}. ]]
+function breaker.flush(op, c)
+  local ms = math.floor(server_time_us() / 1000)
+  local state, _, forced = load(op, ms)
+  local result = 0
+  if c.calls > 0 then
+    redis.call('HINCRBY', op.key, 'flushed', c.calls)
+    if forced == '' and state == 'closed' then
+      local consec
+      if c.all_failed then consec = redis.call('HINCRBY', op.key, 'consec', c.failures)
+      else
+        consec = c.tail
+        redis.call('HSET', op.key, 'consec', consec)
+      end
+      local calls, failures, slows = 0, 0, 0
+      if op.wtype == 'time' then
+        calls, failures, slows = record_time(op, ms, c.calls, c.failures, c.slows)
+      else
+        for j = 1, #c.codes do
+          local code = string.sub(c.codes, j, j)
+          calls, failures, slows = record_count(op, code, code == 'f' or code == 'F',
+                                                code == 'S' or code == 'F')
+        end
+      end
+      result = tripped(op, ms, consec, calls, failures, slows)
+    end
+    touch(op)
+  end
+  local f = redis.call('HMGET', op.key, 'state', 'until', 'forced', 'flushed')
+  local now_state, until_ms = f[1] or 'closed', tonumber(f[2] or '0')
+  local left = 0
+  if f[3] == 'open' then now_state = 'forced_open'
+  elseif f[3] == 'disabled' then now_state = 'disabled'
+  elseif now_state == 'open' then
+    left = until_ms - ms
+    if left <= 0 then now_state, left = 'half_open', 0 end
+  end
+  if result == 1 then
+    redis.call('PUBLISH', c.channel, c.name .. '|open|' .. left)
+  end
+  return {result, now_state, left, tonumber(f[4] or '0')}
 end
 
 function breaker.renew(op)
