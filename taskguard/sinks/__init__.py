@@ -1,7 +1,32 @@
-"""Stores (sinks): where cached values are persisted. See :mod:`taskguard.sinks.base`."""
+"""Stores (sinks): where cached values are persisted. See :mod:`taskguard.sinks.base`.
+
+:class:`SQLStore` and :class:`TableMapping` (:mod:`taskguard.sinks.sql`) need SQLAlchemy
+(``pip install 'celery-taskguard[sql]'``, plus ``[postgres]`` for PostgreSQL); they are
+imported on first use, so ``import taskguard.sinks`` works without it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import Loaded, Record, Store
 
-__all__ = ["Loaded", "Record", "Store"]
+if TYPE_CHECKING:
+    from .sql import SQLStore, TableMapping
+
+__all__ = ["Loaded", "Record", "SQLStore", "Store", "TableMapping"]
+
+_LAZY = {"SQLStore", "TableMapping"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        try:
+            from . import sql
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                f"taskguard.sinks.{name} needs SQLAlchemy: pip install 'celery-taskguard[sql]' "
+                "(and '[postgres]' for PostgreSQL)"
+            ) from exc
+        return getattr(sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
