@@ -15,6 +15,9 @@ from taskguard.keys import KeySchema
 from .ops import Admission, BreakerOp, Held, Op
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from taskguard.cache import CacheService, Sessions
     from taskguard.guards.breaker import Breaker
     from taskguard.guards.concurrency import Semaphore
     from taskguard.guards.keying import KeySource
@@ -191,6 +194,65 @@ class Backend(ABC):
         from taskguard.guards.concurrency import Semaphore
 
         return Semaphore(self, name, limit=limit, ttl=ttl, renew=renew)
+
+    def cache(
+        self,
+        namespace: str,
+        *,
+        ttl: float | timedelta,
+        strategy: str = "cache-aside",
+        store: Any = None,
+        **options: Any,
+    ) -> CacheService:
+        """Build a cache for ``namespace`` (needs Redis; see docs/caching.md).
+
+        Args:
+            namespace: The namespace, ``[A-Za-z0-9_.-]+``.
+            ttl: Seconds (or a timedelta) a cached copy lives. Mandatory.
+            strategy: ``"cache-aside"``, ``"write-through"``, ``"write-around"`` or
+                ``"write-behind"``.
+            store: The database (a :class:`taskguard.sinks.Store`); the write strategies
+                need one.
+            **options: The other :class:`~taskguard.cache.CacheService` options
+                (``partitions``, ``codec``, ``jitter``, ``negative_ttl``, ``capacity``,
+                ``on_full``, ``block_timeout``, ``early_refresh``...).
+
+        Raises:
+            ConfigurationError: An invalid option, or a backend that is not Redis.
+
+        Example:
+            >>> import taskguard
+            >>> users = taskguard.connect().cache("users", ttl=300)  # doctest: +SKIP
+            >>> users.get_or_load("42", lambda: {"name": "Ada"})  # doctest: +SKIP
+            {'name': 'Ada'}
+        """
+        from taskguard.cache import CacheService
+
+        return CacheService(self, namespace, ttl=ttl, strategy=strategy, store=store, **options)
+
+    def sessions(
+        self,
+        *,
+        ttl: float | timedelta,
+        namespace: str = "sessions",
+        store: Any = None,
+        codec: str = "json",
+    ) -> Sessions:
+        """Build a session store with sliding expiry (needs Redis; see docs/caching.md).
+
+        Args:
+            ttl: Seconds (or a timedelta) a session lives after its last use.
+            namespace: Keeps these sessions apart from others.
+            store: Optional durable copy (a :class:`taskguard.sinks.Store`).
+            codec: ``"json"`` or ``"msgpack"``.
+
+        Example:
+            >>> sessions = taskguard.connect().sessions(ttl=1800)  # doctest: +SKIP
+            >>> sid = sessions.new({"user": 42})  # doctest: +SKIP
+        """
+        from taskguard.cache import Sessions
+
+        return Sessions(self, ttl=ttl, namespace=namespace, store=store, codec=codec)
 
     def rate_limiter(
         self,

@@ -1,1 +1,10 @@
 """Cache service and strategies; the write-behind queue (see docs/caching.md)."""
+
+from __future__ import annotations
+
+from .config import ON_FULL, STRATEGIES
+from .service import CacheService
+from .sessions import Sessions
+from .xfetch import should_refresh_early
+
+__all__ = ["ON_FULL", "STRATEGIES", "CacheService", "Sessions", "should_refresh_early"]

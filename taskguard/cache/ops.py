@@ -1,0 +1,315 @@
+"""The Redis side of one cache namespace: its keys and its script calls.
+
+Every call goes through the backend's error wrapping, so a Redis failure surfaces as
+:class:`~taskguard.errors.BackendUnavailable` and feeds the backend's outage breaker.
+Batches are pipelined: one round trip for many keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from taskguard.backend.lua import Script, load_script
+from taskguard.errors import ConfigurationError
+
+from .codec import Codec, get_codec
+from .entry import decode
+from .records import partition_of
+
+if TYPE_CHECKING:
+    from taskguard.backend.redis import RedisBackend
+
+__all__ = ["CacheOps", "Lookup", "WriteReply"]
+
+_READ = load_script("cache_read")
+_FILL = load_script("cache_fill")
+_FLIGHT = load_script("cache_flight")
+_WB_WRITE = load_script("cache_wb_write")
+_WB_SETTLE = load_script("cache_wb_settle")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What Redis knows about a key.
+
+    Attributes:
+        kind: ``"cached"`` (a cached copy), ``"queued"`` (no copy, but the newest write is
+            still in the write-behind queue) or ``"miss"``.
+        found: True when there is a value (False for a negative entry, a queued delete
+            and a miss).
+        value: The value when ``found``.
+        delta: Seconds the cached copy's load took (for early refresh).
+        remaining: Seconds the cached copy has left to live.
+    """
+
+    kind: str
+    found: bool = False
+    value: Any = None
+    delta: float = 0.0
+    remaining: float = 0.0
+
+
+MISS = Lookup("miss")
+
+
+@dataclass(frozen=True)
+class WriteReply:
+    """The write-behind script's answer.
+
+    Attributes:
+        queued: True when the write was queued.
+        stream_id: The queued entry's id (its version).
+        backlog: The partition's queue length when the write was refused.
+        dirty_id: The key's newest queued write when the write was refused ("" = none).
+    """
+
+    queued: bool
+    stream_id: str = ""
+    backlog: int = 0
+    dirty_id: str = ""
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CacheOps:
+    """Keys and script calls of namespace ``namespace`` on a Redis backend.
+
+    Args:
+        backend: The Redis backend.
+        namespace: The cache namespace.
+        partitions: Partition count: a key's keys carry its partition's hash tag.
+        codec: The codec of cached copies.
+        queued: True for write-behind: reads consult the queue, fills the dirty index.
+    """
+
+    def __init__(
+        self, backend: RedisBackend, namespace: str, partitions: int, codec: Codec, *, queued: bool
+    ) -> None:
+        self.backend = backend
+        self.namespace = namespace
+        self.partitions = partitions
+        self.codec = codec
+        self.queued = queued
+
+    # ------------------------------------------------------------------ keys
+
+    def value_key(self, key: str) -> str:
+        """The key holding ``key``'s cached copy."""
+        return self.backend.keys.cache_value(self.namespace, self._partition(key), key)
+
+    def _partition(self, key: str) -> int:
+        return partition_of(key, self.partitions)
+
+    def _read_keys(self, key: str) -> list[str]:
+        p, keys = self._partition(key), self.backend.keys
+        value = keys.cache_value(self.namespace, p, key)
+        if not self.queued:
+            return [value]
+        return [value, keys.cache_dirty(self.namespace, p), keys.cache_stream(self.namespace, p)]
+
+    def _fill_keys(self, key: str) -> list[str]:
+        p, keys = self._partition(key), self.backend.keys
+        return [
+            keys.cache_value(self.namespace, p, key),
+            keys.cache_dirty(self.namespace, p),
+            keys.cache_flight(self.namespace, p, key),
+        ]
+
+    def _queue_keys(self, key: str) -> list[str]:
+        p, keys = self._partition(key), self.backend.keys
+        return [
+            keys.cache_value(self.namespace, p, key),
+            keys.cache_stream(self.namespace, p),
+            keys.cache_dirty(self.namespace, p),
+        ]
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, key: str) -> Lookup:
+        """Look ``key`` up: its cached copy, else (write-behind) its queued write."""
+        reply = self.backend._run(_READ, self._read_keys(key), [key], "cache read")
+        return self._lookup(reply)
+
+    def read_many(self, keys: Sequence[str]) -> list[Lookup]:
+        """:meth:`read` for each of ``keys``, pipelined."""
+        calls = [(self._read_keys(key), [key]) for key in keys]
+        return [self._lookup(r) for r in self._pipelined(_READ, calls, "cache read_many")]
+
+    def _lookup(self, reply: list[Any]) -> Lookup:
+        kind = int(reply[0])
+        if kind == 1:
+            cached = decode(self.codec, reply[1])
+            return Lookup(
+                "cached",
+                found=not cached.negative,
+                value=cached.value,
+                delta=cached.delta,
+                remaining=max(int(reply[2]), 0) / 1000,
+            )
+        if kind == 2:
+            if int(reply[2]) or reply[1] is None:
+                return Lookup("queued")
+            return Lookup("queued", found=True, value=get_codec(_text(reply[3])).loads(reply[1]))
+        return MISS
+
+    # ------------------------------------------------------------------ writes
+
+    def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """SET each ``(key, cached copy, ttl_ms)``, pipelined."""
+        if not items:
+            return
+        with self.backend._call("cache SET"):
+            pipe = self.backend.client.pipeline(transaction=False)
+            for key, cached, ttl_ms in items:
+                pipe.set(self.value_key(key), cached, px=ttl_ms)
+            pipe.execute()
+
+    def invalidate_many(self, keys: Sequence[str]) -> None:
+        """DEL the cached copies of ``keys``."""
+        if not keys:
+            return
+        with self.backend._call("cache DEL"):
+            pipe = self.backend.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(self.value_key(key))
+            pipe.execute()
+
+    def fill(
+        self, key: str, cached: bytes, ttl_ms: int, *, only_if_absent: bool, token: str = ""
+    ) -> bool:
+        """Cache a loaded copy (``b""``: none) and release our flight lock ``token``.
+
+        With ``only_if_absent`` an existing copy is kept; in a write-behind namespace
+        nothing is stored while a write of the key is queued.
+        """
+        args = [key, cached, ttl_ms, int(only_if_absent), int(self.queued), token]
+        return bool(self.backend._run(_FILL, self._fill_keys(key), args, "cache fill"))
+
+    def fill_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """:meth:`fill` each ``(key, cached copy, ttl_ms)`` only if absent, pipelined."""
+        calls = [
+            (self._fill_keys(key), [key, cached, ttl_ms, 1, int(self.queued), ""])
+            for key, cached, ttl_ms in items
+        ]
+        if calls:
+            self._pipelined(_FILL, calls, "cache fill_many")
+
+    def try_flight(
+        self, key: str, token: str, ttl_ms: int, *, force: bool = False
+    ) -> tuple[bool, Lookup]:
+        """Take ``key``'s single-flight lock unless a copy is cached (``force``: anyway).
+
+        Returns:
+            ``(True, MISS)`` when the lock is ours; ``(False, lookup)`` otherwise, with the
+            cached copy if there is one (a ``"miss"`` lookup while another caller loads).
+        """
+        keys = self._fill_keys(key)
+        reply = self.backend._run(
+            _FLIGHT, [keys[0], keys[2]], [token, ttl_ms, int(force)], "cache flight"
+        )
+        if int(reply[0]) == 1:
+            return True, MISS
+        if reply[1] is None:
+            return False, MISS
+        return False, self._lookup([1, reply[1], reply[2]])
+
+    def queue_write(
+        self,
+        key: str,
+        payload: bytes | None,
+        *,
+        ttl_ms: int,
+        header: bytes,
+        capacity: int,
+    ) -> WriteReply:
+        """Queue a write-behind set (``payload=None``: a delete) in one script call."""
+        args = self._queue_args(key, payload, ttl_ms, header, capacity)
+        reply = self.backend._run(_WB_WRITE, self._queue_keys(key), args, "write-behind write")
+        return self._write_reply(reply)
+
+    def queue_writes(
+        self,
+        items: Sequence[tuple[str, bytes | None, int]],
+        *,
+        header: bytes,
+        capacity: int,
+    ) -> list[WriteReply]:
+        """:meth:`queue_write` each ``(key, payload, ttl_ms)``, pipelined (not atomically)."""
+        calls = [
+            (self._queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
+            for key, payload, ttl_ms in items
+        ]
+        return [self._write_reply(r) for r in self._pipelined(_WB_WRITE, calls, "write-behind")]
+
+    def _queue_args(
+        self, key: str, payload: bytes | None, ttl_ms: int, header: bytes, capacity: int
+    ) -> list[Any]:
+        deleted = payload is None
+        return [key, self.codec.name, capacity, int(deleted), ttl_ms, header, payload or b""]
+
+    @staticmethod
+    def _write_reply(reply: list[Any]) -> WriteReply:
+        if int(reply[0]) == 1:
+            return WriteReply(True, stream_id=_text(reply[1]))
+        return WriteReply(False, backlog=int(reply[1]), dirty_id=_text(reply[2]))
+
+    def settle(self, key: str, seen_id: str) -> bool:
+        """After a direct store write: drop the copy and the dirty mark if still ``seen_id``."""
+        keys = self._queue_keys(key)
+        return bool(
+            self.backend._run(_WB_SETTLE, [keys[0], keys[2]], [key, seen_id], "write-behind settle")
+        )
+
+    def register(self) -> int:
+        """Record this write-behind namespace (HSETNX); the partition count on record."""
+        where = self.backend.keys.write_behind_namespaces()
+        with self.backend._call("write-behind registration"):
+            pipe = self.backend.client.pipeline(transaction=False)
+            pipe.hsetnx(where, self.namespace, self.partitions)
+            pipe.hget(where, self.namespace)
+            _, recorded = pipe.execute()
+        return int(recorded)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _pipelined(
+        self, script: Script, calls: Sequence[tuple[list[str], list[Any]]], what: str
+    ) -> list[Any]:
+        if not calls:
+            return []
+        with self.backend._call(what):
+            client = self.backend.client
+            try:
+                return self._send(client, script, calls)
+            except redis.exceptions.NoScriptError:
+                # Nothing ran: every call of the batch failed the same way.
+                client.script_load(script.source)
+                return self._send(client, script, calls)
+
+    @staticmethod
+    def _send(
+        client: redis.Redis, script: Script, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute())
+
+
+def check_registration(recorded: int, partitions: int, namespace: str) -> None:
+    """Raise when ``namespace`` is on record with another partition count."""
+    if recorded != partitions:
+        raise ConfigurationError(
+            f"write-behind namespace {namespace!r} is registered with {recorded} partitions, "
+            f"not {partitions}: every writer and the drain must agree (changing it needs "
+            "the queue drained first)",
+            field="partitions",
+        )

@@ -1,0 +1,144 @@
+"""Sessions: small records with sliding expiry, in Redis (optionally backed by a store).
+
+A session lives ``ttl`` seconds after its last use: :meth:`Sessions.get` and
+:meth:`Sessions.touch` push its expiry back (``GETEX``/``PEXPIRE``), :meth:`Sessions.set`
+rewrites it. With a store, ``set()`` also writes the store first (write-through), so a
+session survives the loss of Redis; the store copy records when it expires, counted from
+the last ``set()``, and an expired store copy is never brought back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time as _time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+from taskguard.errors import ConfigurationError
+from taskguard.sinks.base import Record, Store
+
+from .codec import get_codec
+from .config import _NAMESPACE, _seconds
+from .records import local_version
+
+if TYPE_CHECKING:
+    from taskguard.backend.base import Backend
+
+__all__ = ["Sessions"]
+
+#: Sessions are few keys each; one partition's hash tag holds them all.
+_PARTITION = 0
+
+
+class Sessions:
+    """A session store with sliding expiry.
+
+    Build one with ``backend.sessions(ttl=..., namespace="sessions")``.
+
+    Args:
+        backend: A Redis backend.
+        ttl: Seconds (or a timedelta) a session lives after its last use.
+        namespace: Keeps these sessions apart from others ``[A-Za-z0-9_.-]+``.
+        store: Optional durable copy (write-through); without it sessions live in Redis only.
+        codec: ``"json"`` (default) or ``"msgpack"``.
+        clock: Wall-clock seconds, for the store copy's expiry (injectable for tests).
+
+    Example:
+        >>> sessions = taskguard.connect().sessions(ttl=1800)  # doctest: +SKIP
+        >>> sid = sessions.new({"user": 42})  # doctest: +SKIP
+        >>> sessions.get(sid)  # doctest: +SKIP
+        {'user': 42}
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        ttl: float | timedelta,
+        namespace: str = "sessions",
+        store: Store | None = None,
+        codec: str = "json",
+        clock: Callable[[], float] = _time.time,
+    ) -> None:
+        from .service import require_redis
+
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise ConfigurationError(
+                f"must match [A-Za-z0-9_.-]+, got {namespace!r}", field="namespace"
+            )
+        self.ttl = _seconds(ttl, "ttl")
+        self.namespace = namespace
+        self.store = store
+        self.backend = require_redis(backend, "session store")
+        self._codec = get_codec(codec)
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Sessions({self.namespace!r}, ttl={self.ttl!r})"
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(int(self.ttl * 1000), 1)
+
+    def _key(self, sid: str) -> str:
+        if not isinstance(sid, str) or not sid:
+            raise ValueError(f"a session id must be a non-empty string, got {sid!r}")
+        return self.backend.keys.cache_value(self.namespace, _PARTITION, sid)
+
+    def new(self, data: Any = None) -> str:
+        """Start a session holding ``data`` (default ``{}``); returns its id, 256 random
+        bits from :func:`secrets.token_urlsafe`."""
+        sid = secrets.token_urlsafe(32)
+        self.set(sid, {} if data is None else data)
+        return sid
+
+    def get(self, sid: str, default: Any = None) -> Any:
+        """The data of session ``sid`` (``default`` if none), extending its life by ``ttl``."""
+        key = self._key(sid)
+        with self.backend._call("session get"):
+            raw = cast("bytes | None", self.backend.client.getex(key, px=self._ttl_ms))
+        if raw is not None:
+            return self._codec.loads(raw)
+        return self._from_store(sid, key, default)
+
+    def set(self, sid: str, data: Any) -> None:
+        """Store ``data`` as session ``sid``'s (store first, when there is one), for ``ttl``."""
+        if data is None:
+            raise ValueError("session data cannot be None: use destroy()")
+        key = self._key(sid)
+        if self.store is not None:
+            expires = self._clock() + self.ttl
+            record = Record(sid, {"data": data, "expires": expires}, local_version())
+            self.store.write(self.namespace, [record])
+        with self.backend._call("session set"):
+            self.backend.client.set(key, self._codec.dumps(data), px=self._ttl_ms)
+
+    def touch(self, sid: str) -> bool:
+        """Extend session ``sid``'s life by ``ttl``; False if it no longer exists in Redis."""
+        with self.backend._call("session touch"):
+            return bool(self.backend.client.pexpire(self._key(sid), self._ttl_ms))
+
+    def destroy(self, sid: str) -> None:
+        """End session ``sid`` (a tombstone in the store too, when there is one)."""
+        key = self._key(sid)
+        if self.store is not None:
+            self.store.write(self.namespace, [Record(sid, None, local_version(), deleted=True)])
+        with self.backend._call("session destroy"):
+            self.backend.client.delete(key)
+
+    def _from_store(self, sid: str, key: str, default: Any) -> Any:
+        if self.store is None:
+            return default
+        row = self.store.load(self.namespace, sid)
+        if row is None or row.deleted or not isinstance(row.value, dict):
+            return default
+        left = float(row.value.get("expires", 0)) - self._clock()
+        if left <= 0:
+            return default
+        data = row.value.get("data")
+        with self.backend._call("session restore"):
+            self.backend.client.set(
+                key, self._codec.dumps(data), px=max(int(left * 1000), 1), nx=True
+            )
+        return data
