@@ -179,7 +179,10 @@ def _install_worker_step(sender: Any = None, **kwargs: Any) -> None:
     # worker_init fires just before the worker builds its blueprint from app.steps.
     app = getattr(sender, "app", None)
     if app is not None:
+        from taskguard.drain.bootstep import DrainStep
+
         app.steps["worker"].add(ValidateStep)
+        app.steps["worker"].add(DrainStep)
 
 
 def _reset_after_fork(**kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 from taskguard.guard_settings import apply_overrides, check_breakers, check_guard_entries
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
@@ -189,6 +190,7 @@ _GLOBAL_FIELDS = frozenset(
         "tasks",
         "breakers",
         "enabled",
+        "drain",
         *DeferralPolicy.SETTING_NAMES,
     }
 )
@@ -240,6 +242,7 @@ class Settings:
     tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     breakers: Mapping[str, CircuitBreaker] = field(default_factory=dict)
     enabled: bool = True
+    drain: DrainSettings = field(default_factory=DrainSettings)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
@@ -274,6 +277,7 @@ class Settings:
             values["tasks"] = _check_tasks(raw["tasks"])
         if "breakers" in raw:
             values["breakers"] = check_breakers(raw["breakers"])
+        values["drain"] = DrainSettings.from_mapping(raw.get("drain"))
         return cls(**values)
 
     @classmethod

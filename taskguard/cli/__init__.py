@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from .demo import demo
+from .drain import drain, requeue_dead_letters
 from .version import version, version_string
 
 __all__ = ["main", "taskguard"]
@@ -23,6 +24,8 @@ def taskguard() -> None:
 
 
 taskguard.add_command(demo)
+taskguard.add_command(drain)
+taskguard.add_command(requeue_dead_letters)
 taskguard.add_command(version)
 
 

@@ -1,1 +1,19 @@
-"""The drain pool: moves write-behind records from Redis into a store."""
+"""The drain pool: moves write-behind records from Redis into a store (docs/write-behind.md)."""
+
+from __future__ import annotations
+
+from .config import DrainSettings
+from .deadletters import DeadLetter, dead_letters, requeue_dead_letters
+from .metrics import DrainMetrics, metrics
+from .pool import DrainPool, check_persistence
+
+__all__ = [
+    "DeadLetter",
+    "DrainMetrics",
+    "DrainPool",
+    "DrainSettings",
+    "check_persistence",
+    "dead_letters",
+    "metrics",
+    "requeue_dead_letters",
+]

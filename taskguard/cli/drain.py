@@ -1,0 +1,181 @@
+"""``taskguard drain`` and ``taskguard requeue-dead-letters``: the drain pool outside Celery."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from taskguard.drain import DrainPool
+
+__all__ = ["drain", "requeue_dead_letters"]
+
+logger = logging.getLogger("taskguard.drain")
+
+_NOT_REDIS = "must be a redis://, rediss:// or unix:// URL"
+
+_redis_url = click.option(
+    "--redis-url",
+    envvar="TASKGUARD_REDIS_URL",
+    metavar="URL",
+    help="The Redis the cache writes to [env: TASKGUARD_REDIS_URL; default "
+    "redis://localhost:6379/0].",
+)
+_prefix = click.option(
+    "--prefix",
+    envvar="TASKGUARD_PREFIX",
+    default="tg",
+    show_default=True,
+    help="The key prefix the cache uses [env: TASKGUARD_PREFIX].",
+)
+
+
+@click.command(short_help="Drain write-behind queues into a database until stopped.")
+@_redis_url
+@click.option(
+    "--store",
+    "store_url",
+    envvar="TASKGUARD_STORE_URL",
+    required=True,
+    metavar="URL",
+    help="The database: postgresql://... or sqlite:///path.db [env: TASKGUARD_STORE_URL].",
+)
+@click.option("--table", default="taskguard_kv", show_default=True, help="The store's table.")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    metavar="NS",
+    help="A namespace to drain (repeatable). Default: every registered namespace.",
+)
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True)
+@_prefix
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option(
+    "--linger",
+    type=click.FloatRange(0, 3),
+    default=0.05,
+    show_default=True,
+    help="Seconds a batch may wait to fill.",
+)
+@click.option(
+    "--status-interval",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between status lines.",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for in-flight batches at shutdown.",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def drain(
+    *,
+    redis_url: str | None,
+    store_url: str,
+    table: str,
+    namespaces: tuple[str, ...],
+    workers: int,
+    prefix: str,
+    batch_size: int,
+    linger: float,
+    status_interval: float,
+    stop_timeout: float,
+    log_level: str,
+) -> None:
+    """Run a drain pool until SIGTERM or SIGINT, then stop cleanly: the in-flight batches
+    are written and acknowledged, the partition leases released.
+
+    Run as many as you like, on as many hosts: each takes its share of the partitions.
+    """
+    from taskguard.backend import RedisBackend, connect
+    from taskguard.drain import DrainPool
+    from taskguard.sinks.sql import SQLStore
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    backend = connect(redis_url, prefix=prefix)
+    if not isinstance(backend, RedisBackend):
+        raise click.BadParameter(
+            "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
+        )
+    store = SQLStore(store_url, table=table)
+    pool = DrainPool(
+        backend,
+        store,
+        namespaces=list(namespaces) or None,
+        workers=workers,
+        batch_size=batch_size,
+        linger=linger,
+    )
+    stopping = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    pool.start()
+    try:
+        while not stopping.wait(status_interval):
+            _status(pool)
+    finally:
+        logger.info("drain: stopping (flushing in-flight batches)")
+        pool.stop(stop_timeout)
+        _status(pool)
+        store.close()
+        backend.close()
+
+
+def _status(pool: DrainPool) -> None:
+    try:
+        m = pool.metrics()
+    except Exception as exc:  # a status line must never stop the drain
+        logger.warning("drain: status unavailable: %s", exc)
+        return
+    logger.info(
+        "drain: %.1f rows/s, backlog %d (oldest %.1fs), pending %d, dead letters %d, "
+        "%d rows written from %d records, %d partition(s) held",
+        m.rows_per_second,
+        m.backlog,
+        m.oldest_age,
+        m.pending,
+        m.dead_letters,
+        m.rows_written,
+        m.records_acked,
+        len(pool.held()),
+    )
+
+
+@click.command("requeue-dead-letters", short_help="Queue a namespace's dead-lettered writes again.")
+@_redis_url
+@_prefix
+@click.option("--namespace", required=True, metavar="NS", help="The write-behind namespace.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Re-queue at most this many.")
+def requeue_dead_letters(
+    *, redis_url: str | None, prefix: str, namespace: str, limit: int | None
+) -> None:
+    """Put dead-lettered records back in their partition streams (fix the cause first).
+
+    Each keeps its original version, so it never overwrites a newer write of its key.
+    """
+    from taskguard.backend import RedisBackend, connect
+    from taskguard.drain import requeue_dead_letters as requeue
+
+    backend = connect(redis_url, prefix=prefix)
+    if not isinstance(backend, RedisBackend):
+        raise click.BadParameter(
+            "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
+        )
+    count = requeue(backend, namespace, limit=limit)
+    click.echo(f"re-queued {count} dead letter(s) of {namespace!r}")

@@ -1,0 +1,168 @@
+"""The ``drain`` settings section: when a Celery worker runs a drain pool, and how.
+
+Read from ``app.conf.taskguard["drain"]`` and validated when the worker starts; a bad value
+raises :class:`~taskguard.errors.ConfigurationError` naming the field (``"drain.workers"``).
+This module imports nothing heavy, so :mod:`taskguard.settings` can use it freely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from taskguard.errors import ConfigurationError
+
+__all__ = ["DrainSettings"]
+
+_DURATIONS = ("linger", "lease_ttl", "claim_idle", "backoff_base", "backoff_max", "stop_timeout")
+_COUNTS = {"workers": 1, "batch_size": 1, "max_deliveries": 1}
+_FIELDS = frozenset({"enabled", "store", "table", "namespaces", *_DURATIONS, *_COUNTS})
+
+
+def _seconds(value: object, name: str, *, allow_zero: bool) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"must be seconds (a number) or a timedelta, got {value!r}", field=f"drain.{name}"
+        )
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "positive"
+        raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=f"drain.{name}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrainSettings:
+    """How a worker's drain pool runs (see :class:`taskguard.drain.DrainPool`).
+
+    Attributes:
+        enabled: Run a drain pool inside the worker (in the parent process, after the
+            pool forks).
+        store: The store URL (``postgresql://...``, ``sqlite:///path.db``) for
+            :class:`taskguard.sinks.SQLStore`.
+        table: The store's table (None: SQLStore's default, ``taskguard_kv``).
+        namespaces: The namespaces to drain; empty means every registered namespace.
+        workers: Drain threads.
+        batch_size: Most records read from one partition per batch.
+        linger: Seconds to wait for a batch to fill.
+        lease_ttl: Seconds a partition lease lives without renewal.
+        max_deliveries: Deliveries after which a record is dead-lettered.
+        claim_idle: Seconds before another consumer's unacknowledged records are claimed.
+        backoff_base: First retry delay after a transient store error.
+        backoff_max: Longest retry delay.
+        stop_timeout: Seconds the worker's shutdown waits for the in-flight batch.
+    """
+
+    enabled: bool = False
+    store: str | None = None
+    table: str | None = None
+    namespaces: tuple[str, ...] = ()
+    workers: int = 2
+    batch_size: int = 1000
+    linger: float = 0.05
+    lease_ttl: float = 10.0
+    max_deliveries: int = 5
+    claim_idle: float = 30.0
+    backoff_base: float = 0.1
+    backoff_max: float = 30.0
+    stop_timeout: float = 10.0
+
+    @classmethod
+    def from_mapping(cls, raw: object) -> DrainSettings:
+        """Validate the ``drain`` section.
+
+        Raises:
+            ConfigurationError: Naming the field, e.g. ``drain.batch_size``.
+        """
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"must be a mapping, got {raw!r}", field="drain")
+        unknown = sorted(set(raw) - _FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting; known: {', '.join(sorted(_FIELDS))}",
+                field=f"drain.{unknown[0]}",
+            )
+        values: dict[str, Any] = {}
+        checks = (
+            ("enabled", _enabled),
+            ("store", _store),
+            ("table", _table),
+            ("namespaces", _namespaces),
+        )
+        for name, check in checks:
+            if raw.get(name) is not None:
+                values[name] = check(raw[name])
+        for name, minimum in _COUNTS.items():
+            if name in raw:
+                value = raw[name]
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    raise ConfigurationError(
+                        f"must be an integer >= {minimum}, got {value!r}", field=f"drain.{name}"
+                    )
+                values[name] = value
+        for name in _DURATIONS:
+            if name in raw:
+                values[name] = _seconds(raw[name], name, allow_zero=name == "linger")
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field checks.
+
+        Raises:
+            ConfigurationError: Naming the field at fault.
+        """
+        if self.enabled and not self.store:
+            raise ConfigurationError(
+                "a drain pool needs a store URL (drain.store) when drain.enabled is true",
+                field="drain.store",
+            )
+        if self.backoff_max < self.backoff_base:
+            raise ConfigurationError(
+                f"must be at least backoff_base ({self.backoff_base}s), got {self.backoff_max}",
+                field="drain.backoff_max",
+            )
+        if self.linger >= self.lease_ttl / 3:
+            raise ConfigurationError(
+                f"must be under a third of lease_ttl ({self.lease_ttl}s), got {self.linger}",
+                field="drain.linger",
+            )
+
+
+def _enabled(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"must be true or false, got {value!r}", field="drain.enabled")
+    return value
+
+
+def _store(value: object) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigurationError(
+            f"must be a database URL such as postgresql://... or sqlite:///x.db, got {value!r}",
+            field="drain.store",
+        )
+    return value
+
+
+def _table(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"must be a table name, got {value!r}", field="drain.table")
+    return value
+
+
+def _namespaces(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise ConfigurationError(
+            f"must be a list of namespace names, got {value!r}", field="drain.namespaces"
+        )
+    return tuple(items)

@@ -1,0 +1,330 @@
+"""One drain thread's work on the partitions it holds: read, coalesce, write, acknowledge.
+
+A batch is read with XREADGROUP (what a previous consumer left pending is claimed first),
+coalesced per key, written to the store in one transaction and acknowledged by one script
+that also clears the dirty marks still naming these writes. A transient store error is
+retried with backoff (the batch is never dropped); a permanent one is bisected down to the
+records at fault, which go to the dead letters while the rest are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+
+from taskguard import signals
+from taskguard.errors import BackendUnavailable, StoreError
+from taskguard.sinks.base import Record, Store
+
+from .backoff import SinkBreaker, backoff_delay
+from .batch import Entry, Rejected, coalesce, id_order, write_bisecting
+from .metrics import Throughput
+from .partition import Partition, dead_letter, read_new
+
+__all__ = ["Abandoned", "Consumer", "DrainOptions"]
+
+logger = logging.getLogger("taskguard.drain")
+
+T = TypeVar("T")
+
+#: Errors that mean Redis is not answering (the batch waits for it).
+REDIS_ERRORS = (redis.RedisError, OSError, BackendUnavailable)
+
+
+class Abandoned(Exception):
+    """The pool stopped before an in-flight batch could finish; it stays pending in Redis."""
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """The tunables of a drain pool (see :class:`taskguard.drain.DrainPool`)."""
+
+    batch_size: int = 1000
+    linger: float = 0.05
+    lease_ttl: float = 10.0
+    max_deliveries: int = 5
+    claim_idle: float = 30.0
+    backoff_base: float = 0.1
+    backoff_max: float = 30.0
+
+
+class Consumer:
+    """Drains the partitions handed to one thread.
+
+    Args:
+        client: The Redis client.
+        owner: This pool's consumer name (also the value of its leases).
+        options: Batch, linger and retry settings.
+        stores: Namespace -> store.
+        breakers: Namespace -> the breaker of its store.
+        throughput: Counters shared by the pool.
+        stopping: Set when the pool stops reading (the current batch still finishes).
+        abandon: Set when the pool stops waiting for the current batch.
+        sender: The ``sender`` of the signals (the pool).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        owner: str,
+        options: DrainOptions,
+        *,
+        stores: Mapping[str, Store],
+        breakers: Mapping[str, SinkBreaker],
+        throughput: Throughput,
+        stopping: threading.Event,
+        abandon: threading.Event,
+        sender: Any,
+    ) -> None:
+        self.client = client
+        self.owner = owner
+        self.options = options
+        self.stores = stores
+        self.breakers = breakers
+        self.throughput = throughput
+        self.stopping = stopping
+        self.abandon = abandon
+        self.sender = sender
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking read must return before the socket times out, or it looks like an outage.
+        self._block_slice = max(timeout * 0.8, 0.01) if timeout else 1.0
+
+    # ------------------------------------------------------------ reading
+
+    def cycle(self, partitions: Sequence[Partition]) -> int:
+        """Claim what is pending, then read and write new batches once. Returns records done."""
+        done = 0
+        now = time.monotonic()
+        for partition in partitions:
+            if partition.needs_claim or now - partition.last_scan >= self.options.claim_idle:
+                done += self._recover(partition, fresh=partition.needs_claim)
+                partition.needs_claim = False
+                partition.last_scan = now
+        for partition, entries in self.gather(partitions).items():
+            done += self.process(partition, entries)
+        return done
+
+    def _recover(self, partition: Partition, *, fresh: bool) -> int:
+        # With a fresh lease, whatever is pending was left by a consumer that is gone.
+        min_idle = 0.0 if fresh else self.options.claim_idle
+        done = 0
+        while not self.stopping.is_set():
+            entries = partition.claim_pending(
+                self.client, self.owner, min_idle=min_idle, count=self.options.batch_size
+            )
+            if not entries:
+                break
+            logger.info(
+                "drain: %s: re-delivering %d pending record(s)", partition.name, len(entries)
+            )
+            done += self.process(partition, entries)
+        return done
+
+    def gather(self, partitions: Sequence[Partition]) -> dict[Partition, list[Entry]]:
+        """Read new entries until each partition has ``batch_size`` or ``linger`` has passed
+        since the first arrived. Waits (cheaply, woken by new data) while nothing comes."""
+        size = self.options.batch_size
+        collected: dict[Partition, list[Entry]] = {}
+        active = [p for p in partitions if not p.surrender]
+        deadline: float | None = None
+        while active and not self.stopping.is_set():
+            want = [p for p in active if len(collected.get(p, ())) < size]
+            if not want:
+                break
+            if deadline is None:
+                block: float | None = min(self._block_slice, 0.25)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                block = min(left, self._block_slice)
+            count = min(size - len(collected.get(p, ())) for p in want)
+            got = read_new(self.client, self.owner, want, count=count, block=block)
+            if not got:
+                if deadline is None:
+                    break  # idle: let the caller look at its assignment again
+                continue
+            for partition, entries in got.items():
+                collected.setdefault(partition, []).extend(entries)
+            if deadline is None:
+                if self.options.linger <= 0:
+                    break
+                deadline = time.monotonic() + self.options.linger
+        return collected
+
+    # ------------------------------------------------------------ writing
+
+    def process(self, partition: Partition, entries: Sequence[Entry]) -> int:
+        """Write one batch of ``partition`` and acknowledge it; dead-letter what must be.
+
+        Raises:
+            Abandoned: The pool stopped waiting; the batch stays pending in Redis.
+        """
+        started = time.monotonic()
+        limit = self.options.max_deliveries
+        rejected: list[Rejected] = []
+        fresh: list[Entry] = []
+        for entry in entries:
+            if entry.deliveries > limit:
+                reason = (
+                    f"delivered {entry.deliveries - 1} times without being written "
+                    f"(max_deliveries={limit})"
+                )
+                rejected.append(Rejected(entry, reason))
+            else:
+                fresh.append(entry)
+        batch = coalesce(fresh)
+        rejected += batch.rejected
+        failed: list[StoreError | Exception] = []
+        poisoned = write_bisecting(
+            lambda records: self._write(partition, records, failed, len(entries)), batch.records
+        )
+        for record, error in poisoned:
+            rejected.append(Rejected(batch.winners[record.key], error, record.version))
+        if rejected:
+            self._redis(lambda: dead_letter(self.client, partition, rejected, self._now_ms()))
+        latest = _latest_ids(entries)
+        ids = [entry.stream_id for entry in entries]
+        self._redis(lambda: partition.ack(self.client, latest, ids))
+        rows = len(batch.records) - len(poisoned)
+        self.throughput.record(rows, len(entries))
+        if rejected:
+            self._report_dead(partition, rejected)
+        signals.drain_batch_written.send(
+            sender=self.sender,
+            namespace=partition.namespace,
+            partition=partition.index,
+            records=len(entries),
+            rows=rows,
+            duration=time.monotonic() - started,
+        )
+        return len(entries)
+
+    def _write(
+        self,
+        partition: Partition,
+        records: Sequence[Record],
+        failed: list[StoreError | Exception],
+        size: int,
+    ) -> None:
+        """``store.write`` until it succeeds or fails for good (then raise for bisection)."""
+        store = self.stores[partition.namespace]
+        breaker = self.breakers[partition.namespace]
+        attempt = 0
+        while True:
+            if self.abandon.is_set():
+                raise Abandoned(partition.name)
+            wait = breaker.wait_time()
+            if wait > 0:
+                self.abandon.wait(wait)
+                continue
+            try:
+                store.write(partition.namespace, records)
+            except StoreError as exc:
+                if not exc.transient:
+                    breaker.record_success()  # the database answered
+                    self._report_failure(partition, size, exc, failed)
+                    raise
+                breaker.record_failure()
+                self._report_failure(partition, size, exc, failed)
+                delay = backoff_delay(attempt, self.options.backoff_base, self.options.backoff_max)
+                logger.warning(
+                    "drain: %s: store write failed (transient, retry %d in %.2fs): %s",
+                    partition.name,
+                    attempt + 1,
+                    delay,
+                    exc,
+                )
+                attempt += 1
+                self.abandon.wait(delay)
+                continue
+            except Exception as exc:
+                breaker.record_success()
+                self._report_failure(partition, size, exc, failed)
+                raise
+            breaker.record_success()
+            return
+
+    def _report_failure(
+        self,
+        partition: Partition,
+        size: int,
+        exc: Exception,
+        failed: list[StoreError | Exception],
+    ) -> None:
+        transient = isinstance(exc, StoreError) and exc.transient
+        if not transient and failed:
+            return  # one report per batch for bisection, not one per half
+        if not transient:
+            failed.append(exc)
+            logger.warning(
+                "drain: %s: store refused a batch of %d (bisecting for poison records): %s",
+                partition.name,
+                size,
+                exc,
+            )
+        signals.drain_batch_failed.send(
+            sender=self.sender,
+            namespace=partition.namespace,
+            partition=partition.index,
+            records=size,
+            error=exc,
+            transient=transient,
+        )
+
+    def _report_dead(self, partition: Partition, rejected: Sequence[Rejected]) -> None:
+        for item in rejected:
+            key = item.entry.fields.get(b"k", b"?").decode("utf-8", "replace")
+            logger.error(
+                "drain: %s: record %s (key %r) dead-lettered after %d delivery(ies): %s",
+                partition.name,
+                item.entry.stream_id,
+                key,
+                item.entry.deliveries,
+                item.error,
+            )
+            signals.dead_lettered.send(
+                sender=self.sender,
+                namespace=partition.namespace,
+                keys=[key],
+                error=item.error,
+                attempts=item.entry.deliveries,
+            )
+
+    def _redis(self, call: Callable[[], T]) -> T:
+        """Run ``call`` until Redis answers (the batch is committed; it must be acked)."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except REDIS_ERRORS as exc:
+                if self.abandon.is_set():
+                    raise Abandoned(str(exc)) from exc
+                delay = backoff_delay(attempt, self.options.backoff_base, self.options.backoff_max)
+                logger.warning("drain: redis unavailable after a commit (retrying): %s", exc)
+                attempt += 1
+                self.abandon.wait(max(delay, 0.05))
+
+    def _now_ms(self) -> int:
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _latest_ids(entries: Sequence[Entry]) -> dict[str, str]:
+    """Key -> its newest stream id among ``entries`` (malformed entries have no key)."""
+    latest: dict[str, str] = {}
+    for entry in entries:
+        raw = entry.fields.get(b"k")
+        if raw is None:
+            continue
+        key = raw.decode("utf-8", "replace")
+        newest = latest.get(key)
+        if newest is None or id_order(entry.stream_id) > id_order(newest):
+            latest[key] = entry.stream_id
+    return latest

@@ -1,0 +1,196 @@
+"""One write-behind partition as the drain sees it: its keys, and the Redis commands on it.
+
+Every partition is read by the consumer group :data:`GROUP`. A pool holds a partition's
+lease before it reads, so one consumer reads a partition at a time and per-key order holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from taskguard.backend.lua import load_script
+from taskguard.cache.records import version_of
+from taskguard.keys import KeySchema
+
+from .batch import Entry, Rejected
+
+__all__ = ["GROUP", "Partition", "dead_letter", "registered_namespaces"]
+
+#: The consumer group every drain pool reads with.
+GROUP = "taskguard-drain"
+
+_ACK = load_script("drain_ack")
+_LEASE = load_script("drain_lease")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def registered_namespaces(client: redis.Redis, keys: KeySchema) -> dict[str, int]:
+    """Every write-behind namespace and its partition count (from the registry hash)."""
+    raw = client.hgetall(keys.write_behind_namespaces())
+    return {_text(ns): int(count) for ns, count in raw.items()}
+
+
+@dataclass(eq=False)
+class Partition:
+    """Partition ``index`` of ``namespace``, and the drain's bookkeeping for it.
+
+    Attributes:
+        needs_claim: Its pending entries must be claimed before new ones are read (set
+            when the lease is taken: what a previous consumer left unacknowledged).
+        last_scan: Monotonic time of the last scan for idle pending entries.
+        surrender: The pool holds more than its share: release after the current batch.
+    """
+
+    namespace: str
+    index: int
+    stream: str
+    dirty: str
+    lease: str
+    dead_letters: str
+    needs_claim: bool = True
+    last_scan: float = 0.0
+    surrender: bool = False
+
+    @classmethod
+    def of(cls, keys: KeySchema, namespace: str, index: int) -> Partition:
+        """The partition's keys, from the key schema."""
+        return cls(
+            namespace=namespace,
+            index=index,
+            stream=keys.cache_stream(namespace, index),
+            dirty=keys.cache_dirty(namespace, index),
+            lease=keys.drain_lease(namespace, index),
+            dead_letters=keys.dead_letters(namespace),
+        )
+
+    @property
+    def name(self) -> str:
+        """``namespace/index``, for logs."""
+        return f"{self.namespace}/{self.index}"
+
+    # ------------------------------------------------------------ lease
+
+    def acquire(self, client: redis.Redis, owner: str, ttl: float) -> bool:
+        """Take the lease if nobody holds it."""
+        return bool(client.set(self.lease, owner, nx=True, px=max(int(ttl * 1000), 1)))
+
+    def renew(self, client: redis.Redis, owner: str, ttl: float) -> bool:
+        """Extend our lease; False if it is no longer ours."""
+        return bool(_LEASE(client, [self.lease], ["renew", owner, max(int(ttl * 1000), 1)]))
+
+    def release(self, client: redis.Redis, owner: str) -> bool:
+        """Drop our lease (never another pool's)."""
+        return bool(_LEASE(client, [self.lease], ["release", owner, 0]))
+
+    # ------------------------------------------------------------ stream
+
+    def ensure_group(self, client: redis.Redis) -> None:
+        """Create the consumer group (and the stream) if missing."""
+        try:
+            client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def claim_pending(
+        self, client: redis.Redis, consumer: str, *, min_idle: float, count: int
+    ) -> list[Entry]:
+        """Claim up to ``count`` entries other consumers left unacknowledged.
+
+        Entries idle for at least ``min_idle`` seconds move to ``consumer``; their delivery
+        count goes up by one. Entries deleted meanwhile are acknowledged and skipped.
+        """
+        pending: Any = client.xpending_range(
+            self.stream, GROUP, "-", "+", count, idle=max(int(min_idle * 1000), 0) or None
+        )
+        if not pending:
+            return []
+        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        claimed: Any = client.xclaim(
+            self.stream, GROUP, consumer, max(int(min_idle * 1000), 0), list(deliveries)
+        )
+        entries = [
+            Entry(_text(sid), fields, deliveries[_text(sid)] + 1)
+            for sid, fields in claimed
+            if fields is not None
+        ]
+        gone = set(deliveries) - {e.stream_id for e in entries}
+        if gone:
+            client.xack(self.stream, GROUP, *gone)
+        return entries
+
+    def ack(self, client: redis.Redis, latest: Mapping[str, str], ids: Sequence[str]) -> int:
+        """After the store commit: clear dirty marks that still name these writes, then
+        XACK and XDEL every entry of the batch (one script, ``drain_ack.lua``)."""
+        if not ids:
+            return 0
+        args: list[Any] = [GROUP, len(latest)]
+        for key, sid in latest.items():
+            args += [key, sid]
+        args += list(ids)
+        return int(_ACK(client, [self.stream, self.dirty], args))
+
+
+def read_new(
+    client: redis.Redis,
+    consumer: str,
+    partitions: Sequence[Partition],
+    *,
+    count: int,
+    block: float | None,
+) -> dict[Partition, list[Entry]]:
+    """One XREADGROUP over ``partitions``: new entries, waiting up to ``block`` seconds."""
+    by_stream = {p.stream: p for p in partitions}
+    reply: Any = client.xreadgroup(
+        GROUP,
+        consumer,
+        dict.fromkeys(by_stream, ">"),
+        count=count,
+        block=None if block is None else max(int(block * 1000), 1),
+    )
+    result: dict[Partition, list[Entry]] = {}
+    for stream, items in reply or []:
+        entries = [Entry(_text(sid), fields) for sid, fields in items if fields is not None]
+        if entries:
+            result[by_stream[_text(stream)]] = entries
+    return result
+
+
+def dead_letter(
+    client: redis.Redis, partition: Partition, rejected: Sequence[Rejected], now_ms: int
+) -> None:
+    """Copy ``rejected`` entries to the namespace's dead-letter stream (before their ack).
+
+    Fields: ``k``, ``v``, ``d``, ``c`` as queued, ``V`` (the version), ``p`` (partition),
+    ``id`` (the original stream id), ``error``, ``attempts`` (deliveries) and ``at`` (ms).
+    """
+    pipe = client.pipeline(transaction=False)
+    for item in rejected:
+        fields: dict[Any, Any] = {
+            name: value
+            for name, value in item.entry.fields.items()
+            if _text(name) in ("k", "v", "d", "c")
+        }
+        version = item.version
+        if version is None:
+            try:
+                version = int(item.entry.fields[b"V"])
+            except (KeyError, ValueError):
+                version = version_of(item.entry.stream_id)
+        fields.update(
+            V=version,
+            p=partition.index,
+            id=item.entry.stream_id,
+            error=item.error[:2000],
+            attempts=item.entry.deliveries,
+            at=now_ms,
+        )
+        pipe.xadd(partition.dead_letters, fields)
+    pipe.execute()
