@@ -18,7 +18,17 @@ from types import ModuleType
 
 from taskguard.testing import RedisServer
 
-from . import accuracy, decisions, locks, lockwake, overhead, roundtrips, semaphore, semwake
+from . import (
+    accuracy,
+    breakers,
+    decisions,
+    locks,
+    lockwake,
+    overhead,
+    roundtrips,
+    semaphore,
+    semwake,
+)
 from .harness import BenchResult, Context, machine_info
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -32,6 +42,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         lockwake,
         semaphore,
         semwake,
+        breakers,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -57,7 +57,7 @@ FLUSH = load_script("breaker_flush", libs=["ops", "breaker"])
 #: A view not refreshed for this many flush intervals (at least a second) is stale: the
 #: next call refreshes it itself, or takes the exact path if Redis cannot be reached.
 STALE_INTERVALS = 10
-#: Keep refreshing the view of a breaker for this long after its last call.
+#: An agent with no breaker left for this long stops its thread.
 ACTIVE_FOR = 30.0
 #: Seconds between attempts to re-subscribe after the channel's connection broke.
 RESUBSCRIBE_EVERY = 0.5
@@ -297,7 +297,9 @@ class HotPathBreaker(Breaker):
         if now < self._next_flush:
             return False
         self._next_flush = now + self.flush_interval
-        return self._batch.calls > 0 or now - self._last_call < ACTIVE_FOR
+        # Refreshed while in use; an idle breaker costs nothing, and its next call,
+        # finding the view stale, refreshes it first.
+        return self._batch.calls > 0 or now - self._last_call < self.stale_after
 
 
 def _text(value: object) -> str:
