@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 import taskguard
 from taskguard import signals
@@ -48,17 +47,17 @@ class Loader:
         return self.values[min(self.calls, len(self.values)) - 1]
 
 
-def raw(cache: CacheService, key: str, client: redis.Redis) -> bytes | None:
+def raw(cache: CacheService, key: str, client: Any) -> bytes | None:
     value: bytes | None = client.get(cache._ops.value_key(key))
     return value
 
 
-def stream_entries(cache: CacheService, key: str, client: redis.Redis) -> list[Any]:
+def stream_entries(cache: CacheService, key: str, client: Any) -> list[Any]:
     stream = cache.backend.keys.cache_stream(cache.namespace, partition_of(key, cache.partitions))
     return list(client.xrange(stream))
 
 
-def dirty_id(cache: CacheService, key: str, client: redis.Redis) -> bytes | None:
+def dirty_id(cache: CacheService, key: str, client: Any) -> bytes | None:
     dirty = cache.backend.keys.cache_dirty(cache.namespace, partition_of(key, cache.partitions))
     found: bytes | None = client.hget(dirty, key)
     return found
