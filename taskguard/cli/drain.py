@@ -64,6 +64,13 @@ _prefix = click.option(
     help="Seconds a batch may wait to fill.",
 )
 @click.option(
+    "--lease-ttl",
+    type=click.FloatRange(1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a partition lease outlives a crashed drain.",
+)
+@click.option(
     "--status-interval",
     type=click.FloatRange(0.1),
     default=10.0,
@@ -88,6 +95,7 @@ def drain(
     prefix: str,
     batch_size: int,
     linger: float,
+    lease_ttl: float,
     status_interval: float,
     stop_timeout: float,
     log_level: str,
@@ -117,6 +125,7 @@ def drain(
         workers=workers,
         batch_size=batch_size,
         linger=linger,
+        lease_ttl=lease_ttl,
     )
     stopping = threading.Event()
 
