@@ -228,6 +228,12 @@ def test_ddl_creates_the_table_the_store_uses(tmp_path: Path) -> None:
         ddl("mysql")
 
 
+def test_the_documented_ddl_is_what_ddl_returns() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "stores.md").read_text()
+    assert ddl("postgresql") in docs
+    assert ddl("sqlite") in docs
+
+
 def test_an_engine_passed_in_is_left_open(tmp_path: Path) -> None:
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'e.db'}")
     store = SQLStore(engine, table="kv")
