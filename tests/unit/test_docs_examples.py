@@ -45,7 +45,7 @@ DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 RUN = "python"
 SHOW_ONLY = {"py"}
-NEVER_RUN = {"bash", "console", "shell", "text", "toml", "yaml", "ini", "lua", "json"}
+NEVER_RUN = {"bash", "console", "shell", "text", "toml", "yaml", "ini", "lua", "json", "sql"}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 
