@@ -9,13 +9,14 @@ the last ``set()``, and an expired store copy is never brought back.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time as _time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from taskguard.errors import ConfigurationError
+from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Record, Store
 
 from .codec import get_codec
@@ -94,10 +95,19 @@ class Sessions:
         return sid
 
     def get(self, sid: str, default: Any = None) -> Any:
-        """The data of session ``sid`` (``default`` if none), extending its life by ``ttl``."""
+        """The data of session ``sid`` (``default`` if none), extending its life by ``ttl``.
+
+        While Redis is down, a session with a store copy is read from the store;
+        without a store this raises :class:`~taskguard.errors.BackendUnavailable`.
+        """
         key = self._key(sid)
-        with self.backend._call("session get"):
-            raw = cast("bytes | None", self.backend.client.getex(key, px=self._ttl_ms))
+        try:
+            with self.backend._call("session get"):
+                raw = cast("bytes | None", self.backend.client.getex(key, px=self._ttl_ms))
+        except BackendUnavailable:
+            if self.store is None:
+                raise
+            return self._from_store(sid, key, default)
         if raw is not None:
             return self._codec.loads(raw)
         return self._from_store(sid, key, default)
@@ -137,7 +147,8 @@ class Sessions:
         if left <= 0:
             return default
         data = row.value.get("data")
-        with self.backend._call("session restore"):
+        # Best effort: a session read while Redis is down is served from the store alone.
+        with contextlib.suppress(BackendUnavailable), self.backend._call("session restore"):
             self.backend.client.set(
                 key, self._codec.dumps(data), px=max(int(left * 1000), 1), nx=True
             )

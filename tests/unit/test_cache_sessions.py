@@ -12,6 +12,7 @@ import taskguard
 from taskguard.backend.base import Backend
 from taskguard.cache import Sessions
 from taskguard.errors import ConfigurationError
+from taskguard.sinks import Loaded
 
 from .test_cache_fakes import MemoryStore
 
@@ -96,3 +97,13 @@ def test_a_store_copy_survives_redis_losing_the_session(
     assert sessions.get(sid) is None
     sessions.destroy(sid)
     assert store.rows["sessions", sid].deleted
+
+
+def test_redis_down_reads_the_store_copy(tg_prefix: str) -> None:
+    backend = taskguard.connect("redis://127.0.0.1:1/0", prefix=tg_prefix)  # nothing there
+    store = MemoryStore()
+    store.rows["sessions", "sid-1"] = Loaded({"data": {"u": 1}, "expires": 2e9}, 1)
+    assert Sessions(backend, ttl=60, store=store, clock=lambda: 1e9).get("sid-1") == {"u": 1}
+    with pytest.raises(taskguard.BackendUnavailable):
+        backend.sessions(ttl=60).get("sid-1")
+    backend.close()
