@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["BREAKER_STAGE", "STAGES", "DemoConfig", "broker_url_for"]
+__all__ = ["BREAKER_STAGE", "STAGES", "WRITEBEHIND_STAGE", "DemoConfig", "broker_url_for"]
 
 _ENV = {
     "redis_url": "TASKGUARD_DEMO_REDIS_URL",
@@ -16,11 +16,16 @@ _ENV = {
     "prefix": "TASKGUARD_DEMO_PREFIX",
     "rate": "TASKGUARD_DEMO_RATE",
 }
+#: Optional: set only for the write-behind stage's workers.
+_DB_URL = "TASKGUARD_DEMO_DB_URL"
+_DRAIN = "TASKGUARD_DEMO_DRAIN"
 
 #: The demo's two rate-limit stages, by short name (also their queue and record suffix).
 STAGES = ("celery", "taskguard")
 #: The circuit-breaker stage's short name (its queue and record suffix).
 BREAKER_STAGE = "breaker"
+#: The write-behind stage's short name (its queue and record suffix).
+WRITEBEHIND_STAGE = "writebehind"
 
 
 def broker_url_for(redis_url: str) -> str:
@@ -49,22 +54,32 @@ class DemoConfig:
         prefix: Unique namespace for every key and queue of this run, so a run on a
             shared Redis never touches anything else (and can delete what it wrote).
         rate: The rate limit, in tasks per second, that both stages configure.
+        db_url: The write-behind stage's database (SQLAlchemy URL), "" when unset.
+        drain: Whether this worker runs a drain pool (the write-behind stage's workers).
     """
 
     redis_url: str
     broker_url: str
     prefix: str
     rate: int = 10
+    db_url: str = ""
+    drain: bool = False
 
     @classmethod
-    def new(cls, redis_url: str, *, rate: int = 10) -> DemoConfig:
+    def new(cls, redis_url: str, *, rate: int = 10, db_url: str = "") -> DemoConfig:
         """A config with a fresh, unique prefix."""
         return cls(
             redis_url=redis_url,
             broker_url=broker_url_for(redis_url),
             prefix=f"tgdemo-{uuid.uuid4().hex[:8]}",
             rate=rate,
+            db_url=db_url,
         )
+
+    @property
+    def table(self) -> str:
+        """The write-behind stage's table, unique to this run."""
+        return self.prefix.replace("-", "_") + "_kv"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DemoConfig:
@@ -84,6 +99,8 @@ class DemoConfig:
             broker_url=env[_ENV["broker_url"]],
             prefix=env[_ENV["prefix"]],
             rate=int(env[_ENV["rate"]]),
+            db_url=env.get(_DB_URL, ""),
+            drain=env.get(_DRAIN) == "1",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -93,6 +110,8 @@ class DemoConfig:
             _ENV["broker_url"]: self.broker_url,
             _ENV["prefix"]: self.prefix,
             _ENV["rate"]: str(self.rate),
+            _DB_URL: self.db_url,
+            _DRAIN: "1" if self.drain else "0",
         }
 
     def queue(self, stage: str) -> str:
@@ -114,3 +133,11 @@ class DemoConfig:
     def transitions_key(self) -> str:
         """Redis list of the demo breaker's state changes (``circuit_state_changed``)."""
         return f"{self.prefix}:demo:transitions"
+
+    def done_key(self, stage: str) -> str:
+        """Redis counter of tasks of ``stage`` that finished their work."""
+        return f"{self.prefix}:demo:done:{stage}"
+
+    def drained_key(self) -> str:
+        """Redis hash of the drain's totals (``records``, ``rows``, ``batches``)."""
+        return f"{self.prefix}:demo:drained"

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .breaker_report import BreakerResult, breaker_row, breaker_verdict
 from .stages import WARMUP, StageResult
 from .tasks import PARTNER_BREAKER
+from .writebehind_report import writebehind_row, writebehind_verdict
+from .writebehind_stage import WriteBehindResult
 
 __all__ = ["Header", "redact", "render_header", "render_results", "taskguard_held"]
 
@@ -23,7 +25,6 @@ OVERSHOOT = 1.5
 WIDTH = 94
 
 TITLES = {"celery": "Celery rate_limit", "taskguard": "taskguard RateLimit"}
-LATER = (("Write-behind cache", "cache writes reach the database in batches, none lost"),)
 
 
 def redact(url: str) -> str:
@@ -62,11 +63,10 @@ def render_header(header: Header) -> str:
     spec = PARTNER_BREAKER
     return "\n".join(
         [
-            f"taskguard {header.version} demo: one rate limit and one circuit breaker for "
-            f"{header.workers} Celery workers",
+            f"taskguard {header.version} demo: a rate limit, a circuit breaker and a "
+            f"write-behind cache for {header.workers} Celery workers",
             f"  redis     {redact(header.redis_url)}  ({header.redis_note})",
-            f"  database  {redact(header.db_url)}  (for the write-behind stage: coming in a "
-            "later release)",
+            f"  database  {redact(header.db_url)}  (the write-behind stage drains into it)",
             f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
             f" (prefetch 1), {header.seconds:g}s measured per stage after {WARMUP:g}s warm-up",
             f"  limit     {header.rate}/s for the task, whichever worker runs it",
@@ -131,8 +131,12 @@ def _fill(tag: str, sentence: str) -> str:
     )
 
 
-def render_results(results: Sequence[StageResult], breaker: BreakerResult | None = None) -> str:
-    """The results tables, the verdicts, and the stages still to come."""
+def render_results(
+    results: Sequence[StageResult],
+    breaker: BreakerResult | None = None,
+    writebehind: WriteBehindResult | None = None,
+) -> str:
+    """The results tables and the verdicts."""
     head = (
         "stage",
         "configured",
@@ -171,10 +175,17 @@ def render_results(results: Sequence[StageResult], breaker: BreakerResult | None
             "  while open: stub calls while it was open; deferred: tasks deferred, then run; "
             "failed: by the breaker"
         )
+    if writebehind is not None:
+        cells = writebehind_row(writebehind)
+        out += ["", *_table([[k for k, _ in cells], [v for _, v in cells]])]
+        out.append(
+            "  rows exact: database rows holding the newest reading written; coalesced: queue "
+            "records per row written"
+        )
     out.append("")
     out += [_fill(*_verdict(result)) for result in results]
     if breaker is not None:
         out.append(_fill(*breaker_verdict(breaker)))
-    out += ["", "Coming in a later release (not part of this run):"]
-    out += [f"  - {name}: {what}" for name, what in LATER]
+    if writebehind is not None:
+        out.append(_fill(*writebehind_verdict(writebehind)))
     return "\n".join(out)

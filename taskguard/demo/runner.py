@@ -20,6 +20,8 @@ from .report import Header, redact, render_header, render_results, taskguard_hel
 from .server import EmbeddedRedis
 from .stages import DemoError, run_stage
 from .tasks import create_app
+from .writebehind_report import writebehind_held
+from .writebehind_stage import WRITEBEHIND_TITLE, run_writebehind_stage
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -110,7 +112,8 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
             url = server.url
             echo(" ok")
             note = f"embedded redis-server {server.version}, started for this run"
-        config = DemoConfig.new(url, rate=options.rate)
+        db_url = options.db_url or f"sqlite:///{workdir / 'demo.sqlite3'}"
+        config = DemoConfig.new(url, rate=options.rate, db_url=db_url)
         if options.redis_url:
             cleanup.callback(_report_deleted, echo, url, config.prefix)
         app = create_app(config)
@@ -120,7 +123,7 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
             version=version,
             redis_url=url,
             redis_note=note,
-            db_url=options.db_url or f"sqlite:///{workdir / 'demo.sqlite3'}",
+            db_url=db_url,
             workers=options.workers,
             concurrency=options.concurrency,
             seconds=options.seconds,
@@ -130,7 +133,7 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
         )
         echo(render_header(header))
         results = []
-        total = len(STAGES) + 1
+        total = len(STAGES) + 2
         for number, stage in enumerate(STAGES, start=1):
             title = {"celery": "Celery's own rate_limit", "taskguard": "taskguard RateLimit"}
             echo(f"\nStage {number}/{total}: {title[stage]} ({options.rate}/s)")
@@ -145,7 +148,7 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                     echo=echo,
                 )
             )
-        echo(f"\nStage {total}/{total}: {BREAKER_TITLE}")
+        echo(f"\nStage {total - 1}/{total}: {BREAKER_TITLE}")
         with PartnerStub() as stub:
             breaker = run_breaker_stage(
                 app,
@@ -156,8 +159,13 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                 echo=echo,
             )
         echo(render_timeline(breaker))
-        echo(render_results(results, breaker))
-    return 0 if taskguard_held(results[-1]) and breaker_held(breaker) else 1
+        echo(f"\nStage {total}/{total}: {WRITEBEHIND_TITLE}")
+        writebehind = run_writebehind_stage(
+            app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
+        )
+        echo(render_results(results, breaker, writebehind))
+    held = taskguard_held(results[-1]) and breaker_held(breaker) and writebehind_held(writebehind)
+    return 0 if held else 1
 
 
 def _report_deleted(echo: Callable[..., None], url: str, prefix: str) -> None:

@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,14 +101,22 @@ class StageResult:
 
 @contextmanager
 def _fleet(
-    config: DemoConfig, stage: str, count: int, concurrency: int
+    config: DemoConfig,
+    stage: str,
+    count: int,
+    concurrency: int,
+    *,
+    queues: Sequence[str] | None = None,
 ) -> Iterator[list[WorkerProcess]]:
-    """Like :func:`taskguard.testing.worker_fleet`, but keeps the logs when it fails."""
+    """Like :func:`taskguard.testing.worker_fleet`, but keeps the logs when it fails.
+
+    Worker ``i`` consumes ``queues[i]`` (default: every worker consumes the stage's queue).
+    """
     workers = [
         WorkerProcess(
             "taskguard.demo.app",
             concurrency=concurrency,
-            queues=[config.queue(stage)],
+            queues=[queues[i - 1] if queues else config.queue(stage)],
             hostname=f"{config.prefix}-{stage}{i}@%h",
             env=config.to_env(),
         )

@@ -4,7 +4,9 @@ The two rate-limited tasks do the same thing: record when they started, by the R
 server's clock (so starts in different worker processes compare exactly), with the
 retries they had spent and the deferrals they went through. The third calls the partner
 stub through :data:`PARTNER_BREAKER` and records how the call went; the workers also
-record every breaker transition and every task that ended FAILURE.
+record every breaker transition and every task that ended FAILURE. The fourth writes a
+batch of sensor readings through a write-behind cache; the write-behind stage's workers
+also run the drain pool that moves them into the database.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ from taskguard.errors import TaskGuardError
 from taskguard.guards import CircuitBreaker, RateLimit
 from taskguard.task import GuardedTask
 
-from .config import BREAKER_STAGE, DemoConfig
+from .config import BREAKER_STAGE, WRITEBEHIND_STAGE, DemoConfig
 
 __all__ = [
     "BREAKER_TASK",
     "CELERY_TASK",
     "GUARDED_TASK",
+    "NAMESPACE",
     "PARTNER_BREAKER",
+    "SENSORS",
+    "WRITEBEHIND_TASK",
+    "WRITES_PER_TASK",
     "PartnerDown",
     "create_app",
     "parse_start",
@@ -40,6 +46,15 @@ __all__ = [
 CELERY_TASK = "taskguard_demo.celery_rate_limited"
 GUARDED_TASK = "taskguard_demo.taskguard_rate_limited"
 BREAKER_TASK = "taskguard_demo.call_partner"
+WRITEBEHIND_TASK = "taskguard_demo.record_readings"
+
+#: The write-behind stage's cache namespace, its sensors (one key each) and the readings
+#: one task writes (one ``set_many``).
+NAMESPACE = "readings"
+SENSORS = 500
+WRITES_PER_TASK = 50
+#: The drain pools' partition lease: a killed worker's partitions are taken over after it.
+DRAIN_LEASE_TTL = 2.0
 
 #: The breaker stage's breaker, shared by the fleet: it opens when half of the last 10
 #: calls failed (after at least 5), stays open 2 s, then lets 1 probe through.
@@ -54,6 +69,7 @@ class PartnerDown(Exception):
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
+_caches: dict[int, Any] = {}
 
 
 def _client(url: str) -> redis.Redis:
@@ -81,6 +97,21 @@ def _record_start(task: Any, config: DemoConfig, stage: str, **extra: Any) -> No
         **extra,
     }
     client.rpush(config.starts_key(stage), json.dumps(record))
+
+
+def reading_cache(config: DemoConfig) -> Any:
+    """This process's write-behind cache of sensor readings (built once per process)."""
+    cache = _caches.get(os.getpid())
+    if cache is None:
+        import taskguard
+        from taskguard.sinks.sql import SQLStore
+
+        store = SQLStore(config.db_url, table=config.table, create=False)
+        backend = taskguard.connect(config.redis_url, prefix=config.prefix)
+        cache = _caches[os.getpid()] = backend.cache(
+            NAMESPACE, strategy="write-behind", ttl=600, store=store
+        )
+    return cache
 
 
 def parse_start(raw: bytes | str) -> dict[str, Any]:
@@ -111,8 +142,9 @@ def create_app(config: DemoConfig) -> Celery:
             CELERY_TASK: {"queue": config.queue("celery")},
             GUARDED_TASK: {"queue": config.queue("taskguard")},
             BREAKER_TASK: {"queue": config.queue(BREAKER_STAGE)},
+            WRITEBEHIND_TASK: {"queue": config.queue(WRITEBEHIND_STAGE)},
         },
-        taskguard={"redis_url": config.redis_url, "key_prefix": config.prefix},
+        taskguard=_taskguard_settings(config),
     )
     rate = f"{config.rate}/s"
 
@@ -140,9 +172,35 @@ def create_app(config: DemoConfig) -> Celery:
     app.task(name=GUARDED_TASK, bind=True, base=GuardedTask, guards=[RateLimit(rate)])(
         taskguard_rate_limited
     )
+
+    def record_readings(self: Any, batch: int) -> None:
+        """Write one batch of readings through the write-behind cache: one Redis call."""
+        first = batch * WRITES_PER_TASK
+        readings = {
+            f"sensor-{n % SENSORS:03d}": {"reading": n, "worker": self.request.hostname}
+            for n in range(first, first + WRITES_PER_TASK)
+        }
+        reading_cache(config).set_many(readings)
+        _client(config.redis_url).incr(config.done_key(WRITEBEHIND_STAGE))
+
     app.task(name=BREAKER_TASK, bind=True, base=GuardedTask, guards=[PARTNER_BREAKER])(call_partner)
+    app.task(name=WRITEBEHIND_TASK, bind=True, base=GuardedTask)(record_readings)
     _connect_signals(config)
     return app
+
+
+def _taskguard_settings(config: DemoConfig) -> dict[str, Any]:
+    settings: dict[str, Any] = {"redis_url": config.redis_url, "key_prefix": config.prefix}
+    if config.drain:
+        settings["drain"] = {
+            "enabled": True,
+            "store": config.db_url,
+            "table": config.table,
+            "namespaces": [NAMESPACE],
+            "workers": 1,
+            "lease_ttl": DRAIN_LEASE_TTL,
+        }
+    return settings
 
 
 def _connect_signals(config: DemoConfig) -> None:
@@ -173,7 +231,15 @@ def _connect_signals(config: DemoConfig) -> None:
         record = {"t": _now(client), **{name: kwargs.get(name) for name in fields}}
         client.rpush(config.transitions_key(), json.dumps(record))
 
+    def count_drained(sender: Any = None, records: int = 0, rows: int = 0, **_: Any) -> None:
+        pipe = _client(config.redis_url).pipeline(transaction=False)
+        pipe.hincrby(config.drained_key(), "records", records)
+        pipe.hincrby(config.drained_key(), "rows", rows)
+        pipe.hincrby(config.drained_key(), "batches", 1)
+        pipe.execute()
+
     uid = config.prefix
+    signals.drain_batch_written.connect(count_drained, weak=False, dispatch_uid=uid)
     signals.task_deferred.connect(count_deferral, weak=False, dispatch_uid=uid)
     signals.circuit_state_changed.connect(record_transition, weak=False, dispatch_uid=uid)
     celery_signals.task_failure.connect(record_failure, weak=False, dispatch_uid=uid)
