@@ -7,6 +7,8 @@ process, and a write-behind cache that loses nothing. Documentation: the docs/ f
 from importlib.metadata import PackageNotFoundError, version
 
 from taskguard.backend import Backend, MemoryBackend, RedisBackend, connect
+from taskguard.cache import CacheService, Sessions
+from taskguard.drain import DrainPool
 from taskguard.errors import (
     AlreadyQueued,
     BackendUnavailable,
@@ -18,7 +20,9 @@ from taskguard.errors import (
     LockHeld,
     LockLost,
     RateLimited,
+    StoreError,
     TaskGuardError,
+    WriteBehindFull,
 )
 from taskguard.guards import (
     Breaker,
@@ -30,6 +34,7 @@ from taskguard.guards import (
     Guard,
     HeldLease,
     HeldLock,
+    HotPathBreaker,
     Lock,
     RateLimit,
     RateLimiter,
@@ -48,6 +53,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Breaker",
+    "CacheService",
     "CircuitBreaker",
     "CircuitOpen",
     "Concurrency",
@@ -57,11 +63,13 @@ __all__ = [
     "Decision",
     "DeferralExhausted",
     "DistributedLock",
+    "DrainPool",
     "Guard",
     "GuardDenied",
     "GuardedTask",
     "HeldLease",
     "HeldLock",
+    "HotPathBreaker",
     "Lock",
     "LockHeld",
     "LockLost",
@@ -72,7 +80,10 @@ __all__ = [
     "RateLimiter",
     "RedisBackend",
     "Semaphore",
+    "Sessions",
+    "StoreError",
     "TaskGuardError",
+    "WriteBehindFull",
     "__version__",
     "connect",
     "parse_rate",

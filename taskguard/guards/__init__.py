@@ -2,6 +2,7 @@
 
 from .base import OUTAGE_POLICIES, Decision, Guard
 from .breaker import Breaker, BreakerCall, CircuitBreaker
+from .breaker_hotpath import HotPathBreaker
 from .concurrency import Concurrency, ConcurrencyControl, Semaphore
 from .leases import HeldLease
 from .lock import DistributedLock, HeldLock, Lock
@@ -19,6 +20,7 @@ __all__ = [
     "Guard",
     "HeldLease",
     "HeldLock",
+    "HotPathBreaker",
     "Lock",
     "RateLimit",
     "RateLimiter",

@@ -9,6 +9,7 @@ def test_exported_names() -> None:
         "Backend",
         "BackendUnavailable",
         "Breaker",
+        "CacheService",
         "CircuitBreaker",
         "CircuitOpen",
         "Concurrency",
@@ -18,11 +19,13 @@ def test_exported_names() -> None:
         "Decision",
         "DeferralExhausted",
         "DistributedLock",
+        "DrainPool",
         "Guard",
         "GuardDenied",
         "GuardedTask",
         "HeldLease",
         "HeldLock",
+        "HotPathBreaker",
         "Lock",
         "LockHeld",
         "LockLost",
@@ -33,7 +36,10 @@ def test_exported_names() -> None:
         "RateLimiter",
         "RedisBackend",
         "Semaphore",
+        "Sessions",
+        "StoreError",
         "TaskGuardError",
+        "WriteBehindFull",
         "__version__",
         "connect",
         "parse_rate",
@@ -52,7 +58,14 @@ def test_version_comes_from_package_metadata() -> None:
 def test_error_tree() -> None:
     from taskguard import errors
 
-    for name in ("ConfigurationError", "BackendUnavailable", "GuardDenied", "DeferralExhausted"):
+    for name in (
+        "ConfigurationError",
+        "BackendUnavailable",
+        "GuardDenied",
+        "DeferralExhausted",
+        "StoreError",
+        "WriteBehindFull",
+    ):
         assert issubclass(getattr(errors, name), errors.TaskGuardError)
     for name in ("RateLimited", "LockHeld", "ConcurrencyLimitReached", "CircuitOpen"):
         assert issubclass(getattr(errors, name), errors.GuardDenied)
