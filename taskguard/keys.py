@@ -118,6 +118,10 @@ class KeySchema:
         """A hash of every write-behind namespace: name -> partition count."""
         return f"{self._head}:wbns"
 
+    def drain_pools(self) -> str:
+        """The live drain pools (a sorted set: consumer name -> expiry in ms)."""
+        return f"{self._head}:wbns:pools"
+
     def _named(self, kind: str, name: str, key: str | None) -> str:
         base = f"{self._head}:{kind}:{_clean(name)}"
         return f"{base}:{_clean(key)}" if key else base

@@ -25,7 +25,6 @@ import redis
 
 from taskguard.backend.redis import RedisBackend
 from taskguard.errors import ConfigurationError
-from taskguard.keys import KeySchema
 from taskguard.sinks.base import Store
 
 from .backoff import SinkBreaker, backoff_delay
@@ -33,16 +32,11 @@ from .consumer import REDIS_ERRORS, Abandoned, Consumer, DrainOptions
 from .metrics import DrainMetrics, Throughput, queue_metrics
 from .partition import Partition, registered_namespaces
 
-__all__ = ["DrainPool", "check_persistence", "pools_key"]
+__all__ = ["DrainPool", "check_persistence"]
 
 logger = logging.getLogger("taskguard.drain")
 
 _PERSISTENCE_WARNING = "write-behind records live only in Redis until drained"
-
-
-def pools_key(keys: KeySchema) -> str:
-    """The sorted set of live drain pools (member: consumer name, score: expiry in ms)."""
-    return f"{keys.write_behind_namespaces()}:pools"
 
 
 def check_persistence(client: redis.Redis) -> list[str]:
@@ -311,9 +305,9 @@ class DrainPool:
         seconds, micros = client.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         pipe = client.pipeline(transaction=False)
-        pipe.zadd(pools_key(self.keys), {self.owner: now_ms + int(ttl * 3000)})
-        pipe.zremrangebyscore(pools_key(self.keys), "-inf", now_ms)
-        pipe.zcard(pools_key(self.keys))
+        pipe.zadd(self.keys.drain_pools(), {self.owner: now_ms + int(ttl * 3000)})
+        pipe.zremrangebyscore(self.keys.drain_pools(), "-inf", now_ms)
+        pipe.zcard(self.keys.drain_pools())
         live = max(int(pipe.execute()[2]), 1)
         with self._lock:
             held = list(self._held)
@@ -361,7 +355,7 @@ class DrainPool:
         try:
             for partition in held:
                 partition.release(self.backend.client, self.owner)
-            self.backend.client.zrem(pools_key(self.keys), self.owner)
+            self.backend.client.zrem(self.keys.drain_pools(), self.owner)
         except REDIS_ERRORS as exc:
             logger.warning("drain: could not release leases (they expire on their own): %s", exc)
 
