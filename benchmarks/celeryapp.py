@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from celery import Celery, Task, signals
 
-from taskguard import GuardedTask, RateLimit
+from taskguard import CircuitBreaker, Concurrency, GuardedTask, RateLimit
 
 BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 STATE_URL = os.environ.get("TG_BENCH_STATE_URL", BROKER_URL)
@@ -36,6 +36,11 @@ RATE = os.environ.get("TG_BENCH_RATE", "20/s")
 
 #: A limit no benchmark reaches: the guarded no-op measures the cost of asking.
 NEVER_DENIES = RateLimit("1000000/s", burst=1_000_000)
+
+#: A cap no benchmark reaches: a guard that holds a lease, so the task makes a release call.
+NEVER_FULL = Concurrency(1_000_000, name="bench-slots")
+#: A breaker that stays closed (every task succeeds).
+PARTNER = CircuitBreaker("bench-partner", window=100)
 
 app = Celery("benchmarks", broker=BROKER_URL)
 app.conf.update(
@@ -76,6 +81,21 @@ def noop() -> None:
 @app.task(name="bench.guarded_noop", base=GuardedTask, guards=[NEVER_DENIES])
 def guarded_noop() -> None:
     """Does nothing after one admission that always passes."""
+
+
+@app.task(name="bench.guarded_slot", base=GuardedTask, guards=[NEVER_FULL])
+def guarded_slot() -> None:
+    """Takes a concurrency slot at start and gives it back at the end."""
+
+
+@app.task(name="bench.guarded_slot_breaker", base=GuardedTask, guards=[NEVER_FULL, PARTNER])
+def guarded_slot_breaker() -> None:
+    """The same, behind a circuit breaker: its check and outcome ride in the same calls."""
+
+
+@app.task(name="bench.guarded_breaker", base=GuardedTask, guards=[PARTNER])
+def guarded_breaker() -> None:
+    """A breaker alone: admission at start, the outcome in a release call at the end."""
 
 
 @app.task(name="bench.guarded_rate", base=GuardedTask, guards=[RateLimit(RATE)], bind=True)

@@ -15,11 +15,17 @@ Three figures, on one worker (prefork, ``-c 2``):
   their slot in that same call and are re-published. A re-run on time for its slot skips
   the bucket it paid for; a late one contests again (taskguard.deferral), so round trips
   are counted per run as well as per task.
+
+A second result, ``breakerrt``, checks that a ``CircuitBreaker`` guard adds no round trip
+of its own: a task holding a concurrency slot (admission at start, release at the end)
+makes as many round trips with a breaker added as without, since the breaker's check
+rides in the admission and its outcome in the release. A breaker alone costs the same two.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from celery import Celery
 
@@ -43,19 +49,20 @@ TITLE = "Redis round trips per guarded task, counted on a state-only server"
 GUARDED = "bench.guarded_noop"
 RATE_LIMITED = "bench.guarded_rate"
 DENSE_RATE = "200/s"
+BREAKER_TASKS = ("bench.guarded_slot", "bench.guarded_slot_breaker", "bench.guarded_breaker")
 #: Time for the last admitted task to finish after its message was acknowledged.
 SETTLE = 0.5
 
 
-def _run_batch(app: Celery, context: Context, queue: str, tasks: int) -> None:
+def _run_batch(app: Celery, context: Context, queue: str, tasks: int, task: str = GUARDED) -> None:
     broker = context.client()
-    publish(app, GUARDED, tasks, queue)
+    publish(app, task, tasks, queue)
     wait_until_drained(broker, queue)
     time.sleep(SETTLE)
     broker.close()
 
 
-def run(context: Context) -> BenchResult:
+def run(context: Context) -> list[BenchResult]:
     tasks, dense = (200, 100) if context.quick else (1000, 400)
     warm = 100
     broker_url = context.server.url
@@ -78,6 +85,15 @@ def run(context: Context) -> BenchResult:
                 publish(app, RATE_LIMITED, dense, queue, args=(key,))
                 wait_for_starts(broker, key, dense)
                 time.sleep(SETTLE)
+            guarded = {}
+            for name in (
+                "bench.guarded_slot",
+                "bench.guarded_slot_breaker",
+                "bench.guarded_breaker",
+            ):
+                with counting(state.url) as counted:
+                    _run_batch(app, context, queue, tasks, name)
+                guarded[name] = counted
         finally:
             worker.stop()
     starts = read_starts(broker, key)
@@ -135,4 +151,30 @@ def run(context: Context) -> BenchResult:
         "never_denied_commandstats": {n: s.calls for n, s in never_denied.stats.items()},
         "dense_commandstats": {n: s.calls for n, s in denied.stats.items()},
     }
-    return BenchResult(NAME, TITLE, rows, goal, details)
+    return [BenchResult(NAME, TITLE, rows, goal, details), _breaker_result(guarded, tasks)]
+
+
+def _breaker_result(counted: dict[str, Any], tasks: int) -> BenchResult:
+    slot = counted["bench.guarded_slot"].round_trips / tasks
+    both = counted["bench.guarded_slot_breaker"].round_trips / tasks
+    alone = counted["bench.guarded_breaker"].round_trips / tasks
+    rows = [
+        Row("Concurrency cap", slot, "RT/task", counted["bench.guarded_slot"].describe(tasks)),
+        Row(
+            "Concurrency cap + CircuitBreaker",
+            both,
+            "RT/task",
+            counted["bench.guarded_slot_breaker"].describe(tasks),
+        ),
+        Row(
+            "CircuitBreaker alone",
+            alone,
+            "RT/task",
+            counted["bench.guarded_breaker"].describe(tasks),
+        ),
+    ]
+    # A heartbeat renewal or a script load now and then lands in a batch (a few per
+    # thousand tasks); a round trip of the breaker's own would add 1.00 per task.
+    added = both - slot
+    goal = Goal("a breaker guard adds no round trip (< 0.05 RT/task)", added < 0.05, added)
+    return BenchResult("breakerrt", "round trips a CircuitBreaker guard adds to a task", rows, goal)
