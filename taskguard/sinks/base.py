@@ -17,7 +17,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Loaded", "Record", "Store"]
+__all__ = ["JSONText", "Loaded", "Record", "Store", "accepts_json_text"]
+
+
+class JSONText(str):
+    """A record value that is already compact JSON text (the drain's write-behind payloads).
+
+    The drain pool hands these, undecoded, only to a store whose ``accepts_json_text``
+    attribute is true (:func:`accepts_json_text`); such a store writes the text as the
+    value's JSON verbatim and must refuse text that is not valid JSON with a non-transient
+    :class:`~taskguard.errors.StoreError` (the record is then dead-lettered, as an
+    undecodable payload would be). Every other store gets decoded values.
+    """
+
+    __slots__ = ()
+
+
+def accepts_json_text(store: object) -> bool:
+    """Whether ``store`` takes :class:`JSONText` values (its ``accepts_json_text`` is true)."""
+    return getattr(store, "accepts_json_text", False) is True
 
 
 @dataclass(frozen=True)
@@ -26,7 +44,8 @@ class Record:
 
     Attributes:
         key: The cache key (unique within a namespace).
-        value: A JSON-serializable value; ``None`` for a delete.
+        value: A JSON-serializable value; ``None`` for a delete. A :class:`JSONText` is
+            the value's JSON text (only for stores that accept it).
         version: Orders writes to ``key``; a higher version wins.
         deleted: True for a tombstone (the key was deleted).
     """

@@ -123,6 +123,9 @@ class SQLStore:
 
     Attributes:
         dialect: ``"postgresql"`` or ``"sqlite"``.
+        accepts_json_text: True for the generic table: a
+            :class:`~taskguard.sinks.base.JSONText` value is written as its JSON verbatim
+            (checked by ``jsonb`` on PostgreSQL, by ``json.loads`` on SQLite).
         table: The SQLAlchemy table written (a mapped table once it was reflected).
     """
 
@@ -152,6 +155,8 @@ class SQLStore:
             raise ConfigurationError("copy_threshold must be at least 1", field="copy_threshold")
         self.copy_threshold = copy_threshold
         self.mapping = mapping
+        #: The generic table takes :class:`~taskguard.sinks.base.JSONText` values verbatim.
+        self.accepts_json_text = mapping is None
         self.schema = schema
         self.create = create and mapping is None
         self.table: Table = kv_table(table, schema)

@@ -22,7 +22,7 @@ from sqlalchemy.sql.base import Executable
 
 from taskguard.errors import StoreError
 
-from .base import Loaded, Record
+from .base import JSONText, Loaded, Record
 from .sql_tables import TableMapping
 
 __all__ = ["KVStatements", "MappedStatements", "Step", "encode_value", "latest_per_key"]
@@ -60,19 +60,42 @@ def latest_per_key(records: Sequence[Record]) -> list[Record]:
     return [latest[key] for key in sorted(latest)]
 
 
-def encode_value(record: Record) -> str | None:
+def encode_value(record: Record, *, check_text: bool = True) -> str | None:
     """The record's value as compact JSON text (``None`` for a tombstone).
 
+    A :class:`~taskguard.sinks.base.JSONText` value is the JSON already: it is returned
+    as is, after a check that it parses (skipped with ``check_text=False``, for a
+    database that checks it itself: PostgreSQL's ``jsonb``).
+
     Raises:
-        StoreError: (not transient) the value is not JSON-serializable (NaN included).
+        StoreError: (not transient) the value is not JSON-serializable (NaN included), or
+            is JSON text that does not parse.
     """
     if record.deleted:
         return None
+    if type(record.value) is JSONText:
+        if check_text:
+            _check_json(record.key, record.value)
+        return record.value
     try:
         return json.dumps(record.value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise StoreError(
             f"record {record.key!r}: value is not JSON-serializable: {exc}", transient=False
+        ) from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_json(key: str, text: str) -> None:
+    """Raise a non-transient StoreError unless ``text`` is strict JSON (no NaN/Infinity)."""
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise StoreError(
+            f"record {key!r}: value is not valid JSON text: {exc}", transient=False
         ) from exc
 
 
@@ -128,11 +151,14 @@ class KVStatements:
         # The store owns the JSON: read jsonb back as text and decode it here.
         self._value = cast(table.c.value, Text) if dialect == "postgresql" else table.c.value
 
-    @staticmethod
-    def rows(records: Sequence[Record]) -> list[tuple[str, str | None, int, bool]]:
+    def rows(self, records: Sequence[Record]) -> list[tuple[str, str | None, int, bool]]:
         """(key, JSON text, version, deleted) per record; the records come from
-        :func:`latest_per_key`."""
-        return [(r.key, encode_value(r), r.version, bool(r.deleted)) for r in records]
+        :func:`latest_per_key`. JSON text values are checked here on SQLite only
+        (PostgreSQL's ``jsonb`` cast refuses bad JSON itself)."""
+        check = self.dialect != "postgresql"
+        return [
+            (r.key, encode_value(r, check_text=check), r.version, bool(r.deleted)) for r in records
+        ]
 
     def steps(self, namespace: str, records: Sequence[Record]) -> list[Step]:
         """The executemany upsert of ``records``."""

@@ -4,6 +4,7 @@ and the store survives the server going down and coming back."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 
 from taskguard.errors import StoreError
 from taskguard.sinks import Loaded, Record, SQLStore, TableMapping
+from taskguard.sinks.base import JSONText
 from taskguard.testing import PostgresServer
 from taskguard.testing.servers import find_postgres_bindir
 
@@ -277,3 +279,30 @@ def test_the_store_survives_an_outage(threshold: int) -> None:
             assert store.load("ns", "k") == Loaded(5, 5)
         finally:
             store.close()
+
+
+def test_json_text_and_tricky_keys_on_both_paths(store: SQLStore) -> None:
+    keys = ["tab\tkey", "back\\slash", "new\nline", "cr\rkey", "\\N", "\\.", "ünï ✓ 𝄞", "\x01"]
+    records = [
+        Record(key, JSONText(json.dumps({"k": key, "i": i}, ensure_ascii=False)), 10 + i)
+        for i, key in enumerate(keys)
+    ]
+    records.append(Record("esc", JSONText('{"a":"x\\\\y\\"z\\u00e9\\t"}'), 3))
+    records.append(Record("dict", {"plain": "value\\"}, 4))
+    records.append(Record("tomb", None, 5, deleted=True))
+    store.write("ns", records)
+    found = store.load_many("ns", [*keys, "esc", "dict", "tomb"])
+    assert {k: found[k] for k in keys} == {
+        key: Loaded({"k": key, "i": i}, 10 + i) for i, key in enumerate(keys)
+    }
+    assert found["esc"] == Loaded({"a": 'x\\y"zé\t'}, 3)
+    assert found["dict"] == Loaded({"plain": "value\\"}, 4)
+    assert found["tomb"] == Loaded(None, 5, deleted=True)
+
+
+@pytest.mark.parametrize("bad", ["{not json", '{"n":NaN}', '"a\\u0000b"', ""])
+def test_bad_json_text_is_a_data_error(store: SQLStore, bad: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        store.write("ns", [Record("ok", JSONText("1"), 1), Record("bad", JSONText(bad), 1)])
+    assert caught.value.transient is False
+    assert store.load("ns", "ok") is None

@@ -3,6 +3,7 @@ mapped user tables, atomic batches and the transient/permanent error classificat
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import threading
@@ -12,11 +13,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import exc as sa_exc
 
 import taskguard.sinks
 from taskguard.errors import ConfigurationError, StoreError
 from taskguard.sinks import Loaded, Record, SQLStore, Store, TableMapping
+from taskguard.sinks.base import JSONText, accepts_json_text
+from taskguard.sinks.pg_copy import copy_text, escape_copy
 from taskguard.sinks.sql import ddl
 from taskguard.sinks.sql_errors import is_disconnect, is_transient, store_error
 
@@ -429,3 +434,108 @@ def test_disconnects() -> None:
     )
     assert is_disconnect(invalidated)
     assert is_transient(invalidated)
+
+
+# ---------------------------------------------------------------- JSON text and COPY text
+
+
+def test_json_text_is_stored_verbatim_and_checked(store: SQLStore) -> None:
+    assert store.accepts_json_text
+    text = JSONText('{"q":"a\\"b\\\\c\\n","é":[1,2.5,null]}')
+    store.write("ns", [Record("k", text, 1), Record("gone", None, 1, deleted=True)])
+    assert store.load("ns", "k") == Loaded({"q": 'a"b\\c\n', "é": [1, 2.5, None]}, 1)
+    for bad in ("{not json", '{"n":NaN}', "Infinity", ""):
+        with pytest.raises(StoreError) as caught:
+            store.write("ns", [Record("ok", 1, 5), Record("bad", JSONText(bad), 5)])
+        assert caught.value.transient is False
+        assert store.load("ns", "ok") is None  # the whole batch rolled back
+
+
+def test_a_mapped_table_takes_no_json_text(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, name TEXT, version INTEGER)")
+    with SQLStore(url, mapping=TableMapping("t", key_column="id")) as mapped:
+        assert not accepts_json_text(mapped)
+    with SQLStore(url) as generic:
+        assert accepts_json_text(generic)
+    assert not accepts_json_text(object())
+
+
+def _parse_copy(data: str) -> list[tuple[str, str | None, int, bool]]:
+    """A reference reader of COPY's text format (the four stage columns)."""
+    escapes = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+
+    def field(raw: str) -> str | None:
+        if raw == "\\N":
+            return None
+        out, i = [], 0
+        while i < len(raw):
+            if raw[i] == "\\":
+                out.append(escapes[raw[i + 1]])
+                i += 2
+            else:
+                out.append(raw[i])
+                i += 1
+        return "".join(out)
+
+    assert data == "" or data.endswith("\n")
+    rows = []
+    for line in data.split("\n")[:-1]:
+        key, value, version, deleted = line.split("\t")
+        parsed_key = field(key)
+        assert parsed_key is not None
+        rows.append((parsed_key, field(value), int(version), deleted == "t"))
+    return rows
+
+
+TRICKY = [
+    "plain",
+    "tab\there",
+    "back\\slash",
+    "new\nline",
+    "carriage\rreturn",
+    "\\N",
+    "\\.",
+    "ünïcødé ✓ 𝄞",
+    "mix\t\\\n\r\\t",
+    "",
+]
+
+
+@pytest.mark.parametrize("placeholder", ["", "\x00", "\x01", "\x02"])
+def test_copy_text_escapes_keys_and_json(placeholder: str) -> None:
+    rows = [
+        (key + placeholder, json.dumps({"s": key}, ensure_ascii=False), i, False)
+        for i, key in enumerate(TRICKY)
+    ]
+    rows.append(("tomb" + placeholder, None, 99, True))
+    rows.append(("raw json", '{"a":"x\\\\y\\"z\\u00e9\\t"}', 2**62, False))
+    assert _parse_copy(copy_text(rows)) == rows
+
+
+def test_copy_text_of_nothing() -> None:
+    assert copy_text([]) == ""
+    assert _parse_copy(copy_text([("k", None, 1, True)])) == [("k", None, 1, True)]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(),
+            st.one_of(st.none(), st.text()),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.booleans(),
+        ),
+        max_size=20,
+    )
+)
+def test_copy_text_round_trips(rows: list[tuple[str, str | None, int, bool]]) -> None:
+    assert _parse_copy(copy_text(rows)) == rows
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_escape_copy(text: str) -> None:
+    escaped = escape_copy(text)
+    assert not {"\t", "\n", "\r"} & set(escaped)
+    assert _parse_copy(f"k\t{escaped}\t1\tf\n") == [("k", text, 1, False)]
