@@ -10,11 +10,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from taskguard.cache.codec import get_codec
-from taskguard.cache.records import QueuedWrite
+from taskguard.cache.records import VERSION_SCALE, QueuedWrite
 from taskguard.errors import StoreError
-from taskguard.sinks.base import Record
+from taskguard.sinks.base import JSONText, Record
 
-__all__ = ["Coalesced", "Entry", "Rejected", "coalesce", "id_order", "write_bisecting"]
+__all__ = [
+    "Coalesced",
+    "Entry",
+    "RawEntry",
+    "Rejected",
+    "coalesce",
+    "coalesce_raw",
+    "entry_of",
+    "id_order",
+    "write_bisecting",
+]
+
+#: A stream entry as the read script returns it: (id, flat field list ``[name, value, ...]``).
+RawEntry = tuple[bytes, list[bytes]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,16 @@ class Rejected:
     version: int | None = None
 
 
+def entry_of(raw: RawEntry, deliveries: int = 1) -> Entry:
+    """The :class:`Entry` of a raw entry (its fields as a dict)."""
+    sid, flat = raw
+    return Entry(_text(sid), dict(zip(flat[::2], flat[1::2], strict=True)), deliveries)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @dataclass
 class Coalesced:
     """What a batch writes.
@@ -51,6 +74,59 @@ class Coalesced:
     winners: dict[str, Entry] = field(default_factory=dict)
     latest: dict[str, str] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    _raw: dict[str, RawEntry] = field(default_factory=dict)
+
+    def winner(self, key: str) -> Entry:
+        """The entry the record of ``key`` came from."""
+        entry = self.winners.get(key)
+        if entry is None:
+            entry = self.winners[key] = entry_of(self._raw[key])
+        return entry
+
+
+def coalesce_raw(raw: Sequence[RawEntry], *, json_text: bool = False) -> Coalesced:
+    """:func:`coalesce` for entries as the read script returns them (delivered once).
+
+    The common batch - every entry a JSON set of a different key - takes a fast path that
+    builds no :class:`Entry`: with ``json_text`` the payloads become
+    :class:`~taskguard.sinks.base.JSONText` undecoded (the store checks them: a payload
+    that is not JSON is refused by the store and dead-lettered through bisection, where
+    :func:`coalesce` would reject it itself). Anything else goes through :func:`coalesce`.
+    """
+    fast = _coalesce_plain(raw, json_text)
+    if fast is not None:
+        return fast
+    return coalesce([entry_of(item) for item in raw], json_text=json_text)
+
+
+def _coalesce_plain(raw: Sequence[RawEntry], json_text: bool) -> Coalesced | None:
+    """The fast path of :func:`coalesce_raw`, or None when the batch does not fit it."""
+    result = Coalesced()
+    records, latest, sources = result.records, result.latest, result._raw
+    loads = get_codec("json").loads
+    try:
+        for item in raw:
+            sid, fields = item
+            if (
+                len(fields) != 6
+                or fields[0] != b"k"
+                or fields[2] != b"v"
+                or fields[4] != b"c"
+                or fields[5] != b"json"
+            ):
+                return None
+            key = fields[1].decode()
+            if key in sources:
+                return None  # a key written twice: coalesce() picks the winner
+            sources[key] = item
+            ms, _, seq = sid.partition(b"-")
+            version = int(ms) * VERSION_SCALE + int(seq or 0)
+            value = JSONText(fields[3], "utf-8") if json_text else loads(fields[3])
+            records.append(Record(key, value, version))
+            latest[key] = sid.decode()
+    except (ValueError, TypeError, AttributeError):
+        return None  # undecodable or odd: coalesce() rejects what must be
+    return result
 
 
 def id_order(stream_id: str) -> tuple[int, int]:
@@ -59,12 +135,14 @@ def id_order(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def coalesce(entries: Sequence[Entry]) -> Coalesced:
+def coalesce(entries: Sequence[Entry], *, json_text: bool = False) -> Coalesced:
     """Reduce ``entries`` to one record per key; the highest version wins.
 
     A version is the entry's stream id, or its explicit ``V`` (a re-queued dead letter keeps
     its original version, so it never overwrites a newer write). A winner that cannot be
-    decoded is rejected and the next highest version of its key is tried.
+    decoded is rejected and the next highest version of its key is tried. With
+    ``json_text``, a JSON payload is still checked but handed on as
+    :class:`~taskguard.sinks.base.JSONText` (the store writes it verbatim).
     """
     result = Coalesced()
     candidates: dict[str, list[tuple[QueuedWrite, Entry]]] = {}
@@ -87,6 +165,8 @@ def coalesce(entries: Sequence[Entry]) -> Coalesced:
                     if write.payload is None:
                         raise ValueError("no value field 'v'")
                     value = get_codec(write.codec).loads(write.payload)
+                    if json_text and write.codec == "json":
+                        value = JSONText(write.payload, "utf-8")
             except Exception as exc:  # any codec failure makes the entry undecodable
                 result.rejected.append(
                     Rejected(entry, f"undecodable payload: {exc!r}", write.version)

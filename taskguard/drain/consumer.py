@@ -20,10 +20,20 @@ import redis
 
 from taskguard import signals
 from taskguard.errors import BackendUnavailable, StoreError
-from taskguard.sinks.base import Record, Store
+from taskguard.sinks.base import Record, Store, accepts_json_text
 
 from .backoff import SinkBreaker, backoff_delay
-from .batch import Entry, Rejected, coalesce, id_order, write_bisecting
+from .batch import (
+    Coalesced,
+    Entry,
+    RawEntry,
+    Rejected,
+    coalesce,
+    coalesce_raw,
+    entry_of,
+    id_order,
+    write_bisecting,
+)
 from .metrics import Throughput
 from .partition import Partition, dead_letter, read_new
 
@@ -106,8 +116,8 @@ class Consumer:
                 done += self._recover(partition, fresh=partition.needs_claim)
                 partition.needs_claim = False
                 partition.last_scan = now
-        for partition, entries in self.gather(partitions).items():
-            done += self.process(partition, entries)
+        for partition, raw in self.gather(partitions).items():
+            done += self.process_raw(partition, raw)
         return done
 
     def _recover(self, partition: Partition, *, fresh: bool) -> int:
@@ -126,11 +136,11 @@ class Consumer:
             done += self.process(partition, entries)
         return done
 
-    def gather(self, partitions: Sequence[Partition]) -> dict[Partition, list[Entry]]:
+    def gather(self, partitions: Sequence[Partition]) -> dict[Partition, list[RawEntry]]:
         """Read new entries until each partition has ``batch_size`` or ``linger`` has passed
         since the first arrived. Waits (cheaply, woken by new data) while nothing comes."""
         size = self.options.batch_size
-        collected: dict[Partition, list[Entry]] = {}
+        collected: dict[Partition, list[RawEntry]] = {}
         active = [p for p in partitions if not p.surrender]
         deadline: float | None = None
         while active and not self.stopping.is_set():
@@ -163,6 +173,8 @@ class Consumer:
     def process(self, partition: Partition, entries: Sequence[Entry]) -> int:
         """Write one batch of ``partition`` and acknowledge it; dead-letter what must be.
 
+        Entries delivered more than ``max_deliveries`` times go to the dead letters.
+
         Raises:
             Abandoned: The pool stopped waiting; the batch stays pending in Redis.
         """
@@ -179,32 +191,61 @@ class Consumer:
                 rejected.append(Rejected(entry, reason))
             else:
                 fresh.append(entry)
-        batch = coalesce(fresh)
+        batch = coalesce(fresh, json_text=self._json_text(partition))
+        ids = [entry.stream_id for entry in entries]
+        latest = _latest_ids(entries)
+        return self._finish(
+            partition, batch=batch, rejected=rejected, latest=latest, ids=ids, started=started
+        )
+
+    def process_raw(self, partition: Partition, raw: Sequence[RawEntry]) -> int:
+        """:meth:`process` for newly read entries (delivered once), as read."""
+        started = time.monotonic()
+        batch = coalesce_raw(raw, json_text=self._json_text(partition))
+        latest: dict[str, str | bytes] = dict(batch.latest)
+        if len(batch.latest) != len(raw):  # keys written twice, or malformed entries
+            latest = dict(_latest_ids([entry_of(item) for item in raw]))
+        ids = [sid for sid, _ in raw]
+        return self._finish(
+            partition, batch=batch, rejected=[], latest=latest, ids=ids, started=started
+        )
+
+    def _json_text(self, partition: Partition) -> bool:
+        return accepts_json_text(self.stores[partition.namespace])
+
+    def _finish(
+        self,
+        partition: Partition,
+        *,
+        batch: Coalesced,
+        rejected: list[Rejected],
+        latest: Mapping[str, str | bytes],
+        ids: Sequence[str | bytes],
+        started: float,
+    ) -> int:
         rejected += batch.rejected
         failed: list[StoreError | Exception] = []
         poisoned = write_bisecting(
-            lambda records: self._write(partition, records, failed, len(entries)), batch.records
+            lambda records: self._write(partition, records, failed, len(ids)), batch.records
         )
         for record, error in poisoned:
-            rejected.append(Rejected(batch.winners[record.key], error, record.version))
+            rejected.append(Rejected(batch.winner(record.key), error, record.version))
         if rejected:
             self._redis(lambda: dead_letter(self.client, partition, rejected, self._now_ms()))
-        latest = _latest_ids(entries)
-        ids = [entry.stream_id for entry in entries]
         self._redis(lambda: partition.ack(self.client, latest, ids))
         rows = len(batch.records) - len(poisoned)
-        self.throughput.record(rows, len(entries))
+        self.throughput.record(rows, len(ids))
         if rejected:
             self._report_dead(partition, rejected)
         signals.drain_batch_written.send(
             sender=self.sender,
             namespace=partition.namespace,
             partition=partition.index,
-            records=len(entries),
+            records=len(ids),
             rows=rows,
             duration=time.monotonic() - started,
         )
-        return len(entries)
+        return len(ids)
 
     def _write(
         self,

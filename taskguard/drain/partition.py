@@ -16,7 +16,7 @@ from taskguard.backend.lua import load_script
 from taskguard.cache.records import version_of
 from taskguard.keys import KeySchema
 
-from .batch import Entry, Rejected
+from .batch import Entry, RawEntry, Rejected
 
 __all__ = ["GROUP", "Partition", "dead_letter", "registered_namespaces"]
 
@@ -25,6 +25,7 @@ GROUP = "taskguard-drain"
 
 _ACK = load_script("drain_ack")
 _LEASE = load_script("drain_lease")
+_READ = load_script("drain_read")
 
 
 def _text(value: bytes | str) -> str:
@@ -126,15 +127,20 @@ class Partition:
             client.xack(self.stream, GROUP, *gone)
         return entries
 
-    def ack(self, client: redis.Redis, latest: Mapping[str, str], ids: Sequence[str]) -> int:
+    def ack(
+        self,
+        client: redis.Redis,
+        latest: Mapping[str, str | bytes],
+        ids: Sequence[str | bytes],
+    ) -> int:
         """After the store commit: clear dirty marks that still name these writes, then
         XACK and XDEL every entry of the batch (one script, ``drain_ack.lua``)."""
         if not ids:
             return 0
         args: list[Any] = [GROUP, len(latest)]
-        for key, sid in latest.items():
-            args += [key, sid]
-        args += list(ids)
+        for pair in latest.items():
+            args += pair
+        args += ids
         return int(_ACK(client, [self.stream, self.dirty], args))
 
 
@@ -145,22 +151,55 @@ def read_new(
     *,
     count: int,
     block: float | None,
-) -> dict[Partition, list[Entry]]:
-    """One XREADGROUP over ``partitions``: new entries, waiting up to ``block`` seconds."""
+) -> dict[Partition, list[RawEntry]]:
+    """New entries of ``partitions``, waiting up to ``block`` seconds when there are none.
+
+    A pipeline of ``drain_read.lua`` calls (one per partition, none blocking) reads what
+    is there; only when that finds nothing does one blocking XREADGROUP over every
+    partition wait for the next write.
+    """
+    result = _read_now(client, consumer, partitions, count)
+    if result or not block:
+        return result
     by_stream = {p.stream: p for p in partitions}
     reply: Any = client.xreadgroup(
         GROUP,
         consumer,
         dict.fromkeys(by_stream, ">"),
         count=count,
-        block=None if block is None else max(int(block * 1000), 1),
+        block=max(int(block * 1000), 1),
     )
-    result: dict[Partition, list[Entry]] = {}
     for stream, items in reply or []:
-        entries = [Entry(_text(sid), fields) for sid, fields in items if fields is not None]
+        entries: list[RawEntry] = [
+            (_bytes(sid), [part for pair in fields.items() for part in pair])
+            for sid, fields in items
+            if fields is not None
+        ]
         if entries:
             result[by_stream[_text(stream)]] = entries
     return result
+
+
+def _read_now(
+    client: redis.Redis, consumer: str, partitions: Sequence[Partition], count: int
+) -> dict[Partition, list[RawEntry]]:
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.evalsha(_READ.sha, 1, partition.stream, GROUP, consumer, count)
+        try:
+            replies: list[Any] = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            client.script_load(_READ.source)
+            continue
+        return {p: reply for p, reply in zip(partitions, replies, strict=True) if reply}
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
 def dead_letter(

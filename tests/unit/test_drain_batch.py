@@ -8,9 +8,16 @@ from collections.abc import Sequence
 import pytest
 
 from taskguard.cache.records import version_of
-from taskguard.drain.batch import Entry, coalesce, write_bisecting
+from taskguard.drain.batch import (
+    Coalesced,
+    Entry,
+    RawEntry,
+    coalesce,
+    coalesce_raw,
+    write_bisecting,
+)
 from taskguard.errors import StoreError
-from taskguard.sinks.base import Record
+from taskguard.sinks.base import JSONText, Record
 
 
 def put(sid: str, key: str, value: object, version: int | None = None) -> Entry:
@@ -131,3 +138,69 @@ def test_nothing_to_write_writes_nothing() -> None:
     store = PickyStore(set())
     assert write_bisecting(store.write, []) == []
     assert store.calls == []
+
+
+# ---------------------------------------------------------------- raw entries (the read script)
+
+
+def raw(entry: Entry) -> RawEntry:
+    return entry.stream_id.encode(), [part for pair in entry.fields.items() for part in pair]
+
+
+def _summary(batch: Coalesced) -> dict[str, tuple[object, int, bool, str]]:
+    return {
+        r.key: (r.value, r.version, r.deleted, batch.winner(r.key).stream_id) for r in batch.records
+    }
+
+
+def test_raw_fast_path_hands_json_text_through() -> None:
+    entries = [put("5-0", "a", {"x": 'q\\"é'}), put("5-1", "b\t\n", [1, None]), put("6-7", "c", 3)]
+    batch = coalesce_raw([raw(e) for e in entries], json_text=True)
+    assert all(type(r.value) is JSONText for r in batch.records)
+    assert [json.loads(r.value) for r in batch.records] == [{"x": 'q\\"é'}, [1, None], 3]
+    assert [r.version for r in batch.records] == [version_of(e.stream_id) for e in entries]
+    assert batch.latest == {"a": "5-0", "b\t\n": "5-1", "c": "6-7"}
+    assert batch.winner("b\t\n") == entries[1]
+    decoded = coalesce_raw([raw(e) for e in entries])
+    assert _summary(decoded) == _summary(coalesce(entries))
+    assert not any(isinstance(r.value, JSONText) for r in decoded.records)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        put("4-0", "a", "older"),  # a key twice: the highest version wins
+        put("9-0", "a", "requeued", version=1),  # an explicit version
+        delete("9-0", "a"),
+        Entry("9-0", {b"k": b"a", b"v": b"{not json", b"c": b"json"}),
+        Entry("9-0", {b"k": b"\xff", b"v": b"1", b"c": b"json"}),
+        Entry("9-0", {b"v": b"1"}),
+        Entry("9-0", {b"k": b"a", b"v": b"\x92\x01\x02", b"c": b"msgpack"}),
+    ],
+)
+@pytest.mark.parametrize("json_text", [False, True])
+def test_raw_batches_coalesce_like_entries(odd: Entry, json_text: bool) -> None:
+    entries = [put("5-0", "a", {"n": 1}), put("5-1", "b", 2), odd]
+    batch = coalesce_raw([raw(e) for e in entries], json_text=json_text)
+    expected = coalesce(entries)
+    got = _summary(batch)
+    if json_text:
+        got = {
+            k: (json.loads(v) if isinstance(v, JSONText) else v, *rest)
+            for k, (v, *rest) in got.items()
+        }
+    assert got == _summary(expected)
+    assert [(r.entry, r.version) for r in batch.rejected] == [
+        (r.entry, r.version) for r in expected.rejected
+    ]
+
+
+def test_raw_fast_path_leaves_bad_json_to_the_store() -> None:
+    # One write per key: no older version to fall back on; the store refuses the text and
+    # bisection dead-letters it with its version (without json_text it is rejected here).
+    bad = Entry("9-0", {b"k": b"a", b"v": b"{not json", b"c": b"json"})
+    passed = coalesce_raw([raw(bad)], json_text=True)
+    assert passed.records == [Record("a", JSONText("{not json"), version_of("9-0"))]
+    checked = coalesce_raw([raw(bad)])
+    assert checked.records == []
+    assert [(r.entry, r.version) for r in checked.rejected] == [(bad, version_of("9-0"))]
