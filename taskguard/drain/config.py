@@ -62,7 +62,7 @@ class DrainSettings:
     table: str | None = None
     namespaces: tuple[str, ...] = ()
     workers: int = 2
-    batch_size: int = 1000
+    batch_size: int = 2000
     linger: float = 0.05
     lease_ttl: float = 10.0
     max_deliveries: int = 5

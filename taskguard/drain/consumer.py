@@ -55,7 +55,7 @@ class Abandoned(Exception):
 class DrainOptions:
     """The tunables of a drain pool (see :class:`taskguard.drain.DrainPool`)."""
 
-    batch_size: int = 1000
+    batch_size: int = 2000
     linger: float = 0.05
     lease_ttl: float = 10.0
     max_deliveries: int = 5

@@ -105,7 +105,7 @@ class DrainPool:
         stores: Mapping[str, Store] | None = None,
         namespaces: list[str] | tuple[str, ...] | None = None,
         workers: int = 2,
-        batch_size: int = 1000,
+        batch_size: int = 2000,
         linger: float = 0.05,
         lease_ttl: float = 10.0,
         max_deliveries: int = 5,
