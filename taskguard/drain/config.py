@@ -15,7 +15,7 @@ from typing import Any
 
 from taskguard.errors import ConfigurationError
 
-__all__ = ["DrainSettings"]
+__all__ = ["DrainOptions", "DrainSettings"]
 
 _DURATIONS = ("linger", "lease_ttl", "claim_idle", "backoff_base", "backoff_max", "stop_timeout")
 _COUNTS = {"workers": 1, "batch_size": 1, "max_deliveries": 1}
@@ -33,6 +33,19 @@ def _seconds(value: object, name: str, *, allow_zero: bool) -> float:
         bound = "zero or more" if allow_zero else "positive"
         raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=f"drain.{name}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """The tunables of a drain pool (see :class:`taskguard.drain.DrainPool`)."""
+
+    batch_size: int = 2000
+    linger: float = 0.05
+    lease_ttl: float = 10.0
+    max_deliveries: int = 5
+    claim_idle: float = 30.0
+    backoff_base: float = 0.1
+    backoff_max: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,13 +75,13 @@ class DrainSettings:
     table: str | None = None
     namespaces: tuple[str, ...] = ()
     workers: int = 2
-    batch_size: int = 2000
-    linger: float = 0.05
-    lease_ttl: float = 10.0
-    max_deliveries: int = 5
-    claim_idle: float = 30.0
-    backoff_base: float = 0.1
-    backoff_max: float = 30.0
+    batch_size: int = DrainOptions.batch_size
+    linger: float = DrainOptions.linger
+    lease_ttl: float = DrainOptions.lease_ttl
+    max_deliveries: int = DrainOptions.max_deliveries
+    claim_idle: float = DrainOptions.claim_idle
+    backoff_base: float = DrainOptions.backoff_base
+    backoff_max: float = DrainOptions.backoff_max
     stop_timeout: float = 10.0
 
     @classmethod

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -34,6 +33,7 @@ from .batch import (
     id_order,
     write_bisecting,
 )
+from .config import DrainOptions
 from .metrics import Throughput
 from .partition import Partition, dead_letter, read_new
 
@@ -49,19 +49,6 @@ REDIS_ERRORS = (redis.RedisError, OSError, BackendUnavailable)
 
 class Abandoned(Exception):
     """The pool stopped before an in-flight batch could finish; it stays pending in Redis."""
-
-
-@dataclass(frozen=True)
-class DrainOptions:
-    """The tunables of a drain pool (see :class:`taskguard.drain.DrainPool`)."""
-
-    batch_size: int = 2000
-    linger: float = 0.05
-    lease_ttl: float = 10.0
-    max_deliveries: int = 5
-    claim_idle: float = 30.0
-    backoff_base: float = 0.1
-    backoff_max: float = 30.0
 
 
 class Consumer:

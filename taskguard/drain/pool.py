@@ -28,7 +28,8 @@ from taskguard.errors import ConfigurationError
 from taskguard.sinks.base import Store
 
 from .backoff import SinkBreaker, backoff_delay
-from .consumer import REDIS_ERRORS, Abandoned, Consumer, DrainOptions
+from .config import DrainOptions
+from .consumer import REDIS_ERRORS, Abandoned, Consumer
 from .metrics import DrainMetrics, Throughput, queue_metrics
 from .partition import Partition, registered_namespaces
 
@@ -105,13 +106,13 @@ class DrainPool:
         stores: Mapping[str, Store] | None = None,
         namespaces: list[str] | tuple[str, ...] | None = None,
         workers: int = 2,
-        batch_size: int = 2000,
-        linger: float = 0.05,
-        lease_ttl: float = 10.0,
-        max_deliveries: int = 5,
-        claim_idle: float = 30.0,
-        backoff_base: float = 0.1,
-        backoff_max: float = 30.0,
+        batch_size: int = DrainOptions.batch_size,
+        linger: float = DrainOptions.linger,
+        lease_ttl: float = DrainOptions.lease_ttl,
+        max_deliveries: int = DrainOptions.max_deliveries,
+        claim_idle: float = DrainOptions.claim_idle,
+        backoff_base: float = DrainOptions.backoff_base,
+        backoff_max: float = DrainOptions.backoff_max,
         breaker_threshold: int = 5,
     ) -> None:
         if not isinstance(backend, RedisBackend):
