@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,32 @@ def _wait_drained(backend: taskguard.Backend, namespace: str, timeout: float = 6
         time.sleep(0.01)
 
 
-def _throughput(context: Context, dsn: str, rows: int) -> tuple[float, dict[str, Any]]:
-    backend = taskguard.connect(context.server.url, prefix=context.unique("drain"))
-    table = context.unique("kv").replace("-", "_")
+@dataclass
+class _Run:
+    """One measurement's own key prefix, backend and store table (dropped afterwards)."""
+
+    prefix: str
+    table: str
+    backend: taskguard.Backend
+    store: SQLStore
+
+
+@contextlib.contextmanager
+def _run(context: Context, dsn: str, what: str) -> Iterator[_Run]:
+    prefix = context.unique(what)
+    table = prefix.replace("-", "_")
     store = SQLStore(dsn, table=table)
     store.create_table()
     try:
+        yield _Run(prefix, table, taskguard.connect(context.server.url, prefix=prefix), store)
+    finally:
+        store.drop_table()
+        store.close()
+
+
+def _throughput(context: Context, dsn: str, rows: int) -> tuple[float, dict[str, Any]]:
+    with _run(context, dsn, "drain") as run:
+        backend, store = run.backend, run.store
         cache = backend.cache("bench", strategy="write-behind", ttl=600, store=store)
         _fill(cache, rows, "k")
         with DrainPool(backend, store=store, namespaces=["bench"], workers=2) as pool:
@@ -103,27 +124,17 @@ def _throughput(context: Context, dsn: str, rows: int) -> tuple[float, dict[str,
         if len(stored) != len(range(0, rows, max(1, rows // 1000))):
             raise RuntimeError("rows are missing from the store after the drain")
         return rows / elapsed, {"rows": rows, "seconds": elapsed, "metrics": repr(found)}
-    finally:
-        store.drop_table()
-        store.close()
 
 
 def _write_through(context: Context, dsn: str, seconds: float) -> float:
-    backend = taskguard.connect(context.server.url, prefix=context.unique("wt"))
-    table = context.unique("wt").replace("-", "_")
-    store = SQLStore(dsn, table=table)
-    store.create_table()
-    try:
-        cache = backend.cache("bench", strategy="write-through", ttl=600, store=store)
+    with _run(context, dsn, "wt") as run:
+        cache = run.backend.cache("bench", strategy="write-through", ttl=600, store=run.store)
         count = 0
         began = time.perf_counter()
         while time.perf_counter() - began < seconds:
             cache.set(f"k{count}", {"n": count, "pad": "x" * 32})
             count += 1
         return count / (time.perf_counter() - began)
-    finally:
-        store.drop_table()
-        store.close()
 
 
 class _TimedStore:
@@ -167,13 +178,9 @@ print(n / (time.perf_counter() - began))
 
 
 def _lag(context: Context, dsn: str, seconds: float) -> tuple[list[float], float]:
-    prefix = context.unique("lag")
-    backend = taskguard.connect(context.server.url, prefix=prefix)
-    table = context.unique("lag").replace("-", "_")
-    store = SQLStore(dsn, table=table)
-    store.create_table()
-    timed = _TimedStore(store)
-    try:
+    with _run(context, dsn, "lag") as run:
+        backend, store, prefix, table = run.backend, run.store, run.prefix, run.table
+        timed = _TimedStore(store)
         backend.cache("bench", strategy="write-behind", ttl=600, store=store)  # registers it
         with DrainPool(backend, store=timed, namespaces=["bench"], workers=2) as pool:
             writer = subprocess.run(
@@ -195,18 +202,11 @@ def _lag(context: Context, dsn: str, seconds: float) -> tuple[list[float], float
             )
             pool.wait_idle(timeout=120)
         return timed.lags, float(writer.stdout.split()[-1])
-    finally:
-        store.drop_table()
-        store.close()
 
 
 def _rss(context: Context, dsn: str, records: int) -> tuple[float, float]:
-    prefix = context.unique("rss")
-    backend = taskguard.connect(context.server.url, prefix=prefix)
-    table = context.unique("rss").replace("-", "_")
-    store = SQLStore(dsn, table=table)
-    store.create_table()
-    try:
+    with _run(context, dsn, "rss") as run:
+        backend, store, prefix, table = run.backend, run.store, run.prefix, run.table
         cache = backend.cache("bench", strategy="write-behind", ttl=600, store=store)
         _fill(cache, records, "r")
         drain = subprocess.Popen(
@@ -248,9 +248,6 @@ def _rss(context: Context, dsn: str, records: int) -> tuple[float, float]:
             drain.terminate()
             drain.wait(60)
         return peak / 2**20, records / elapsed
-    finally:
-        store.drop_table()
-        store.close()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
