@@ -109,6 +109,7 @@ def test_service_urls_point_at_the_compose_services(compose: dict[str, Any]) -> 
         assert host.group(1) in compose["services"], name
 
 
+@pytest.mark.usefixtures("isolated")  # the example's tasks must not join later apps
 def test_example_project_loads_and_its_settings_validate(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -28,7 +28,6 @@ fence's indentation. Run just this file with::
 
 from __future__ import annotations
 
-import gc
 import re
 import textwrap
 from collections.abc import Iterator
@@ -36,9 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from celery import _state as celery_state
-
-from taskguard import signals
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -111,34 +107,6 @@ def iter_blocks(path: Path) -> Iterator[Block]:
 
 ALL_BLOCKS = [block for path in DOC_FILES for block in iter_blocks(path)]
 RUNNABLE = [block for block in ALL_BLOCKS if block.language == RUN]
-
-_SIGNALS = [
-    getattr(signals, name) for name in signals.__all__ if hasattr(getattr(signals, name), "send")
-]
-
-
-@pytest.fixture
-def isolated() -> Iterator[None]:
-    """Undo what an example does to process-wide state.
-
-    That is: Celery's current and default app; the finalizers ``@app.task`` registers for
-    *every* later app (tasks are ``shared`` by default, so an example's task would be added
-    to the next example's app of the same name); and receivers of taskguard's signals.
-    """
-    current_app = getattr(celery_state._tls, "current_app", None)
-    default_app = celery_state.default_app
-    finalizers = set(celery_state._on_app_finalizers)
-    receivers = {signal: list(signal.receivers) for signal in _SIGNALS}
-    try:
-        yield
-    finally:
-        celery_state._on_app_finalizers.intersection_update(finalizers)
-        for signal, saved in receivers.items():
-            signal.receivers[:] = saved
-            signal.sender_receivers_cache.clear()
-        celery_state._tls.current_app = current_app
-        celery_state.default_app = default_app
-        gc.collect()
 
 
 @pytest.mark.usefixtures("isolated")
