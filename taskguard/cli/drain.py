@@ -40,10 +40,11 @@ _prefix = click.option(
 @click.option(
     "--store",
     "store_url",
-    envvar="TASKGUARD_STORE_URL",
+    envvar=["TASKGUARD_STORE_URL", "TASKGUARD_DB_URL"],
     required=True,
     metavar="URL",
-    help="The database: postgresql://... or sqlite:///path.db [env: TASKGUARD_STORE_URL].",
+    help="The database: postgresql://... or sqlite:///path.db "
+    "[env: TASKGUARD_STORE_URL, else TASKGUARD_DB_URL as for `taskguard demo`].",
 )
 @click.option("--table", default="taskguard_kv", show_default=True, help="The store's table.")
 @click.option(

@@ -212,3 +212,16 @@ def test_partner_stub_logs_and_switches() -> None:
             urllib.request.urlopen(f"{stub.url}/?task=b", timeout=5)
         failed.value.close()
         assert [(c.status, c.task) for c in stub.calls_snapshot()] == [(200, "a"), (500, "b")]
+
+
+@pytest.mark.parametrize("variable", ["TASKGUARD_STORE_URL", "TASKGUARD_DB_URL"])
+def test_drain_takes_the_store_from_either_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    from taskguard.cli.drain import drain
+
+    monkeypatch.delenv("TASKGUARD_STORE_URL", raising=False)
+    monkeypatch.delenv("TASKGUARD_DB_URL", raising=False)
+    monkeypatch.setenv(variable, "sqlite:///from-env.db")
+    context = drain.make_context("drain", ["--redis-url", "redis://localhost:6379/0"])
+    assert context.params["store_url"] == "sqlite:///from-env.db"
