@@ -6,8 +6,10 @@ process, and a write-behind cache that loses nothing. Documentation: the docs/ f
 
 from importlib.metadata import PackageNotFoundError, version
 
-from taskguard.backend import Backend, MemoryBackend, RedisBackend, connect
+from taskguard.backend import Backend, MemoryBackend, RedisBackend
 from taskguard.cache import CacheService, Sessions
+from taskguard.celery import GuardedTask
+from taskguard.client import Client, connect
 from taskguard.drain import DrainPool
 from taskguard.errors import (
     AlreadyQueued,
@@ -40,7 +42,6 @@ from taskguard.guards import (
     RateLimiter,
     Semaphore,
 )
-from taskguard.task import GuardedTask
 from taskguard.units import Rate, parse_rate
 
 try:
@@ -56,6 +57,7 @@ __all__ = [
     "CacheService",
     "CircuitBreaker",
     "CircuitOpen",
+    "Client",
     "Concurrency",
     "ConcurrencyControl",
     "ConcurrencyLimitReached",

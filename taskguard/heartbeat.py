@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from taskguard.backend.base import Backend
 from taskguard.backend.ops import Held
 from taskguard.errors import BackendUnavailable
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "heartbeat_for"]
 
 logger = logging.getLogger("taskguard.heartbeat")
 
@@ -42,14 +44,15 @@ class Heartbeat:
     Example:
         >>> import taskguard
         >>> from taskguard.backend.ops import LeaseOp
-        >>> backend = taskguard.connect("memory://")
+        >>> backend = taskguard.connect("memory://").backend
         >>> lease = LeaseOp("k", owner="me", ttl=10.0)
         >>> backend.admit([lease]).allowed
         True
-        >>> handle = backend.heartbeat.add(lease)
-        >>> backend.heartbeat.beat()  # one renewal round; returns the leases found lost
+        >>> heartbeat = heartbeat_for(backend)
+        >>> handle = heartbeat.add(lease)
+        >>> heartbeat.beat()  # one renewal round; returns the leases found lost
         []
-        >>> backend.heartbeat.remove(handle)
+        >>> heartbeat.remove(handle)
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -150,3 +153,21 @@ class Heartbeat:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+
+_HEARTBEATS: weakref.WeakKeyDictionary[Backend, tuple[int, Heartbeat]] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def heartbeat_for(backend: Backend) -> Heartbeat:
+    """This process's heartbeat for leases held on ``backend`` (its thread starts on first use).
+
+    A forked child gets a heartbeat of its own: it inherits the parent's registry but not
+    its thread, and the parent's leases are not the child's to renew.
+    """
+    pid = os.getpid()
+    with _REGISTRY_LOCK:
+        entry = _HEARTBEATS.get(backend)
+        if entry is None or entry[0] != pid:
+            entry = _HEARTBEATS[backend] = (pid, Heartbeat(backend))
+        return entry[1]

@@ -122,6 +122,10 @@ class KeySchema:
         """The live drain pools (a sorted set: consumer name -> expiry in ms)."""
         return f"{self._head}:wbns:pools"
 
+    def breaker_events(self) -> str:
+        """The pub/sub channel every hot-path breaker of this prefix listens on."""
+        return f"{self.prefix}:breaker-events"
+
     def _named(self, kind: str, name: str, key: str | None) -> str:
         base = f"{self._head}:{kind}:{_clean(name)}"
         return f"{base}:{_clean(key)}" if key else base

@@ -1,4 +1,4 @@
-"""Backends: where guard state lives. :func:`connect` picks one from a URL."""
+"""Backends: where guard state lives, the bottom layer. :func:`backend_from_url` picks one."""
 
 from __future__ import annotations
 
@@ -12,32 +12,35 @@ from .memory import MemoryBackend
 from .ops import Admission, Op, RateOp
 from .redis import RedisBackend
 
-__all__ = ["Admission", "Backend", "MemoryBackend", "Op", "RateOp", "RedisBackend", "connect"]
+__all__ = [
+    "Admission",
+    "Backend",
+    "MemoryBackend",
+    "Op",
+    "RateOp",
+    "RedisBackend",
+    "backend_from_url",
+]
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
 
-def connect(
-    url: str | Backend | None = None, *, prefix: str | None = None, **options: Any
+def backend_from_url(
+    url: str | None = None, *, prefix: str | None = None, **options: Any
 ) -> Backend:
-    """Return a backend for ``url``.
+    """Return the backend for ``url``.
 
     Args:
         url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
-            process-local backend; an existing :class:`Backend` is returned as is. Defaults
-            to ``$TASKGUARD_REDIS_URL``, then ``redis://localhost:6379/0``.
+            process-local backend. Defaults to ``$TASKGUARD_REDIS_URL``, then
+            ``redis://localhost:6379/0``.
         prefix: Key prefix for every key this backend writes. Defaults to
             ``$TASKGUARD_PREFIX``, then ``"tg"``.
         **options: Passed to :class:`RedisBackend` (``socket_timeout``, ``redis_options``...).
 
-    Example:
-        >>> import taskguard
-        >>> backend = taskguard.connect("memory://")
-        >>> backend.rate_limiter("emails", "100/m").try_acquire().allowed
-        True
+    Raises:
+        ValueError: An unsupported URL scheme.
     """
-    if isinstance(url, Backend):
-        return url
     url = url or os.environ.get("TASKGUARD_REDIS_URL") or DEFAULT_URL
     keys = KeySchema(prefix=prefix or os.environ.get("TASKGUARD_PREFIX") or "tg")
     if url.startswith("memory://"):

@@ -14,7 +14,7 @@ from .breakers import effective_state
 from .memory_breaker import BreakerStates
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp, granted
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "local_backend"]
 
 
 class MemoryBackend(Backend):
@@ -39,10 +39,6 @@ class MemoryBackend(Backend):
 
     def __repr__(self) -> str:
         return f"MemoryBackend(prefix={self.keys.prefix!r})"
-
-    @property
-    def local(self) -> MemoryBackend:
-        return self
 
     def _get(self, key: str, now: float) -> float | None:
         item = self._data.get(key)
@@ -209,6 +205,19 @@ class MemoryBackend(Backend):
         return self.clock.time()
 
     def reset_after_fork(self) -> None:
-        self._forget_heartbeat()
         self._lock = threading.Lock()
         self._woken = threading.Condition(self._lock)
+
+
+def local_backend(backend: Backend) -> MemoryBackend:
+    """The process-local backend the ``local`` outage policy enforces guards in.
+
+    It shares ``backend``'s key schema and lives as long as ``backend``; a memory backend
+    is its own local backend.
+    """
+    if isinstance(backend, MemoryBackend):
+        return backend
+    local: MemoryBackend | None = backend.__dict__.get("_taskguard_local")
+    if local is None:
+        local = backend.__dict__.setdefault("_taskguard_local", MemoryBackend(keys=backend.keys))
+    return local

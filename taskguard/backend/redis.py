@@ -41,6 +41,14 @@ logger = logging.getLogger("taskguard.backend")
 _LIBS = {RateOp: "gcra", LeaseOp: "lease", SlotOp: "slot", BreakerOp: "breaker"}
 _SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
 _BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
+_NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
+
+
+def _named(name: str, libs: Sequence[str]) -> Script:
+    script = _NAMED.get((name, tuple(libs)))
+    if script is None:
+        script = _NAMED[name, tuple(libs)] = load_script(name, libs=libs)
+    return script
 
 
 def _script(name: str, ops: Sequence[Op]) -> Script:
@@ -119,10 +127,23 @@ class RedisBackend(Backend):
         return f"RedisBackend({self.url!r}, prefix={self.keys.prefix!r})"
 
     @contextmanager
-    def _call(self, what: str) -> Iterator[None]:
+    def commands(self, what: str) -> Iterator[redis.Redis]:
+        """The port for plain commands: yields the client; errors become taskguard's.
+
+        Use it for anything that is not a named script (pipelines, XRANGE, GET...). A lost
+        connection or a timeout raises :class:`BackendUnavailable` and opens the outage
+        breaker, so callers fail fast while Redis is down.
+
+        Args:
+            what: Names the operation in error messages (``"cache SET"``).
+
+        Example:
+            >>> with backend.commands("session get") as client:  # doctest: +SKIP
+            ...     client.get(key)
+        """
         self.breaker.before_call()
         try:
-            yield
+            yield self.client
         except _CONNECTION_ERRORS as exc:
             cooldown = self.breaker.record_failure()
             raise BackendUnavailable(
@@ -133,7 +154,30 @@ class RedisBackend(Backend):
         else:
             self.breaker.record_success()
 
-    def _run(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+    def run_script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        what: str,
+        libs: Sequence[str] = (),
+    ) -> Any:
+        """The port for scripts: run ``scripts/<name>.lua`` by EVALSHA in one round trip.
+
+        Args:
+            name: The script's file name without ``.lua`` (loaded once per process).
+            keys: KEYS, every one built by :class:`taskguard.keys.KeySchema`.
+            args: ARGV, as the script's header documents them.
+            what: Names the operation in error messages.
+            libs: Op libraries from ``scripts/lib/`` the script includes.
+
+        Raises:
+            BackendUnavailable: Redis could not be reached, or the script failed.
+        """
+        return self._run(_named(name, libs), keys, args, what)
+
+    def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
         # The hot path: a plain try/except (no context manager) around one EVALSHA.
         breaker = self.breaker
         breaker.before_call()
@@ -148,6 +192,31 @@ class RedisBackend(Backend):
             raise BackendUnavailable(f"redis error during {what}: {exc}") from exc
         breaker.record_success()
         return reply
+
+    def publish(self, channel: str, message: str, *, what: str = "PUBLISH") -> int:
+        """Publish ``message`` on ``channel``; returns how many subscribers got it."""
+        with self.commands(what) as client:
+            return int(client.publish(channel, message))
+
+    def pubsub(self) -> redis.client.PubSub:
+        """A new pub/sub connection (subscription confirmations are not delivered)."""
+        return self.client.pubsub(ignore_subscribe_messages=True)
+
+    def run_script_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *, what: str
+    ) -> list[Any]:
+        """The port for batches: ``scripts/<name>.lua`` once per ``(keys, args)``, pipelined
+        in one round trip (each call atomic on its own, the batch not)."""
+        if not calls:
+            return []
+        script = _named(name, ())
+        with self.commands(what) as client:
+            try:
+                return _send(client, script, calls)
+            except redis.exceptions.NoScriptError:
+                # Nothing ran: every call of the batch failed the same way.
+                client.script_load(script.source)
+                return _send(client, script, calls)
 
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
@@ -179,7 +248,7 @@ class RedisBackend(Backend):
         return [bool(r) for r in self._run(_script("renew", ops), keys, args, "renewal")]
 
     def breaker_state(self, op: BreakerOp) -> str:
-        with self._call("breaker state"):
+        with self.commands("breaker state"):
             pipe = self.client.pipeline(transaction=False)
             pipe.time()
             pipe.hmget(op.key, "state", "until", "forced")
@@ -187,7 +256,7 @@ class RedisBackend(Backend):
         return effective_state(state, until, forced, seconds * 1000 + micros // 1000)
 
     def set_breaker(self, op: BreakerOp, action: str) -> None:
-        with self._call(f"breaker {action}"):
+        with self.commands(f"breaker {action}"):
             pipe = self.client.pipeline(transaction=True)
             if action == "reset":
                 pipe.delete(op.key, op.window_key, op.probes_key)
@@ -200,7 +269,7 @@ class RedisBackend(Backend):
             pipe.execute()
 
     def owner(self, key: str) -> str | None:
-        with self._call("GET"):
+        with self.commands("GET"):
             value = self.client.get(key)
         return value.decode() if isinstance(value, bytes) else value
 
@@ -212,18 +281,18 @@ class RedisBackend(Backend):
         while (left := deadline - time.monotonic()) > 0:
             # Redis 6.2 reads a timeout under 1 ms as 0, "block forever": never ask for it.
             wait = max(math.ceil(min(left, slice_) * 1000) / 1000, 0.01)
-            with self._call("BLPOP"):
+            with self.commands("BLPOP"):
                 if self.client.blpop([key], timeout=wait):
                     return True
         return False
 
     def time(self) -> float:
-        with self._call("TIME"):
+        with self.commands("TIME"):
             seconds, micros = self.client.time()
         return float(seconds + micros / 1_000_000)
 
     def ping(self) -> None:
-        with self._call("PING"):
+        with self.commands("PING"):
             self.client.ping()
 
     def close(self) -> None:
@@ -234,12 +303,20 @@ class RedisBackend(Backend):
         # parent's outage state. The scripts stay cached server-side.
         self._pid = os.getpid()
         self.breaker.reset()
-        self._forget_heartbeat()
         if self._given_client is not None:
             self._given_client.connection_pool.reset()
             self._client = self._given_client
         else:
             self._client = self._make_client()
+
+
+def _send(
+    client: redis.Redis, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(pipe.execute())
 
 
 def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:

@@ -11,9 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-
-from taskguard.backend.lua import Script, load_script
 from taskguard.errors import ConfigurationError
 
 from .codec import Codec, get_codec
@@ -24,12 +21,6 @@ if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
 
 __all__ = ["CacheOps", "Lookup", "WriteReply"]
-
-_READ = load_script("cache_read")
-_FILL = load_script("cache_fill")
-_FLIGHT = load_script("cache_flight")
-_WB_WRITE = load_script("cache_wb_write")
-_WB_SETTLE = load_script("cache_wb_settle")
 
 
 @dataclass(frozen=True)
@@ -135,13 +126,18 @@ class CacheOps:
 
     def read(self, key: str) -> Lookup:
         """Look ``key`` up: its cached copy, else (write-behind) its queued write."""
-        reply = self.backend._run(_READ, self._read_keys(key), [key], "cache read")
+        reply = self.backend.run_script(
+            "cache_read", self._read_keys(key), [key], what="cache read"
+        )
         return self._lookup(reply)
 
     def read_many(self, keys: Sequence[str]) -> list[Lookup]:
         """:meth:`read` for each of ``keys``, pipelined."""
         calls = [(self._read_keys(key), [key]) for key in keys]
-        return [self._lookup(r) for r in self._pipelined(_READ, calls, "cache read_many")]
+        return [
+            self._lookup(r)
+            for r in self.backend.run_script_many("cache_read", calls, what="cache read_many")
+        ]
 
     def _lookup(self, reply: list[Any]) -> Lookup:
         kind = int(reply[0])
@@ -166,8 +162,8 @@ class CacheOps:
         """SET each ``(key, cached copy, ttl_ms)``, pipelined."""
         if not items:
             return
-        with self.backend._call("cache SET"):
-            pipe = self.backend.client.pipeline(transaction=False)
+        with self.backend.commands("cache SET") as client:
+            pipe = client.pipeline(transaction=False)
             for key, cached, ttl_ms in items:
                 pipe.set(self.value_key(key), cached, px=ttl_ms)
             pipe.execute()
@@ -176,8 +172,8 @@ class CacheOps:
         """DEL the cached copies of ``keys``."""
         if not keys:
             return
-        with self.backend._call("cache DEL"):
-            pipe = self.backend.client.pipeline(transaction=False)
+        with self.backend.commands("cache DEL") as client:
+            pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.delete(self.value_key(key))
             pipe.execute()
@@ -191,7 +187,9 @@ class CacheOps:
         nothing is stored while a write of the key is queued.
         """
         args = [key, cached, ttl_ms, int(only_if_absent), int(self.queued), token]
-        return bool(self.backend._run(_FILL, self._fill_keys(key), args, "cache fill"))
+        return bool(
+            self.backend.run_script("cache_fill", self._fill_keys(key), args, what="cache fill")
+        )
 
     def fill_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """:meth:`fill` each ``(key, cached copy, ttl_ms)`` only if absent, pipelined."""
@@ -200,7 +198,7 @@ class CacheOps:
             for key, cached, ttl_ms in items
         ]
         if calls:
-            self._pipelined(_FILL, calls, "cache fill_many")
+            self.backend.run_script_many("cache_fill", calls, what="cache fill_many")
 
     def try_flight(
         self, key: str, token: str, ttl_ms: int, *, force: bool = False
@@ -212,8 +210,8 @@ class CacheOps:
             cached copy if there is one (a ``"miss"`` lookup while another caller loads).
         """
         keys = self._fill_keys(key)
-        reply = self.backend._run(
-            _FLIGHT, [keys[0], keys[2]], [token, ttl_ms, int(force)], "cache flight"
+        reply = self.backend.run_script(
+            "cache_flight", [keys[0], keys[2]], [token, ttl_ms, int(force)], what="cache flight"
         )
         if int(reply[0]) == 1:
             return True, MISS
@@ -232,7 +230,9 @@ class CacheOps:
     ) -> WriteReply:
         """Queue a write-behind set (``payload=None``: a delete) in one script call."""
         args = self._queue_args(key, payload, ttl_ms, header, capacity)
-        reply = self.backend._run(_WB_WRITE, self._queue_keys(key), args, "write-behind write")
+        reply = self.backend.run_script(
+            "cache_wb_write", self._queue_keys(key), args, what="write-behind write"
+        )
         return self._write_reply(reply)
 
     def queue_writes(
@@ -247,7 +247,10 @@ class CacheOps:
             (self._queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
             for key, payload, ttl_ms in items
         ]
-        return [self._write_reply(r) for r in self._pipelined(_WB_WRITE, calls, "write-behind")]
+        return [
+            self._write_reply(r)
+            for r in self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
+        ]
 
     def _queue_args(
         self, key: str, payload: bytes | None, ttl_ms: int, header: bytes, capacity: int
@@ -265,43 +268,20 @@ class CacheOps:
         """After a direct store write: drop the copy and the dirty mark if still ``seen_id``."""
         keys = self._queue_keys(key)
         return bool(
-            self.backend._run(_WB_SETTLE, [keys[0], keys[2]], [key, seen_id], "write-behind settle")
+            self.backend.run_script(
+                "cache_wb_settle", [keys[0], keys[2]], [key, seen_id], what="write-behind settle"
+            )
         )
 
     def register(self) -> int:
         """Record this write-behind namespace (HSETNX); the partition count on record."""
         where = self.backend.keys.write_behind_namespaces()
-        with self.backend._call("write-behind registration"):
-            pipe = self.backend.client.pipeline(transaction=False)
+        with self.backend.commands("write-behind registration") as client:
+            pipe = client.pipeline(transaction=False)
             pipe.hsetnx(where, self.namespace, self.partitions)
             pipe.hget(where, self.namespace)
             _, recorded = pipe.execute()
         return int(recorded)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _pipelined(
-        self, script: Script, calls: Sequence[tuple[list[str], list[Any]]], what: str
-    ) -> list[Any]:
-        if not calls:
-            return []
-        with self.backend._call(what):
-            client = self.backend.client
-            try:
-                return self._send(client, script, calls)
-            except redis.exceptions.NoScriptError:
-                # Nothing ran: every call of the batch failed the same way.
-                client.script_load(script.source)
-                return self._send(client, script, calls)
-
-    @staticmethod
-    def _send(
-        client: redis.Redis, script: Script, calls: Sequence[tuple[list[str], list[Any]]]
-    ) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(pipe.execute())
 
 
 def check_registration(recorded: int, partitions: int, namespace: str) -> None:

@@ -102,8 +102,8 @@ class Sessions:
         """
         key = self._key(sid)
         try:
-            with self.backend._call("session get"):
-                raw = cast("bytes | None", self.backend.client.getex(key, px=self._ttl_ms))
+            with self.backend.commands("session get") as client:
+                raw = cast("bytes | None", client.getex(key, px=self._ttl_ms))
         except BackendUnavailable:
             if self.store is None:
                 raise
@@ -121,21 +121,21 @@ class Sessions:
             expires = self._clock() + self.ttl
             record = Record(sid, {"data": data, "expires": expires}, local_version())
             self.store.write(self.namespace, [record])
-        with self.backend._call("session set"):
-            self.backend.client.set(key, self._codec.dumps(data), px=self._ttl_ms)
+        with self.backend.commands("session set") as client:
+            client.set(key, self._codec.dumps(data), px=self._ttl_ms)
 
     def touch(self, sid: str) -> bool:
         """Extend session ``sid``'s life by ``ttl``; False if it no longer exists in Redis."""
-        with self.backend._call("session touch"):
-            return bool(self.backend.client.pexpire(self._key(sid), self._ttl_ms))
+        with self.backend.commands("session touch") as client:
+            return bool(client.pexpire(self._key(sid), self._ttl_ms))
 
     def destroy(self, sid: str) -> None:
         """End session ``sid`` (a tombstone in the store too, when there is one)."""
         key = self._key(sid)
         if self.store is not None:
             self.store.write(self.namespace, [Record(sid, None, local_version(), deleted=True)])
-        with self.backend._call("session destroy"):
-            self.backend.client.delete(key)
+        with self.backend.commands("session destroy") as client:
+            client.delete(key)
 
     def _from_store(self, sid: str, key: str, default: Any) -> Any:
         if self.store is None:
@@ -148,8 +148,9 @@ class Sessions:
             return default
         data = row.value.get("data")
         # Best effort: a session read while Redis is down is served from the store alone.
-        with contextlib.suppress(BackendUnavailable), self.backend._call("session restore"):
-            self.backend.client.set(
-                key, self._codec.dumps(data), px=max(int(left * 1000), 1), nx=True
-            )
+        with (
+            contextlib.suppress(BackendUnavailable),
+            self.backend.commands("session restore") as client,
+        ):
+            client.set(key, self._codec.dumps(data), px=max(int(left * 1000), 1), nx=True)
         return data

@@ -106,14 +106,14 @@ def drain(
 
     Run as many as you like, on as many hosts: each takes its share of the partitions.
     """
-    from taskguard.backend import RedisBackend, connect
+    from taskguard.backend import RedisBackend, backend_from_url
     from taskguard.drain import DrainPool
     from taskguard.sinks.sql import SQLStore
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    backend = connect(redis_url, prefix=prefix)
+    backend = backend_from_url(redis_url, prefix=prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
@@ -179,10 +179,10 @@ def requeue_dead_letters(
 
     Each keeps its original version, so it never overwrites a newer write of its key.
     """
-    from taskguard.backend import RedisBackend, connect
+    from taskguard.backend import RedisBackend, backend_from_url
     from taskguard.drain import requeue_dead_letters as requeue
 
-    backend = connect(redis_url, prefix=prefix)
+    backend = backend_from_url(redis_url, prefix=prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+
+from taskguard.urls import redact
 
 from .breaker_report import BreakerResult, breaker_row, breaker_verdict
 from .stages import WARMUP, StageResult
@@ -13,7 +14,7 @@ from .tasks import PARTNER_BREAKER
 from .writebehind_report import writebehind_row, writebehind_verdict
 from .writebehind_stage import WriteBehindResult
 
-__all__ = ["Header", "redact", "render_header", "render_results", "taskguard_held"]
+__all__ = ["Header", "render_header", "render_results", "taskguard_held"]
 
 #: Stage 2 holds when the fleet stayed within this factor of the limit (the window's
 #: edges can count one start more than ``rate * seconds``).
@@ -25,21 +26,6 @@ OVERSHOOT = 1.5
 WIDTH = 94
 
 TITLES = {"celery": "Celery rate_limit", "taskguard": "taskguard RateLimit"}
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``.
-
-    Example:
-        >>> redact("redis://:s3cret@cache:6379/2")
-        'redis://:***@cache:6379/2'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,11 +12,13 @@ from typing import Any
 
 import redis
 
+from taskguard.urls import redact
+
 from .breaker_report import breaker_held, render_timeline
 from .breaker_stage import BREAKER_TITLE, CALLS_PER_SECOND, run_breaker_stage
 from .config import STAGES, DemoConfig
 from .partner import PartnerStub
-from .report import Header, redact, render_header, render_results, taskguard_held
+from .report import Header, render_header, render_results, taskguard_held
 from .server import EmbeddedRedis
 from .stages import DemoError, run_stage
 from .tasks import create_app

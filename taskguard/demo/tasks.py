@@ -22,10 +22,10 @@ from celery import Celery
 from celery import signals as celery_signals
 
 from taskguard import signals
-from taskguard.deferral import DeferralState
+from taskguard.celery._deferral import DeferralState
+from taskguard.celery._task import GuardedTask
 from taskguard.errors import TaskGuardError
 from taskguard.guards import CircuitBreaker, RateLimit
-from taskguard.task import GuardedTask
 
 from .config import BREAKER_STAGE, WRITEBEHIND_STAGE, DemoConfig
 

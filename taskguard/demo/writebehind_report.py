@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from taskguard.urls import redact
+
 from .tasks import DRAIN_LEASE_TTL
 from .writebehind_stage import WriteBehindResult
 
@@ -48,8 +50,6 @@ def writebehind_row(result: WriteBehindResult) -> list[tuple[str, str]]:
 
 def writebehind_verdict(result: WriteBehindResult) -> tuple[str, str]:
     """The tag (``HELD`` or ``FAIL``) and the sentence for the write-behind stage."""
-    from .report import redact  # report.py renders this module's row: import late
-
     problems = _problems(result)
     if problems:
         return "FAIL", f"{TITLE}: " + "; ".join(problems) + "."

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from taskguard.backend.base import Backend
+from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import ALLOWED_EMPTY, Admission, Op
 from taskguard.errors import BackendUnavailable
 
@@ -83,7 +84,7 @@ def _decide_offline(
     if not local:
         return Outcome(ALLOWED_EMPTY, degraded=True)
     # No reservations offline: a local slot must not mark the shared buckets as paid.
-    result = backend.local.admit([ops[i] for i in local])
+    result = local_backend(backend).admit([ops[i] for i in local])
     if result.denied is not None:
         denied = Admission(False, retry_after=result.retry_after, denied=local[result.denied])
         return Outcome(denied, degraded=True)

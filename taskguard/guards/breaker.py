@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Op
 from taskguard.errors import BackendUnavailable, CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
@@ -394,7 +395,7 @@ class Breaker:
             announce(self.spec.name, *OPENED_HALF)
         if outcome.degraded and not outcome.local:  # `allow` offline: nothing to record
             return Decision(True, key=self.spec.name, degraded=True)
-        backend = self.backend.local if outcome.degraded else self.backend
+        backend = local_backend(self.backend) if outcome.degraded else self.backend
         call = BreakerCall(self, op, token > 0, backend)
         return Decision(True, key=self.spec.name, degraded=outcome.degraded, lease=call)
 

@@ -36,9 +36,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-
-from taskguard.backend.lua import load_script
 from taskguard.errors import BackendUnavailable, ConfigurationError
 
 from .breaker import Breaker, CircuitBreaker, announce
@@ -47,13 +44,12 @@ if TYPE_CHECKING:
     from taskguard.backend.base import Backend
     from taskguard.backend.redis import RedisBackend
 
-__all__ = ["HotPathBreaker", "channel_name", "hot_path_breaker"]
+__all__ = ["HotPathBreaker", "hot_path_breaker"]
 
 logger = logging.getLogger("taskguard.breaker")
 
 T = TypeVar("T")
 
-FLUSH = load_script("breaker_flush", libs=["ops", "breaker"])
 #: A view not refreshed for this many flush intervals (at least a second) is stale: the
 #: next call refreshes it itself, or takes the exact path if Redis cannot be reached.
 STALE_INTERVALS = 10
@@ -61,11 +57,6 @@ STALE_INTERVALS = 10
 ACTIVE_FOR = 30.0
 #: Seconds between attempts to re-subscribe after the channel's connection broke.
 RESUBSCRIBE_EVERY = 0.5
-
-
-def channel_name(prefix: str) -> str:
-    """The pub/sub channel every hot-path breaker of key prefix ``prefix`` listens on."""
-    return f"{prefix}:breaker-events"
 
 
 def hot_path_breaker(backend: Backend, spec: CircuitBreaker, flush_interval: float) -> Breaker:
@@ -224,7 +215,7 @@ class HotPathBreaker(Breaker):
             batch, self._batch = self._batch, _Batch(self.spec.window)
         op = self.spec.call_op(self.backend.keys, "-")
         keys = [op.key, op.window_key, op.probes_key]
-        channel = channel_name(self.backend.keys.prefix)
+        channel = self.backend.keys.breaker_events()
         args = [
             *batch.args(),
             channel,
@@ -238,7 +229,9 @@ class HotPathBreaker(Breaker):
             *op.params,
         ]
         try:
-            reply = self.redis_backend._run(FLUSH, keys, args, "breaker flush")
+            reply = self.redis_backend.run_script(
+                "breaker_flush", keys, args, what="breaker flush", libs=("ops", "breaker")
+            )
         except BackendUnavailable:
             with self._lock:  # kept, in order, in front of what was counted meanwhile
                 self._batch = batch.merge_after(self._batch)
@@ -264,10 +257,11 @@ class HotPathBreaker(Breaker):
         # The subscribers refresh this breaker from Redis (the new state's open time is
         # not known here); the flush replies would catch up within an interval anyway.
         try:
-            with self.redis_backend._call("breaker publish"):
-                self.redis_backend.client.publish(
-                    channel_name(self.backend.keys.prefix), f"{self.spec.name}|refresh|0"
-                )
+            self.redis_backend.publish(
+                self.backend.keys.breaker_events(),
+                f"{self.spec.name}|refresh|0",
+                what="breaker publish",
+            )
         except BackendUnavailable as exc:
             logger.warning("circuit %r: state change not published: %s", self.spec.name, exc)
 
@@ -313,7 +307,7 @@ class _Agent:
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self.pid = os.getpid()
-        self.channel = channel_name(backend.keys.prefix)
+        self.channel = backend.keys.breaker_events()
         self._breakers: dict[str, weakref.WeakSet[HotPathBreaker]] = {}
         self._lock = threading.Lock()
         self._pubsub: Any = None
@@ -336,8 +330,7 @@ class _Agent:
             return list(self._breakers.get(name, ()))
 
     def _subscribe(self) -> None:
-        client: redis.Redis = self.backend.client
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.backend.pubsub()
         try:
             pubsub.subscribe(self.channel)
         except BaseException:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskguard.backend.ops import LeaseOp, SlotOp
 from taskguard.errors import GuardDenied, LockLost
+from taskguard.heartbeat import heartbeat_for
 from taskguard.units import parse_duration
 
 from .base import Decision
@@ -46,7 +47,7 @@ class HeldLease:
         self.op = op
         self.owner = op.owner
         self.fencing_token = fencing_token
-        self._handle: int | None = backend.heartbeat.add(op) if renew else None
+        self._handle: int | None = heartbeat_for(backend).add(op) if renew else None
 
     def __repr__(self) -> str:
         token = "" if self.fencing_token is None else f" token={self.fencing_token}"
@@ -60,7 +61,7 @@ class HeldLease:
                 False is returned).
         """
         if self._handle is not None:
-            self.backend.heartbeat.remove(self._handle)
+            heartbeat_for(self.backend).remove(self._handle)
             self._handle = None
         released = bool(self.backend.release([self.op])[0])
         if not released and raise_on_lost:
@@ -76,8 +77,8 @@ class HeldLease:
         if extended and op is not self.op:
             self.op = op
             if self._handle is not None:  # renew with the new TTL from now on
-                self.backend.heartbeat.remove(self._handle)
-                self._handle = self.backend.heartbeat.add(op)
+                heartbeat_for(self.backend).remove(self._handle)
+                self._handle = heartbeat_for(self.backend).add(op)
         return extended
 
     def release_after(self, exc: BaseException | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 
 from taskguard import Backend, signals
-from taskguard.runtime import runtime_for
+from taskguard.celery._runtime import runtime_for
 
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
 

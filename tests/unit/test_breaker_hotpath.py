@@ -14,7 +14,7 @@ import redis
 
 import taskguard
 from taskguard import Breaker, CircuitOpen, ConfigurationError
-from taskguard.guards.breaker_hotpath import HotPathBreaker, channel_name
+from taskguard.guards.breaker_hotpath import HotPathBreaker
 
 OPEN = 0.5
 BOUND = 2.0  # generous: correctness, not speed
@@ -179,7 +179,7 @@ def test_a_trip_reaches_another_process_view_by_pubsub(
     assert other.call(ok) == "ok"
     assert tripper.call(ok) == "ok"
     pubsub = redis.Redis.from_url(other.redis_backend.url).pubsub()
-    pubsub.subscribe(channel_name(other.backend.keys.prefix))
+    pubsub.subscribe(other.backend.keys.breaker_events())
     call(tripper, bad)
     call(tripper, bad)
     wait_for(lambda: other.local_state == "open")

@@ -11,7 +11,7 @@ import pytest
 import taskguard
 from taskguard import CircuitBreaker, CircuitOpen, ConfigurationError, Lock, RateLimit
 from taskguard.clock import FakeClock
-from taskguard.settings import Settings
+from taskguard.celery._settings import Settings
 
 from .celery_harness import DEAD_URL
 

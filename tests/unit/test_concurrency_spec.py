@@ -8,7 +8,7 @@ import pytest
 import taskguard
 from taskguard import Concurrency, ConcurrencyControl
 from taskguard.errors import ConfigurationError
-from taskguard.settings import Settings
+from taskguard.celery._settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from taskguard.cli.drain import drain
-from taskguard.runtime import runtime_for
+from taskguard.celery._runtime import runtime_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 
 from taskguard.drain import DrainSettings
 from taskguard.errors import ConfigurationError
-from taskguard.settings import Settings
+from taskguard.celery._settings import Settings
 
 
 def test_defaults_leave_the_drain_off() -> None:

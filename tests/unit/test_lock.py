@@ -18,7 +18,7 @@ import taskguard
 from taskguard.clock import FakeClock
 from taskguard.errors import ConfigurationError, LockHeld, LockLost
 from taskguard.guards.lock import DistributedLock, HeldLock, Lock
-from taskguard.settings import Settings
+from taskguard.celery._settings import Settings
 
 
 @pytest.fixture

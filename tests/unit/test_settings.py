@@ -7,8 +7,8 @@ import pytest
 from celery import Celery
 
 from taskguard import ConfigurationError, GuardedTask, RateLimit
-from taskguard.runtime import runtime_for
-from taskguard.settings import DeferralPolicy, Settings, read_app_config
+from taskguard.celery._runtime import runtime_for
+from taskguard.celery._settings import DeferralPolicy, Settings, read_app_config
 
 
 def make_app(config: dict[str, Any] | None = None, **flat: Any) -> Celery:

@@ -16,8 +16,8 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import DeferralExhausted, GuardedTask, MemoryBackend, RateLimit, RateLimited, signals
 from taskguard.clock import FakeClock
-from taskguard.deferral import HEADER_COUNT, HEADER_RESERVATION, HEADER_SINCE, DeferralState
-from taskguard.runtime import runtime_for
+from taskguard.celery._deferral import HEADER_COUNT, HEADER_RESERVATION, HEADER_SINCE, DeferralState
+from taskguard.celery._runtime import runtime_for
 
 
 @pytest.fixture

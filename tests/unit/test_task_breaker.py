@@ -17,7 +17,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 import taskguard
 from taskguard import Breaker, CircuitBreaker, CircuitOpen, GuardedTask, Lock
 from taskguard.clock import FakeClock
-from taskguard.deferral import HEADER_COUNT
+from taskguard.celery._deferral import HEADER_COUNT
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 

@@ -18,7 +18,7 @@ import taskguard
 from taskguard import Concurrency, ConcurrencyLimitReached, GuardedTask, RateLimit
 from taskguard.backend.ops import RateOp, SlotOp
 from taskguard.clock import FakeClock
-from taskguard.runtime import runtime_for
+from taskguard.celery._runtime import runtime_for
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 

@@ -1,9 +1,6 @@
 """Per-app, per-process taskguard state: validated settings and the backend connection.
 
-Also wires taskguard into the worker through Celery's own mechanisms: a bootstep that
-validates every guarded task when the worker starts (so bad settings stop the worker with
-a ConfigurationError), and a ``worker_process_init`` handler that rebuilds connections in
-each forked pool process.
+The worker wiring (bootsteps, the fork handler) lives in :mod:`._bootsteps`.
 """
 
 from __future__ import annotations
@@ -11,17 +8,15 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 import threading
 import weakref
 from typing import Any
 
-from celery import bootsteps
-from celery.signals import worker_init, worker_process_init
+from taskguard.backend import Backend, backend_from_url
+from taskguard.errors import ConfigurationError
+from taskguard.guards.base import Guard
 
-from taskguard.backend import Backend, connect
-from taskguard.errors import BackendUnavailable, ConfigurationError
-from taskguard.settings import Settings, TaskSettings
+from ._settings import Settings, TaskSettings
 
 __all__ = ["Runtime", "runtime_for"]
 
@@ -75,8 +70,8 @@ class Runtime:
         settings = self.settings
         url = self.redis_url()
         if url.startswith("memory://"):
-            return connect(url, prefix=settings.key_prefix)
-        return connect(
+            return backend_from_url(url, prefix=settings.key_prefix)
+        return backend_from_url(
             url,
             prefix=settings.key_prefix,
             socket_timeout=settings.socket_timeout,
@@ -96,9 +91,7 @@ class Runtime:
             self._backend.reset_after_fork()
 
     def guarded_tasks(self) -> list[Any]:
-        from taskguard.task import GuardedTask
-
-        return [t for t in self.app.tasks.values() if isinstance(t, GuardedTask)]
+        return [t for t in self.app.tasks.values() if getattr(t, "taskguard_guarded", False)]
 
     def task_settings(self, task: Any) -> TaskSettings:
         """Resolve (and validate) one task's effective settings."""
@@ -109,8 +102,6 @@ class Runtime:
                 task=task.name,
                 field="guards",
             )
-        from taskguard.guards.base import Guard
-
         for guard in guards:
             if not isinstance(guard, Guard):
                 raise ConfigurationError(
@@ -146,49 +137,7 @@ def runtime_for(app: Any) -> Runtime:
     return runtime
 
 
-class ValidateStep(bootsteps.Step):  # type: ignore[misc]
-    """Worker bootstep: validate taskguard settings and tasks before consuming anything."""
-
-    name = "taskguard.validate"
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        runtime = runtime_for(worker.app)
-        resolved = runtime.validate()
-        guarded = sum(1 for t in resolved if t.guards and t.enabled)
-        where = _redact(runtime.redis_url())
-        logger.info("taskguard: %d guarded task(s) validated; guard state in %s", guarded, where)
-        if guarded:
-            try:
-                runtime.backend.ping()
-            except BackendUnavailable as exc:
-                logger.error(
-                    "taskguard: guard backend %s is unreachable at worker start (%s); "
-                    "guards follow their on_outage policy until it answers",
-                    where,
-                    exc,
-                )
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, for logs."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
-
-
-def _install_worker_step(sender: Any = None, **kwargs: Any) -> None:
-    # worker_init fires just before the worker builds its blueprint from app.steps.
-    app = getattr(sender, "app", None)
-    if app is not None:
-        from taskguard.drain.bootstep import DrainStep
-
-        app.steps["worker"].add(ValidateStep)
-        app.steps["worker"].add(DrainStep)
-
-
-def _reset_after_fork(**kwargs: Any) -> None:
+def reset_all_after_fork() -> None:
+    """Rebuild every runtime's connections in a freshly forked process."""
     for runtime in list(_RUNTIMES):
         runtime.reset_after_fork()
-
-
-worker_init.connect(_install_worker_step, weak=False)
-worker_process_init.connect(_reset_after_fork, weak=False)

@@ -19,7 +19,8 @@ from celery.utils import uuid
 from taskguard import signals
 from taskguard.errors import AlreadyQueued, BackendUnavailable
 from taskguard.guards.lock import Lock
-from taskguard.settings import TaskSettings
+
+from ._settings import TaskSettings
 
 __all__ = ["publish_unique"]
 

@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
-from taskguard.guard_settings import apply_overrides, check_breakers, check_guard_entries
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
 from taskguard.guards.breaker import CircuitBreaker
 from taskguard.keys import KeySchema
+
+from ._guard_settings import apply_overrides, check_breakers, check_guard_entries
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 

@@ -31,7 +31,8 @@ from celery.exceptions import Ignore
 from taskguard import signals
 from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import DeferralExhausted
-from taskguard.settings import DeferralPolicy
+
+from ._settings import DeferralPolicy
 
 __all__ = [
     "HEADER_COUNT",

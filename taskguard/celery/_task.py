@@ -18,10 +18,12 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from taskguard.backend.base import Backend
 from taskguard.guards.base import Guard
 from taskguard.guards.lock import Lock
-from taskguard.runs import admit_run, release_run
-from taskguard.runtime import runtime_for
-from taskguard.settings import TaskSettings
-from taskguard.uniqueness import publish_unique
+
+from . import _bootsteps  # noqa: F401 - connects the worker bootsteps and fork handler
+from ._runs import admit_run, release_run
+from ._runtime import runtime_for
+from ._settings import TaskSettings
+from ._uniqueness import publish_unique
 
 __all__ = ["GuardedTask"]
 
@@ -47,6 +49,8 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     #: The task's guards, in any order; admission checks them in one call.
     guards: ClassVar[Sequence[Guard]] = ()
+    #: Marks guarded tasks for the runtime (which must not import this module).
+    taskguard_guarded: ClassVar[bool] = True
 
     @functools.cached_property
     def _taskguard_settings(self) -> TaskSettings:

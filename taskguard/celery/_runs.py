@@ -19,14 +19,17 @@ from celery.exceptions import Ignore, Retry
 
 from taskguard import signals
 from taskguard.backend.base import Backend
+from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp
-from taskguard.deferral import DeferralState, defer
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import Guard
 from taskguard.guards.breaker import OPENED_HALF, TRANSITIONS, CircuitBreaker, announce
 from taskguard.guards.lock import Lock
-from taskguard.settings import TaskSettings
+from taskguard.heartbeat import heartbeat_for
+
+from ._deferral import DeferralState, defer
+from ._settings import TaskSettings
 
 __all__ = ["Run", "RunInfo", "admit_run", "release_run"]
 
@@ -132,7 +135,7 @@ def _admitted(
     request.taskguard = info
     holder: Backend = backend
     if outcome.degraded:  # held only in this process, by the `local` policy
-        holder = backend.local
+        holder = local_backend(backend)
         held = [op for i, op in enumerate(ops) if i in outcome.local and _holds(op)]
     else:
         held = [op for op in ops if _holds(op)]
@@ -154,8 +157,9 @@ def _admitted(
         info.lost_keys.add(lease.key)
         signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
 
-    run.handles = [holder.heartbeat.add(lease, lost) for lease in held]
-    run.handles += [holder.heartbeat.add(probe) for probe in probes]
+    heartbeat = heartbeat_for(holder)
+    run.handles = [heartbeat.add(lease, lost) for lease in held]
+    run.handles += [heartbeat.add(probe) for probe in probes]
     for op in held:
         if isinstance(op, SlotOp):
             signals.slot_acquired.send(sender=task, task_id=request.id, key=op.key, limit=op.limit)
@@ -253,7 +257,7 @@ def release_run(
 
     Never raises: a task's result must not depend on the release.
     """
-    heartbeat = run.holder.heartbeat
+    heartbeat = heartbeat_for(run.holder)
     for handle in run.handles:
         heartbeat.remove(handle)
     held = run.held

@@ -1,0 +1,12 @@
+"""The Celery layer: :class:`GuardedTask`, the per-app runtime and its settings.
+
+Everything Celery-specific lives here (task runs, deferral, publish-time uniqueness, the
+worker bootsteps); the layers below it (guards, backend, cache, drain) know nothing of
+Celery.
+"""
+
+from ._runtime import Runtime, runtime_for
+from ._settings import DeferralPolicy, Settings, TaskSettings
+from ._task import GuardedTask
+
+__all__ = ["DeferralPolicy", "GuardedTask", "Runtime", "Settings", "TaskSettings", "runtime_for"]

@@ -1,0 +1,140 @@
+"""taskguard in the Celery worker: bootsteps and the fork handler.
+
+- :class:`ValidateStep` validates the settings and every guarded task when the worker
+  starts, so bad settings stop the worker with a ConfigurationError naming the task and
+  the field (exceptions raised by signal handlers are only logged, bootsteps are not).
+- :class:`DrainStep` runs a :class:`~taskguard.drain.DrainPool` in the worker's parent
+  process when ``drain.enabled``: it requires the worker's Pool step, so its threads start
+  after the pool has forked its children, and stop (flushing their in-flight batches) when
+  the worker shuts down. Several workers cooperate through the partition leases.
+- A ``worker_process_init`` handler rebuilds connections in each forked pool process.
+
+Importing this module connects the handlers; :mod:`._task` imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import worker_init, worker_process_init
+
+from taskguard.backend import Backend
+from taskguard.backend.redis import RedisBackend
+from taskguard.drain import DrainPool, DrainSettings
+from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.sinks.sql import SQLStore
+from taskguard.urls import redact
+
+from ._runtime import reset_all_after_fork, runtime_for
+
+__all__ = ["DrainStep", "ValidateStep", "pool_from_settings"]
+
+logger = logging.getLogger("taskguard")
+
+
+class ValidateStep(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: validate taskguard settings and tasks before consuming anything."""
+
+    name = "taskguard.validate"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        runtime = runtime_for(worker.app)
+        resolved = runtime.validate()
+        guarded = sum(1 for t in resolved if t.guards and t.enabled)
+        where = redact(runtime.redis_url())
+        logger.info("taskguard: %d guarded task(s) validated; guard state in %s", guarded, where)
+        if guarded:
+            try:
+                runtime.backend.ping()
+            except BackendUnavailable as exc:
+                logger.error(
+                    "taskguard: guard backend %s is unreachable at worker start (%s); "
+                    "guards follow their on_outage policy until it answers",
+                    where,
+                    exc,
+                )
+
+
+def pool_from_settings(backend: Backend, settings: DrainSettings) -> DrainPool:
+    """A drain pool (not started) writing to ``settings.store``.
+
+    Raises:
+        ConfigurationError: The backend is not Redis, or the store cannot be built.
+    """
+    if not isinstance(backend, RedisBackend):
+        raise ConfigurationError(
+            "the drain pool needs guard state in Redis (redis_url), not memory://",
+            field="drain.enabled",
+        )
+    if not settings.store:
+        raise ConfigurationError("a store URL is needed", field="drain.store")
+    try:
+        store = SQLStore(settings.store, table=settings.table or "taskguard_kv")
+    except ConfigurationError as exc:
+        raise ConfigurationError(exc.reason, field="drain.store") from exc
+    return DrainPool(
+        backend,
+        store,
+        namespaces=settings.namespaces or None,
+        workers=settings.workers,
+        batch_size=settings.batch_size,
+        linger=settings.linger,
+        lease_ttl=settings.lease_ttl,
+        max_deliveries=settings.max_deliveries,
+        claim_idle=settings.claim_idle,
+        backoff_base=settings.backoff_base,
+        backoff_max=settings.backoff_max,
+    )
+
+
+class DrainStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: run a drain pool in the worker parent when ``drain.enabled``."""
+
+    name = "taskguard.drain"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.drain: DrainPool | None = None
+        self.settings: DrainSettings | None = None
+
+    def include_if(self, worker: Any) -> bool:
+        self.settings = runtime_for(worker.app).settings.drain
+        return self.settings.enabled
+
+    def create(self, worker: Any) -> DrainStep:
+        runtime = runtime_for(worker.app)
+        assert self.settings is not None  # set by include_if
+        self.drain = pool_from_settings(runtime.backend, self.settings)
+        return self
+
+    def start(self, worker: Any) -> None:
+        if self.drain is not None:
+            self.drain.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.drain is not None and self.settings is not None:
+            self.drain.stop(self.settings.stop_timeout)
+
+    def terminate(self, worker: Any) -> None:
+        if self.drain is not None:
+            self.drain.stop(1.0)
+
+
+def _install_worker_steps(sender: Any = None, **kwargs: Any) -> None:
+    # worker_init fires just before the worker builds its blueprint from app.steps.
+    app = getattr(sender, "app", None)
+    if app is not None:
+        app.steps["worker"].add(ValidateStep)
+        app.steps["worker"].add(DrainStep)
+
+
+def _reset_after_fork(**kwargs: Any) -> None:
+    reset_all_after_fork()
+
+
+worker_init.connect(_install_worker_steps, weak=False)
+worker_process_init.connect(_reset_after_fork, weak=False)
