@@ -93,8 +93,8 @@ def _pybreaker(url: str, namespace: str) -> Call:
 
 def _taskguard(hot_path: bool) -> Callable[[str, str], Call]:
     def make(url: str, namespace: str) -> Call:
-        backend = taskguard.connect(url, prefix=namespace)
-        breaker = backend.circuit_breaker(
+        backend = taskguard.connect(url, prefix=namespace).backend
+        breaker = taskguard.connect(backend).circuit_breaker(
             BREAKER, hot_path=hot_path, flush_interval=FLUSH_INTERVAL, open_for=30
         )
         return functools.partial(breaker.call, _noop)
@@ -174,8 +174,8 @@ def _calls_per_second(context: Context) -> tuple[list[Row], Goal, dict[str, Any]
 
 def _watcher(url: str, prefix: str, index: int, out: Any, stop: Any) -> None:
     """A process calling the breaker every millisecond; reports each change of its view."""
-    backend = taskguard.connect(url, prefix=prefix)
-    breaker = backend.circuit_breaker(
+    backend = taskguard.connect(url, prefix=prefix).backend
+    breaker = taskguard.connect(backend).circuit_breaker(
         BREAKER, hot_path=True, flush_interval=FLUSH_INTERVAL, **_TRIP_OPTIONS
     )
     last = ""
@@ -216,8 +216,8 @@ def _propagation(context: Context) -> tuple[list[Row], Goal, dict[str, Any]]:
     trials = 5 if context.quick else 40
     url = context.server.url
     prefix = context.unique(f"{NAME}-trip")
-    backend = taskguard.connect(url, prefix=prefix)
-    tripper = backend.circuit_breaker(
+    backend = taskguard.connect(url, prefix=prefix).backend
+    tripper = taskguard.connect(backend).circuit_breaker(
         BREAKER, hot_path=True, flush_interval=FLUSH_INTERVAL, **_TRIP_OPTIONS
     )
     state_key = backend.keys.breaker(BREAKER)

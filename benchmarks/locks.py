@@ -62,7 +62,7 @@ def _bare(url: str, namespace: str) -> Call:
         url,
         namespace,
         lambda backend: functools.partial(
-            _taskguard_pair, backend.lock(LOCK, ttl=TTL, renew=False)
+            _taskguard_pair, taskguard.connect(backend).lock(LOCK, ttl=TTL, renew=False)
         ),
         replies=[[1, 0, 0, 0, 1], [1]],
     )

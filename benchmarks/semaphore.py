@@ -49,8 +49,10 @@ def _taskguard_pair(semaphore: Semaphore) -> None:
 
 def _taskguard(renew: bool) -> Any:
     def make(url: str, namespace: str) -> Call:
-        backend = taskguard.connect(url, prefix=namespace)
-        semaphore = backend.semaphore(SEMAPHORE, limit=LIMIT, ttl=TTL, renew=renew)
+        backend = taskguard.connect(url, prefix=namespace).backend
+        semaphore = taskguard.connect(backend).semaphore(
+            SEMAPHORE, limit=LIMIT, ttl=TTL, renew=renew
+        )
         return functools.partial(_taskguard_pair, semaphore)
 
     return make
@@ -61,7 +63,8 @@ def _bare(url: str, namespace: str) -> Call:
         url,
         namespace,
         lambda backend: functools.partial(
-            _taskguard_pair, backend.semaphore(SEMAPHORE, limit=LIMIT, ttl=TTL, renew=False)
+            _taskguard_pair,
+            taskguard.connect(backend).semaphore(SEMAPHORE, limit=LIMIT, ttl=TTL, renew=False),
         ),
         replies=[[1, 0, 0, 0, 0], [1]],
     )

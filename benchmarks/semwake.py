@@ -28,8 +28,8 @@ SEMAPHORE = "bench-wake"
 
 class TaskguardSide:
     def __init__(self, url: str, namespace: str, role: str) -> None:
-        backend = taskguard.connect(url, prefix=namespace)
-        self.semaphore = backend.semaphore(SEMAPHORE, limit=LIMIT, ttl=TTL)
+        backend = taskguard.connect(url, prefix=namespace).backend
+        self.semaphore = taskguard.connect(backend).semaphore(SEMAPHORE, limit=LIMIT, ttl=TTL)
         # The holder keeps LIMIT - 1 slots throughout: the handed-over one is the last.
         self.kept = [self.take() for _ in range(LIMIT - 1)] if role == "holder" else []
 

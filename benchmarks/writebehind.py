@@ -112,7 +112,9 @@ def _run(context: Context, dsn: str, what: str) -> Iterator[_Run]:
 def _throughput(context: Context, dsn: str, rows: int) -> tuple[float, dict[str, Any]]:
     with _run(context, dsn, "drain") as run:
         backend, store = run.backend, run.store
-        cache = backend.cache("bench", strategy="write-behind", ttl=600, store=store)
+        cache = taskguard.connect(backend).cache(
+            "bench", strategy="write-behind", ttl=600, store=store
+        )
         _fill(cache, rows, "k")
         with DrainPool(backend, store=store, namespaces=["bench"], workers=2) as pool:
             began = time.perf_counter()
@@ -128,7 +130,9 @@ def _throughput(context: Context, dsn: str, rows: int) -> tuple[float, dict[str,
 
 def _write_through(context: Context, dsn: str, seconds: float) -> float:
     with _run(context, dsn, "wt") as run:
-        cache = run.backend.cache("bench", strategy="write-through", ttl=600, store=run.store)
+        cache = taskguard.connect(run.backend).cache(
+            "bench", strategy="write-through", ttl=600, store=run.store
+        )
         count = 0
         began = time.perf_counter()
         while time.perf_counter() - began < seconds:
@@ -181,7 +185,9 @@ def _lag(context: Context, dsn: str, seconds: float) -> tuple[list[float], float
     with _run(context, dsn, "lag") as run:
         backend, store, prefix, table = run.backend, run.store, run.prefix, run.table
         timed = _TimedStore(store)
-        backend.cache("bench", strategy="write-behind", ttl=600, store=store)  # registers it
+        taskguard.connect(backend).cache(
+            "bench", strategy="write-behind", ttl=600, store=store
+        )  # registers it
         with DrainPool(backend, store=timed, namespaces=["bench"], workers=2) as pool:
             writer = subprocess.run(
                 [
@@ -207,7 +213,9 @@ def _lag(context: Context, dsn: str, seconds: float) -> tuple[list[float], float
 def _rss(context: Context, dsn: str, records: int) -> tuple[float, float]:
     with _run(context, dsn, "rss") as run:
         backend, store, prefix, table = run.backend, run.store, run.prefix, run.table
-        cache = backend.cache("bench", strategy="write-behind", ttl=600, store=store)
+        cache = taskguard.connect(backend).cache(
+            "bench", strategy="write-behind", ttl=600, store=store
+        )
         _fill(cache, records, "r")
         drain = subprocess.Popen(
             [

@@ -8,13 +8,13 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.keys import KeySchema
 
 from .base import Backend
@@ -33,7 +33,7 @@ from .ops import (
 )
 from .outage import OutageBreaker
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
 
@@ -344,3 +344,26 @@ def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
         keys += op_keys
         args += [kind, len(op_keys), len(op_args), *op_args]
     return keys, args
+
+
+class HasBackend(Protocol):
+    """Anything built on a backend, such as the :class:`taskguard.Client` façade."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+
+def require_redis(source: Backend | HasBackend, what: str) -> RedisBackend:
+    """The Redis backend of ``source`` (a backend, or a client built on one).
+
+    Raises:
+        ConfigurationError: ``source`` is not on Redis (``what`` names who needs it).
+    """
+    backend = source if isinstance(source, Backend) else source.backend
+    if not isinstance(backend, RedisBackend):
+        raise ConfigurationError(
+            f"the {what} needs a Redis backend (taskguard.connect('redis://...')), "
+            f"not {type(backend).__name__}",
+            field="backend",
+        )
+    return backend

@@ -13,8 +13,10 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from taskguard.backend.base import Backend
+from taskguard.backend.redis import HasBackend, require_redis
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Loaded, Record, Store
 
@@ -25,10 +27,6 @@ from .flight import SingleFlight
 from .ops import CacheOps
 from .records import local_version
 from .writebehind import WriteBehind
-
-if TYPE_CHECKING:
-    from taskguard.backend.base import Backend
-    from taskguard.backend.redis import RedisBackend
 
 __all__ = ["CacheService"]
 
@@ -81,7 +79,7 @@ class CacheService:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | HasBackend,
         namespace: str,
         *,
         ttl: float | timedelta,
@@ -337,16 +335,3 @@ class CacheService:
 
     def _degraded(self, what: str, exc: BackendUnavailable) -> None:
         logger.warning("cache %s: Redis unavailable during %s: %s", self.namespace, what, exc)
-
-
-def require_redis(backend: Backend, what: str) -> RedisBackend:
-    """``backend`` if it is a Redis backend; a ConfigurationError otherwise."""
-    from taskguard.backend.redis import RedisBackend
-
-    if not isinstance(backend, RedisBackend):
-        raise ConfigurationError(
-            f"the {what} needs a Redis backend (taskguard.connect('redis://...')), "
-            f"not {type(backend).__name__}",
-            field="backend",
-        )
-    return backend

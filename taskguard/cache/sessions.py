@@ -14,17 +14,16 @@ import secrets
 import time as _time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from taskguard.backend.base import Backend
+from taskguard.backend.redis import HasBackend, require_redis
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Record, Store
 
 from .codec import get_codec
 from .config import _NAMESPACE, _seconds
 from .records import local_version
-
-if TYPE_CHECKING:
-    from taskguard.backend.base import Backend
 
 __all__ = ["Sessions"]
 
@@ -54,7 +53,7 @@ class Sessions:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | HasBackend,
         *,
         ttl: float | timedelta,
         namespace: str = "sessions",
@@ -62,8 +61,6 @@ class Sessions:
         codec: str = "json",
         clock: Callable[[], float] = _time.time,
     ) -> None:
-        from .service import require_redis
-
         if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigurationError(
                 f"must match [A-Za-z0-9_.-]+, got {namespace!r}", field="namespace"

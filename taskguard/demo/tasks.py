@@ -107,8 +107,8 @@ def reading_cache(config: DemoConfig) -> Any:
         from taskguard.sinks.sql import SQLStore
 
         store = SQLStore(config.db_url, table=config.table, create=False)
-        backend = taskguard.connect(config.redis_url, prefix=config.prefix)
-        cache = _caches[os.getpid()] = backend.cache(
+        backend = taskguard.connect(config.redis_url, prefix=config.prefix).backend
+        cache = _caches[os.getpid()] = taskguard.connect(backend).cache(
             NAMESPACE, strategy="write-behind", ttl=600, store=store
         )
     return cache

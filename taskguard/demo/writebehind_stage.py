@@ -108,8 +108,10 @@ def run_writebehind_stage(
     result = WriteBehindResult(db_url=config.db_url)
     store = SQLStore(config.db_url, table=config.table)
     store.create_table()
-    backend = taskguard.connect(config.redis_url, prefix=config.prefix)
-    cache = backend.cache(NAMESPACE, strategy="write-behind", ttl=600, store=store)
+    backend = taskguard.connect(config.redis_url, prefix=config.prefix).backend
+    cache = taskguard.connect(backend).cache(
+        NAMESPACE, strategy="write-behind", ttl=600, store=store
+    )
     result.partitions = cache.partitions
     client = redis.Redis.from_url(config.redis_url)
     drainer = config.queue("drain-only")

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import redis
 
-from taskguard.backend.redis import RedisBackend
+from taskguard.backend.redis import HasBackend, RedisBackend, require_redis
 from taskguard.errors import ConfigurationError
 from taskguard.sinks.base import Store
 
@@ -100,7 +100,7 @@ class DrainPool:
 
     def __init__(
         self,
-        backend: RedisBackend,
+        backend: RedisBackend | HasBackend,
         store: Store | None = None,
         *,
         stores: Mapping[str, Store] | None = None,
@@ -115,8 +115,7 @@ class DrainPool:
         backoff_max: float = DrainOptions.backoff_max,
         breaker_threshold: int = 5,
     ) -> None:
-        if not isinstance(backend, RedisBackend):
-            raise ConfigurationError("the drain pool needs a Redis backend", field="backend")
+        redis_backend = require_redis(backend, "drain pool")
         if (store is None) == (stores is None):
             raise ConfigurationError("give either store or stores", field="store")
         if workers < 1 or batch_size < 1 or max_deliveries < 1 or lease_ttl <= 0:
@@ -124,8 +123,8 @@ class DrainPool:
                 "workers, batch_size, max_deliveries and lease_ttl must be positive",
                 field="workers",
             )
-        self.backend = backend
-        self.keys = backend.keys
+        self.backend = redis_backend
+        self.keys = redis_backend.keys
         self._store = store
         self._stores: dict[str, Store] = dict(stores or {})
         self.namespaces = tuple(namespaces) if namespaces is not None else None

@@ -26,8 +26,8 @@ OPTIONS: dict[str, Any] = {"consecutive_failures": 20, "failure_rate": 1.0, "ope
 
 def _worker(url: str, prefix: str, index: int, events: tuple[Event, Event], out: Any) -> None:
     fail, stop = events
-    backend = taskguard.connect(url, prefix=prefix)
-    breaker = backend.circuit_breaker("partner", hot_path=True, **OPTIONS)
+    backend = taskguard.connect(url, prefix=prefix).backend
+    breaker = taskguard.connect(backend).circuit_breaker("partner", hot_path=True, **OPTIONS)
     runs = 0
     opened_at: float | None = None
     runs_after_open = 0
@@ -108,10 +108,14 @@ def _bad() -> None:
 
 
 def test_the_agent_survives_a_redis_restart(private_redis: RedisServer) -> None:
-    first = taskguard.connect(private_redis.url, prefix="tgt-restart")
-    second = taskguard.connect(private_redis.url, prefix="tgt-restart")
-    tripper = first.circuit_breaker("partner", hot_path=True, consecutive_failures=5, open_for=60)
-    watcher = second.circuit_breaker("partner", hot_path=True, consecutive_failures=5, open_for=60)
+    first = taskguard.connect(private_redis.url, prefix="tgt-restart").backend
+    second = taskguard.connect(private_redis.url, prefix="tgt-restart").backend
+    tripper = taskguard.connect(first).circuit_breaker(
+        "partner", hot_path=True, consecutive_failures=5, open_for=60
+    )
+    watcher = taskguard.connect(second).circuit_breaker(
+        "partner", hot_path=True, consecutive_failures=5, open_for=60
+    )
     assert isinstance(tripper, HotPathBreaker)
     assert isinstance(watcher, HotPathBreaker)
     tripper.call(_ok)
@@ -156,8 +160,8 @@ def _forked_child(breaker: HotPathBreaker, out: Any) -> None:
 
 
 def test_a_forked_child_flushes_through_its_own_agent(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
-    breaker = backend.circuit_breaker(
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
+    breaker = taskguard.connect(backend).circuit_breaker(
         "partner", hot_path=True, consecutive_failures=5, failure_rate=1.0, open_for=60
     )
     assert isinstance(breaker, HotPathBreaker)

@@ -38,7 +38,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore]:
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
     backend.close()
 
@@ -71,7 +71,9 @@ def value_key(cache: CacheService, key: str) -> str:
 def test_no_stale_read_while_a_write_is_queued(
     backend: Backend, store: SQLStore, redis_client: redis.Redis
 ) -> None:
-    cache = backend.cache("orders", ttl=60, strategy="write-behind", store=store, partitions=2)
+    cache = taskguard.connect(backend).cache(
+        "orders", ttl=60, strategy="write-behind", store=store, partitions=2
+    )
     cache.set("o1", {"v": 1})
     drain(backend, store, "orders")
     row = store.load("orders", "o1")
@@ -95,7 +97,7 @@ def test_no_stale_read_while_a_write_is_queued(
 def test_queued_delete_hides_the_stored_row_until_drained(
     backend: Backend, store: SQLStore, redis_client: redis.Redis
 ) -> None:
-    cache = backend.cache("orders", ttl=60, strategy="write-behind", store=store)
+    cache = taskguard.connect(backend).cache("orders", ttl=60, strategy="write-behind", store=store)
     cache.set("o1", "v1")
     drain(backend, store, "orders")
     cache.delete("o1")
@@ -111,8 +113,8 @@ def test_queued_delete_hides_the_stored_row_until_drained(
 def test_redis_down_at_write_time_writes_the_store_directly(
     private_redis: RedisServer, store: SQLStore, tg_prefix: str
 ) -> None:
-    backend = taskguard.connect(private_redis.url, prefix=tg_prefix)
-    cache = backend.cache("orders", ttl=60, strategy="write-behind", store=store)
+    backend = taskguard.connect(private_redis.url, prefix=tg_prefix).backend
+    cache = taskguard.connect(backend).cache("orders", ttl=60, strategy="write-behind", store=store)
     cache.set("o1", "queued while up")
     private_redis.stop()
     cache.set("o1", "written while down")
@@ -133,7 +135,7 @@ def test_redis_down_at_write_time_writes_the_store_directly(
 def test_write_through_store_failure_leaves_the_cache_untouched(
     backend: Backend, store: SQLStore, redis_client: redis.Redis
 ) -> None:
-    cache = backend.cache("acct", ttl=60, strategy="write-through", store=store)
+    cache = taskguard.connect(backend).cache("acct", ttl=60, strategy="write-through", store=store)
     cache.set("a1", {"balance": 10})
     before = redis_client.get(value_key(cache, "a1"))
     refuse_writes(store)  # every write now fails in the database
@@ -146,7 +148,7 @@ def test_write_through_store_failure_leaves_the_cache_untouched(
 def test_backpressure_write_through_keeps_the_newest_value(
     backend: Backend, store: SQLStore
 ) -> None:
-    cache = backend.cache(
+    cache = taskguard.connect(backend).cache(
         "orders", ttl=60, strategy="write-behind", store=store, partitions=1, capacity=3
     )
     for i in range(10):
@@ -160,7 +162,7 @@ def test_backpressure_write_through_keeps_the_newest_value(
 
 
 def test_backpressure_raise_then_room_after_the_drain(backend: Backend, store: SQLStore) -> None:
-    cache = backend.cache(
+    cache = taskguard.connect(backend).cache(
         "orders",
         ttl=60,
         strategy="write-behind",
@@ -180,7 +182,7 @@ def test_backpressure_raise_then_room_after_the_drain(backend: Backend, store: S
 
 
 def test_backpressure_block_waits_for_the_drain(backend: Backend, store: SQLStore) -> None:
-    cache = backend.cache(
+    cache = taskguard.connect(backend).cache(
         "orders",
         ttl=60,
         strategy="write-behind",

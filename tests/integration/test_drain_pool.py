@@ -73,7 +73,7 @@ def stored(store: SQLStore, keys: list[str], namespace: str = NS) -> dict[str, A
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[RedisBackend]:
-    found = taskguard.connect(redis_url, prefix=tg_prefix)
+    found = taskguard.connect(redis_url, prefix=tg_prefix).backend
     assert isinstance(found, RedisBackend)
     yield found
     found.close()

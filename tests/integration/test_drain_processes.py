@@ -55,7 +55,7 @@ def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[RedisBackend]:
-    found = taskguard.connect(redis_url, prefix=tg_prefix)
+    found = taskguard.connect(redis_url, prefix=tg_prefix).backend
     assert isinstance(found, RedisBackend)
     yield found
     found.close()
@@ -133,7 +133,7 @@ def test_the_worker_bootstep_drains_and_stops_cleanly(
 ) -> None:
     store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     fleet = fleet_factory(settings={"drain": {"enabled": True, "store": store_url, "lease_ttl": 3}})
-    backend = taskguard.connect(fleet.guard_url, prefix=fleet.prefix)
+    backend = taskguard.connect(fleet.guard_url, prefix=fleet.prefix).backend
     assert isinstance(backend, RedisBackend)
     expected = produce(backend, writes=2_000, keys=300)
     fleet.start(1)

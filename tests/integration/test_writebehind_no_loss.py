@@ -47,7 +47,7 @@ class Run:
 
     @functools.cached_property
     def backend(self) -> taskguard.Backend:
-        return taskguard.connect(self.redis_url, prefix=self.prefix)
+        return taskguard.connect(self.redis_url, prefix=self.prefix).backend
 
     @functools.cached_property
     def store(self) -> SQLStore:
@@ -149,7 +149,9 @@ def wait_writers(writers: list[subprocess.Popen[bytes]], timeout: float = 300.0)
 def assert_exact(run: Run) -> None:
     """Every key is in the store with its newest written value; nothing dead-lettered."""
     backend = run.backend
-    cache = backend.cache(run.namespace, strategy="write-behind", ttl=3600, store=run.store)
+    cache = taskguard.connect(backend).cache(
+        run.namespace, strategy="write-behind", ttl=3600, store=run.store
+    )
     keys = [f"k{i}" for i in range(KEYS)]
     expected = cache.get_many(keys)
     assert len(expected) == KEYS, "the oracle (cached newest values) is incomplete"

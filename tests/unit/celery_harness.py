@@ -10,6 +10,7 @@ from celery import Celery
 
 from taskguard import Backend, signals
 from taskguard.celery._runtime import runtime_for
+from taskguard.heartbeat import heartbeat_for
 
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
 
@@ -25,7 +26,7 @@ def celery_app(backend: Backend, **config: Any) -> Iterator[Celery]:
     try:
         yield app
     finally:
-        backend.heartbeat.stop()
+        heartbeat_for(backend).stop()
         app.close()
 
 

@@ -21,7 +21,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[taskguard.Backend]:
         return
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("tg_prefix")
-    backend = taskguard.connect(url, prefix=prefix)
+    backend = taskguard.connect(url, prefix=prefix).backend
     yield backend
     backend.close()
 
@@ -79,7 +79,7 @@ def test_time_is_wall_clock(backend: taskguard.Backend) -> None:
 
 
 def test_redis_keys_expire_and_share_one_hash_tag(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     bucket = op(backend, "ttl", interval=2.0, burst=3)
     backend.admit([bucket])
     client = redis.Redis.from_url(redis_url)
@@ -98,18 +98,20 @@ def test_key_schema_escapes_braces() -> None:
 
 
 def test_connect_urls(redis_url: str) -> None:
-    assert isinstance(taskguard.connect("memory://"), taskguard.MemoryBackend)
-    backend = taskguard.connect(redis_url)
+    assert isinstance(taskguard.connect("memory://").backend, taskguard.MemoryBackend)
+    client = taskguard.connect(redis_url)
+    backend = client.backend
     assert isinstance(backend, taskguard.RedisBackend)
-    assert taskguard.connect(backend) is backend
-    assert "RedisBackend" in repr(backend)
+    assert taskguard.connect(backend).backend is backend
+    assert taskguard.connect(client) is client
+    assert "RedisBackend" in repr(client)
     with pytest.raises(ValueError, match="unsupported backend URL"):
         taskguard.connect("mysql://x")
 
 
 def test_connect_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKGUARD_REDIS_URL", "memory://")
-    assert isinstance(taskguard.connect(), taskguard.MemoryBackend)
+    assert isinstance(taskguard.connect().backend, taskguard.MemoryBackend)
 
 
 def test_no_reservation_that_would_block_a_shared_bucket(backend: taskguard.Backend) -> None:

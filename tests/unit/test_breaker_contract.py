@@ -44,7 +44,7 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
         yield Harness(taskguard.MemoryBackend(clock=clock), clock.advance)
         return
     url = request.getfixturevalue("redis_url")
-    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix"))
+    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix")).backend
     client = redis.Redis.from_url(url)
     yield Harness(backend, time.sleep, client)
     client.close()
@@ -52,7 +52,7 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
 
 
 def breaker(h: Harness, name: str = "svc", **options: object) -> Breaker:
-    return h.backend.circuit_breaker(name, open_for=OPEN, **options)  # type: ignore[arg-type]
+    return taskguard.connect(h.backend).circuit_breaker(name, open_for=OPEN, **options)  # type: ignore[arg-type]
 
 
 def admit(b: Breaker) -> BreakerCall:

@@ -25,7 +25,7 @@ def connect(redis_url: str, tg_prefix: str) -> Iterator[Callable[[], taskguard.B
     made: list[taskguard.Backend] = []
 
     def make() -> taskguard.Backend:
-        backend = taskguard.connect(redis_url, prefix=tg_prefix)
+        backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
         made.append(backend)
         return backend
 
@@ -36,7 +36,7 @@ def connect(redis_url: str, tg_prefix: str) -> Iterator[Callable[[], taskguard.B
 
 def hot(backend: taskguard.Backend, name: str = "svc", **options: Any) -> HotPathBreaker:
     options.setdefault("open_for", OPEN)
-    breaker = backend.circuit_breaker(name, hot_path=True, **options)
+    breaker = taskguard.connect(backend).circuit_breaker(name, hot_path=True, **options)
     assert isinstance(breaker, HotPathBreaker)
     return breaker
 
@@ -67,12 +67,14 @@ def wait_for(predicate: Callable[[], bool], bound: float = BOUND) -> float:
 
 
 def test_memory_backend_gets_the_exact_breaker_and_interval_is_checked() -> None:
-    backend = taskguard.connect("memory://")
-    breaker = backend.circuit_breaker("svc", hot_path=True)
+    backend = taskguard.connect("memory://").backend
+    breaker = taskguard.connect(backend).circuit_breaker("svc", hot_path=True)
     assert type(breaker) is Breaker
     for bad_interval in (0, 2.0, True, "fast"):
         with pytest.raises(ConfigurationError) as info:
-            backend.circuit_breaker("svc", hot_path=True, flush_interval=bad_interval)
+            taskguard.connect(backend).circuit_breaker(
+                "svc", hot_path=True, flush_interval=bad_interval
+            )
         assert info.value.field == "flush_interval"
 
 
@@ -257,7 +259,7 @@ def test_an_exact_breakers_trip_reaches_the_view_by_refresh(
     backend = connect()
     user = hot(backend, consecutive_failures=1, open_for=30)
     assert user.call(ok) == "ok"
-    exact = backend.circuit_breaker("svc", consecutive_failures=1, open_for=30)
+    exact = taskguard.connect(backend).circuit_breaker("svc", consecutive_failures=1, open_for=30)
     call(exact, bad)  # no publish: the view learns it from the next flush reply
     wait_for(lambda: user.local_state == "open")
 
@@ -265,8 +267,8 @@ def test_an_exact_breakers_trip_reaches_the_view_by_refresh(
 def test_outage_policies_apply_when_the_view_is_stale(
     private_redis: Any,
 ) -> None:
-    allow = taskguard.connect(private_redis.url, prefix="tgt-outage")
-    deny = taskguard.connect(private_redis.url, prefix="tgt-outage")
+    allow = taskguard.connect(private_redis.url, prefix="tgt-outage").backend
+    deny = taskguard.connect(private_redis.url, prefix="tgt-outage").backend
     allowing = hot(allow, on_outage="allow")
     denying = hot(deny, on_outage="deny")
     assert allowing.call(ok) == "ok"

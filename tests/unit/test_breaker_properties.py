@@ -122,7 +122,7 @@ def test_random_traffic_keeps_the_invariants(options: dict[str, Any], steps: lis
     clock = FakeClock()
     backend = taskguard.MemoryBackend(clock=clock)
     scale = options.pop("max_open_scale")
-    b = backend.circuit_breaker(
+    b = taskguard.connect(backend).circuit_breaker(
         "svc",
         **options,
         max_open_for=options["open_for"] * scale,

@@ -10,8 +10,8 @@ import pytest
 
 import taskguard
 from taskguard import CircuitBreaker, CircuitOpen, ConfigurationError, Lock, RateLimit
-from taskguard.clock import FakeClock
 from taskguard.celery._settings import Settings
+from taskguard.clock import FakeClock
 
 from .celery_harness import DEAD_URL
 
@@ -81,7 +81,7 @@ def test_defaults_and_derived_values() -> None:
 
 def test_open_for_longer_than_the_default_cap_is_kept() -> None:
     clock = FakeClock()
-    b = taskguard.MemoryBackend(clock=clock).circuit_breaker(
+    b = taskguard.connect(taskguard.MemoryBackend(clock=clock)).circuit_breaker(
         "svc", consecutive_failures=1, open_for=900
     )
     with pytest.raises(ValueError, match="invalid literal"):
@@ -264,7 +264,7 @@ def test_recording_twice_counts_once() -> None:
 
 def test_a_slow_probe_closes_when_slow_calls_are_not_tracked() -> None:
     clock = FakeClock()
-    b = taskguard.MemoryBackend(clock=clock).circuit_breaker(
+    b = taskguard.connect(taskguard.MemoryBackend(clock=clock)).circuit_breaker(
         "svc", consecutive_failures=1, open_for=10, slow_call_duration=1
     )
     b.try_acquire().lease.record(ValueError())  # type: ignore[union-attr]
@@ -274,8 +274,8 @@ def test_a_slow_probe_closes_when_slow_calls_are_not_tracked() -> None:
 
 
 def test_local_outage_policy_trips_the_process_local_breaker() -> None:
-    backend = taskguard.connect(DEAD_URL)
-    b = backend.circuit_breaker("svc", consecutive_failures=1, on_outage="local")
+    backend = taskguard.connect(DEAD_URL).backend
+    b = taskguard.connect(backend).circuit_breaker("svc", consecutive_failures=1, on_outage="local")
     try:
         with pytest.raises(ValueError, match="invalid literal"):
             b.call(int, "x")  # admitted by the local breaker while Redis is down
@@ -293,8 +293,8 @@ def test_a_with_block_that_raises_records_the_exception() -> None:
 
 
 def test_an_outage_while_recording_does_not_change_the_calls_result(private_redis: Any) -> None:
-    backend = taskguard.connect(private_redis.url, socket_timeout=0.2)
-    b = backend.circuit_breaker("svc")
+    backend = taskguard.connect(private_redis.url, socket_timeout=0.2).backend
+    b = taskguard.connect(backend).circuit_breaker("svc")
 
     def last_call() -> str:
         private_redis.stop()  # Redis goes away while the call runs

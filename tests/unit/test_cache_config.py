@@ -22,7 +22,7 @@ from .test_cache_fakes import MemoryStore
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
     backend.close()
 
@@ -57,46 +57,52 @@ def test_invalid_settings_name_their_field(
     backend: Backend, options: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        backend.cache("users", **options)
+        taskguard.connect(backend).cache("users", **options)
     assert caught.value.field == field
 
 
 @pytest.mark.parametrize("namespace", ["", "a b", "a:b", "a{b}", "ü", 7])
 def test_namespace_must_be_simple(backend: Backend, namespace: Any) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        backend.cache(namespace, ttl=60)
+        taskguard.connect(backend).cache(namespace, ttl=60)
     assert caught.value.field == "namespace"
 
 
 def test_ttl_takes_a_timedelta_and_negative_ttl_defaults_to_at_most_30s(backend: Backend) -> None:
-    cache = backend.cache("users", ttl=timedelta(minutes=2))
+    cache = taskguard.connect(backend).cache("users", ttl=timedelta(minutes=2))
     assert cache.config.ttl == 120.0
     assert cache.config.negative_ttl == 30.0
-    assert backend.cache("short", ttl=5).config.negative_ttl == 5.0
-    assert backend.cache("off", ttl=5, negative_ttl=0).config.negative_ttl == 0.0
+    assert taskguard.connect(backend).cache("short", ttl=5).config.negative_ttl == 5.0
+    assert taskguard.connect(backend).cache("off", ttl=5, negative_ttl=0).config.negative_ttl == 0.0
 
 
 def test_a_memory_backend_is_refused_with_a_clear_error() -> None:
-    memory = taskguard.connect("memory://")
+    memory = taskguard.connect("memory://").backend
     with pytest.raises(ConfigurationError, match="needs a Redis backend") as caught:
-        memory.cache("users", ttl=60)
+        taskguard.connect(memory).cache("users", ttl=60)
     assert caught.value.field == "backend"
     with pytest.raises(ConfigurationError, match="needs a Redis backend"):
-        memory.sessions(ttl=60)
+        taskguard.connect(memory).sessions(ttl=60)
 
 
 def test_write_behind_namespaces_register_their_partition_count(
     backend: Backend, redis_client: Any
 ) -> None:
     store = MemoryStore()
-    backend.cache("orders", ttl=60, strategy="write-behind", store=store, partitions=4)
+    taskguard.connect(backend).cache(
+        "orders", ttl=60, strategy="write-behind", store=store, partitions=4
+    )
     where = backend.keys.write_behind_namespaces()
     assert redis_client.hget(where, "orders") == b"4"
-    backend.cache("orders", ttl=60, strategy="write-behind", store=store, partitions=4)
+    taskguard.connect(backend).cache(
+        "orders", ttl=60, strategy="write-behind", store=store, partitions=4
+    )
     with pytest.raises(ConfigurationError, match="registered with 4 partitions") as caught:
-        backend.cache("orders", ttl=60, strategy="write-behind", store=store, partitions=8)
+        taskguard.connect(backend).cache(
+            "orders", ttl=60, strategy="write-behind", store=store, partitions=8
+        )
     assert caught.value.field == "partitions"
-    backend.cache("plain", ttl=60, store=store)  # cache-aside does not register
+    taskguard.connect(backend).cache("plain", ttl=60, store=store)  # cache-aside does not register
     assert redis_client.hget(where, "plain") is None
 
 
@@ -111,19 +117,19 @@ def test_cached_copies_round_trip(codec: str, value: Any) -> None:
 
 
 def test_msgpack_namespace_reads_back_what_it_wrote(backend: Backend) -> None:
-    cache = backend.cache("packed", ttl=60, codec="msgpack")
+    cache = taskguard.connect(backend).cache("packed", ttl=60, codec="msgpack")
     cache.set("k", {"bytes": b"\x00\x01", "n": 3})
     assert cache.get("k") == {"bytes": b"\x00\x01", "n": 3}
 
 
 def test_ttl_jitter_stays_within_bounds(backend: Backend, redis_client: Any) -> None:
-    cache = backend.cache("jit", ttl=10, jitter=0.2, rng=random.Random(7))
+    cache = taskguard.connect(backend).cache("jit", ttl=10, jitter=0.2, rng=random.Random(7))
     draws = [cache.ttl_ms() for _ in range(2000)]
     assert min(draws) >= 10_000
     assert max(draws) <= 12_000
     assert max(draws) - min(draws) > 1_000  # it does vary
     assert {cache.ttl_ms(negative=True) // 1000 for _ in range(50)} <= {10, 11}  # min(ttl, 30)
-    flat = backend.cache("flat", ttl=10, jitter=0)
+    flat = taskguard.connect(backend).cache("flat", ttl=10, jitter=0)
     assert {flat.ttl_ms() for _ in range(20)} == {10_000}
     cache.set("k", 1)
     assert 9_000 < redis_client.pttl(cache._ops.value_key("k")) <= 12_000

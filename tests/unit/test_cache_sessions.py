@@ -19,7 +19,7 @@ from .test_cache_fakes import MemoryStore
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
     backend.close()
 
@@ -30,7 +30,7 @@ def pttl(sessions: Sessions, sid: str, client: Any) -> int:
 
 
 def test_new_get_set_destroy(backend: Backend) -> None:
-    sessions = backend.sessions(ttl=60)
+    sessions = taskguard.connect(backend).sessions(ttl=60)
     sid = sessions.new({"user": 42})
     assert len(sid) >= 40
     assert sid != sessions.new()
@@ -45,7 +45,7 @@ def test_new_get_set_destroy(backend: Backend) -> None:
 
 
 def test_get_and_touch_slide_the_expiry(backend: Backend, redis_client: Any) -> None:
-    sessions = backend.sessions(ttl=10)
+    sessions = taskguard.connect(backend).sessions(ttl=10)
     sid = sessions.new({"a": 1})
     redis_client.pexpire(sessions._key(sid), 1_000)  # as if 9 s had passed
     assert sessions.get(sid) == {"a": 1}
@@ -56,30 +56,33 @@ def test_get_and_touch_slide_the_expiry(backend: Backend, redis_client: Any) -> 
 
 
 def test_an_unused_session_expires(backend: Backend) -> None:
-    sessions = backend.sessions(ttl=0.05)
+    sessions = taskguard.connect(backend).sessions(ttl=0.05)
     sid = sessions.new({"a": 1})
     time.sleep(0.2)
     assert sessions.get(sid) is None
 
 
 def test_namespaces_keep_sessions_apart(backend: Backend) -> None:
-    web, api = backend.sessions(ttl=60), backend.sessions(ttl=60, namespace="api")
+    web, api = (
+        taskguard.connect(backend).sessions(ttl=60),
+        taskguard.connect(backend).sessions(ttl=60, namespace="api"),
+    )
     sid = web.new({"a": 1})
     assert api.get(sid) is None
 
 
 def test_invalid_settings(backend: Backend) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        backend.sessions(ttl=0)
+        taskguard.connect(backend).sessions(ttl=0)
     assert caught.value.field == "ttl"
     with pytest.raises(ConfigurationError) as caught:
-        backend.sessions(ttl=5, namespace="a b")
+        taskguard.connect(backend).sessions(ttl=5, namespace="a b")
     assert caught.value.field == "namespace"
     with pytest.raises(ConfigurationError) as caught:
-        backend.sessions(ttl=5, codec="pickle")
+        taskguard.connect(backend).sessions(ttl=5, codec="pickle")
     assert caught.value.field == "codec"
     with pytest.raises(ValueError, match="destroy"):
-        backend.sessions(ttl=5).set("sid", None)
+        taskguard.connect(backend).sessions(ttl=5).set("sid", None)
 
 
 def test_a_store_copy_survives_redis_losing_the_session(
@@ -105,5 +108,5 @@ def test_redis_down_reads_the_store_copy(tg_prefix: str) -> None:
     store.rows["sessions", "sid-1"] = Loaded({"data": {"u": 1}, "expires": 2e9}, 1)
     assert Sessions(backend, ttl=60, store=store, clock=lambda: 1e9).get("sid-1") == {"u": 1}
     with pytest.raises(taskguard.BackendUnavailable):
-        backend.sessions(ttl=60).get("sid-1")
+        taskguard.connect(backend).sessions(ttl=60).get("sid-1")
     backend.close()

@@ -25,7 +25,7 @@ from .test_cache_fakes import MemoryStore
 
 @pytest.fixture
 def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
     backend.close()
 
@@ -67,7 +67,7 @@ def dirty_id(cache: CacheService, key: str, client: Any) -> bytes | None:
 
 
 def test_cache_aside_get_set_delete_invalidate(backend: Backend, redis_client: Any) -> None:
-    cache = backend.cache("users", ttl=60)
+    cache = taskguard.connect(backend).cache("users", ttl=60)
     assert cache.get("1") is None
     assert cache.get("1", "none") == "none"
     cache.set("1", {"name": "Ada"})
@@ -82,7 +82,7 @@ def test_cache_aside_get_set_delete_invalidate(backend: Backend, redis_client: A
 
 
 def test_get_or_load_caches_the_loaded_value(backend: Backend) -> None:
-    cache = backend.cache("users", ttl=60, early_refresh=0)
+    cache = taskguard.connect(backend).cache("users", ttl=60, early_refresh=0)
     loader = Loader({"v": 1}, {"v": 2})
     assert cache.get_or_load("k", loader) == {"v": 1}
     assert cache.get_or_load("k", loader) == {"v": 1}
@@ -91,7 +91,7 @@ def test_get_or_load_caches_the_loaded_value(backend: Backend) -> None:
 
 
 def test_negative_cache_remembers_a_missing_value(backend: Backend) -> None:
-    cache = backend.cache("users", ttl=60, negative_ttl=30)
+    cache = taskguard.connect(backend).cache("users", ttl=60, negative_ttl=30)
     loader = Loader(None, "late")
     assert cache.get_or_load("ghost", loader) is None
     assert cache.get_or_load("ghost", loader) is None
@@ -102,7 +102,7 @@ def test_negative_cache_remembers_a_missing_value(backend: Backend) -> None:
 
 
 def test_negative_ttl_zero_disables_negative_caching(backend: Backend) -> None:
-    cache = backend.cache("users", ttl=60, negative_ttl=0)
+    cache = taskguard.connect(backend).cache("users", ttl=60, negative_ttl=0)
     loader = Loader(None, None, "found")
     assert cache.get_or_load("ghost", loader) is None
     assert cache.get_or_load("ghost", loader) is None
@@ -111,13 +111,13 @@ def test_negative_ttl_zero_disables_negative_caching(backend: Backend) -> None:
 
 
 def test_negative_entries_expire_after_negative_ttl(backend: Backend, redis_client: Any) -> None:
-    cache = backend.cache("users", ttl=60, negative_ttl=5, jitter=0)
+    cache = taskguard.connect(backend).cache("users", ttl=60, negative_ttl=5, jitter=0)
     cache.get_or_load("ghost", lambda: None)
     assert 0 < redis_client.pttl(cache._ops.value_key("ghost")) <= 5_000
 
 
 def test_a_failing_loader_releases_the_flight_lock(backend: Backend) -> None:
-    cache = backend.cache("users", ttl=60, flight_wait=30)
+    cache = taskguard.connect(backend).cache("users", ttl=60, flight_wait=30)
 
     def boom() -> Any:
         raise RuntimeError("db down")
@@ -131,7 +131,7 @@ def test_a_failing_loader_releases_the_flight_lock(backend: Backend) -> None:
 
 
 def test_a_waiter_loads_itself_after_flight_wait(backend: Backend, redis_client: Any) -> None:
-    cache = backend.cache("users", ttl=60, flight_wait=0.05, flight_ttl=30)
+    cache = taskguard.connect(backend).cache("users", ttl=60, flight_wait=0.05, flight_ttl=30)
     flight = backend.keys.cache_flight("users", partition_of("k", 8), "k")
     redis_client.set(flight, "someone-else", px=30_000)  # a loader that hangs
     assert cache.get_or_load("k", lambda: "mine") == "mine"
@@ -145,18 +145,18 @@ def test_early_refresh_reloads_a_slow_key_before_it_expires(backend: Backend) ->
         def random(self) -> float:
             return 0.99
 
-    cache = backend.cache("users", ttl=60, early_refresh=50, rng=AlmostOne())
+    cache = taskguard.connect(backend).cache("users", ttl=60, early_refresh=50, rng=AlmostOne())
     cache._ops.put_many([("k", b"=10000:" + b'"old"', 60_000)])
     assert cache.get_or_load("k", lambda: "new") == "new"
     assert cache.get("k") == "new"
-    calm = backend.cache("calm", ttl=60, early_refresh=0)
+    calm = taskguard.connect(backend).cache("calm", ttl=60, early_refresh=0)
     calm._ops.put_many([("k", b"=10000:" + b'"old"', 60_000)])
     assert calm.get_or_load("k", lambda: "new") == "old"
 
 
 def test_cache_aside_with_a_store_reads_through(backend: Backend, store: MemoryStore) -> None:
     store.rows["users", "1"] = Loaded("ada", 1)
-    cache = backend.cache("users", ttl=60, store=store)
+    cache = taskguard.connect(backend).cache("users", ttl=60, store=store)
     assert cache.get("1") == "ada"
     assert cache.get("1") == "ada"
     assert store.loads == 1
@@ -166,7 +166,7 @@ def test_cache_aside_with_a_store_reads_through(backend: Backend, store: MemoryS
 
 
 def test_get_many_and_set_many(backend: Backend, store: MemoryStore) -> None:
-    cache = backend.cache("users", ttl=60, store=store)
+    cache = taskguard.connect(backend).cache("users", ttl=60, store=store)
     cache.set_many({"a": 1, "b": 2})
     store.rows["users", "c"] = Loaded(3, 1)
     store.rows["users", "d"] = Loaded(None, 2, deleted=True)
@@ -182,7 +182,7 @@ def test_get_many_and_set_many(backend: Backend, store: MemoryStore) -> None:
 def test_write_through_writes_the_store_then_the_cache(
     backend: Backend, store: MemoryStore
 ) -> None:
-    cache = backend.cache("acct", ttl=60, strategy="write-through", store=store)
+    cache = taskguard.connect(backend).cache("acct", ttl=60, strategy="write-through", store=store)
     cache.set("1", {"balance": 5})
     assert store.rows["acct", "1"].value == {"balance": 5}
     assert cache.get("1") == {"balance": 5}
@@ -195,7 +195,7 @@ def test_write_through_writes_the_store_then_the_cache(
 def test_write_through_store_failure_leaves_the_cache_untouched(
     backend: Backend, store: MemoryStore
 ) -> None:
-    cache = backend.cache("acct", ttl=60, strategy="write-through", store=store)
+    cache = taskguard.connect(backend).cache("acct", ttl=60, strategy="write-through", store=store)
     cache.set("1", "v1")
     store.fail = True
     with pytest.raises(StoreError):
@@ -208,7 +208,7 @@ def test_write_through_store_failure_leaves_the_cache_untouched(
 def test_write_around_invalidates_and_reads_back_from_the_store(
     backend: Backend, store: MemoryStore, redis_client: Any
 ) -> None:
-    cache = backend.cache("acct", ttl=60, strategy="write-around", store=store)
+    cache = taskguard.connect(backend).cache("acct", ttl=60, strategy="write-around", store=store)
     cache.set("1", "v1")
     assert raw(cache, "1", redis_client) is None
     assert cache.get("1") == "v1"  # loaded and cached
@@ -220,7 +220,7 @@ def test_write_around_invalidates_and_reads_back_from_the_store(
 def test_delete_writes_a_tombstone_then_drops_the_copy(
     backend: Backend, store: MemoryStore
 ) -> None:
-    cache = backend.cache("acct", ttl=60, strategy="write-through", store=store)
+    cache = taskguard.connect(backend).cache("acct", ttl=60, strategy="write-through", store=store)
     cache.set("1", "v1")
     cache.delete("1")
     assert store.rows["acct", "1"].deleted
@@ -231,7 +231,9 @@ def test_delete_writes_a_tombstone_then_drops_the_copy(
 
 
 def wb(backend: Backend, store: MemoryStore, **options: Any) -> CacheService:
-    return backend.cache("orders", ttl=60, strategy="write-behind", store=store, **options)
+    return taskguard.connect(backend).cache(
+        "orders", ttl=60, strategy="write-behind", store=store, **options
+    )
 
 
 def test_write_behind_set_queues_caches_and_marks_dirty(
@@ -402,7 +404,7 @@ def test_full_queue_block_raises_after_block_timeout(backend: Backend, store: Me
 @pytest.fixture
 def dead_backend(tg_prefix: str) -> Iterator[Backend]:
     # Nothing listens on port 1: every call fails at once with a connection error.
-    backend = taskguard.connect("redis://127.0.0.1:1/0", prefix=tg_prefix)
+    backend = taskguard.connect("redis://127.0.0.1:1/0", prefix=tg_prefix).backend
     yield backend
     backend.close()
 
@@ -411,11 +413,13 @@ def test_redis_down_reads_fall_back_to_the_store_or_the_loader(
     dead_backend: Backend, store: MemoryStore
 ) -> None:
     store.rows["acct", "1"] = Loaded("from store", 1)
-    cache = dead_backend.cache("acct", ttl=60, strategy="write-through", store=store)
+    cache = taskguard.connect(dead_backend).cache(
+        "acct", ttl=60, strategy="write-through", store=store
+    )
     assert cache.get("1") == "from store"
     assert cache.get_many(["1", "2"]) == {"1": "from store"}
     assert cache.get_or_load("3", lambda: "loaded") == "loaded"
-    aside = dead_backend.cache("aside", ttl=60)
+    aside = taskguard.connect(dead_backend).cache("aside", ttl=60)
     assert aside.get("1", "default") == "default"
     with pytest.raises(taskguard.BackendUnavailable):
         aside.set("1", "x")

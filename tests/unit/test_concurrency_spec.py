@@ -7,8 +7,8 @@ import pytest
 
 import taskguard
 from taskguard import Concurrency, ConcurrencyControl
-from taskguard.errors import ConfigurationError
 from taskguard.celery._settings import Settings
+from taskguard.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(
@@ -32,12 +32,12 @@ def test_spec_validation(args: tuple[Any, ...], kwargs: dict[str, Any], field: s
 
 
 def test_control_and_semaphore_validate() -> None:
-    backend = taskguard.connect("memory://")
+    backend = taskguard.connect("memory://").backend
     for make, field in [
         (lambda: ConcurrencyControl(0), "limit"),
         (lambda: ConcurrencyControl(2, queue_timeout=-1), "queue_timeout"),
-        (lambda: backend.semaphore("x", limit=0), "limit"),
-        (lambda: backend.semaphore("x", limit=1, ttl=0), "ttl"),
+        (lambda: taskguard.connect(backend).semaphore("x", limit=0), "limit"),
+        (lambda: taskguard.connect(backend).semaphore("x", limit=1, ttl=0), "ttl"),
     ]:
         with pytest.raises(ConfigurationError) as info:
             make()

@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from taskguard.cli.drain import drain
 from taskguard.celery._runtime import runtime_for
+from taskguard.cli.drain import drain
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from taskguard.celery._settings import Settings
 from taskguard.drain import DrainSettings
 from taskguard.errors import ConfigurationError
-from taskguard.celery._settings import Settings
 
 
 def test_defaults_leave_the_drain_off() -> None:

@@ -12,6 +12,7 @@ def test_exported_names() -> None:
         "CacheService",
         "CircuitBreaker",
         "CircuitOpen",
+        "Client",
         "Concurrency",
         "ConcurrencyControl",
         "ConcurrencyLimitReached",

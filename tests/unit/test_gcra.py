@@ -22,7 +22,7 @@ def backend(clock: FakeClock) -> taskguard.MemoryBackend:
 
 
 def limiter(backend: taskguard.Backend, rate: str, burst: int | None = None) -> RateLimiter:
-    return backend.rate_limiter("test", rate, burst=burst)
+    return taskguard.connect(backend).rate_limiter("test", rate, burst=burst)
 
 
 def test_burst_then_evenly_spaced(backend: taskguard.MemoryBackend, clock: FakeClock) -> None:
@@ -116,7 +116,7 @@ def test_blocking_acquire_sleeps_to_the_slot(
 
 
 def test_context_manager_and_decorator(backend: taskguard.MemoryBackend, clock: FakeClock) -> None:
-    lim = backend.rate_limiter("deco", "1/s")
+    lim = taskguard.connect(backend).rate_limiter("deco", "1/s")
     with lim as decision:
         assert decision.allowed
     with lim.acquire(key="x") as decision:
@@ -223,7 +223,7 @@ def test_cost_from_a_callable_is_checked() -> None:
 def test_rate_limiter_factory_key_template() -> None:
     clock = FakeClock()
     backend = taskguard.MemoryBackend(clock=clock)
-    limiter = backend.rate_limiter("per-user", "1/m", key="{user}")
+    limiter = taskguard.connect(backend).rate_limiter("per-user", "1/m", key="{user}")
     seen = []
 
     @limiter

@@ -16,7 +16,7 @@ import taskguard
 from taskguard.backend.ops import LeaseOp
 from taskguard.clock import FakeClock
 from taskguard.errors import BackendUnavailable
-from taskguard.heartbeat import MIN_INTERVAL, Heartbeat
+from taskguard.heartbeat import MIN_INTERVAL, Heartbeat, heartbeat_for
 
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -46,7 +46,7 @@ def clock() -> FakeClock:
 def backend(clock: FakeClock) -> Iterator[RecordingBackend]:
     backend = RecordingBackend(clock)
     yield backend
-    backend.heartbeat.stop()
+    heartbeat_for(backend).stop()
 
 
 def take(backend: taskguard.Backend, name: str, ttl: float = 10.0, owner: str = "me") -> LeaseOp:
@@ -65,22 +65,22 @@ def register(
 
 def test_beat_renews_every_lease_in_one_call(backend: RecordingBackend, clock: FakeClock) -> None:
     leases = [take(backend, f"r{i}") for i in range(3)]
-    register(backend.heartbeat, *leases)
+    register(heartbeat_for(backend), *leases)
     backend.renewals.clear()
     clock.advance(8)
-    assert backend.heartbeat.beat() == []
+    assert heartbeat_for(backend).beat() == []
     assert backend.renewals == [3]
     clock.advance(8)  # 16 s after the take: alive only because of the renewal
     assert [backend.owner(lease.key) for lease in leases] == ["me"] * 3
 
 
 def test_beat_without_leases_calls_nothing(backend: RecordingBackend) -> None:
-    assert backend.heartbeat.beat() == []
+    assert heartbeat_for(backend).beat() == []
     assert backend.renewals == []
 
 
 def test_interval_is_a_third_of_the_shortest_ttl(backend: RecordingBackend) -> None:
-    heartbeat = backend.heartbeat
+    heartbeat = heartbeat_for(backend)
     assert heartbeat.interval() == pytest.approx(1 / 3)  # nothing held
     register(heartbeat, take(backend, "long", ttl=30))
     assert heartbeat.interval() == pytest.approx(10)
@@ -98,13 +98,13 @@ def test_lost_lease_is_reported_once_and_forgotten(
 ) -> None:
     lost: list[LeaseOp] = []
     kept, stolen = take(backend, "kept", ttl=30), take(backend, "stolen", ttl=5)
-    register(backend.heartbeat, kept, stolen, on_lost=lost.append)
+    register(heartbeat_for(backend), kept, stolen, on_lost=lost.append)
     clock.advance(6)
     take(backend, "stolen", owner="thief")
-    assert backend.heartbeat.beat() == [stolen]
+    assert heartbeat_for(backend).beat() == [stolen]
     assert lost == [stolen]
-    assert len(backend.heartbeat) == 1
-    assert backend.heartbeat.beat() == []
+    assert len(heartbeat_for(backend)) == 1
+    assert heartbeat_for(backend).beat() == []
     assert lost == [stolen]
     assert backend.owner(stolen.key) == "thief"  # a renewal never touches the new owner
 
@@ -116,16 +116,16 @@ def test_callback_errors_do_not_propagate(
         raise RuntimeError("callback bug")
 
     kept, gone = take(backend, "kept", ttl=30), take(backend, "gone", ttl=5)
-    register(backend.heartbeat, gone, kept, on_lost=explode)
+    register(heartbeat_for(backend), gone, kept, on_lost=explode)
     clock.advance(6)
-    assert backend.heartbeat.beat() == [gone]
+    assert heartbeat_for(backend).beat() == [gone]
     assert "lease-lost callback failed" in caplog.text
     clock.advance(20)  # 26 s: kept was renewed in the same round
     assert backend.owner(kept.key) == "me"
 
 
 def test_backend_outage_propagates_from_beat_and_keeps_leases() -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     heartbeat = Heartbeat(backend)
     register(heartbeat, LeaseOp("tg:{tg}:lock:x", owner="me", ttl=10))
     with pytest.raises(BackendUnavailable):
@@ -134,7 +134,7 @@ def test_backend_outage_propagates_from_beat_and_keeps_leases() -> None:
 
 
 def test_thread_survives_an_outage(caplog: pytest.LogCaptureFixture) -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     heartbeat = Heartbeat(backend)
     caplog.set_level(logging.WARNING, logger="taskguard.heartbeat")
     heartbeat.add(LeaseOp("tg:{tg}:lock:x", owner="me", ttl=0.3))  # a round every 0.1 s
@@ -151,7 +151,7 @@ def test_thread_survives_an_outage(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_stop_ends_the_thread_and_add_restarts_it(backend: RecordingBackend) -> None:
-    heartbeat = backend.heartbeat
+    heartbeat = heartbeat_for(backend)
     heartbeat.add(take(backend, "a"))
     first = heartbeat._thread
     assert first is not None
@@ -171,20 +171,20 @@ def test_a_lease_released_during_a_round_is_not_reported_lost(
 ) -> None:
     lost: list[LeaseOp] = []
     lease = take(backend, "ends")
-    [handle] = register(backend.heartbeat, lease, on_lost=lost.append)
+    [handle] = register(heartbeat_for(backend), lease, on_lost=lost.append)
 
     def task_ends_now() -> None:  # what release_run does, in the round's window
-        backend.heartbeat.remove(handle)
+        heartbeat_for(backend).remove(handle)
         assert backend.release([lease]) == [True]
 
     backend.before_renew = task_ends_now
-    backend.heartbeat.beat()
+    heartbeat_for(backend).beat()
     assert lost == []
 
 
 def test_add_right_after_stop_keeps_renewing() -> None:
     backend = RecordingBackend(FakeClock())
-    heartbeat = backend.heartbeat
+    heartbeat = heartbeat_for(backend)
     gate, in_round = threading.Event(), threading.Event()
 
     def hold_the_round() -> None:

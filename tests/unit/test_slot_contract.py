@@ -36,7 +36,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         yield Harness(taskguard.MemoryBackend(clock=clock), clock.advance, name)
         return
     url = request.getfixturevalue("redis_url")
-    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix"))
+    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix")).backend
     yield Harness(backend, time.sleep, name)
     backend.close()
 
@@ -243,7 +243,7 @@ def test_slot_and_rate_admitted_together(harness: Harness) -> None:
 
 
 def test_every_redis_key_a_slot_writes_expires(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix)
+    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
     client = redis.Redis.from_url(redis_url)
     keys = backend.keys
     ops = [

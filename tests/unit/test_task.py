@@ -15,9 +15,9 @@ from celery import Celery
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import DeferralExhausted, GuardedTask, MemoryBackend, RateLimit, RateLimited, signals
-from taskguard.clock import FakeClock
 from taskguard.celery._deferral import HEADER_COUNT, HEADER_RESERVATION, HEADER_SINCE, DeferralState
 from taskguard.celery._runtime import runtime_for
+from taskguard.clock import FakeClock
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from celery import Celery
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 import taskguard
+import taskguard.celery
 from taskguard import Breaker, CircuitBreaker, CircuitOpen, GuardedTask, Lock
-from taskguard.clock import FakeClock
 from taskguard.celery._deferral import HEADER_COUNT
+from taskguard.clock import FakeClock
+from taskguard.heartbeat import heartbeat_for
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 
@@ -79,7 +81,7 @@ def test_an_open_breaker_defers_the_task_until_the_next_probe(
 
 def test_deferral_adds_jitter(app: Celery, backend: taskguard.MemoryBackend) -> None:
     app.conf.taskguard = {"deferral_jitter": 0.5}
-    taskguard.runtime.runtime_for(app).reload()
+    taskguard.celery.runtime_for(app).reload()
     spec = CircuitBreaker("partner", open_for=12)
     Breaker(backend, spec).force_open()
     with recorded("task_deferred") as seen, pytest.raises(Ignore):
@@ -201,16 +203,16 @@ def test_a_probe_run_renews_its_probe_lease(
 
     @app.task(shared=False, base=GuardedTask, guards=[spec])
     def slow_probe() -> None:
-        seen.append(len(backend.heartbeat))
+        seen.append(len(heartbeat_for(backend)))
         for _ in range(3):  # 24 s in all, well past the 10 s probe lease
             clock.advance(8)
-            backend.heartbeat.beat()
+            heartbeat_for(backend).beat()
         refused = other.try_acquire()  # the one permit is still this run's
         seen.append((refused.allowed, refused.retry_after <= 1))
 
     run_as_worker(slow_probe)
     assert seen == [1, (False, True)]
-    assert len(backend.heartbeat) == 0
+    assert len(heartbeat_for(backend)) == 0
     assert other.state == "closed"
 
 
@@ -232,7 +234,7 @@ def test_a_lock_refusal_does_not_spend_the_probe(
 
 
 def test_redis_down_lets_the_task_run_by_default() -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     with celery_app(backend) as app:
         spec = CircuitBreaker("partner", consecutive_failures=1)
         assert run_as_worker(failing_task(app, spec)) == "ok"
@@ -242,7 +244,7 @@ def test_redis_down_lets_the_task_run_by_default() -> None:
 
 
 def test_local_outage_policy_trips_a_breaker_in_this_process() -> None:
-    backend = taskguard.connect(DEAD_URL)
+    backend = taskguard.connect(DEAD_URL).backend
     with celery_app(backend) as app:
         spec = CircuitBreaker("partner", consecutive_failures=1, on_outage="local")
         task = failing_task(app, spec, ValueError("boom"))

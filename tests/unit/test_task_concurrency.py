@@ -16,9 +16,11 @@ from celery.exceptions import Ignore
 
 import taskguard
 from taskguard import Concurrency, ConcurrencyLimitReached, GuardedTask, RateLimit
+from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import RateOp, SlotOp
-from taskguard.clock import FakeClock
 from taskguard.celery._runtime import runtime_for
+from taskguard.clock import FakeClock
+from taskguard.heartbeat import heartbeat_for
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 
@@ -83,11 +85,11 @@ def test_admitted_run_holds_a_slot_and_releases_it(
 ) -> None:
     @app.task(shared=False, base=GuardedTask, bind=True, guards=[Concurrency(2)])
     def job(self: Any) -> tuple[int, int]:
-        return free_slots(backend, self, 2), len(backend.heartbeat)
+        return free_slots(backend, self, 2), len(heartbeat_for(backend))
 
     assert run_as_worker(job) == (1, 1)  # one slot ours, renewed by the heartbeat
     assert free_slots(backend, job, 2) == 2
-    assert len(backend.heartbeat) == 0
+    assert len(heartbeat_for(backend)) == 0
     [acquired] = of(events, "slot_acquired")
     assert (acquired["task_id"], acquired["key"], acquired["limit"]) == (
         "tid-1",
@@ -233,7 +235,7 @@ def test_settings_cap_a_plain_guarded_task(backend: taskguard.MemoryBackend) -> 
 
 @pytest.fixture
 def dead_app() -> Iterator[Celery]:
-    with celery_app(taskguard.connect(DEAD_URL)) as app:
+    with celery_app(taskguard.connect(DEAD_URL).backend) as app:
         yield app
 
 
@@ -255,7 +257,7 @@ def test_outage_defers_by_default(dead_app: Celery, events: list[Any]) -> None:
 def test_outage_local_caps_within_the_process_and_releases(
     dead_app: Celery, events: list[Any]
 ) -> None:
-    local = runtime_for(dead_app).backend.local
+    local = local_backend(runtime_for(dead_app).backend)
 
     @dead_app.task(
         shared=False, base=GuardedTask, bind=True, guards=[Concurrency(1, on_outage="local")]
@@ -275,7 +277,7 @@ def test_outage_local_caps_within_the_process_and_releases(
 
 
 def test_outage_local_denial_defers_within_retry_delay(dead_app: Celery, events: list[Any]) -> None:
-    local = runtime_for(dead_app).backend.local
+    local = local_backend(runtime_for(dead_app).backend)
     spec = Concurrency(1, on_outage="local", retry_delay=2)
 
     @dead_app.task(shared=False, base=GuardedTask, guards=[spec])

@@ -16,9 +16,11 @@ from celery.exceptions import Ignore
 
 import taskguard
 from taskguard import GuardedTask, Lock, LockHeld, RateLimit
+from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import LeaseOp
-from taskguard.clock import FakeClock
 from taskguard.celery._runtime import runtime_for
+from taskguard.clock import FakeClock
+from taskguard.heartbeat import heartbeat_for
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 
@@ -51,7 +53,7 @@ def test_admitted_run_gets_a_fencing_token_and_releases(
     @app.task(shared=False, base=GuardedTask, bind=True, guards=[Lock(key="{order_id}")])
     def ship(self: Any, order_id: int) -> tuple[Any, str | None, int]:
         key = backend.keys.lock(self.name, str(order_id))
-        return self.request.taskguard.fencing_token, backend.owner(key), len(backend.heartbeat)
+        return self.request.taskguard.fencing_token, backend.owner(key), len(heartbeat_for(backend))
 
     first, owner, renewing = run_as_worker(ship, 7)
     assert isinstance(first, int)
@@ -60,7 +62,7 @@ def test_admitted_run_gets_a_fencing_token_and_releases(
     assert owner.startswith("tid-1:")
     assert renewing == 1  # the heartbeat renews the lock while the task runs
     assert backend.owner(backend.keys.lock(ship.name, "7")) is None
-    assert len(backend.heartbeat) == 0
+    assert len(heartbeat_for(backend)) == 0
     second, _, _ = run_as_worker(ship, 7, task_id="tid-2")
     assert second > first
 
@@ -162,10 +164,10 @@ def steal_during_run(app: Celery, backend: taskguard.MemoryBackend, clock: FakeC
 
     @app.task(shared=False, base=GuardedTask, bind=True, guards=[Lock(key="{n}", ttl=10)])
     def job(self: Any, n: int) -> bool:
-        backend.heartbeat.stop()  # the process stalls: no renewal...
+        heartbeat_for(backend).stop()  # the process stalls: no renewal...
         clock.advance(11)  # ...past the TTL
         other_holder(backend, self, str(n))
-        backend.heartbeat.beat()  # the next round finds the lease gone
+        heartbeat_for(backend).beat()  # the next round finds the lease gone
         return bool(self.request.taskguard.lease_lost)
 
     return job
@@ -196,7 +198,7 @@ def test_one_loss_is_one_lease_lost_signal(
 
 @pytest.fixture
 def dead_app() -> Iterator[Celery]:
-    with celery_app(taskguard.connect(DEAD_URL)) as app:
+    with celery_app(taskguard.connect(DEAD_URL).backend) as app:
         yield app
 
 
@@ -238,6 +240,6 @@ def test_outage_local_lock_is_released_after_the_run(dead_app: Celery) -> None:
         return "ran"
 
     assert run_as_worker(job, 1) == "ran"
-    local = runtime_for(dead_app).backend.local
+    local = local_backend(runtime_for(dead_app).backend)
     assert local.owner(local.keys.lock(job.name, "1")) is None
     assert run_as_worker(job, 1, task_id="tid-2") == "ran"  # the first run is over

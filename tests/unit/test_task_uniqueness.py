@@ -17,6 +17,7 @@ from kombu.exceptions import KombuError
 import taskguard
 from taskguard import AlreadyQueued, BackendUnavailable, GuardedTask, Lock
 from taskguard.clock import FakeClock
+from taskguard.heartbeat import heartbeat_for
 
 from .celery_harness import DEAD_URL, celery_app, of, published, recorded, run_as_worker
 
@@ -124,7 +125,7 @@ def test_until_executed_keeps_the_key_until_the_run_ends(
     assert during == [first.id]
     assert published(app) == []  # the mid-run duplicate was not published
     assert claim_owner(backend, job, 1) is None
-    assert len(backend.heartbeat) == 0
+    assert len(heartbeat_for(backend)) == 0
 
 
 def test_until_executed_claim_is_released_on_failure(
@@ -169,7 +170,7 @@ def test_claim_and_run_lock_together(app: Celery, backend: taskguard.MemoryBacke
 
 @pytest.fixture
 def dead_app() -> Iterator[Celery]:
-    with celery_app(taskguard.connect(DEAD_URL)) as app:
+    with celery_app(taskguard.connect(DEAD_URL).backend) as app:
         yield app
 
 
