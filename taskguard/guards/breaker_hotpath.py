@@ -337,7 +337,7 @@ class _Agent:
 
     def _subscribe(self) -> None:
         client: redis.Redis = self.backend.client
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)
         except BaseException:
