@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol
 
-__all__ = ["Admission", "BreakerOp", "Held", "LeaseOp", "Op", "RateOp", "SlotOp"]
+from .registry import kind_of
+
+__all__ = [
+    "Admission",
+    "BreakerOp",
+    "BucketOp",
+    "Held",
+    "LeaseOp",
+    "Op",
+    "RateOp",
+    "SlotOp",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +115,31 @@ class BreakerOp:
         return self.probe_ttl
 
 
-#: Ops that hold something until released (and are renewed by the heartbeat meanwhile).
-Held: TypeAlias = LeaseOp | SlotOp | BreakerOp
+class Op(Protocol):
+    """Any op of a registered kind (see :mod:`taskguard.backend.registry`)."""
 
-#: Every op kind a backend understands.
-Op: TypeAlias = RateOp | LeaseOp | SlotOp | BreakerOp
+    @property
+    def key(self) -> str:
+        """Its first key (the one a denial names)."""
+        ...
+
+
+class Held(Op, Protocol):
+    """An op that holds something until released (renewed by the heartbeat meanwhile)."""
+
+    @property
+    def ttl(self) -> float:
+        """Seconds it is held for after each renewal."""
+        ...
+
+
+class BucketOp(Op, Protocol):
+    """An op of a token-bucket kind (``OpKind.bucket``): it may reserve its future slot."""
+
+    @property
+    def interval(self) -> float:
+        """Seconds per token."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +170,12 @@ class Admission:
 def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
     """The admission of ``ops``, from the per-op values their commit returned."""
     if len(ops) == 1:  # the common single guard
-        if type(ops[0]) is RateOp:
+        if kind_of(ops[0]).bucket:
             return Admission(True, remaining=values[0], tokens=(0,))
         return Admission(True, tokens=(values[0],))
-    pairs = list(zip(ops, values, strict=True))
-    left = [value for op, value in pairs if isinstance(op, RateOp)]
-    tokens = tuple(0 if isinstance(op, RateOp) else value for op, value in pairs)
+    buckets = [kind_of(op).bucket for op in ops]
+    left = [value for bucket, value in zip(buckets, values, strict=True) if bucket]
+    tokens = tuple(0 if bucket else value for bucket, value in zip(buckets, values, strict=True))
     return Admission(True, remaining=min(left, default=-1), tokens=tokens)
 
 

@@ -17,51 +17,41 @@ from redis.retry import Retry
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.keys import KeySchema
 
+from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
 from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
 from .lua import Script, load_script
-from .ops import (
-    ALLOWED_EMPTY,
-    Admission,
-    BreakerOp,
-    Held,
-    LeaseOp,
-    Op,
-    RateOp,
-    SlotOp,
-    granted,
-)
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, granted
 from .outage import OutageBreaker
+from .registry import kind_of, registered
 
 __all__ = ["RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
 
-#: Op class -> the Lua library that implements it (lib/<name>.lua).
-_LIBS = {RateOp: "gcra", LeaseOp: "lease", SlotOp: "slot", BreakerOp: "breaker"}
 _SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
 _BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
 _NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
+
+
+def _script(name: str, ops: Sequence[Op]) -> Script:
+    """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call."""
+    types = tuple(type(op) for op in ops)
+    script = _SCRIPTS.get((name, types))
+    if script is None:
+        needed = {kind_of(op).lib for op in ops}
+        libs = tuple(kind.lib for kind in registered() if kind.lib in needed)
+        script = _BY_LIBS.get((name, libs))
+        if script is None:
+            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
+        _SCRIPTS[name, types] = script
+    return script
 
 
 def _named(name: str, libs: Sequence[str]) -> Script:
     script = _NAMED.get((name, tuple(libs)))
     if script is None:
         script = _NAMED[name, tuple(libs)] = load_script(name, libs=libs)
-    return script
-
-
-def _script(name: str, ops: Sequence[Op]) -> Script:
-    """``name``.lua with only the libraries its ops need: less Lua set up per call."""
-    kinds = tuple(type(op) for op in ops)
-    script = _SCRIPTS.get((name, kinds))
-    if script is None:
-        needed = {_LIBS[kind] for kind in kinds}
-        libs = tuple(lib for lib in _LIBS.values() if lib in needed)
-        script = _BY_LIBS.get((name, libs))
-        if script is None:
-            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
-        _SCRIPTS[name, kinds] = script
     return script
 
 
@@ -320,29 +310,14 @@ def _send(
 
 
 def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for lib/ops.lua: n, then per op kind, nkeys, argc, arguments."""
+    """KEYS and ARGV for lib/ops.lua: n, then per op its kind's code, nkeys, argc, args."""
     keys: list[str] = []
     args: list[Any] = [len(ops)]
     for op in ops:
-        if isinstance(op, RateOp):
-            op_keys = [op.key]
-            op_args: list[Any] = [repr(op.interval * 1_000_000), op.burst, op.cost]
-            kind = "rl"
-        elif isinstance(op, BreakerOp):
-            op_keys = [op.key, op.window_key, op.probes_key]
-            op_args = [op.owner, op.mode, *op.params]
-            kind = "cb"
-        elif isinstance(op, SlotOp):
-            op_keys = [op.key] if not (release and op.wakeup_key) else [op.key, op.wakeup_key]
-            op_args = [op.owner, max(int(op.ttl * 1000), 1), op.limit]
-            kind = "slot"
-        else:
-            extra = op.wakeup_key if release else op.fence_key
-            op_keys = [op.key] if extra is None else [op.key, extra]
-            op_args = [op.owner, max(int(op.ttl * 1000), 1), "drop" if op.drop else "take"]
-            kind = "lease"
+        kind = kind_of(op)
+        op_keys, op_args = kind.encode(op, release)
         keys += op_keys
-        args += [kind, len(op_keys), len(op_args), *op_args]
+        args += [kind.code, len(op_keys), len(op_args), *op_args]
     return keys, args
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import taskguard
 from taskguard import Breaker, signals
+from taskguard.backend.builtin_kinds import breaker_states
 from taskguard.clock import FakeClock
 from taskguard.guards.breaker import BreakerCall
 
@@ -130,7 +131,7 @@ def test_random_traffic_keeps_the_invariants(options: dict[str, Any], steps: lis
         ignore_exceptions=(Ignored,),
     )
     model = Model(options["open_for"], options["open_growth"], options["open_for"] * scale)
-    state = backend._breakers.get(b.spec.call_op(backend.keys, "-").key)
+    state = breaker_states(backend.state).get(b.spec.call_op(backend.keys, "-").key)
     in_flight: list[BreakerCall] = []
     with transitions() as events:
         for action, arg in steps:

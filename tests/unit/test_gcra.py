@@ -142,11 +142,11 @@ def test_bucket_expires_when_full_again(backend: taskguard.MemoryBackend, clock:
     lim.try_acquire(cost=5)
     clock.advance(0.6)
     assert lim.try_acquire(cost=5)
-    assert backend._data  # the bucket exists while not full
+    assert backend.state.values  # the bucket exists while not full
     clock.advance(0.6)
     backend.admit([])  # no-op
     lim.try_acquire(key="other")
-    assert backend._get(backend.keys.rate_limit("test"), clock.time()) is None
+    assert backend.state.value(backend.keys.rate_limit("test"), clock.time()) is None
 
 
 # --- GCRA invariants, property-based --------------------------------------------------

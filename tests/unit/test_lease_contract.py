@@ -33,7 +33,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
         memory = taskguard.MemoryBackend(clock=clock)
-        yield Harness(memory, clock.advance, memory._fences.clear)
+        yield Harness(memory, clock.advance, memory.state.fences.clear)
         return
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("tg_prefix")

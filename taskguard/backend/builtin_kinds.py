@@ -1,0 +1,164 @@
+"""The four built-in op kinds (rate limit, lease, slot, breaker), registered on import.
+
+Each memory semantics mirrors its Lua library line for line (``scripts/lib/<lib>.lua``),
+so both backends pass one contract suite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .memory_breaker import BreakerStates
+from .ops import BreakerOp, LeaseOp, RateOp, SlotOp
+from .registry import MemoryState, OpKind, register
+
+__all__ = ["BREAKER", "LEASE", "RATE", "SLOT", "breaker_states"]
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+# ---------------------------------------------------------------- rate limit (GCRA)
+
+
+class _Rate:
+    def wait(self, state: MemoryState, op: RateOp, now: float) -> tuple[float, bool]:
+        tat = max(state.value(op.key, now) or 0.0, now)
+        return max(tat + (op.cost - op.burst) * op.interval - now, 0.0), False
+
+    def commit(self, state: MemoryState, op: RateOp, at: float, now: float, flag: bool) -> int:
+        start = max(state.value(op.key, now) or 0.0, now, at)
+        new_tat = start + op.cost * op.interval
+        state.values[op.key] = (new_tat, new_tat + 0.001)
+        # (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
+        return max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
+
+    def release(self, state: MemoryState, op: RateOp, now: float) -> int:
+        return 0  # tokens are spent, never given back
+
+    def renew(self, state: MemoryState, op: RateOp, now: float) -> bool:
+        return True
+
+
+def _encode_rate(op: RateOp, release: bool) -> tuple[list[str], list[Any]]:
+    return [op.key], [repr(op.interval * 1_000_000), op.burst, op.cost]
+
+
+RATE = register(OpKind(RateOp, "rl", "gcra", _encode_rate, _Rate(), bucket=True))
+
+
+# ---------------------------------------------------------------- lease (locks, claims)
+
+
+class _Lease:
+    def wait(self, state: MemoryState, op: LeaseOp, now: float) -> tuple[float, bool]:
+        held = state.lease(op.key, now)
+        if held is not None and held[0] != op.owner:
+            return max(held[1] - now, 0.001), False
+        return 0.0, False
+
+    def commit(self, state: MemoryState, op: LeaseOp, at: float, now: float, flag: bool) -> int:
+        if op.drop:
+            state.leases.pop(op.key, None)
+            return 0
+        state.leases[op.key] = (op.owner, now + op.ttl)
+        if op.fence_key is None:
+            return 0
+        token = max(state.fences.get(op.fence_key, 0) + 1, int(now * 1_000_000))
+        state.fences[op.fence_key] = token
+        return token
+
+    def release(self, state: MemoryState, op: LeaseOp, now: float) -> int:
+        held = state.lease(op.key, now)
+        ours = held is not None and held[0] == op.owner
+        if ours:
+            del state.leases[op.key]
+            state.wake(op.wakeup_key, 1)
+        return int(ours)
+
+    def renew(self, state: MemoryState, op: LeaseOp, now: float) -> bool:
+        held = state.lease(op.key, now)
+        ours = held is not None and held[0] == op.owner
+        if ours:
+            state.leases[op.key] = (op.owner, now + op.ttl)
+        return ours
+
+
+def _encode_lease(op: LeaseOp, release: bool) -> tuple[list[str], list[Any]]:
+    extra = op.wakeup_key if release else op.fence_key
+    keys = [op.key] if extra is None else [op.key, extra]
+    return keys, [op.owner, _ms(op.ttl), "drop" if op.drop else "take"]
+
+
+LEASE = register(
+    OpKind(LeaseOp, "lease", "lease", _encode_lease, _Lease(), holds=lambda op: not op.drop)
+)
+
+
+# ---------------------------------------------------------------- slot (concurrency)
+
+
+class _Slot:
+    def wait(self, state: MemoryState, op: SlotOp, now: float) -> tuple[float, bool]:
+        holders = state.holders(op.key, now)
+        if op.owner in holders or len(holders) < op.limit:
+            return 0.0, False
+        return max(min(holders.values()) - now, 0.001), False
+
+    def commit(self, state: MemoryState, op: SlotOp, at: float, now: float, flag: bool) -> int:
+        state.holders(op.key, now)[op.owner] = now + op.ttl
+        return 0
+
+    def release(self, state: MemoryState, op: SlotOp, now: float) -> int:
+        ours = state.holders(op.key, now).pop(op.owner, None) is not None
+        if ours:
+            state.wake(op.wakeup_key, op.limit)
+        return int(ours)
+
+    def renew(self, state: MemoryState, op: SlotOp, now: float) -> bool:
+        holders = state.holders(op.key, now)
+        ours = op.owner in holders
+        if ours:
+            holders[op.owner] = now + op.ttl
+        return ours
+
+
+def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
+    keys = [op.key, op.wakeup_key] if release and op.wakeup_key else [op.key]
+    return keys, [op.owner, _ms(op.ttl), op.limit]
+
+
+SLOT = register(OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True))
+
+
+# ---------------------------------------------------------------- circuit breaker
+
+
+def breaker_states(state: MemoryState) -> BreakerStates:
+    """The memory backend's breakers (kept in ``state.extra``)."""
+    states: BreakerStates = state.extra.setdefault(BREAKER_CODE, BreakerStates())
+    return states
+
+
+class _Breaker:
+    def wait(self, state: MemoryState, op: BreakerOp, now: float) -> tuple[float, bool]:
+        return breaker_states(state).check(op, now)
+
+    def commit(self, state: MemoryState, op: BreakerOp, at: float, now: float, flag: bool) -> int:
+        return breaker_states(state).commit(op, now, flag)
+
+    def release(self, state: MemoryState, op: BreakerOp, now: float) -> int:
+        return breaker_states(state).release(op, now)
+
+    def renew(self, state: MemoryState, op: BreakerOp, now: float) -> bool:
+        return breaker_states(state).renew(op, now)
+
+
+def _encode_breaker(op: BreakerOp, release: bool) -> tuple[list[str], list[Any]]:
+    return [op.key, op.window_key, op.probes_key], [op.owner, op.mode, *op.params]
+
+
+BREAKER_CODE = "cb"
+BREAKER = register(OpKind(BreakerOp, BREAKER_CODE, "breaker", _encode_breaker, _Breaker()))
