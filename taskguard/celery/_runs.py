@@ -20,12 +20,12 @@ from celery.exceptions import Ignore, Retry
 from taskguard import signals
 from taskguard.backend.base import Backend
 from taskguard.backend.memory import local_backend
-from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp
+from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op
+from taskguard.backend.registry import kind_of
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
-from taskguard.guards.base import Guard
-from taskguard.guards.breaker import OPENED_HALF, TRANSITIONS, CircuitBreaker, announce
-from taskguard.guards.lock import Lock
+from taskguard.guards.base import DEFER, Guard, RunContext
+from taskguard.guards.breaker import TRANSITIONS, CircuitBreaker, announce
 from taskguard.heartbeat import heartbeat_for
 
 from ._deferral import DeferralState, defer
@@ -59,7 +59,12 @@ class RunInfo:
 
 
 def _holds(op: Op) -> TypeGuard[Held]:
-    return isinstance(op, SlotOp) or (isinstance(op, LeaseOp) and not op.drop)
+    return bool(kind_of(op).holds(op))
+
+
+def _is_claim(op: Op) -> TypeGuard[LeaseOp]:
+    """A publish-time uniqueness claim (it belongs to the message, not to one run)."""
+    return getattr(op, "purpose", None) == "claim"
 
 
 @dataclass
@@ -71,7 +76,7 @@ class Run:
     holder: Backend  # the shared backend, or the process-local one when admitted offline
     held: list[Held]
     info: RunInfo
-    breakers: list[tuple[CircuitBreaker, BreakerOp]] = field(default_factory=list)
+    breakers: list[tuple[Guard, Held]] = field(default_factory=list)
     handles: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -112,7 +117,7 @@ def admit_run(
         index = outcome.admission.denied or 0
         op = ops[index]
         left = deadline - time.monotonic()
-        wakeup = op.wakeup_key if isinstance(op, (LeaseOp, SlotOp)) else None
+        wakeup: str | None = getattr(op, "wakeup_key", None)
         if wakeup and left > 0 and not outcome.degraded:
             # A bounded wait in the worker, woken by the holder's release.
             try:
@@ -129,28 +134,28 @@ def _admitted(
     backend: Backend = task.taskguard_backend
     info = RunInfo()
     tokens = outcome.admission.tokens or (0,) * len(ops)
-    for op, token in zip(ops, tokens, strict=True):
-        if isinstance(op, LeaseOp) and op.fence_key is not None and token:
-            info.fencing_tokens[op.key] = token
     request.taskguard = info
     holder: Backend = backend
     if outcome.degraded:  # held only in this process, by the `local` policy
         holder = local_backend(backend)
-        held = [op for i, op in enumerate(ops) if i in outcome.local and _holds(op)]
+        taken = set(outcome.local)
     else:
-        held = [op for op in ops if _holds(op)]
-    breakers = [
-        (guard, op)
-        for i, (guard, op) in enumerate(zip(guards, ops, strict=True))
-        if isinstance(op, BreakerOp)
-        and isinstance(guard, CircuitBreaker)
-        and (not outcome.degraded or i in outcome.local)
-    ]
+        taken = set(range(len(ops)))
+    context = RunContext(sender=task, task_id=request.id, backend=holder)
+    held = [op for i, op in enumerate(ops) if i in taken and _holds(op)]
+    breakers: list[tuple[Guard, Held]] = []
+    probes: list[Held] = []
+    for i, (guard, op, token) in enumerate(zip(guards, ops, tokens, strict=True)):
+        if i not in taken:
+            continue
+        fence_key = getattr(op, "fence_key", None)
+        if fence_key is not None and token:
+            info.fencing_tokens[op.key] = token
+        if guard.records_outcome:
+            breakers.append((guard, cast(Held, op)))
+        if guard.on_admitted(op, token, context):
+            probes.append(cast(Held, op))
     run = Run(guards, ops, holder, held, info, breakers)
-    for i, op in enumerate(ops):
-        if isinstance(op, BreakerOp) and tokens[i] == 2:
-            announce(cast(CircuitBreaker, guards[i]).name, *OPENED_HALF, task_id=request.id)
-    probes = [op for i, op in enumerate(ops) if isinstance(op, BreakerOp) and tokens[i] > 0]
 
     def lost(lease: Held) -> None:
         info.lease_lost = True
@@ -160,9 +165,6 @@ def _admitted(
     heartbeat = heartbeat_for(holder)
     run.handles = [heartbeat.add(lease, lost) for lease in held]
     run.handles += [heartbeat.add(probe) for probe in probes]
-    for op in held:
-        if isinstance(op, SlotOp):
-            signals.slot_acquired.send(sender=task, task_id=request.id, key=op.key, limit=op.limit)
     if signals.guard_acquired.receivers:
         signals.guard_acquired.send(
             sender=task, task_id=request.id, guards=guards, degraded=outcome.degraded
@@ -193,35 +195,19 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         retry_after=retry_after,
         degraded=outcome.degraded,
     )
-    if online and isinstance(op, LeaseOp) and op.purpose == "claim":
-        holder = backend.owner(op.key)
-        signals.duplicate_rejected.send(
-            sender=task, task_id=request.id, holder=holder, key=op.key, stage="run"
-        )
-        logger.info("%s[%s] is a duplicate of %s; skipped", task.name, request.id, holder)
-        raise Ignore(f"duplicate of {holder} ({op.key})")
-    if online and isinstance(guard, Lock) and isinstance(op, LeaseOp):
-        signals.lock_conflict.send(
-            sender=task,
-            task_id=request.id,
-            key=op.key,
-            retry_after=retry_after,
-            action=guard.on_conflict,
-        )
-        if guard.on_conflict == "skip":
-            _give_up_claims(backend, ops)
-            logger.info("%s[%s] skipped: %s is held", task.name, request.id, op.key)
-            raise Ignore(f"skipped: {op.key} is held")
-        if guard.on_conflict == "fail":
-            _give_up_claims(backend, ops)
-            raise guard.denied_error(retry_after, op.key)
-    if online and isinstance(guard, CircuitBreaker) and guard.on_open == "fail":
+    verdict = (
+        guard.on_denied(op, retry_after, RunContext(task, request.id, backend)) if online else DEFER
+    )
+    if verdict.action == "duplicate":
+        logger.info("%s[%s] is a %s; skipped", task.name, request.id, verdict.reason)
+        raise Ignore(verdict.reason)
+    if verdict.action == "skip":
         _give_up_claims(backend, ops)
-        raise guard.denied_error(retry_after)
-    if online and isinstance(op, SlotOp):
-        signals.slot_denied.send(
-            sender=task, task_id=request.id, key=op.key, limit=op.limit, retry_after=retry_after
-        )
+        logger.info("%s[%s] %s", task.name, request.id, verdict.reason)
+        raise Ignore(verdict.reason)
+    if verdict.action == "fail":
+        _give_up_claims(backend, ops)
+        raise guard.denied_error(retry_after, op.key)
     if eager:
         _give_up_claims(backend, ops)
         raise guard.denied_error(retry_after, op.key)
@@ -232,7 +218,7 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         retry_after=guard.conflict_delay(retry_after)
         if online or guard.on_outage == "local"
         else retry_after,
-        reserved=[o.key for o in ops if isinstance(o, RateOp)] if reserved else [],
+        reserved=[o.key for o in ops if kind_of(o).bucket] if reserved else [],
         state=state,
         policy=config.deferral,
         reason=f"{guard!r} on {op.key}{suffix}",
@@ -242,7 +228,7 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
 
 def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
     """This message will not run: free its publish-time claims for new publishes."""
-    claims = [op for op in ops if isinstance(op, LeaseOp) and op.purpose == "claim"]
+    claims = [op for op in ops if _is_claim(op)]
     if claims:
         try:
             backend.release(claims)  # owner-checked: only claims this message holds
@@ -265,15 +251,11 @@ def release_run(
     if outcome == "retry":
         # The retry message is this message again: keep its claims for its time in the
         # queue, so a duplicate cannot be published meanwhile (the retry re-takes them).
-        keep = [
-            dataclasses.replace(op, ttl=_queue_ttl(run, op))
-            for op in held
-            if isinstance(op, LeaseOp) and op.purpose == "claim"
-        ]
-        held = [op for op in held if not (isinstance(op, LeaseOp) and op.purpose == "claim")]
+        keep = [dataclasses.replace(op, ttl=_queue_ttl(run, op)) for op in held if _is_claim(op)]
+        held = [op for op in held if not _is_claim(op)]
     duration = time.monotonic() - run.started
-    recorded = [
-        dataclasses.replace(op, mode=_breaker_code(guard, outcome, exc, duration))
+    recorded: list[Held] = [
+        dataclasses.replace(cast(BreakerOp, op), mode=_breaker_code(guard, outcome, exc, duration))
         for guard, op in run.breakers
     ]
     try:
@@ -292,7 +274,7 @@ def release_run(
     else:
         for (guard, _), code in zip(run.breakers, transitions, strict=True):
             if code in TRANSITIONS:
-                announce(guard.name, *TRANSITIONS[code], task_id=request.id)
+                announce(cast(CircuitBreaker, guard).name, *TRANSITIONS[code], task_id=request.id)
         for lease, ok in zip(held, released, strict=True):
             if not ok and lease.key not in run.info.lost_keys:
                 logger.warning(
@@ -309,25 +291,24 @@ def release_run(
         )
 
 
-def _breaker_code(
-    guard: CircuitBreaker, outcome: str, exc: BaseException | None, duration: float
-) -> str:
+def _breaker_code(guard: Guard, outcome: str, exc: BaseException | None, duration: float) -> str:
     """What a task run's outcome counts as for a breaker."""
     if outcome in ("ignored", "rejected", "aborted"):
         return "i"
+    breaker = cast(CircuitBreaker, guard)
     if outcome == "success":
-        return guard.outcome(None, duration)
+        return breaker.outcome(None, duration)
     if isinstance(exc, Retry):
         # self.retry(exc=...) after a failed call: that failure counts; a bare retry
         # says nothing about the downstream service.
         if not isinstance(exc.exc, BaseException):
             return "i"
         exc = exc.exc
-    return guard.outcome(exc, duration)
+    return breaker.outcome(exc, duration)
 
 
 def _queue_ttl(run: Run, claim: LeaseOp) -> float:
     for guard in run.guards:
-        if isinstance(guard, Lock) and guard.at_publish:
-            return guard.queue_ttl
+        if getattr(guard, "at_publish", False):
+            return float(getattr(guard, "queue_ttl", claim.ttl))
     return claim.ttl

@@ -9,11 +9,20 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from taskguard.backend.base import Backend
 from taskguard.backend.ops import Op
 from taskguard.errors import ConfigurationError, GuardDenied
 from taskguard.keys import KeySchema
 
-__all__ = ["OUTAGE_POLICIES", "Decision", "Guard", "check_outage_policy"]
+__all__ = [
+    "DEFER",
+    "OUTAGE_POLICIES",
+    "Decision",
+    "Guard",
+    "RunContext",
+    "Verdict",
+    "check_outage_policy",
+]
 
 G = TypeVar("G", bound="Guard")
 
@@ -85,6 +94,39 @@ class Releasable(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a guard's hooks know of the task run they are called for (no Celery types).
+
+    Attributes:
+        sender: The task (the sender of the signals a hook sends).
+        task_id: The run's task id.
+        backend: The backend the run is admitted on.
+    """
+
+    sender: Any
+    task_id: str
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a task run does after a guard refused it (see :meth:`Guard.on_denied`).
+
+    Attributes:
+        action: ``"defer"`` (re-publish for later), ``"skip"`` (drop this run, freeing
+            its publish-time claims), ``"duplicate"`` (drop it as a duplicate, keeping the
+            claims: they belong to the original) or ``"fail"`` (raise the guard's error).
+        reason: Why, for the log and the ``Ignore`` message of a skip.
+    """
+
+    action: str
+    reason: str = ""
+
+
+DEFER = Verdict("defer")
+
+
 class Guard(ABC):
     """A guard specification: an immutable value saying *what* to enforce.
 
@@ -98,9 +140,24 @@ class Guard(ABC):
     #: Seconds a denied task waits in the worker (woken by a release) before deferring.
     wait: float = 0.0
 
+    #: True for a guard whose ops record the run's outcome at release (a breaker).
+    records_outcome: ClassVar[bool] = False
+
     def conflict_delay(self, retry_after: float) -> float:
         """How long to defer a task this guard refused, given the backend's estimate."""
         return retry_after
+
+    def on_admitted(self, op: Op, token: int, run: RunContext) -> bool:
+        """Hook: ``op`` of this guard was admitted for ``run`` with admission value ``token``.
+
+        Returns True when the op must be renewed by the heartbeat while the run lasts
+        although its kind does not hold it (a breaker's half-open probe).
+        """
+        return False
+
+    def on_denied(self, op: Op, retry_after: float, run: RunContext) -> Verdict:
+        """Hook: this guard's ``op`` refused ``run`` (backend reachable); what to do."""
+        return DEFER
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")

@@ -20,13 +20,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard import signals
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Op
 from taskguard.errors import BackendUnavailable, CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
 from taskguard.units import parse_duration
 
-from .base import Decision, Guard, check_outage_policy
+from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -113,6 +114,7 @@ class CircuitBreaker(Guard):
     """
 
     kind = "circuit_breaker"
+    records_outcome = True
     _positional = ("name",)
     name: str
     failure_rate: float
@@ -290,6 +292,14 @@ class CircuitBreaker(Guard):
     def conflict_delay(self, retry_after: float) -> float:
         return retry_after  # the next probe time: exactly when a task may be admitted
 
+    def on_admitted(self, op: Op, token: int, run: RunContext) -> bool:
+        if token == 2:  # this probe moved the breaker from open to half-open
+            announce(self.name, *OPENED_HALF, task_id=run.task_id)
+        return token > 0  # a half-open probe: its lease is renewed while the run lasts
+
+    def on_denied(self, op: Op, retry_after: float, run: RunContext) -> Verdict:
+        return Verdict("fail") if self.on_open == "fail" else DEFER
+
     def denied_error(self, retry_after: float, key: str | None = None) -> CircuitOpen:
         return CircuitOpen(
             f"circuit {self.name!r} is open; next probe in {retry_after:.1f}s",
@@ -461,9 +471,6 @@ class Breaker:
 
 def announce(name: str, old: str, new: str, reason: str, task_id: str | None = None) -> None:
     """Send ``circuit_state_changed`` (and log; a breaker opening is a warning)."""
-
-    from taskguard import signals
-
     level = logging.WARNING if new == "open" else logging.INFO
     logging.getLogger("taskguard.breaker").log(
         level, "circuit %r: %s -> %s (%s)", name, old, new, reason

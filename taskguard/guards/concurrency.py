@@ -16,12 +16,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard import signals
 from taskguard.backend.ops import Op, SlotOp
 from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
 from taskguard.keys import KeySchema
 from taskguard.units import parse_duration
 
-from .base import Decision, Guard, check_outage_policy
+from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 from .keying import KeyFunc, KeySource
 from .leases import HeldLease, LeasedPrimitive
 
@@ -132,6 +133,24 @@ class Concurrency(Guard):
 
     def conflict_delay(self, retry_after: float) -> float:
         return min(retry_after, self.retry_delay)
+
+    def on_admitted(self, op: Op, token: int, run: RunContext) -> bool:
+        if isinstance(op, SlotOp):
+            signals.slot_acquired.send(
+                sender=run.sender, task_id=run.task_id, key=op.key, limit=op.limit
+            )
+        return False
+
+    def on_denied(self, op: Op, retry_after: float, run: RunContext) -> Verdict:
+        if isinstance(op, SlotOp):
+            signals.slot_denied.send(
+                sender=run.sender,
+                task_id=run.task_id,
+                key=op.key,
+                limit=op.limit,
+                retry_after=retry_after,
+            )
+        return DEFER
 
     def denied_error(self, retry_after: float, key: str | None = None) -> ConcurrencyLimitReached:
         return ConcurrencyLimitReached(

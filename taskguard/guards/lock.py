@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard import signals
 from taskguard.backend.ops import LeaseOp, Op
 from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
 from taskguard.units import parse_duration
 
-from .base import Decision, Guard, check_outage_policy
+from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 from .keying import KeyFunc, KeySource
 from .leases import HeldLease, LeasedPrimitive
 
@@ -192,6 +193,26 @@ class Lock(Guard):
         # The holder renews its lease, so its TTL says little about when it ends; come
         # back within a fraction of it rather than at expiry.
         return min(retry_after, max(self.ttl / 4, 0.5))
+
+    def on_denied(self, op: Op, retry_after: float, run: RunContext) -> Verdict:
+        if isinstance(op, LeaseOp) and op.purpose == "claim":
+            holder = run.backend.owner(op.key)
+            signals.duplicate_rejected.send(
+                sender=run.sender, task_id=run.task_id, holder=holder, key=op.key, stage="run"
+            )
+            return Verdict("duplicate", f"duplicate of {holder} ({op.key})")
+        signals.lock_conflict.send(
+            sender=run.sender,
+            task_id=run.task_id,
+            key=op.key,
+            retry_after=retry_after,
+            action=self.on_conflict,
+        )
+        if self.on_conflict == "skip":
+            return Verdict("skip", f"skipped: {op.key} is held")
+        if self.on_conflict == "fail":
+            return Verdict("fail")
+        return DEFER
 
     def denied_error(self, retry_after: float, key: str | None = None) -> LockHeld:
         return LockHeld(
