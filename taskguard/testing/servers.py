@@ -36,13 +36,13 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._process import free_port, kill, tail
 from .postgres_server import PostgresServer, find_postgres_bindir, postgres_available
-
-if TYPE_CHECKING:
-    from redis.retry import Retry
 
 __all__ = [
     "PostgresServer",
@@ -84,9 +84,6 @@ def find_redis_server() -> str:
 
 
 def _no_retry() -> Retry:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     return Retry(NoBackoff(), 0)
 
 
@@ -100,8 +97,6 @@ def redis_available(url: str, timeout: float = 0.5) -> bool:
     Returns:
         True if the server answered.
     """
-    import redis
-
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=_no_retry()
     )
@@ -253,8 +248,6 @@ class RedisServer:
         if process is None:
             return
         if process.poll() is None:
-            import redis
-
             client = redis.Redis(
                 host="127.0.0.1", port=self.port, socket_timeout=2, retry=_no_retry()
             )
