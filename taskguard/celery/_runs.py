@@ -24,7 +24,8 @@ from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op, RateOp, SlotOp
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import Guard
-from taskguard.guards.breaker import OPENED_HALF, TRANSITIONS, CircuitBreaker, announce
+from taskguard.guards.breaker_events import OPENED_HALF, TRANSITIONS, announce
+from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.guards.lock import Lock
 from taskguard.heartbeat import heartbeat_for
 

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.errors import BackendUnavailable, ConfigurationError
 
-from .breaker import Breaker, CircuitBreaker, announce
+from .breaker import Breaker
+from .breaker_events import announce
+from .breaker_spec import CircuitBreaker
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
