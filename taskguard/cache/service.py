@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from taskguard.backend.redis import RedisBackend
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Loaded, Record, Store
 
@@ -28,7 +29,6 @@ from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
-    from taskguard.backend.redis import RedisBackend
 
 __all__ = ["CacheService"]
 
@@ -341,8 +341,6 @@ class CacheService:
 
 def require_redis(backend: Backend, what: str) -> RedisBackend:
     """``backend`` if it is a Redis backend; a ConfigurationError otherwise."""
-    from taskguard.backend.redis import RedisBackend
-
     if not isinstance(backend, RedisBackend):
         raise ConfigurationError(
             f"the {what} needs a Redis backend (taskguard.connect('redis://...')), "
