@@ -25,7 +25,8 @@ from taskguard.backend.registry import kind_of
 from taskguard.errors import BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import DEFER, Guard, RunContext
-from taskguard.guards.breaker import TRANSITIONS, CircuitBreaker, announce
+from taskguard.guards.breaker_events import TRANSITIONS, announce
+from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.heartbeat import heartbeat_for
 
 from ._deferral import DeferralState, defer

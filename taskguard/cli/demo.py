@@ -7,6 +7,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
+from taskguard import __version__
+
 __all__ = ["demo"]
 
 
@@ -93,7 +95,7 @@ def demo(
 
     Exits with 1 if a taskguard stage's verdict did not hold.
     """
-    from taskguard import __version__
+    # The demo's modules load when the demo runs, not with every `celery` command.
     from taskguard.demo.runner import DemoOptions, run_demo
     from taskguard.demo.server import EmbeddedRedisError
     from taskguard.demo.stages import DemoError

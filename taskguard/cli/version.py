@@ -8,6 +8,8 @@ from importlib.metadata import version as dist_version
 
 import click
 
+from taskguard import __version__
+
 __all__ = ["version", "version_string"]
 
 _DEPENDENCIES = (("celery", "celery"), ("kombu", "kombu"), ("redis-py", "redis"))
@@ -22,8 +24,6 @@ def _installed(distribution: str) -> str:
 
 def version_string() -> str:
     """``taskguard X.Y.Z (celery …, kombu …, redis-py …, Python …)``."""
-    from taskguard import __version__
-
     deps = ", ".join(f"{name} {_installed(dist)}" for name, dist in _DEPENDENCIES)
     return f"taskguard {__version__} ({deps}, Python {platform.python_version()})"
 

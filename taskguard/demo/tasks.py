@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from celery import signals as celery_signals
 
+import taskguard
 from taskguard import signals
 from taskguard.celery._deferral import DeferralState
 from taskguard.celery._task import GuardedTask
@@ -103,8 +104,7 @@ def reading_cache(config: DemoConfig) -> Any:
     """This process's write-behind cache of sensor readings (built once per process)."""
     cache = _caches.get(os.getpid())
     if cache is None:
-        import taskguard
-        from taskguard.sinks.sql import SQLStore
+        from taskguard.sinks.sql import SQLStore  # needs the [sql] extra: this stage only
 
         store = SQLStore(config.db_url, table=config.table, create=False)
         backend = taskguard.connect(config.redis_url, prefix=config.prefix).backend

@@ -5,6 +5,9 @@ ones up to the pool's fair share (``ceil(partitions / live pools)``, so pools on
 hosts split the work) and hands each to the drain thread with the fewest. Each partition has
 exactly one consumer at a time, which keeps per-key order. Drain threads never die of an
 exception: they log it, back off and carry on.
+
+The manager's half lives in :mod:`taskguard.drain.leases`, and the Redis persistence check
+made at start in :mod:`taskguard.drain.persistence`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import socket
 import threading
 import time
@@ -30,48 +32,17 @@ from taskguard.sinks.base import Store
 from .backoff import SinkBreaker, backoff_delay
 from .config import DrainOptions
 from .consumer import REDIS_ERRORS, Abandoned, Consumer
+from .leases import LeaseManager
 from .metrics import DrainMetrics, Throughput, queue_metrics
-from .partition import Partition, registered_namespaces
+from .partition import Partition
+from .persistence import check_persistence
 
 __all__ = ["DrainPool", "check_persistence"]
 
 logger = logging.getLogger("taskguard.drain")
 
-_PERSISTENCE_WARNING = "write-behind records live only in Redis until drained"
 
-
-def check_persistence(client: redis.Redis) -> list[str]:
-    """Warn (and return the warnings) if Redis may lose queued records.
-
-    AOF off loses what was written since the last snapshot on a restart; an ``allkeys-*``
-    eviction policy may evict a partition's stream under memory pressure. CONFIG may be
-    disabled (managed Redis): then nothing is checked.
-    """
-    try:
-        config = client.config_get("appendonly")
-        config.update(client.config_get("maxmemory-policy"))
-    except (redis.RedisError, OSError) as exc:
-        logger.info("drain: cannot read Redis persistence settings (%s); not checked", exc)
-        return []
-    found = {str(k, "utf-8") if isinstance(k, bytes) else k: v for k, v in config.items()}
-    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in found.items()}
-    warnings = []
-    if text.get("appendonly", "yes") != "yes":
-        warnings.append(
-            f"Redis has appendonly=no: {_PERSISTENCE_WARNING}, so a Redis restart loses "
-            "those written since the last snapshot. Set appendonly yes (appendfsync everysec)."
-        )
-    if text.get("maxmemory-policy", "").startswith("allkeys-"):
-        warnings.append(
-            f"Redis has maxmemory-policy={text['maxmemory-policy']}: {_PERSISTENCE_WARNING}, "
-            "and eviction may delete them. Use noeviction or a volatile-* policy."
-        )
-    for warning in warnings:
-        logger.warning("taskguard drain: %s", warning)
-    return warnings
-
-
-class DrainPool:
+class DrainPool(LeaseManager):
     """Drains write-behind queues into stores, with ``workers`` threads.
 
     Args:
@@ -252,112 +223,6 @@ class DrainPool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-
-    # ------------------------------------------------------------ leases (manager)
-
-    def _manage(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            try:
-                self._balance()
-                attempt = 0
-                wait = self._tick
-            except REDIS_ERRORS as exc:
-                wait = max(backoff_delay(attempt, 0.2, self._tick), 0.05)
-                attempt += 1
-                logger.warning("drain: cannot reach Redis to manage leases: %s", exc)
-            except Exception:
-                wait = self._tick
-                logger.exception("drain: lease manager failed (continuing)")
-            self._stopping.wait(wait)
-
-    def _discover(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._discovered < 5.0:
-            return
-        self._discovered = now
-        registered = registered_namespaces(self.backend.client, self.keys)
-        wanted = self.namespaces if self.namespaces is not None else tuple(registered)
-        with self._lock:
-            for namespace in wanted:
-                store = self._stores.get(namespace, self._store)
-                count = registered.get(namespace)
-                if store is None or count is None:
-                    continue
-                self._stores.setdefault(namespace, store)
-                self._breakers.setdefault(
-                    namespace,
-                    SinkBreaker(
-                        threshold=self.breaker_threshold,
-                        open_for=max(self.options.backoff_max / 4, self.options.backoff_base),
-                    ),
-                )
-                for index in range(count):
-                    if (namespace, index) not in self._partitions:
-                        self._partitions[namespace, index] = Partition.of(
-                            self.keys, namespace, index
-                        )
-
-    def _balance(self) -> None:
-        client = self.backend.client
-        ttl = self.options.lease_ttl
-        self._discover()
-        seconds, micros = client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(self.keys.drain_pools(), {self.owner: now_ms + int(ttl * 3000)})
-        pipe.zremrangebyscore(self.keys.drain_pools(), "-inf", now_ms)
-        pipe.zcard(self.keys.drain_pools())
-        live = max(int(pipe.execute()[2]), 1)
-        with self._lock:
-            held = list(self._held)
-            candidates = list(self._partitions.values())
-        for partition in held:
-            if not partition.renew(client, self.owner, ttl):
-                logger.warning("drain: lost the lease of %s", partition.name)
-                self._drop(partition)
-        target = math.ceil(len(candidates) / live)
-        with self._lock:
-            keeping = [p for p in self._held if not p.surrender]
-            for partition in keeping[target:]:
-                partition.surrender = True
-        random.shuffle(candidates)
-        for partition in candidates:
-            with self._lock:
-                if len(self._held) >= target:
-                    break
-                if partition in self._held:
-                    continue
-            if partition.acquire(client, self.owner, ttl):
-                partition.ensure_group(client)
-                self._adopt(partition)
-
-    def _adopt(self, partition: Partition) -> None:
-        with self._lock:
-            loads = [0] * self.workers
-            for index in self._held.values():
-                loads[index] += 1
-            index = loads.index(min(loads))
-            partition.needs_claim = True
-            partition.surrender = False
-            self._held[partition] = index
-        self._wake[index].set()
-        logger.info("drain: %s now drained by %s", partition.name, self.owner)
-
-    def _drop(self, partition: Partition) -> None:
-        with self._lock:
-            self._held.pop(partition, None)
-
-    def _release_all(self) -> None:
-        with self._lock:
-            held = list(self._held)
-            self._held.clear()
-        try:
-            for partition in held:
-                partition.release(self.backend.client, self.owner)
-            self.backend.client.zrem(self.keys.drain_pools(), self.owner)
-        except REDIS_ERRORS as exc:
-            logger.warning("drain: could not release leases (they expire on their own): %s", exc)
 
     # ------------------------------------------------------------ drain threads
 

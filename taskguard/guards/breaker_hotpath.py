@@ -25,24 +25,25 @@ publish), and a count window is folded per flush (see docs/breakers.md, "Hot-pat
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard.backend.redis import RedisBackend
 from taskguard.errors import BackendUnavailable, ConfigurationError
 
-from .breaker import Breaker, CircuitBreaker, announce
+from .breaker import Breaker
+from .breaker_agent import agent_for
+from .breaker_events import announce
+from .breaker_spec import CircuitBreaker
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
-    from taskguard.backend.redis import RedisBackend
 
 __all__ = ["HotPathBreaker", "hot_path_breaker"]
 
@@ -53,17 +54,11 @@ T = TypeVar("T")
 #: A view not refreshed for this many flush intervals (at least a second) is stale: the
 #: next call refreshes it itself, or takes the exact path if Redis cannot be reached.
 STALE_INTERVALS = 10
-#: An agent with no breaker left for this long stops its thread.
-ACTIVE_FOR = 30.0
-#: Seconds between attempts to re-subscribe after the channel's connection broke.
-RESUBSCRIBE_EVERY = 0.5
 
 
 def hot_path_breaker(backend: Backend, spec: CircuitBreaker, flush_interval: float) -> Breaker:
     """A :class:`HotPathBreaker` on a Redis backend; on any other backend, whose state is
     in this process anyway, the exact :class:`Breaker` (it makes no round trip)."""
-    from taskguard.backend.redis import RedisBackend
-
     if (
         isinstance(flush_interval, bool)
         or not isinstance(flush_interval, (int, float))
@@ -150,9 +145,9 @@ class HotPathBreaker(Breaker):
         # (state, monotonic deadline of an open state, monotonic time it was checked)
         self._view: tuple[str, float, float] = ("closed", 0.0, -math.inf)
         self._last_call = time.monotonic()
-        self._next_flush = 0.0
+        self.next_flush = 0.0
         self.flushed_total = 0
-        _agent_for(self.redis_backend).add(self)
+        agent_for(self.redis_backend).add(self)
 
     def __repr__(self) -> str:
         return f"<HotPathBreaker {self.spec.name!r} on {self.backend!r}>"
@@ -288,9 +283,9 @@ class HotPathBreaker(Breaker):
 
     def due(self, now: float) -> bool:
         """Whether the agent should flush (or refresh) this breaker now."""
-        if now < self._next_flush:
+        if now < self.next_flush:
             return False
-        self._next_flush = now + self.flush_interval
+        self.next_flush = now + self.flush_interval
         # Refreshed while in use; an idle breaker costs nothing, and its next call,
         # finding the view stale, refreshes it first.
         return self._batch.calls > 0 or now - self._last_call < self.stale_after
@@ -298,127 +293,3 @@ class HotPathBreaker(Breaker):
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class _Agent:
-    """One thread per process and backend: flushes every hot-path breaker, and applies the
-    state changes published on the prefix's channel to their views."""
-
-    def __init__(self, backend: RedisBackend) -> None:
-        self.backend = backend
-        self.pid = os.getpid()
-        self.channel = backend.keys.breaker_events()
-        self._breakers: dict[str, weakref.WeakSet[HotPathBreaker]] = {}
-        self._lock = threading.Lock()
-        self._pubsub: Any = None
-        self.retired = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"taskguard-breakers-{backend.keys.prefix}", daemon=True
-        )
-        self._thread.start()
-
-    def add(self, breaker: HotPathBreaker) -> None:
-        with self._lock:
-            self._breakers.setdefault(breaker.spec.name, weakref.WeakSet()).add(breaker)
-
-    def _all(self) -> list[HotPathBreaker]:
-        with self._lock:
-            return [b for group in self._breakers.values() for b in list(group)]
-
-    def _named(self, name: str) -> list[HotPathBreaker]:
-        with self._lock:
-            return list(self._breakers.get(name, ()))
-
-    def _subscribe(self) -> None:
-        pubsub = self.backend.pubsub()
-        try:
-            pubsub.subscribe(self.channel)
-        except BaseException:
-            pubsub.close()
-            raise
-        self._pubsub = pubsub
-        for breaker in self._all():  # changes may have been missed while unsubscribed
-            breaker._next_flush = 0.0
-
-    def _drop_pubsub(self) -> None:
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                self._pubsub.close()
-        self._pubsub = None
-
-    def _run(self) -> None:
-        retry_at = 0.0
-        idle_since = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if self._retire(now, idle_since):
-                return
-            if self._pubsub is None and now >= retry_at:
-                try:
-                    self._subscribe()
-                except Exception:
-                    retry_at = now + RESUBSCRIBE_EVERY
-            breakers = self._all()
-            if breakers:
-                idle_since = now
-            for breaker in breakers:
-                if breaker.due(now):
-                    try:
-                        breaker.flush()
-                    except BackendUnavailable:
-                        pass  # counts kept; the view goes stale and callers go exact
-                    except Exception:  # never let one breaker stop the agent
-                        logger.exception("circuit %r: flush failed", breaker.spec.name)
-            wait = min((b._next_flush for b in breakers), default=now + 0.05)
-            self._listen(max(wait - time.monotonic(), 0.0))
-
-    def _retire(self, now: float, idle_since: float) -> bool:
-        """Stop once no breaker has used this agent for a while (a new one starts another)."""
-        if now - idle_since < ACTIVE_FOR:
-            return False
-        with _AGENTS_LOCK, self._lock:
-            if any(self._breakers.values()):
-                return False
-            self.retired = True
-            if _AGENTS.get(self.backend) is self:
-                del _AGENTS[self.backend]
-        self._drop_pubsub()
-        return True
-
-    def _listen(self, timeout: float) -> None:
-        if self._pubsub is None:
-            time.sleep(min(timeout, RESUBSCRIBE_EVERY))
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                message = self._pubsub.get_message(timeout=max(deadline - time.monotonic(), 0))
-            except Exception:
-                self._drop_pubsub()
-                return
-            if message is not None and message.get("type") == "message":
-                self._apply(_text(message["data"]))
-            if time.monotonic() >= deadline:
-                return
-
-    def _apply(self, data: str) -> None:
-        name, _, rest = data.rpartition("|")  # "<name>|<state>|<ms left>"
-        name, _, state = name.rpartition("|")
-        for breaker in self._named(name):
-            if state == "refresh":
-                breaker._next_flush = 0.0
-            else:
-                breaker.apply(state, float(rest))
-
-
-_AGENTS: weakref.WeakKeyDictionary[RedisBackend, _Agent] = weakref.WeakKeyDictionary()
-_AGENTS_LOCK = threading.Lock()
-
-
-def _agent_for(backend: RedisBackend) -> _Agent:
-    """This process's agent for ``backend`` (a forked child starts its own)."""
-    with _AGENTS_LOCK:
-        agent = _AGENTS.get(backend)
-        if agent is None or agent.pid != os.getpid() or agent.retired:
-            agent = _AGENTS[backend] = _Agent(backend)
-        return agent

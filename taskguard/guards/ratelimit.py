@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -252,6 +253,4 @@ class RateLimiter:
 
 
 def _sleep(seconds: float) -> None:
-    import time
-
     time.sleep(seconds)

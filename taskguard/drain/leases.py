@@ -1,0 +1,158 @@
+"""The drain pool's partition leases, kept by its manager thread.
+
+The manager renews the leases the pool holds, takes free ones up to the pool's fair share
+(``ceil(partitions / live pools)``, so pools on several hosts split the work), marks those
+beyond it for their drain thread to release, and hands each new one to the drain thread
+with the fewest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+
+from taskguard.backend.redis import RedisBackend
+from taskguard.keys import KeySchema
+from taskguard.sinks.base import Store
+
+from .backoff import SinkBreaker, backoff_delay
+from .config import DrainOptions
+from .consumer import REDIS_ERRORS
+from .partition import Partition, registered_namespaces
+
+__all__ = ["LeaseManager"]
+
+logger = logging.getLogger("taskguard.drain")
+
+
+class LeaseManager:
+    """The manager-thread half of :class:`~taskguard.drain.pool.DrainPool` (a mixin).
+
+    ``DrainPool.__init__`` sets the attributes declared here; the drain threads find their
+    partitions in ``_held`` (partition -> drain thread index).
+    """
+
+    backend: RedisBackend
+    keys: KeySchema
+    namespaces: tuple[str, ...] | None
+    workers: int
+    options: DrainOptions
+    breaker_threshold: int
+    owner: str
+    _store: Store | None
+    _stores: dict[str, Store]
+    _breakers: dict[str, SinkBreaker]
+    _partitions: dict[tuple[str, int], Partition]
+    _held: dict[Partition, int]
+    _lock: threading.Lock
+    _stopping: threading.Event
+    _wake: list[threading.Event]
+    _tick: float
+    _discovered: float
+
+    def _manage(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                self._balance()
+                attempt = 0
+                wait = self._tick
+            except REDIS_ERRORS as exc:
+                wait = max(backoff_delay(attempt, 0.2, self._tick), 0.05)
+                attempt += 1
+                logger.warning("drain: cannot reach Redis to manage leases: %s", exc)
+            except Exception:
+                wait = self._tick
+                logger.exception("drain: lease manager failed (continuing)")
+            self._stopping.wait(wait)
+
+    def _discover(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._discovered < 5.0:
+            return
+        self._discovered = now
+        registered = registered_namespaces(self.backend.client, self.keys)
+        wanted = self.namespaces if self.namespaces is not None else tuple(registered)
+        with self._lock:
+            for namespace in wanted:
+                store = self._stores.get(namespace, self._store)
+                count = registered.get(namespace)
+                if store is None or count is None:
+                    continue
+                self._stores.setdefault(namespace, store)
+                self._breakers.setdefault(
+                    namespace,
+                    SinkBreaker(
+                        threshold=self.breaker_threshold,
+                        open_for=max(self.options.backoff_max / 4, self.options.backoff_base),
+                    ),
+                )
+                for index in range(count):
+                    if (namespace, index) not in self._partitions:
+                        self._partitions[namespace, index] = Partition.of(
+                            self.keys, namespace, index
+                        )
+
+    def _balance(self) -> None:
+        client = self.backend.client
+        ttl = self.options.lease_ttl
+        self._discover()
+        seconds, micros = client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(self.keys.drain_pools(), {self.owner: now_ms + int(ttl * 3000)})
+        pipe.zremrangebyscore(self.keys.drain_pools(), "-inf", now_ms)
+        pipe.zcard(self.keys.drain_pools())
+        live = max(int(pipe.execute()[2]), 1)
+        with self._lock:
+            held = list(self._held)
+            candidates = list(self._partitions.values())
+        for partition in held:
+            if not partition.renew(client, self.owner, ttl):
+                logger.warning("drain: lost the lease of %s", partition.name)
+                self._drop(partition)
+        target = math.ceil(len(candidates) / live)
+        with self._lock:
+            keeping = [p for p in self._held if not p.surrender]
+            for partition in keeping[target:]:
+                partition.surrender = True
+        random.shuffle(candidates)
+        for partition in candidates:
+            with self._lock:
+                if len(self._held) >= target:
+                    break
+                if partition in self._held:
+                    continue
+            if partition.acquire(client, self.owner, ttl):
+                partition.ensure_group(client)
+                self._adopt(partition)
+
+    def _adopt(self, partition: Partition) -> None:
+        with self._lock:
+            loads = [0] * self.workers
+            for index in self._held.values():
+                loads[index] += 1
+            index = loads.index(min(loads))
+            partition.needs_claim = True
+            partition.surrender = False
+            self._held[partition] = index
+        self._wake[index].set()
+        logger.info("drain: %s now drained by %s", partition.name, self.owner)
+
+    def _drop(self, partition: Partition) -> None:
+        with self._lock:
+            self._held.pop(partition, None)
+
+    def _release_all(self) -> None:
+        with self._lock:
+            held = list(self._held)
+            self._held.clear()
+        try:
+            for partition in held:
+                partition.release(self.backend.client, self.owner)
+            self.backend.client.zrem(self.keys.drain_pools(), self.owner)
+        except REDIS_ERRORS as exc:
+            logger.warning("drain: could not release leases (they expire on their own): %s", exc)
