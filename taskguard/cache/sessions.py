@@ -16,11 +16,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard._validate import seconds
+from taskguard.errors import BackendUnavailable
 from taskguard.sinks.base import Record, Store
 
 from .codec import get_codec
-from .config import _NAMESPACE, _seconds
+from .config import check_namespace
 from .records import local_version
 
 if TYPE_CHECKING:
@@ -64,12 +65,8 @@ class Sessions:
     ) -> None:
         from .service import require_redis
 
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-            raise ConfigurationError(
-                f"must match [A-Za-z0-9_.-]+, got {namespace!r}", field="namespace"
-            )
-        self.ttl = _seconds(ttl, "ttl")
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
+        self.ttl = seconds(ttl, "ttl")
         self.store = store
         self.backend = require_redis(backend, "session store")
         self._codec = get_codec(codec)
