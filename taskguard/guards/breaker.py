@@ -14,17 +14,18 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard._validate import count as _count
+from taskguard._validate import number as _number
+from taskguard._validate import seconds as _seconds
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Op
 from taskguard.errors import BackendUnavailable, CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
-from taskguard.units import parse_duration
 
 from .base import Decision, Guard, check_outage_policy
 
@@ -46,28 +47,6 @@ TRANSITIONS = {
 }
 OPENED_HALF = ("open", "half_open", "open_for elapsed")
 ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def _number(value: object, field: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"must be a finite number, got {value!r}", field=field)
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigurationError(f"must be {bound}, got {value!r}", field=field)
-    return float(value)
-
-
-def _count(value: object, field: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigurationError(f"must be an integer >= {low}, got {value!r}", field=field)
-    return value
-
-
-def _seconds(value: object, field: str) -> float:
-    try:
-        return parse_duration(value)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field=field) from None
 
 
 def _filter(value: object, field: str) -> ExceptionFilter:
