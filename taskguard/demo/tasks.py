@@ -104,9 +104,9 @@ def reading_cache(config: DemoConfig) -> Any:
     cache = _caches.get(os.getpid())
     if cache is None:
         import taskguard
-        from taskguard.sinks.sql import SQLStore
+        from taskguard.sinks import store_from_url
 
-        store = SQLStore(config.db_url, table=config.table, create=False)
+        store = store_from_url(config.db_url, table=config.table, create=False)
         backend = taskguard.connect(config.redis_url, prefix=config.prefix)
         cache = _caches[os.getpid()] = backend.cache(
             NAMESPACE, strategy="write-behind", ttl=600, store=store
