@@ -152,15 +152,15 @@ def drain(
 
     raw = {"enabled": True, "store": store_url, "table": table, "namespaces": namespaces}
     settings = _settings(raw | tunables)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     backend = backend_from_url(redis_url, prefix=prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
         )
     store = _checked(store_from_settings, settings)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     pool = pool_from_settings(backend, settings, store)
     stopping = threading.Event()
 
