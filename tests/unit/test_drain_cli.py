@@ -73,3 +73,29 @@ def test_a_bad_value_is_a_click_error_naming_its_option(
     )
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}': {message}" in result.output
+
+
+def test_the_shared_builder_applies_every_setting() -> None:
+    import taskguard
+    from taskguard.drain import pool_from_settings, store_from_settings
+    from taskguard.errors import ConfigurationError
+    from taskguard.sinks.sql import SQLStore
+
+    settings = DrainSettings.from_mapping(
+        {"store": "sqlite://", "table": "kv", "workers": 3, "batch_size": 10, "claim_idle": 7}
+    )
+    store = store_from_settings(settings)
+    assert isinstance(store, SQLStore)
+    assert store.table.name == "kv"
+    store.close()
+    backend = taskguard.connect("redis://127.0.0.1:1/0").backend  # never connected
+    pool = pool_from_settings(backend, settings, store)
+    assert pool.workers == 3
+    assert (pool.options.batch_size, pool.options.claim_idle) == (10, 7.0)
+    assert pool.options.lease_ttl == DrainSettings.lease_ttl
+    with pytest.raises(ConfigurationError) as info:
+        pool_from_settings(taskguard.connect("memory://").backend, settings)
+    assert info.value.field == "drain.enabled"
+    with pytest.raises(ConfigurationError) as info:
+        pool_from_settings(backend, DrainSettings.from_mapping({"store": "nope://x"}))
+    assert info.value.field == "drain.store"
