@@ -41,9 +41,10 @@ class DrainSettings:
     Attributes:
         enabled: Run a drain pool inside the worker (in the parent process, after the
             pool forks).
-        store: The store URL (``postgresql://...``, ``sqlite:///path.db``) for
-            :class:`taskguard.sinks.SQLStore`.
-        table: The store's table (None: SQLStore's default, ``taskguard_kv``).
+        store: The store URL (``postgresql://...``, ``sqlite:///path.db``, or a scheme
+            registered with :func:`taskguard.sinks.register_store`).
+        table: The store's table, passed to the store's factory as ``table=`` (None: the
+            store's default, ``taskguard_kv`` for SQLStore).
         namespaces: The namespaces to drain; empty means every registered namespace.
         workers: Drain threads.
         batch_size: Most records read from one partition per batch.
