@@ -7,11 +7,12 @@ client puts them together. Every primitive is also constructible directly from a
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from typing import Any
 
 from taskguard.backend import Backend, backend_from_url
-from taskguard.cache import CacheService, Sessions
+from taskguard.cache import CacheOptions, CacheService, Sessions
 from taskguard.guards.breaker import Breaker, CircuitBreaker
 from taskguard.guards.breaker_hotpath import hot_path_breaker
 from taskguard.guards.concurrency import Semaphore
@@ -124,8 +125,7 @@ class Client:
         namespace: str,
         *,
         ttl: float | timedelta,
-        strategy: str = "cache-aside",
-        store: Any = None,
+        rng: random.Random | None = None,
         **options: Any,
     ) -> CacheService:
         """Build a cache for ``namespace`` (needs Redis; see docs/caching.md).
@@ -133,16 +133,15 @@ class Client:
         Args:
             namespace: The namespace, ``[A-Za-z0-9_.-]+``.
             ttl: Seconds (or a timedelta) a cached copy lives. Mandatory.
-            strategy: ``"cache-aside"``, ``"write-through"``, ``"write-around"`` or
-                ``"write-behind"``.
-            store: The database (a :class:`taskguard.sinks.Store`); the write strategies
-                need one.
-            **options: The other :class:`~taskguard.cache.CacheService` options
-                (``partitions``, ``codec``, ``jitter``, ``negative_ttl``, ``capacity``,
-                ``on_full``, ``block_timeout``, ``early_refresh``...).
+            rng: Randomness for TTL jitter and early refresh (injectable for tests).
+            **options: Passed through to :class:`~taskguard.cache.CacheOptions`, which
+                declares each with its default: ``strategy``, ``store``, ``partitions``,
+                ``codec``, ``jitter``, ``negative_ttl``, ``capacity``, ``on_full``,
+                ``block_timeout``, ``early_refresh``, ``flight_ttl``, ``flight_wait``.
 
         Raises:
             ConfigurationError: An invalid option, or a backend that is not Redis.
+            TypeError: An unknown option.
 
         Example:
             >>> import taskguard
@@ -151,9 +150,7 @@ class Client:
             {'name': 'Ada'}
         """
 
-        return CacheService(
-            self.backend, namespace, ttl=ttl, strategy=strategy, store=store, **options
-        )
+        return CacheService(self.backend, namespace, CacheOptions(ttl=ttl, **options), rng=rng)
 
     def sessions(
         self,

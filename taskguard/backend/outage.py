@@ -8,17 +8,21 @@ closes the breaker.
 
 from __future__ import annotations
 
-import threading
 import time as _time
 from collections.abc import Callable
 
 from taskguard.errors import BackendUnavailable
 
+from .cooldown import CooldownBreaker
+
 __all__ = ["OutageBreaker"]
 
 
-class OutageBreaker:
+class OutageBreaker(CooldownBreaker):
     """Fail fast while the backend is known to be down.
+
+    A :class:`~taskguard.backend.cooldown.CooldownBreaker` that opens on the first failure,
+    and whose :meth:`before_call` raises instead of returning a wait.
 
     Args:
         cooldown: Seconds to fail fast after the first failure.
@@ -33,55 +37,18 @@ class OutageBreaker:
         max_cooldown: float = 10.0,
         clock: Callable[[], float] = _time.monotonic,
     ) -> None:
-        self.cooldown = cooldown
-        self.max_cooldown = max_cooldown
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        """True while calls are being failed fast."""
-        return self._failures > 0 and self._clock() < self._open_until
+        super().__init__(threshold=1, cooldown=cooldown, max_cooldown=max_cooldown, clock=clock)
 
     def before_call(self) -> None:
         """Raise :class:`BackendUnavailable` if the breaker is open; let one probe through.
 
-        While a probe is in flight other callers keep failing fast: the probe pushes the
-        open window forward by one cooldown before it goes out.
+        While a probe is in flight other callers keep failing fast for one cooldown.
         """
-        if self._failures == 0:
+        if not self._failures:  # the hot path: one attribute read
             return
-        with self._lock:
-            now = self._clock()
-            if now < self._open_until:
-                raise BackendUnavailable(
-                    "backend unavailable (failing fast after a recent connection error)",
-                    retry_after=self._open_until - now,
-                )
-            self._open_until = now + self._current_cooldown()
-
-    def record_success(self) -> None:
-        """Close the breaker."""
-        if self._failures:  # the common case costs one attribute read
-            with self._lock:
-                self._failures = 0
-                self._open_until = 0.0
-
-    def record_failure(self) -> float:
-        """Open (or keep open) the breaker; returns the cooldown in seconds."""
-        with self._lock:
-            self._failures += 1
-            cooldown = self._current_cooldown()
-            self._open_until = self._clock() + cooldown
-            return cooldown
-
-    def reset(self) -> None:
-        """Forget every failure (used after fork)."""
-        with self._lock:
-            self._failures = 0
-            self._open_until = 0.0
-
-    def _current_cooldown(self) -> float:
-        return float(min(self.max_cooldown, self.cooldown * 2 ** max(self._failures - 1, 0)))
+        wait = self.wait_time()
+        if wait > 0:
+            raise BackendUnavailable(
+                "backend unavailable (failing fast after a recent connection error)",
+                retry_after=wait,
+            )

@@ -7,13 +7,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from taskguard._validate import choice, count, number, seconds
 from taskguard.errors import ConfigurationError
 from taskguard.sinks.base import Store
-from taskguard.units import parse_duration
 
 from .codec import get_codec
 
-__all__ = ["ON_FULL", "STRATEGIES", "WRITE_STRATEGIES", "CacheConfig"]
+__all__ = [
+    "ON_FULL",
+    "STRATEGIES",
+    "WRITE_STRATEGIES",
+    "CacheConfig",
+    "CacheOptions",
+    "check_namespace",
+]
 
 #: Cache strategies (see docs/caching.md).
 STRATEGIES = ("cache-aside", "write-through", "write-around", "write-behind")
@@ -27,40 +34,65 @@ DEFAULT_NEGATIVE_TTL = 30.0
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
-    try:
-        return parse_duration(value, allow_zero=allow_zero)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field=field) from None
-
-
-def _choice(value: object, field: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigurationError(f"must be one of {', '.join(choices)}, got {value!r}", field=field)
-    return str(value)
-
-
-def _number(value: object, field: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"must be a number, got {value!r}", field=field)
-    if not low <= value <= (high if high is not None else float("inf")):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigurationError(f"must be {bound}, got {value!r}", field=field)
-    return float(value)
-
-
-def _count(value: object, field: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigurationError(f"must be an integer >= {low}, got {value!r}", field=field)
+def check_namespace(value: object) -> str:
+    """``value`` if it is a valid namespace name, else a ConfigurationError."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ConfigurationError(f"must match [A-Za-z0-9_.-]+, got {value!r}", field="namespace")
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheOptions:
+    """The options of a cache namespace as given: each one and its default declared here.
+
+    ``taskguard.connect(url).cache(namespace, **options)`` passes its keyword arguments
+    through to this class; :meth:`CacheConfig.create` validates them.
+
+    Attributes:
+        ttl: Seconds (or a timedelta) a cached copy lives. Mandatory (None is refused).
+        strategy: ``"cache-aside"`` (default), ``"write-through"``, ``"write-around"`` or
+            ``"write-behind"``.
+        store: The database (:class:`taskguard.sinks.Store`). Required by the write
+            strategies; with cache-aside, ``get()`` reads through it on a miss.
+        partitions: Keys are spread over this many partitions (``crc32(key) mod P``), each
+            with its own Redis Cluster hash tag and, for write-behind, its own queue.
+        codec: ``"json"`` (default) or ``"msgpack"``. Pickle is never used.
+        jitter: Each cached copy lives ``ttl * (1 + uniform(0, jitter))``, so keys cached
+            together do not all expire together. 0 to 1.
+        negative_ttl: Seconds a "no value" entry lives (the loader returned None or the
+            store had no row); default ``min(ttl, 30)``; 0 disables negative caching.
+        capacity: Write-behind: entries a partition's queue may hold (None: unbounded).
+        on_full: Write-behind, queue at capacity: ``"write_through"`` (write the store
+            directly), ``"raise"`` (:class:`~taskguard.errors.WriteBehindFull`) or
+            ``"block"`` (wait up to ``block_timeout``, then raise).
+        block_timeout: Seconds ``on_full="block"`` waits for room.
+        early_refresh: XFetch's beta for ``get_or_load``: larger refreshes hot keys earlier;
+            0 disables early refresh.
+        flight_ttl: Seconds a single-flight lock lives if its holder dies while loading.
+        flight_wait: Seconds a caller waits for another's load before loading itself.
+    """
+
+    ttl: float | timedelta | None = None
+    strategy: str = "cache-aside"
+    store: Store | None = None
+    partitions: int = 8
+    codec: str = "json"
+    jitter: float = 0.1
+    negative_ttl: float | timedelta | None = None
+    capacity: int | None = None
+    on_full: str = "write_through"
+    block_timeout: float | timedelta = 5.0
+    early_refresh: float = 1.0
+    flight_ttl: float | timedelta = 10.0
+    flight_wait: float | timedelta = 5.0
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """The validated settings of one cache namespace.
+    """The validated settings of one cache namespace, in seconds and counts.
 
     Build it with :meth:`create`; every invalid value raises :class:`ConfigurationError`
-    naming its field. See :class:`taskguard.cache.CacheService` for the meaning of each.
+    naming its field. :class:`CacheOptions` has the meaning and default of each.
     """
 
     namespace: str
@@ -84,64 +116,47 @@ class CacheConfig:
         return self.strategy == "write-behind"
 
     @classmethod
-    def create(
-        cls,
-        namespace: str,
-        *,
-        ttl: float | timedelta | None,
-        strategy: str = "cache-aside",
-        store: Store | None = None,
-        partitions: int = 8,
-        codec: str = "json",
-        jitter: float = 0.1,
-        negative_ttl: float | timedelta | None = None,
-        capacity: int | None = None,
-        on_full: str = "write_through",
-        block_timeout: float | timedelta = 5.0,
-        early_refresh: float = 1.0,
-        flight_ttl: float | timedelta = 10.0,
-        flight_wait: float | timedelta = 5.0,
-    ) -> CacheConfig:
-        """Validate the settings (each argument as in :class:`CacheService`)."""
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-            raise ConfigurationError(
-                f"must match [A-Za-z0-9_.-]+, got {namespace!r}", field="namespace"
-            )
-        if ttl is None:
+    def create(cls, namespace: str, options: CacheOptions) -> CacheConfig:
+        """Validate ``options`` for ``namespace``."""
+        namespace = check_namespace(namespace)
+        if options.ttl is None:
             raise ConfigurationError("a TTL is mandatory (seconds or a timedelta)", field="ttl")
-        seconds = _seconds(ttl, "ttl")
-        strategy = _choice(strategy, "strategy", STRATEGIES)
+        ttl = seconds(options.ttl, "ttl")
+        strategy = choice(options.strategy, "strategy", STRATEGIES)
+        store = options.store
         if store is not None and not isinstance(store, Store):
             raise ConfigurationError(
                 f"must implement taskguard.sinks.Store, got {type(store).__name__}", field="store"
             )
         if strategy in WRITE_STRATEGIES and store is None:
             raise ConfigurationError(f"strategy {strategy!r} needs a store", field="store")
+        codec = options.codec
         if not isinstance(codec, str):
             raise ConfigurationError(
                 f"must be a codec name ('json' or 'msgpack'), got {codec!r}", field="codec"
             )
         get_codec(codec)  # raises for an unknown codec (and for pickle)
         negative = (
-            min(seconds, DEFAULT_NEGATIVE_TTL)
-            if negative_ttl is None
-            else _seconds(negative_ttl, "negative_ttl", allow_zero=True)
+            min(ttl, DEFAULT_NEGATIVE_TTL)
+            if options.negative_ttl is None
+            else seconds(options.negative_ttl, "negative_ttl", allow_zero=True)
         )
+        capacity = options.capacity
         return cls(
             namespace=namespace,
-            ttl=seconds,
+            ttl=ttl,
             strategy=strategy,
             store=store,
-            partitions=_count(partitions, "partitions", 1),
+            partitions=count(options.partitions, "partitions"),
             codec=codec,
-            jitter=_number(jitter, "jitter", 0.0, 1.0),
+            jitter=number(options.jitter, "jitter", 0.0, 1.0),
             negative_ttl=negative,
-            capacity=0 if capacity is None else _count(capacity, "capacity", 1),
-            on_full=_choice(on_full, "on_full", ON_FULL),
-            block_timeout=_seconds(block_timeout, "block_timeout", allow_zero=True),
-            early_refresh=_number(early_refresh, "early_refresh", 0.0),
-            flight_ttl=_seconds(flight_ttl, "flight_ttl"),
-            flight_wait=_seconds(flight_wait, "flight_wait", allow_zero=True),
+            capacity=0 if capacity is None else count(capacity, "capacity"),
+            on_full=choice(options.on_full, "on_full", ON_FULL),
+            block_timeout=seconds(options.block_timeout, "block_timeout", allow_zero=True),
+            early_refresh=number(options.early_refresh, "early_refresh", 0.0),
+            flight_ttl=seconds(options.flight_ttl, "flight_ttl"),
+            flight_wait=seconds(options.flight_wait, "flight_wait", allow_zero=True),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
 from typing import Any
 
 from taskguard.backend.base import Backend
@@ -21,7 +20,7 @@ from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Loaded, Record, Store
 
 from .codec import get_codec
-from .config import CacheConfig
+from .config import CacheConfig, CacheOptions
 from .entry import encode
 from .flight import SingleFlight
 from .ops import CacheOps
@@ -43,27 +42,8 @@ class CacheService:
             Redis, a memory backend is refused.
         namespace: The namespace, ``[A-Za-z0-9_.-]+``; its keys are separate from every
             other namespace's, and the store keeps its rows under this name.
-        ttl: Seconds (or a timedelta) a cached copy lives. Mandatory.
-        strategy: ``"cache-aside"`` (default), ``"write-through"``, ``"write-around"`` or
-            ``"write-behind"``.
-        store: The database (:class:`taskguard.sinks.Store`). Required by the write
-            strategies; with cache-aside, ``get()`` reads through it on a miss.
-        partitions: Keys are spread over this many partitions (``crc32(key) mod P``), each
-            with its own Redis Cluster hash tag and, for write-behind, its own queue.
-        codec: ``"json"`` (default) or ``"msgpack"``. Pickle is never used.
-        jitter: Each cached copy lives ``ttl * (1 + uniform(0, jitter))``, so keys cached
-            together do not all expire together. 0 to 1.
-        negative_ttl: Seconds a "no value" entry lives (the loader returned None or the
-            store had no row); default ``min(ttl, 30)``; 0 disables negative caching.
-        capacity: Write-behind: entries a partition's queue may hold (None: unbounded).
-        on_full: Write-behind, queue at capacity: ``"write_through"`` (write the store
-            directly), ``"raise"`` (:class:`~taskguard.errors.WriteBehindFull`) or
-            ``"block"`` (wait up to ``block_timeout``, then raise).
-        block_timeout: Seconds ``on_full="block"`` waits for room.
-        early_refresh: XFetch's beta for ``get_or_load``: larger refreshes hot keys earlier;
-            0 disables early refresh.
-        flight_ttl: Seconds a single-flight lock lives if its holder dies while loading.
-        flight_wait: Seconds a caller waits for another's load before loading itself.
+        options: The TTL, strategy, store and the rest (:class:`CacheOptions` declares
+            each, with its default).
         rng: Randomness for TTL jitter and early refresh (injectable for tests).
 
     Raises:
@@ -81,38 +61,11 @@ class CacheService:
         self,
         backend: Backend | HasBackend,
         namespace: str,
+        options: CacheOptions,
         *,
-        ttl: float | timedelta,
-        strategy: str = "cache-aside",
-        store: Store | None = None,
-        partitions: int = 8,
-        codec: str = "json",
-        jitter: float = 0.1,
-        negative_ttl: float | timedelta | None = None,
-        capacity: int | None = None,
-        on_full: str = "write_through",
-        block_timeout: float | timedelta = 5.0,
-        early_refresh: float = 1.0,
-        flight_ttl: float | timedelta = 10.0,
-        flight_wait: float | timedelta = 5.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.config = CacheConfig.create(
-            namespace,
-            ttl=ttl,
-            strategy=strategy,
-            store=store,
-            partitions=partitions,
-            codec=codec,
-            jitter=jitter,
-            negative_ttl=negative_ttl,
-            capacity=capacity,
-            on_full=on_full,
-            block_timeout=block_timeout,
-            early_refresh=early_refresh,
-            flight_ttl=flight_ttl,
-            flight_wait=flight_wait,
-        )
+        self.config = CacheConfig.create(namespace, options)
         self.backend = require_redis(backend, "cache")
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
@@ -132,6 +85,7 @@ class CacheService:
             rng=self._rng,
         )
         self._writer: WriteBehind | None = None
+        store = self.config.store
         if self.config.write_behind and store is not None:  # CacheConfig requires the store
             self._writer = WriteBehind(self.config, self._ops, store, self.ttl_ms, sender=self)
             try:

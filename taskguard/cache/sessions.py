@@ -16,13 +16,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
+from taskguard._validate import seconds
 from taskguard.backend.base import Backend
 from taskguard.backend.redis import HasBackend, require_redis
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.errors import BackendUnavailable
 from taskguard.sinks.base import Record, Store
 
 from .codec import get_codec
-from .config import _NAMESPACE, _seconds
+from .config import check_namespace
 from .records import local_version
 
 __all__ = ["Sessions"]
@@ -61,12 +62,8 @@ class Sessions:
         codec: str = "json",
         clock: Callable[[], float] = _time.time,
     ) -> None:
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-            raise ConfigurationError(
-                f"must match [A-Za-z0-9_.-]+, got {namespace!r}", field="namespace"
-            )
-        self.ttl = _seconds(ttl, "ttl")
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
+        self.ttl = seconds(ttl, "ttl")
         self.store = store
         self.backend = require_redis(backend, "session store")
         self._codec = get_codec(codec)

@@ -20,11 +20,8 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_init, worker_process_init
 
-from taskguard.backend import Backend
-from taskguard.backend.redis import RedisBackend
-from taskguard.drain import DrainPool, DrainSettings
-from taskguard.errors import BackendUnavailable, ConfigurationError
-from taskguard.sinks.sql import SQLStore
+from taskguard.drain import DrainPool, DrainSettings, pool_from_settings
+from taskguard.errors import BackendUnavailable
 from taskguard.urls import redact
 
 from ._runtime import reset_all_after_fork, runtime_for
@@ -56,38 +53,6 @@ class ValidateStep(bootsteps.Step):  # type: ignore[misc]
                     where,
                     exc,
                 )
-
-
-def pool_from_settings(backend: Backend, settings: DrainSettings) -> DrainPool:
-    """A drain pool (not started) writing to ``settings.store``.
-
-    Raises:
-        ConfigurationError: The backend is not Redis, or the store cannot be built.
-    """
-    if not isinstance(backend, RedisBackend):
-        raise ConfigurationError(
-            "the drain pool needs guard state in Redis (redis_url), not memory://",
-            field="drain.enabled",
-        )
-    if not settings.store:
-        raise ConfigurationError("a store URL is needed", field="drain.store")
-    try:
-        store = SQLStore(settings.store, table=settings.table or "taskguard_kv")
-    except ConfigurationError as exc:
-        raise ConfigurationError(exc.reason, field="drain.store") from exc
-    return DrainPool(
-        backend,
-        store,
-        namespaces=settings.namespaces or None,
-        workers=settings.workers,
-        batch_size=settings.batch_size,
-        linger=settings.linger,
-        lease_ttl=settings.lease_ttl,
-        max_deliveries=settings.max_deliveries,
-        claim_idle=settings.claim_idle,
-        backoff_base=settings.backoff_base,
-        backoff_max=settings.backoff_max,
-    )
 
 
 class DrainStep(bootsteps.StartStopStep):  # type: ignore[misc]

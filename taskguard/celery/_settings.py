@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any, ClassVar
 
+from taskguard._validate import choice, count, flag, seconds, text
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
@@ -38,36 +37,8 @@ GUARD_KINDS = ("rate_limit", "lock", "concurrency", "circuit_breaker")
 ADMISSION_ORDER = ("circuit_breaker", "lock", "concurrency", "rate_limit")
 
 
-def _duration(value: object, field_name: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(
-            f"must be seconds (a number) or a timedelta, got {type(value).__name__}",
-            field=field_name,
-        )
-    if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
-        bound = "zero or more" if allow_zero else "positive"
-        raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=field_name)
-    return float(value)
-
-
-def _int(value: object, field_name: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(
-            f"must be an integer >= {minimum}, got {value!r}", field=field_name
-        )
-    return value
-
-
-def _str(value: object, field_name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"must be a non-empty string, got {value!r}", field=field_name)
-    return value
-
-
 def _url(value: object) -> str:
-    url = _str(value, "redis_url")
+    url = text(value, "redis_url")
     if url.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
         raise ConfigurationError(
             f"must be a redis://, rediss://, unix:// or memory:// URL, got {url!r}",
@@ -77,26 +48,12 @@ def _url(value: object) -> str:
 
 
 def _prefix(value: object) -> str:
-    prefix = _str(value, "key_prefix")
+    prefix = text(value, "key_prefix")
     try:
         KeySchema(prefix=prefix)
     except ValueError as exc:
         raise ConfigurationError(str(exc), field="key_prefix") from None
     return prefix
-
-
-def _bool(value: object, field_name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"must be true or false, got {value!r}", field=field_name)
-    return value
-
-
-def _choice(value: object, field_name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigurationError(
-            f"must be one of {', '.join(choices)}, got {value!r}", field=field_name
-        )
-    return str(value)
 
 
 def _outage_map(value: object, field_name: str) -> dict[str, str]:
@@ -111,7 +68,7 @@ def _outage_map(value: object, field_name: str) -> dict[str, str]:
         )
     result = {}
     for kind, policy in value.items():
-        _choice(kind, f"{field_name}.{kind}", GUARD_KINDS)
+        choice(kind, f"{field_name}.{kind}", GUARD_KINDS)
         result[kind] = check_outage_policy(policy, field=f"{field_name}.{kind}")
     return result
 
@@ -168,14 +125,14 @@ class DeferralPolicy:
                 continue
             value = raw[name]
             if attr == "max_deferrals":
-                changes[attr] = _int(value, name)
+                changes[attr] = count(value, name, 0)
             elif attr == "on_exhausted":
-                changes[attr] = _choice(value, name, EXHAUSTED_POLICIES)
+                changes[attr] = choice(value, name, EXHAUSTED_POLICIES)
             elif attr == "dead_letter_queue":
-                changes[attr] = _str(value, name)
+                changes[attr] = text(value, name)
             else:
                 zero_ok = attr in ("jitter", "reserve_within", "reservation_grace")
-                changes[attr] = _duration(value, name, allow_zero=zero_ok)
+                changes[attr] = seconds(value, name, allow_zero=zero_ok)
         return replace(self, **changes) if changes else self
 
 
@@ -265,7 +222,7 @@ class Settings:
             values["key_prefix"] = _prefix(raw["key_prefix"])
         for name in ("socket_timeout", "socket_connect_timeout", "outage_cooldown"):
             if name in raw:
-                values[name] = _duration(raw[name], name)
+                values[name] = seconds(raw[name], name)
         if "redis_options" in raw:
             if not isinstance(raw["redis_options"], Mapping):
                 raise ConfigurationError("must be a mapping", field="redis_options")
@@ -273,7 +230,7 @@ class Settings:
         if "on_outage" in raw:
             values["on_outage"] = _outage_map(raw["on_outage"], "on_outage")
         if "enabled" in raw:
-            values["enabled"] = _bool(raw["enabled"], "enabled")
+            values["enabled"] = flag(raw["enabled"], "enabled")
         if "tasks" in raw:
             values["tasks"] = _check_tasks(raw["tasks"])
         if "breakers" in raw:
@@ -374,7 +331,7 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     entry = dict(entry)
     DeferralPolicy().updated(entry)
     if "enabled" in entry:
-        _bool(entry["enabled"], "enabled")
+        flag(entry["enabled"], "enabled")
     if "on_outage" in entry:
         entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
     check_guard_entries(entry)

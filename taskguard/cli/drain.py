@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from taskguard.drain.config import DrainSettings
+from taskguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from taskguard.drain import DrainPool
@@ -16,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["drain", "requeue_dead_letters"]
 
 logger = logging.getLogger("taskguard.drain")
+
+T = TypeVar("T")
 
 _NOT_REDIS = "must be a redis://, rediss:// or unix:// URL"
 
@@ -43,10 +49,11 @@ _prefix = click.option(
     envvar=["TASKGUARD_STORE_URL", "TASKGUARD_DB_URL"],
     required=True,
     metavar="URL",
-    help="The database: postgresql://... or sqlite:///path.db "
+    help="The database: postgresql://... or sqlite:///path.db, or any scheme registered "
+    "with taskguard.sinks.register_store "
     "[env: TASKGUARD_STORE_URL, else TASKGUARD_DB_URL as for `taskguard demo`].",
 )
-@click.option("--table", default="taskguard_kv", show_default=True, help="The store's table.")
+@click.option("--table", default=None, help="The store's table [default: taskguard_kv].")
 @click.option(
     "--namespace",
     "namespaces",
@@ -54,22 +61,60 @@ _prefix = click.option(
     metavar="NS",
     help="A namespace to drain (repeatable). Default: every registered namespace.",
 )
-@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True)
+# The defaults below are the drain settings' (DrainSettings), and the values are checked
+# by DrainSettings too: the worker's drain and this command cannot drift apart.
+@click.option(
+    "--workers", type=int, default=DrainSettings.workers, show_default=True, help="Drain threads."
+)
 @_prefix
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=DrainSettings.batch_size,
+    show_default=True,
+    help="Most records read from one partition per batch.",
+)
 @click.option(
     "--linger",
-    type=click.FloatRange(0, 3),
-    default=0.05,
+    type=float,
+    default=DrainSettings.linger,
     show_default=True,
     help="Seconds a batch may wait to fill.",
 )
 @click.option(
     "--lease-ttl",
-    type=click.FloatRange(1, 3600),
-    default=10.0,
+    type=float,
+    default=DrainSettings.lease_ttl,
     show_default=True,
     help="Seconds a partition lease outlives a crashed drain.",
+)
+@click.option(
+    "--max-deliveries",
+    type=int,
+    default=DrainSettings.max_deliveries,
+    show_default=True,
+    help="Deliveries after which a record is dead-lettered.",
+)
+@click.option(
+    "--claim-idle",
+    type=float,
+    default=DrainSettings.claim_idle,
+    show_default=True,
+    help="Seconds before another consumer's unacknowledged records are claimed.",
+)
+@click.option(
+    "--backoff-base",
+    type=float,
+    default=DrainSettings.backoff_base,
+    show_default=True,
+    help="First retry delay after a transient store error.",
+)
+@click.option(
+    "--backoff-max",
+    type=float,
+    default=DrainSettings.backoff_max,
+    show_default=True,
+    help="Longest retry delay.",
 )
 @click.option(
     "--status-interval",
@@ -80,8 +125,8 @@ _prefix = click.option(
 )
 @click.option(
     "--stop-timeout",
-    type=click.FloatRange(0),
-    default=10.0,
+    type=float,
+    default=DrainSettings.stop_timeout,
     show_default=True,
     help="Seconds to wait for in-flight batches at shutdown.",
 )
@@ -90,16 +135,12 @@ def drain(
     *,
     redis_url: str | None,
     store_url: str,
-    table: str,
+    table: str | None,
     namespaces: tuple[str, ...],
-    workers: int,
     prefix: str,
-    batch_size: int,
-    linger: float,
-    lease_ttl: float,
     status_interval: float,
-    stop_timeout: float,
     log_level: str,
+    **tunables: Any,
 ) -> None:
     """Run a drain pool until SIGTERM or SIGINT, then stop cleanly: the in-flight batches
     are written and acknowledged, the partition leases released.
@@ -107,27 +148,20 @@ def drain(
     Run as many as you like, on as many hosts: each takes its share of the partitions.
     """
     from taskguard.backend import RedisBackend, backend_from_url
-    from taskguard.drain import DrainPool
-    from taskguard.sinks.sql import SQLStore
+    from taskguard.drain import pool_from_settings, store_from_settings
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    raw = {"enabled": True, "store": store_url, "table": table, "namespaces": namespaces}
+    settings = _settings(raw | tunables)
     backend = backend_from_url(redis_url, prefix=prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
         )
-    store = SQLStore(store_url, table=table)
-    pool = DrainPool(
-        backend,
-        store,
-        namespaces=list(namespaces) or None,
-        workers=workers,
-        batch_size=batch_size,
-        linger=linger,
-        lease_ttl=lease_ttl,
+    store = _checked(store_from_settings, settings)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    pool = pool_from_settings(backend, settings, store)
     stopping = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -141,10 +175,31 @@ def drain(
             _status(pool)
     finally:
         logger.info("drain: stopping (flushing in-flight batches)")
-        pool.stop(stop_timeout)
+        pool.stop(settings.stop_timeout)
         _status(pool)
         store.close()
         backend.close()
+
+
+#: The option of each drain setting whose parameter is named otherwise.
+_PARAMETERS = {"store": "store_url"}
+
+
+def _settings(raw: dict[str, Any]) -> DrainSettings:
+    """The options, validated as the worker validates its ``drain`` settings."""
+    return _checked(DrainSettings.from_mapping, raw)
+
+
+def _checked(build: Callable[[Any], T], value: Any) -> T:
+    """``build(value)``, a ConfigurationError turned into click's error for its option."""
+    try:
+        return build(value)
+    except ConfigurationError as exc:
+        context = click.get_current_context()
+        setting = (exc.field or "").removeprefix("drain.")
+        name = _PARAMETERS.get(setting, setting)
+        param = next((p for p in context.command.params if p.name == name), None)
+        raise click.BadParameter(exc.reason, ctx=context, param=param) from None
 
 
 def _status(pool: DrainPool) -> None:

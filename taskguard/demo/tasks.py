@@ -104,13 +104,12 @@ def reading_cache(config: DemoConfig) -> Any:
     """This process's write-behind cache of sensor readings (built once per process)."""
     cache = _caches.get(os.getpid())
     if cache is None:
-        from taskguard.sinks.sql import SQLStore  # needs the [sql] extra: this stage only
+        from taskguard.sinks import store_from_url
 
-        store = SQLStore(config.db_url, table=config.table, create=False)
-        backend = taskguard.connect(config.redis_url, prefix=config.prefix).backend
-        cache = _caches[os.getpid()] = taskguard.connect(backend).cache(
-            NAMESPACE, strategy="write-behind", ttl=600, store=store
-        )
+        store = store_from_url(config.db_url, table=config.table, create=False)
+        cache = _caches[os.getpid()] = taskguard.connect(
+            config.redis_url, prefix=config.prefix
+        ).cache(NAMESPACE, strategy="write-behind", ttl=600, store=store)
     return cache
 
 

@@ -15,18 +15,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 import taskguard
 from taskguard.drain import metrics as drain_metrics
-from taskguard.sinks.sql import SQLStore
+from taskguard.sinks import store_from_url
 from taskguard.testing import WorkerProcess
 
 from .config import WRITEBEHIND_STAGE, DemoConfig
 from .stages import DemoError, _fleet
 from .tasks import NAMESPACE, SENSORS, WRITEBEHIND_TASK, WRITES_PER_TASK
+
+if TYPE_CHECKING:
+    from taskguard.sinks.sql import SQLStore
 
 __all__ = ["TASKS", "WRITEBEHIND_TITLE", "WriteBehindResult", "run_writebehind_stage"]
 
@@ -106,7 +109,8 @@ def run_writebehind_stage(
         DemoError: Workers did not start, or the tasks did not finish in time.
     """
     result = WriteBehindResult(db_url=config.db_url)
-    store = SQLStore(config.db_url, table=config.table)
+    # The demo's database is PostgreSQL or SQLite: the registry builds a SQLStore.
+    store = cast("SQLStore", store_from_url(config.db_url, table=config.table))
     store.create_table()
     backend = taskguard.connect(config.redis_url, prefix=config.prefix).backend
     cache = taskguard.connect(backend).cache(

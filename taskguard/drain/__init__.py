@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .build import pool_from_settings, store_from_settings
 from .config import DrainSettings
 from .deadletters import DeadLetter, dead_letters, requeue_dead_letters
 from .metrics import DrainMetrics, metrics
@@ -15,5 +16,7 @@ __all__ = [
     "check_persistence",
     "dead_letters",
     "metrics",
+    "pool_from_settings",
     "requeue_dead_letters",
+    "store_from_settings",
 ]

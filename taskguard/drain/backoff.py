@@ -11,9 +11,10 @@ a probe batch (half-open) and its outcome closes or re-opens the breaker.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
+
+from taskguard.backend.cooldown import CooldownBreaker
 
 __all__ = ["SinkBreaker", "backoff_delay"]
 
@@ -36,8 +37,11 @@ def backoff_delay(
     return float(ceiling * rand())
 
 
-class SinkBreaker:
+class SinkBreaker(CooldownBreaker):
     """A circuit breaker around one store, shared by the pool's threads.
+
+    A :class:`~taskguard.backend.cooldown.CooldownBreaker` with a fixed open time, whose
+    other threads check back every 0.1 s (at most) while the half-open probe is out.
 
     Args:
         threshold: Consecutive failures that open it.
@@ -52,46 +56,14 @@ class SinkBreaker:
         open_for: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.threshold = threshold
-        self.open_for = open_for
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._open_until = 0.0
-        self._probing = False
+        super().__init__(
+            threshold=threshold,
+            cooldown=open_for,
+            probe_poll=min(open_for, 0.1),
+            clock=clock,
+        )
 
     @property
-    def state(self) -> str:
-        """``closed``, ``open`` or ``half_open``."""
-        with self._lock:
-            if self._failures < self.threshold:
-                return "closed"
-            return "half_open" if self._clock() >= self._open_until else "open"
-
-    def wait_time(self) -> float:
-        """Seconds to wait before writing; 0 means go (and, half-open, you are the probe)."""
-        with self._lock:
-            if self._failures < self.threshold:
-                return 0.0
-            left = self._open_until - self._clock()
-            if left > 0:
-                return left
-            if self._probing:
-                # Another thread is probing: check back shortly.
-                return min(self.open_for, 0.1)
-            self._probing = True
-            return 0.0
-
-    def record_success(self) -> None:
-        """A write succeeded: close."""
-        with self._lock:
-            self._failures = 0
-            self._probing = False
-
-    def record_failure(self) -> None:
-        """A write failed transiently: count it, and open (again) at the threshold."""
-        with self._lock:
-            self._failures += 1
-            self._probing = False
-            if self._failures >= self.threshold:
-                self._open_until = self._clock() + self.open_for
+    def open_for(self) -> float:
+        """Seconds it stays open before a probe."""
+        return self.cooldown

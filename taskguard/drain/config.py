@@ -7,12 +7,11 @@ This module imports nothing heavy, so :mod:`taskguard.settings` can use it freel
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
+from taskguard._validate import count, flag, seconds, text
 from taskguard.errors import ConfigurationError
 
 __all__ = ["DrainOptions", "DrainSettings"]
@@ -20,19 +19,6 @@ __all__ = ["DrainOptions", "DrainSettings"]
 _DURATIONS = ("linger", "lease_ttl", "claim_idle", "backoff_base", "backoff_max", "stop_timeout")
 _COUNTS = {"workers": 1, "batch_size": 1, "max_deliveries": 1}
 _FIELDS = frozenset({"enabled", "store", "table", "namespaces", *_DURATIONS, *_COUNTS})
-
-
-def _seconds(value: object, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(
-            f"must be seconds (a number) or a timedelta, got {value!r}", field=f"drain.{name}"
-        )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "zero or more" if allow_zero else "positive"
-        raise ConfigurationError(f"must be {bound} seconds, got {value!r}", field=f"drain.{name}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -55,9 +41,10 @@ class DrainSettings:
     Attributes:
         enabled: Run a drain pool inside the worker (in the parent process, after the
             pool forks).
-        store: The store URL (``postgresql://...``, ``sqlite:///path.db``) for
-            :class:`taskguard.sinks.SQLStore`.
-        table: The store's table (None: SQLStore's default, ``taskguard_kv``).
+        store: The store URL (``postgresql://...``, ``sqlite:///path.db``, or a scheme
+            registered with :func:`taskguard.sinks.register_store`).
+        table: The store's table, passed to the store's factory as ``table=`` (None: the
+            store's default, ``taskguard_kv`` for SQLStore).
         namespaces: The namespaces to drain; empty means every registered namespace.
         workers: Drain threads.
         batch_size: Most records read from one partition per batch.
@@ -113,15 +100,11 @@ class DrainSettings:
                 values[name] = check(raw[name])
         for name, minimum in _COUNTS.items():
             if name in raw:
-                value = raw[name]
-                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                    raise ConfigurationError(
-                        f"must be an integer >= {minimum}, got {value!r}", field=f"drain.{name}"
-                    )
-                values[name] = value
+                values[name] = count(raw[name], f"drain.{name}", minimum)
         for name in _DURATIONS:
             if name in raw:
-                values[name] = _seconds(raw[name], name, allow_zero=name == "linger")
+                zero_ok = name == "linger"
+                values[name] = seconds(raw[name], f"drain.{name}", allow_zero=zero_ok)
         settings = cls(**values)
         settings.check()
         return settings
@@ -150,9 +133,7 @@ class DrainSettings:
 
 
 def _enabled(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"must be true or false, got {value!r}", field="drain.enabled")
-    return value
+    return flag(value, "drain.enabled")
 
 
 def _store(value: object) -> str:
@@ -165,9 +146,7 @@ def _store(value: object) -> str:
 
 
 def _table(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"must be a table name, got {value!r}", field="drain.table")
-    return value
+    return text(value, "drain.table")
 
 
 def _namespaces(value: object) -> tuple[str, ...]:

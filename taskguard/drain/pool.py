@@ -30,7 +30,7 @@ from taskguard.errors import ConfigurationError
 from taskguard.sinks.base import Store
 
 from .backoff import SinkBreaker, backoff_delay
-from .config import DrainOptions
+from .config import DrainOptions, DrainSettings
 from .consumer import REDIS_ERRORS, Abandoned, Consumer
 from .leases import LeaseManager
 from .metrics import DrainMetrics, Throughput, queue_metrics
@@ -76,7 +76,7 @@ class DrainPool(LeaseManager):
         *,
         stores: Mapping[str, Store] | None = None,
         namespaces: list[str] | tuple[str, ...] | None = None,
-        workers: int = 2,
+        workers: int = DrainSettings.workers,
         batch_size: int = DrainOptions.batch_size,
         linger: float = DrainOptions.linger,
         lease_ttl: float = DrainOptions.lease_ttl,
@@ -147,7 +147,7 @@ class DrainPool(LeaseManager):
         logger.info("drain: pool %s started with %d thread(s)", self.owner, self.workers)
         return self
 
-    def stop(self, timeout: float = 10.0) -> bool:
+    def stop(self, timeout: float = DrainSettings.stop_timeout) -> bool:
         """Stop reading, finish the in-flight batches (write and acknowledge), release the
         leases and end the threads.
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from taskguard._validate import choice
 from taskguard.backend.base import Backend
 from taskguard.backend.ops import Op
 from taskguard.errors import ConfigurationError, GuardDenied
@@ -34,11 +35,7 @@ OUTAGE_POLICIES = ("allow", "deny", "local")
 
 def check_outage_policy(value: object, *, field: str = "on_outage") -> str:
     """Return ``value`` if it names an outage policy, else raise ConfigurationError."""
-    if value not in OUTAGE_POLICIES:
-        raise ConfigurationError(
-            f"must be one of {', '.join(OUTAGE_POLICIES)}, got {value!r}", field=field
-        )
-    return str(value)
+    return choice(value, field, OUTAGE_POLICIES)
 
 
 @dataclass(frozen=True)

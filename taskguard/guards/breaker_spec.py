@@ -7,15 +7,16 @@ call's outcome; :class:`~taskguard.guards.breaker.Breaker` runs it outside of Ce
 from __future__ import annotations
 
 import inspect
-import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from taskguard._validate import count as _count
+from taskguard._validate import number as _number
+from taskguard._validate import seconds as _seconds
 from taskguard.backend.ops import BreakerOp, Op
 from taskguard.errors import CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
-from taskguard.units import parse_duration
 
 from .base import DEFER, Guard, RunContext, Verdict, check_outage_policy
 from .breaker_events import OPENED_HALF, announce
@@ -23,28 +24,6 @@ from .breaker_events import OPENED_HALF, announce
 __all__ = ["CircuitBreaker", "ExceptionFilter"]
 
 ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def _number(value: object, field: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"must be a finite number, got {value!r}", field=field)
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigurationError(f"must be {bound}, got {value!r}", field=field)
-    return float(value)
-
-
-def _count(value: object, field: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigurationError(f"must be an integer >= {low}, got {value!r}", field=field)
-    return value
-
-
-def _seconds(value: object, field: str) -> float:
-    try:
-        return parse_duration(value)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field=field) from None
 
 
 def _filter(value: object, field: str) -> ExceptionFilter:

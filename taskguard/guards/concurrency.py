@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard import signals
+from taskguard._validate import count, seconds, text
 from taskguard.backend.ops import Op, SlotOp
-from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
+from taskguard.errors import ConcurrencyLimitReached
 from taskguard.keys import KeySchema
-from taskguard.units import parse_duration
 
 from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 from .keying import KeyFunc, KeySource
@@ -33,19 +33,6 @@ __all__ = ["Concurrency", "ConcurrencyControl", "Semaphore"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-
-def _limit(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"must be a positive integer, got {value!r}", field="limit")
-    return value
-
-
-def _seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
-    try:
-        return parse_duration(value, allow_zero=allow_zero)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field=field) from None
 
 
 class Concurrency(Guard):
@@ -87,14 +74,13 @@ class Concurrency(Guard):
         name: str | None = None,
         on_outage: str = "deny",
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        name = None if name is None else text(name, "name")
         self._set(
-            limit=_limit(limit),
+            limit=count(limit, "limit"),
             key=KeyFunc(key),
-            wait=_seconds(wait, "wait", allow_zero=True),
-            retry_delay=_seconds(retry_delay, "retry_delay"),
-            ttl=_seconds(ttl, "ttl"),
+            wait=seconds(wait, "wait", allow_zero=True),
+            retry_delay=seconds(retry_delay, "retry_delay"),
+            ttl=seconds(ttl, "ttl"),
             name=name,
             on_outage=check_outage_policy(on_outage),
             _signature=None,
@@ -182,8 +168,8 @@ class Semaphore(LeasedPrimitive):
     ) -> None:
         self.backend = backend
         self.name = name
-        self.limit = _limit(limit)
-        self.ttl = _seconds(ttl, "ttl")
+        self.limit = count(limit, "limit")
+        self.ttl = seconds(ttl, "ttl")
         self.renew = renew
         super().__init__()
 
@@ -248,9 +234,9 @@ class ConcurrencyControl:
     """
 
     def __init__(self, max_concurrent: int, queue_timeout: float | None = None) -> None:
-        self.max_concurrent = _limit(max_concurrent)
+        self.max_concurrent = count(max_concurrent, "limit")
         self.queue_timeout = (
-            None if queue_timeout is None else _seconds(queue_timeout, "queue_timeout")
+            None if queue_timeout is None else seconds(queue_timeout, "queue_timeout")
         )
         self._threads = threading.BoundedSemaphore(self.max_concurrent)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (

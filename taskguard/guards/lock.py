@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard import signals
+from taskguard._validate import choice, seconds, text
 from taskguard.backend.ops import LeaseOp, Op
 from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
-from taskguard.units import parse_duration
 
 from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 from .keying import KeyFunc, KeySource
@@ -43,19 +43,6 @@ MODES = (
 )
 CONFLICT_POLICIES = ("defer", "skip", "fail")
 DUPLICATE_POLICIES = ("return", "raise")
-
-
-def _duration(value: object, field: str) -> float:
-    try:
-        return parse_duration(value)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field=field) from None
-
-
-def _choice(value: object, field: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigurationError(f"must be one of {', '.join(choices)}, got {value!r}", field=field)
-    return str(value)
 
 
 class Lock(Guard):
@@ -106,18 +93,17 @@ class Lock(Guard):
         name: str | None = None,
         on_outage: str = "deny",
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        name = None if name is None else text(name, "name")
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
             raise ConfigurationError(f"must be seconds in [0, 3600), got {wait!r}", field="wait")
         self._set(
             key=KeyFunc(key),
-            ttl=_duration(ttl, "ttl"),
-            mode=_choice(mode, "mode", MODES),
-            on_conflict=_choice(on_conflict, "on_conflict", CONFLICT_POLICIES),
+            ttl=seconds(ttl, "ttl"),
+            mode=choice(mode, "mode", MODES),
+            on_conflict=choice(on_conflict, "on_conflict", CONFLICT_POLICIES),
             wait=float(wait),
-            queue_ttl=_duration(queue_ttl, "queue_ttl"),
-            on_duplicate=_choice(on_duplicate, "on_duplicate", DUPLICATE_POLICIES),
+            queue_ttl=seconds(queue_ttl, "queue_ttl"),
+            on_duplicate=choice(on_duplicate, "on_duplicate", DUPLICATE_POLICIES),
             name=name,
             on_outage=check_outage_policy(on_outage),
             _signature=None,
@@ -243,7 +229,7 @@ class DistributedLock(LeasedPrimitive):
     ) -> None:
         self.backend = backend
         self.name = name
-        self.ttl = _duration(ttl, "ttl")
+        self.ttl = seconds(ttl, "ttl")
         self.renew = renew
         super().__init__()
         keys = backend.keys

@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskguard._validate import count, text
+from taskguard._validate import rate as check_rate
 from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
-from taskguard.units import Rate, parse_rate
+from taskguard.units import Rate
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
@@ -26,12 +28,6 @@ __all__ = ["RateLimit", "RateLimiter"]
 _OP_CACHE_SIZE = 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _positive_int(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"must be a positive integer, got {value!r}", field=field)
-    return value
 
 
 class RateLimit(Guard):
@@ -73,26 +69,21 @@ class RateLimit(Guard):
         name: str | None = None,
         on_outage: str = "allow",
     ) -> None:
-        try:
-            parsed = parse_rate(rate)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc), field="rate_limit") from None
-        burst = 1 if burst is None else _positive_int(burst, "burst")
+        parsed = check_rate(rate, "rate_limit")
+        burst = 1 if burst is None else count(burst, "burst")
         if not callable(cost):
-            cost = _positive_int(cost, "cost")
+            cost = count(cost, "cost")
             if cost > burst:
                 raise ConfigurationError(
                     f"cost {cost} exceeds burst {burst}: such a call could never pass",
                     field="cost",
                 )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
         self._set(
             rate=parsed,
             key=KeyFunc(key),
             burst=burst,
             cost=cost,
-            name=name,
+            name=None if name is None else text(name, "name"),
             on_outage=check_outage_policy(on_outage),
             _signature=None,
         )

@@ -3,6 +3,8 @@
 :class:`SQLStore` and :class:`TableMapping` (:mod:`taskguard.sinks.sql`) need SQLAlchemy
 (``pip install 'celery-taskguard[sql]'``, plus ``[postgres]`` for PostgreSQL); they are
 imported on first use, so ``import taskguard.sinks`` works without it.
+:func:`store_from_url` builds a store from its URL through the scheme registry
+(:mod:`taskguard.sinks.registry`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Loaded, Record, Store
+from .registry import register_store, registered_schemes, store_from_url
 
 if TYPE_CHECKING:
     from .sql import SQLStore, TableMapping
 
-__all__ = ["Loaded", "Record", "SQLStore", "Store", "TableMapping"]
+__all__ = [
+    "Loaded",
+    "Record",
+    "SQLStore",
+    "Store",
+    "TableMapping",
+    "register_store",
+    "registered_schemes",
+    "store_from_url",
+]
 
 _LAZY = {"SQLStore", "TableMapping"}
 

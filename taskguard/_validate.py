@@ -1,0 +1,113 @@
+"""The validators every setting and guard option goes through.
+
+Each takes the value, the field it came from and, when the caller knows it, the task; it
+returns the value in its checked form, or raises
+:class:`~taskguard.errors.ConfigurationError` naming the field (and the task)::
+
+    >>> seconds(timedelta(minutes=2), "ttl")
+    120.0
+    >>> count(0, "burst")
+    Traceback (most recent call last):
+    ...
+    taskguard.errors.ConfigurationError: [field 'burst'] must be a positive integer, got 0
+
+The messages are those docs/settings.md lists; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+
+from taskguard.errors import ConfigurationError
+from taskguard.units import Rate, parse_duration, parse_rate
+
+__all__ = ["choice", "count", "flag", "number", "rate", "seconds", "text"]
+
+
+def seconds(
+    value: object, field: str, *, allow_zero: bool = False, task: str | None = None
+) -> float:
+    """A duration, given as seconds (int or float) or a :class:`~datetime.timedelta`.
+
+    Args:
+        value: The value to check.
+        field: The setting it came from, named by the error.
+        allow_zero: Accept 0 (otherwise the duration must be positive).
+        task: The task the setting belongs to, if known.
+
+    Returns:
+        The duration in seconds.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
+        raise ConfigurationError(
+            f"must be seconds (a number) or a timedelta, got {type(value).__name__}",
+            field=field,
+            task=task,
+        )
+    try:
+        return parse_duration(value, allow_zero=allow_zero)
+    except ValueError:
+        bound = "zero or more" if allow_zero else "positive"
+        raise ConfigurationError(
+            f"must be {bound} seconds, got {value!r}", field=field, task=task
+        ) from None
+
+
+def count(value: object, field: str, minimum: int = 1, *, task: str | None = None) -> int:
+    """An integer of at least ``minimum`` (a bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigurationError(f"must be {wanted}, got {value!r}", field=field, task=task)
+    return value
+
+
+def number(
+    value: object,
+    field: str,
+    low: float,
+    high: float | None = None,
+    *,
+    task: str | None = None,
+) -> float:
+    """A finite number in ``[low, high]`` (``high=None``: no upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"must be a finite number, got {value!r}", field=field, task=task)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigurationError(f"must be {bound}, got {value!r}", field=field, task=task)
+    return float(value)
+
+
+def choice(value: object, field: str, choices: Sequence[str], *, task: str | None = None) -> str:
+    """One of ``choices``."""
+    if value not in choices:
+        raise ConfigurationError(
+            f"must be one of {', '.join(choices)}, got {value!r}", field=field, task=task
+        )
+    return str(value)
+
+
+def flag(value: object, field: str, *, task: str | None = None) -> bool:
+    """``True`` or ``False`` (not 1, not ``"yes"``)."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"must be true or false, got {value!r}", field=field, task=task)
+    return value
+
+
+def text(value: object, field: str, *, task: str | None = None) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f"must be a non-empty string, got {value!r}", field=field, task=task
+        )
+    return value
+
+
+def rate(value: object, field: str, *, task: str | None = None) -> Rate:
+    """A rate: ``"10/s"``, ``"100/m"``, ``"5000/h"``, ``"1/d"`` (or a :class:`Rate`)."""
+    try:
+        return parse_rate(value)  # type: ignore[arg-type]  # parse_rate rejects the rest
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), field=field, task=task) from None
