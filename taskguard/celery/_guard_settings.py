@@ -11,19 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskguard.errors import ConfigurationError
-from taskguard.guards.base import Guard
-from taskguard.guards.breaker import CircuitBreaker
-from taskguard.guards.concurrency import Concurrency
-from taskguard.guards.lock import Lock
+from taskguard.guards.base import Guard, guard_classes
+from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.guards.ratelimit import RateLimit
 
 __all__ = ["apply_overrides", "check_breakers", "check_guard_entries"]
 
 _RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
-_CONCURRENCY_FIELDS = frozenset({"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage"})
-_LOCK_FIELDS = frozenset(
-    {"key", "ttl", "mode", "on_conflict", "wait", "queue_ttl", "on_duplicate", "name", "on_outage"}
-)
 #: Per-task settings that apply to each of the task's rate limits -> RateLimit argument.
 _RATE_SHORTHANDS = {"rate_limit_key": "key", "burst": "burst", "cost": "cost"}
 
@@ -76,29 +70,29 @@ def _rate_limits_from(
     return limits
 
 
-_GUARD_SETTINGS: dict[str, tuple[type[Guard], frozenset[str], str]] = {
-    # setting -> (guard class, accepted fields, the field a bare value sets)
-    "lock": (Lock, _LOCK_FIELDS, "key"),
-    "concurrency": (Concurrency, _CONCURRENCY_FIELDS, "limit"),
-}
+def _guard_settings() -> dict[str, type[Guard]]:
+    """Setting -> guard class, for every guard kind that declares its settings fields."""
+    return {kind: cls for kind, cls in guard_classes().items() if cls.settings_fields}
 
 
 def _guard_from(
     entry: Mapping[str, Any], setting: str, on_outage: Mapping[str, str]
 ) -> list[Guard] | None:
-    """The guard an entry's ``lock`` / ``concurrency`` defines, or None to keep the class's.
+    """The guard an entry's ``lock`` / ``concurrency`` / ... defines, or None to keep the
+    class's.
 
     The value is a mapping of the guard's arguments, null to remove the class's guard, or
-    for ``concurrency`` a bare limit (``"concurrency": 3``).
+    a bare value for a kind that has one (``"concurrency": 3``).
     """
     if setting not in entry:
         return None
     value = entry[setting]
     if value is None or value is False:
         return []
-    cls, accepted, bare = _GUARD_SETTINGS[setting]
-    if setting == "concurrency" and not isinstance(value, Mapping):
-        value = {bare: value}
+    cls = _guard_settings()[setting]
+    accepted = cls.settings_fields or frozenset()
+    if cls.settings_bare is not None and not isinstance(value, Mapping):
+        value = {cls.settings_bare: value}
     if not isinstance(value, Mapping):
         raise ConfigurationError(
             f"must be a mapping of {cls.__name__} arguments or null, got {value!r}",
@@ -140,7 +134,7 @@ def apply_overrides(
             g.replace(on_outage=outage["circuit_breaker"]) if isinstance(g, CircuitBreaker) else g
             for g in guards
         ]
-    for setting, (cls, _, _) in _GUARD_SETTINGS.items():
+    for setting, cls in _guard_settings().items():
         replacement = _guard_from(raw, setting, outage)
         if replacement is not None:
             guards = [*(g for g in guards if not isinstance(g, cls)), *replacement]
@@ -208,6 +202,6 @@ def _breaker_from(
 def check_guard_entries(entry: Mapping[str, Any]) -> None:
     """Build a task entry's guards once, so errors surface when settings are read."""
     _rate_limits_from(entry, {})
-    _guard_from(entry, "lock", {})
-    _guard_from(entry, "concurrency", {})
+    for setting in _guard_settings():
+        _guard_from(entry, setting, {})
     _breaker_from(entry, {}, {})

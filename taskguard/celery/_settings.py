@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from taskguard._validate import choice, count, flag, seconds, text
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
-from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy
+from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy, guard_classes
 from taskguard.guards.breaker import CircuitBreaker
 from taskguard.keys import KeySchema
 
@@ -33,8 +33,12 @@ from ._guard_settings import apply_overrides, check_breakers, check_guard_entrie
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
 EXHAUSTED_POLICIES = ("fail", "drop", "dead_letter")
-GUARD_KINDS = ("rate_limit", "lock", "concurrency", "circuit_breaker")
-ADMISSION_ORDER = ("circuit_breaker", "lock", "concurrency", "rate_limit")
+
+
+def guard_kinds() -> tuple[str, ...]:
+    """Every guard kind, in admission order (the settings' outage maps accept these)."""
+    classes = guard_classes()
+    return tuple(sorted(classes, key=lambda kind: classes[kind].admission_rank))
 
 
 def _url(value: object) -> str:
@@ -59,7 +63,7 @@ def _prefix(value: object) -> str:
 def _outage_map(value: object, field_name: str) -> dict[str, str]:
     """``"deny"`` (every guard kind) or ``{"rate_limit": "local", ...}``."""
     if isinstance(value, str):
-        return dict.fromkeys(GUARD_KINDS, check_outage_policy(value, field=field_name))
+        return dict.fromkeys(guard_kinds(), check_outage_policy(value, field=field_name))
     if not isinstance(value, Mapping):
         raise ConfigurationError(
             f"must be one of {', '.join(OUTAGE_POLICIES)} or a mapping of guard kind to "
@@ -68,7 +72,7 @@ def _outage_map(value: object, field_name: str) -> dict[str, str]:
         )
     result = {}
     for kind, policy in value.items():
-        choice(kind, f"{field_name}.{kind}", GUARD_KINDS)
+        choice(kind, f"{field_name}.{kind}", guard_kinds())
         result[kind] = check_outage_policy(policy, field=f"{field_name}.{kind}")
     return result
 
@@ -154,10 +158,6 @@ _GLOBAL_FIELDS = frozenset(
 )
 _TASK_FIELDS = frozenset(
     {
-        "circuit_breaker",
-        "concurrency",
-        "lock",
-        "rate_limit",
         "rate_limit_key",
         "burst",
         "cost",
@@ -260,7 +260,7 @@ class Settings:
             guards = apply_overrides(list(class_guards), raw, self.on_outage, self.breakers)
             # Admission order (DESIGN): breaker, lock, concurrency, rate limit, so the
             # first refusal reported is the one that decides how the task waits.
-            guards.sort(key=lambda g: ADMISSION_ORDER.index(g.kind))
+            guards.sort(key=lambda g: g.admission_rank)
             bound = tuple(guard.bind(name, signature) for guard in guards)
         except ConfigurationError as exc:
             raise exc.for_task(name) from None
@@ -322,10 +322,11 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
     """Type-check one ``tasks`` entry; guards are built (and re-checked) per task."""
     if not isinstance(entry, Mapping):
         raise ConfigurationError(f"must be a mapping, got {type(entry).__name__}", field="tasks")
-    unknown = sorted(set(entry) - _TASK_FIELDS)
+    known = _TASK_FIELDS | set(guard_kinds())
+    unknown = sorted(set(entry) - known)
     if unknown:
         raise ConfigurationError(
-            f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(_TASK_FIELDS))}",
+            f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}",
             field=unknown[0],
         )
     entry = dict(entry)

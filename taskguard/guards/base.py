@@ -23,6 +23,7 @@ __all__ = [
     "RunContext",
     "Verdict",
     "check_outage_policy",
+    "guard_classes",
 ]
 
 G = TypeVar("G", bound="Guard")
@@ -124,6 +125,14 @@ class Verdict:
 DEFER = Verdict("defer")
 
 
+_GUARD_CLASSES: dict[str, type[Guard]] = {}
+
+
+def guard_classes() -> dict[str, type[Guard]]:
+    """Every guard class by kind (each registers itself when it is defined)."""
+    return dict(_GUARD_CLASSES)
+
+
 class Guard(ABC):
     """A guard specification: an immutable value saying *what* to enforce.
 
@@ -132,8 +141,24 @@ class Guard(ABC):
     :class:`ConfigurationError` naming the field; :meth:`bind` adds the task context.
     """
 
+    #: The guard's kind: its name in settings (``"lock"``) and in outage maps.
     kind: ClassVar[str]
+    #: Where this kind is checked in a task's admission, lowest first (breaker 0, lock 10,
+    #: concurrency 20, rate limit 30): the first refusal reported decides how a task waits.
+    admission_rank: ClassVar[int] = 50
+    #: The arguments a per-task settings entry ``{kind: {...}}`` may give; None when the
+    #: settings layer parses this kind itself (rate limits, breakers).
+    settings_fields: ClassVar[frozenset[str] | None] = None
+    #: The argument a bare (non-mapping) settings value sets (``"concurrency": 3``).
+    settings_bare: ClassVar[str | None] = None
     on_outage: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if isinstance(kind, str):
+            _GUARD_CLASSES[kind] = cls
+
     #: Seconds a denied task waits in the worker (woken by a release) before deferring.
     wait: float = 0.0
 

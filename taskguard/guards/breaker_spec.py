@@ -69,6 +69,7 @@ class CircuitBreaker(Guard):
     """
 
     kind = "circuit_breaker"
+    admission_rank = 0
     records_outcome = True
     _positional = ("name",)
     name: str

@@ -52,6 +52,9 @@ class Concurrency(Guard):
     """
 
     kind = "concurrency"
+    admission_rank = 20
+    settings_fields = frozenset({"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage"})
+    settings_bare = "limit"
     _positional = ("limit",)
     _key_field = "concurrency.key"
     limit: int

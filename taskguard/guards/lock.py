@@ -68,6 +68,20 @@ class Lock(Guard):
     """
 
     kind = "lock"
+    admission_rank = 10
+    settings_fields = frozenset(
+        {
+            "key",
+            "ttl",
+            "mode",
+            "on_conflict",
+            "wait",
+            "queue_ttl",
+            "on_duplicate",
+            "name",
+            "on_outage",
+        }
+    )
     _key_field = "lock.key"
     key: KeyFunc
     ttl: float

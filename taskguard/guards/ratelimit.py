@@ -50,6 +50,7 @@ class RateLimit(Guard):
     """
 
     kind = "rate_limit"
+    admission_rank = 30
     _positional = ("rate",)
     rate: Rate
     key: KeyFunc
