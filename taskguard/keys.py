@@ -122,6 +122,16 @@ class KeySchema:
         """The live drain pools (a sorted set: consumer name -> expiry in ms)."""
         return f"{self._head}:wbns:pools"
 
+    def guard(self, kind: str, name: str, key: str | None = None) -> str:
+        """The state of a guard of another kind (``kind`` is its short code, e.g. ``"q"``).
+
+        For guards added through the op-kind registry: their keys follow the same schema
+        (one hash tag) without an edit here.
+        """
+        if not kind or not kind.isalnum():
+            raise ValueError(f"a key kind must be alphanumeric, got {kind!r}")
+        return self._named(kind, name, key)
+
     def breaker_events(self) -> str:
         """The pub/sub channel every hot-path breaker of this prefix listens on."""
         return f"{self.prefix}:breaker-events"
