@@ -42,6 +42,7 @@ from taskguard.guards import (
     RateLimiter,
     Semaphore,
 )
+from taskguard.guards.quota import Quota, QuotaLimiter
 from taskguard.units import Rate, parse_rate
 
 try:
@@ -76,6 +77,8 @@ __all__ = [
     "LockHeld",
     "LockLost",
     "MemoryBackend",
+    "Quota",
+    "QuotaLimiter",
     "Rate",
     "RateLimit",
     "RateLimited",

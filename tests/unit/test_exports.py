@@ -31,6 +31,8 @@ def test_exported_names() -> None:
         "LockHeld",
         "LockLost",
         "MemoryBackend",
+        "Quota",
+        "QuotaLimiter",
         "Rate",
         "RateLimit",
         "RateLimited",

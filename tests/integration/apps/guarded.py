@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 from celery.exceptions import Ignore, Reject
 
-from taskguard import Concurrency, GuardedTask, Lock, RateLimit, signals
+from taskguard import Concurrency, GuardedTask, Lock, Quota, RateLimit, signals
 
 BROKER = os.environ["TG_BROKER_URL"]
 PREFIX = os.environ["TG_PREFIX"]
@@ -105,6 +105,12 @@ def outage_allow(self: Any, i: int) -> int:
 @app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("1000/s", on_outage="deny")])
 def outage_deny(self: Any, i: int) -> int:
     _seen(self, i=i)
+    return i
+
+
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Quota("25/day", key="{tenant}")])
+def metered(self: Any, tenant: str, i: int) -> int:
+    _seen(self, tenant=tenant, i=i)
     return i
 
 
