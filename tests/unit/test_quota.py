@@ -151,10 +151,10 @@ def test_settings_build_quotas_in_admission_order(backend: taskguard.MemoryBacke
         },
     ) as app:
 
-        @app.task(name="unit.bare", base=GuardedTask, guards=[])
+        @app.task(name="unit.bare", shared=False, base=GuardedTask, guards=[])
         def bare() -> None: ...
 
-        @app.task(name="unit.mapping", base=GuardedTask)
+        @app.task(name="unit.mapping", shared=False, base=GuardedTask)
         def mapping(user: str) -> None: ...
 
         guards = bare.taskguard_settings.guards
