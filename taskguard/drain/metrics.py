@@ -103,7 +103,7 @@ def metrics(backend: RedisBackend, namespace: str | None = None) -> DrainMetrics
         BackendUnavailable: Redis could not be reached.
     """
     try:
-        registered = registered_namespaces(backend.client, backend.keys)
+        registered = registered_namespaces(backend)
         if namespace is not None:
             if namespace not in registered:
                 raise ConfigurationError(
