@@ -133,7 +133,7 @@ class DrainPool(LeaseManager):
         """Check Redis persistence, then start the manager and the drain threads."""
         if self._threads:
             raise RuntimeError("the drain pool is already started")
-        check_persistence(self.backend.client)
+        check_persistence(self.backend)
         self._manager = threading.Thread(
             target=self._manage, name="taskguard-drain-manager", daemon=True
         )
@@ -202,7 +202,7 @@ class DrainPool(LeaseManager):
         """Queue figures of the drained namespaces plus this pool's counters."""
         with self._lock:
             partitions = list(self._partitions.values())
-        queue = queue_metrics(self.backend.client, partitions)
+        queue = queue_metrics(self.backend, partitions)
         return replace(queue, **self.throughput.snapshot())
 
     def wait_idle(self, timeout: float) -> bool:
