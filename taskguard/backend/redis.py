@@ -113,6 +113,17 @@ class RedisBackend(Backend):
             self.reset_after_fork()
         return self._client
 
+    @property
+    def socket_timeout(self) -> float | None:
+        """Seconds a read waits for a reply before it fails (None: no limit).
+
+        A blocking command (``BLPOP``, ``XREADGROUP BLOCK``) sent through :meth:`commands`
+        must ask to block for less than this, or an empty wait ends in a timeout, which
+        counts as an outage.
+        """
+        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        return float(timeout) if timeout is not None else None
+
     def __repr__(self) -> str:
         return f"RedisBackend({self.url!r}, prefix={self.keys.prefix!r})"
 

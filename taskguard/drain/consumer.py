@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import redis
 
 from taskguard import signals
+from taskguard.backend.redis import RedisBackend
 from taskguard.errors import BackendUnavailable, StoreError
 from taskguard.sinks.base import Record, Store, accepts_json_text
 
@@ -55,7 +56,7 @@ class Consumer:
     """Drains the partitions handed to one thread.
 
     Args:
-        client: The Redis client.
+        backend: The Redis backend (every command goes through its port).
         owner: This pool's consumer name (also the value of its leases).
         options: Batch, linger and retry settings.
         stores: Namespace -> store.
@@ -68,7 +69,7 @@ class Consumer:
 
     def __init__(
         self,
-        client: redis.Redis,
+        backend: RedisBackend,
         owner: str,
         options: DrainOptions,
         *,
@@ -79,7 +80,7 @@ class Consumer:
         abandon: threading.Event,
         sender: Any,
     ) -> None:
-        self.client = client
+        self.backend = backend
         self.owner = owner
         self.options = options
         self.stores = stores
@@ -88,7 +89,7 @@ class Consumer:
         self.stopping = stopping
         self.abandon = abandon
         self.sender = sender
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = backend.socket_timeout
         # A blocking read must return before the socket times out, or it looks like an outage.
         self._block_slice = max(timeout * 0.8, 0.01) if timeout else 1.0
 
@@ -113,7 +114,7 @@ class Consumer:
         done = 0
         while not self.stopping.is_set():
             entries = partition.claim_pending(
-                self.client, self.owner, min_idle=min_idle, count=self.options.batch_size
+                self.backend, self.owner, min_idle=min_idle, count=self.options.batch_size
             )
             if not entries:
                 break
@@ -142,7 +143,7 @@ class Consumer:
                     break
                 block = min(left, self._block_slice)
             count = min(size - len(collected.get(p, ())) for p in want)
-            got = read_new(self.client, self.owner, want, count=count, block=block)
+            got = read_new(self.backend, self.owner, want, count=count, block=block)
             if not got:
                 if deadline is None:
                     break  # idle: let the caller look at its assignment again
@@ -218,8 +219,8 @@ class Consumer:
         for record, error in poisoned:
             rejected.append(Rejected(batch.winner(record.key), error, record.version))
         if rejected:
-            self._redis(lambda: dead_letter(self.client, partition, rejected, self._now_ms()))
-        self._redis(lambda: partition.ack(self.client, latest, ids))
+            self._redis(lambda: dead_letter(self.backend, partition, rejected, self._now_ms()))
+        self._redis(lambda: partition.ack(self.backend, latest, ids))
         rows = len(batch.records) - len(poisoned)
         self.throughput.record(rows, len(ids))
         if rejected:
@@ -340,7 +341,8 @@ class Consumer:
                 self.abandon.wait(max(delay, 0.05))
 
     def _now_ms(self) -> int:
-        seconds, micros = self.client.time()
+        with self.backend.commands("drain TIME") as client:
+            seconds, micros = client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
 

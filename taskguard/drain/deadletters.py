@@ -12,10 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from taskguard.backend.redis import RedisBackend
-from taskguard.errors import BackendUnavailable
 
 from .partition import Partition
 
@@ -60,13 +57,13 @@ def _decode(sid: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
 
 
 def dead_letters(backend: RedisBackend, namespace: str, *, limit: int = 100) -> list[DeadLetter]:
-    """The oldest ``limit`` dead letters of ``namespace``."""
-    try:
-        items: Any = backend.client.xrange(
-            backend.keys.dead_letters(namespace), "-", "+", count=limit
-        )
-    except (redis.RedisError, OSError) as exc:
-        raise BackendUnavailable(f"redis error reading dead letters: {exc}") from exc
+    """The oldest ``limit`` dead letters of ``namespace``.
+
+    Raises:
+        BackendUnavailable: Redis could not be reached.
+    """
+    with backend.commands("reading dead letters") as client:
+        items: Any = client.xrange(backend.keys.dead_letters(namespace), "-", "+", count=limit)
     return [_decode(sid, fields) for sid, fields in items]
 
 
@@ -89,12 +86,11 @@ def requeue_dead_letters(backend: RedisBackend, namespace: str, *, limit: int | 
     Raises:
         BackendUnavailable: Redis could not be reached.
     """
-    client = backend.client
     source = backend.keys.dead_letters(namespace)
     done = 0
-    try:
-        while limit is None or done < limit:
-            chunk = 500 if limit is None else min(500, limit - done)
+    while limit is None or done < limit:
+        chunk = 500 if limit is None else min(500, limit - done)
+        with backend.commands("re-queueing dead letters") as client:
             items: Any = client.xrange(source, "-", "+", count=chunk)
             if not items:
                 break
@@ -108,7 +104,5 @@ def requeue_dead_letters(backend: RedisBackend, namespace: str, *, limit: int | 
                 pipe.xadd(partition.stream, queued)
             pipe.execute()
             client.xdel(source, *[sid for sid, _ in items])
-            done += len(items)
-    except (redis.RedisError, OSError) as exc:
-        raise BackendUnavailable(f"redis error re-queueing dead letters: {exc}") from exc
+        done += len(items)
     return done

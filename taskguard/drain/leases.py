@@ -74,7 +74,7 @@ class LeaseManager:
         if not force and now - self._discovered < 5.0:
             return
         self._discovered = now
-        registered = registered_namespaces(self.backend.client, self.keys)
+        registered = registered_namespaces(self.backend)
         wanted = self.namespaces if self.namespaces is not None else tuple(registered)
         with self._lock:
             for namespace in wanted:
@@ -97,21 +97,22 @@ class LeaseManager:
                         )
 
     def _balance(self) -> None:
-        client = self.backend.client
+        backend = self.backend
         ttl = self.options.lease_ttl
         self._discover()
-        seconds, micros = client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(self.keys.drain_pools(), {self.owner: now_ms + int(ttl * 3000)})
-        pipe.zremrangebyscore(self.keys.drain_pools(), "-inf", now_ms)
-        pipe.zcard(self.keys.drain_pools())
-        live = max(int(pipe.execute()[2]), 1)
+        with backend.commands("drain pool registry") as client:
+            seconds, micros = client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(self.keys.drain_pools(), {self.owner: now_ms + int(ttl * 3000)})
+            pipe.zremrangebyscore(self.keys.drain_pools(), "-inf", now_ms)
+            pipe.zcard(self.keys.drain_pools())
+            live = max(int(pipe.execute()[2]), 1)
         with self._lock:
             held = list(self._held)
             candidates = list(self._partitions.values())
         for partition in held:
-            if not partition.renew(client, self.owner, ttl):
+            if not partition.renew(backend, self.owner, ttl):
                 logger.warning("drain: lost the lease of %s", partition.name)
                 self._drop(partition)
         target = math.ceil(len(candidates) / live)
@@ -126,8 +127,8 @@ class LeaseManager:
                     break
                 if partition in self._held:
                     continue
-            if partition.acquire(client, self.owner, ttl):
-                partition.ensure_group(client)
+            if partition.acquire(backend, self.owner, ttl):
+                partition.ensure_group(backend)
                 self._adopt(partition)
 
     def _adopt(self, partition: Partition) -> None:
@@ -152,7 +153,8 @@ class LeaseManager:
             self._held.clear()
         try:
             for partition in held:
-                partition.release(self.backend.client, self.owner)
-            self.backend.client.zrem(self.keys.drain_pools(), self.owner)
+                partition.release(self.backend, self.owner)
+            with self.backend.commands("drain pool unregister") as client:
+                client.zrem(self.keys.drain_pools(), self.owner)
         except REDIS_ERRORS as exc:
             logger.warning("drain: could not release leases (they expire on their own): %s", exc)

@@ -13,10 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
-
 from taskguard.backend.redis import RedisBackend
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.errors import ConfigurationError
 
 from .partition import GROUP, Partition, registered_namespaces
 
@@ -60,20 +58,25 @@ class DrainMetrics:
         )
 
 
-def queue_metrics(client: redis.Redis, partitions: Sequence[Partition]) -> DrainMetrics:
-    """Backlog, oldest age, pending and dead letters of ``partitions``, in one pipeline."""
+def queue_metrics(backend: RedisBackend, partitions: Sequence[Partition]) -> DrainMetrics:
+    """Backlog, oldest age, pending and dead letters of ``partitions``, in one pipeline.
+
+    Raises:
+        BackendUnavailable: Redis could not be reached.
+    """
     if not partitions:
         return DrainMetrics()
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    for partition in partitions:
-        pipe.xlen(partition.stream)
-        pipe.xrange(partition.stream, "-", "+", count=1)
-        pipe.xpending(partition.stream, GROUP)
     dead_letter_keys = sorted({p.dead_letters for p in partitions})
-    for key in dead_letter_keys:
-        pipe.xlen(key)
-    replies = pipe.execute(raise_on_error=False)
+    with backend.commands("drain metrics") as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        for partition in partitions:
+            pipe.xlen(partition.stream)
+            pipe.xrange(partition.stream, "-", "+", count=1)
+            pipe.xpending(partition.stream, GROUP)
+        for key in dead_letter_keys:
+            pipe.xlen(key)
+        replies = pipe.execute(raise_on_error=False)
     seconds, micros = replies[0]
     now_ms = seconds * 1000 + micros // 1000
     backlog = pending = 0
@@ -102,22 +105,17 @@ def metrics(backend: RedisBackend, namespace: str | None = None) -> DrainMetrics
         ConfigurationError: ``namespace`` is not a registered write-behind namespace.
         BackendUnavailable: Redis could not be reached.
     """
-    try:
-        registered = registered_namespaces(backend.client, backend.keys)
-        if namespace is not None:
-            if namespace not in registered:
-                raise ConfigurationError(
-                    f"no write-behind namespace {namespace!r} is registered", field="namespace"
-                )
-            registered = {namespace: registered[namespace]}
-        partitions = [
-            Partition.of(backend.keys, ns, i)
-            for ns, count in registered.items()
-            for i in range(count)
-        ]
-        return queue_metrics(backend.client, partitions)
-    except (redis.RedisError, OSError) as exc:
-        raise BackendUnavailable(f"redis error reading drain metrics: {exc}") from exc
+    registered = registered_namespaces(backend)
+    if namespace is not None:
+        if namespace not in registered:
+            raise ConfigurationError(
+                f"no write-behind namespace {namespace!r} is registered", field="namespace"
+            )
+        registered = {namespace: registered[namespace]}
+    partitions = [
+        Partition.of(backend.keys, ns, i) for ns, count in registered.items() for i in range(count)
+    ]
+    return queue_metrics(backend, partitions)
 
 
 class Throughput:

@@ -2,6 +2,8 @@
 
 Every partition is read by the consumer group :data:`GROUP`. A pool holds a partition's
 lease before it reads, so one consumer reads a partition at a time and per-key order holds.
+Redis is reached only through the backend's port (``run_script``, ``run_script_many``,
+``commands``), which maps its errors to :class:`~taskguard.errors.BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import redis
 
-from taskguard.backend.lua import load_script
+from taskguard.backend.redis import RedisBackend
 from taskguard.cache.records import version_of
 from taskguard.keys import KeySchema
 
@@ -23,18 +25,15 @@ __all__ = ["GROUP", "Partition", "dead_letter", "registered_namespaces"]
 #: The consumer group every drain pool reads with.
 GROUP = "taskguard-drain"
 
-_ACK = load_script("drain_ack")
-_LEASE = load_script("drain_lease")
-_READ = load_script("drain_read")
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def registered_namespaces(client: redis.Redis, keys: KeySchema) -> dict[str, int]:
+def registered_namespaces(backend: RedisBackend) -> dict[str, int]:
     """Every write-behind namespace and its partition count (from the registry hash)."""
-    raw = client.hgetall(keys.write_behind_namespaces())
+    with backend.commands("drain namespaces") as client:
+        raw = client.hgetall(backend.keys.write_behind_namespaces())
     return {_text(ns): int(count) for ns, count in raw.items()}
 
 
@@ -78,58 +77,64 @@ class Partition:
 
     # ------------------------------------------------------------ lease
 
-    def acquire(self, client: redis.Redis, owner: str, ttl: float) -> bool:
+    def acquire(self, backend: RedisBackend, owner: str, ttl: float) -> bool:
         """Take the lease if nobody holds it."""
-        return bool(client.set(self.lease, owner, nx=True, px=max(int(ttl * 1000), 1)))
+        with backend.commands("drain lease acquire") as client:
+            return bool(client.set(self.lease, owner, nx=True, px=max(int(ttl * 1000), 1)))
 
-    def renew(self, client: redis.Redis, owner: str, ttl: float) -> bool:
+    def renew(self, backend: RedisBackend, owner: str, ttl: float) -> bool:
         """Extend our lease; False if it is no longer ours."""
-        return bool(_LEASE(client, [self.lease], ["renew", owner, max(int(ttl * 1000), 1)]))
+        args = ["renew", owner, max(int(ttl * 1000), 1)]
+        return bool(backend.run_script("drain_lease", [self.lease], args, what="drain lease renew"))
 
-    def release(self, client: redis.Redis, owner: str) -> bool:
+    def release(self, backend: RedisBackend, owner: str) -> bool:
         """Drop our lease (never another pool's)."""
-        return bool(_LEASE(client, [self.lease], ["release", owner, 0]))
+        args = ["release", owner, 0]
+        return bool(
+            backend.run_script("drain_lease", [self.lease], args, what="drain lease release")
+        )
 
     # ------------------------------------------------------------ stream
 
-    def ensure_group(self, client: redis.Redis) -> None:
+    def ensure_group(self, backend: RedisBackend) -> None:
         """Create the consumer group (and the stream) if missing."""
-        try:
-            client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        with backend.commands("drain XGROUP CREATE") as client:
+            try:
+                client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def claim_pending(
-        self, client: redis.Redis, consumer: str, *, min_idle: float, count: int
+        self, backend: RedisBackend, consumer: str, *, min_idle: float, count: int
     ) -> list[Entry]:
         """Claim up to ``count`` entries other consumers left unacknowledged.
 
         Entries idle for at least ``min_idle`` seconds move to ``consumer``; their delivery
         count goes up by one. Entries deleted meanwhile are acknowledged and skipped.
         """
-        pending: Any = client.xpending_range(
-            self.stream, GROUP, "-", "+", count, idle=max(int(min_idle * 1000), 0) or None
-        )
-        if not pending:
-            return []
-        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        claimed: Any = client.xclaim(
-            self.stream, GROUP, consumer, max(int(min_idle * 1000), 0), list(deliveries)
-        )
-        entries = [
-            Entry(_text(sid), fields, deliveries[_text(sid)] + 1)
-            for sid, fields in claimed
-            if fields is not None
-        ]
-        gone = set(deliveries) - {e.stream_id for e in entries}
-        if gone:
-            client.xack(self.stream, GROUP, *gone)
+        idle_ms = max(int(min_idle * 1000), 0)
+        with backend.commands("drain claim") as client:
+            pending: Any = client.xpending_range(
+                self.stream, GROUP, "-", "+", count, idle=idle_ms or None
+            )
+            if not pending:
+                return []
+            deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            claimed: Any = client.xclaim(self.stream, GROUP, consumer, idle_ms, list(deliveries))
+            entries = [
+                Entry(_text(sid), fields, deliveries[_text(sid)] + 1)
+                for sid, fields in claimed
+                if fields is not None
+            ]
+            gone = set(deliveries) - {e.stream_id for e in entries}
+            if gone:
+                client.xack(self.stream, GROUP, *gone)
         return entries
 
     def ack(
         self,
-        client: redis.Redis,
+        backend: RedisBackend,
         latest: Mapping[str, str | bytes],
         ids: Sequence[str | bytes],
     ) -> int:
@@ -141,11 +146,12 @@ class Partition:
         for pair in latest.items():
             args += pair
         args += ids
-        return int(_ACK(client, [self.stream, self.dirty], args))
+        keys = [self.stream, self.dirty]
+        return int(backend.run_script("drain_ack", keys, args, what="drain ack"))
 
 
 def read_new(
-    client: redis.Redis,
+    backend: RedisBackend,
     consumer: str,
     partitions: Sequence[Partition],
     *,
@@ -156,19 +162,23 @@ def read_new(
 
     A pipeline of ``drain_read.lua`` calls (one per partition, none blocking) reads what
     is there; only when that finds nothing does one blocking XREADGROUP over every
-    partition wait for the next write.
+    partition wait for the next write. ``block`` must be shorter than the backend's
+    :attr:`~taskguard.backend.redis.RedisBackend.socket_timeout`.
     """
-    result = _read_now(client, consumer, partitions, count)
+    calls = [([p.stream], [GROUP, consumer, count]) for p in partitions]
+    replies = backend.run_script_many("drain_read", calls, what="drain read")
+    result = {p: reply for p, reply in zip(partitions, replies, strict=True) if reply}
     if result or not block:
         return result
     by_stream = {p.stream: p for p in partitions}
-    reply: Any = client.xreadgroup(
-        GROUP,
-        consumer,
-        dict.fromkeys(by_stream, ">"),
-        count=count,
-        block=max(int(block * 1000), 1),
-    )
+    with backend.commands("drain XREADGROUP") as client:
+        reply: Any = client.xreadgroup(
+            GROUP,
+            consumer,
+            dict.fromkeys(by_stream, ">"),
+            count=count,
+            block=max(int(block * 1000), 1),
+        )
     for stream, items in reply or []:
         entries: list[RawEntry] = [
             (_bytes(sid), [part for pair in fields.items() for part in pair])
@@ -180,37 +190,19 @@ def read_new(
     return result
 
 
-def _read_now(
-    client: redis.Redis, consumer: str, partitions: Sequence[Partition], count: int
-) -> dict[Partition, list[RawEntry]]:
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for partition in partitions:
-            pipe.evalsha(_READ.sha, 1, partition.stream, GROUP, consumer, count)
-        try:
-            replies: list[Any] = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            if attempt:
-                raise
-            client.script_load(_READ.source)
-            continue
-        return {p: reply for p, reply in zip(partitions, replies, strict=True) if reply}
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
 def dead_letter(
-    client: redis.Redis, partition: Partition, rejected: Sequence[Rejected], now_ms: int
+    backend: RedisBackend, partition: Partition, rejected: Sequence[Rejected], now_ms: int
 ) -> None:
     """Copy ``rejected`` entries to the namespace's dead-letter stream (before their ack).
 
     Fields: ``k``, ``v``, ``d``, ``c`` as queued, ``V`` (the version), ``p`` (partition),
     ``id`` (the original stream id), ``error``, ``attempts`` (deliveries) and ``at`` (ms).
     """
-    pipe = client.pipeline(transaction=False)
+    entries: list[dict[Any, Any]] = []
     for item in rejected:
         fields: dict[Any, Any] = {
             name: value
@@ -231,5 +223,9 @@ def dead_letter(
             attempts=item.entry.deliveries,
             at=now_ms,
         )
-        pipe.xadd(partition.dead_letters, fields)
-    pipe.execute()
+        entries.append(fields)
+    with backend.commands("drain dead-letter") as client:
+        pipe = client.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(partition.dead_letters, fields)
+        pipe.execute()

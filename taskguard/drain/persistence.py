@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import redis
+from taskguard.backend.redis import RedisBackend
+from taskguard.errors import BackendUnavailable
 
 __all__ = ["check_persistence"]
 
@@ -13,7 +14,7 @@ logger = logging.getLogger("taskguard.drain")
 _PERSISTENCE_WARNING = "write-behind records live only in Redis until drained"
 
 
-def check_persistence(client: redis.Redis) -> list[str]:
+def check_persistence(backend: RedisBackend) -> list[str]:
     """Warn (and return the warnings) if Redis may lose queued records.
 
     AOF off loses what was written since the last snapshot on a restart; an ``allkeys-*``
@@ -21,9 +22,10 @@ def check_persistence(client: redis.Redis) -> list[str]:
     disabled (managed Redis): then nothing is checked.
     """
     try:
-        config = client.config_get("appendonly")
-        config.update(client.config_get("maxmemory-policy"))
-    except (redis.RedisError, OSError) as exc:
+        with backend.commands("CONFIG GET") as client:
+            config = client.config_get("appendonly")
+            config.update(client.config_get("maxmemory-policy"))
+    except BackendUnavailable as exc:
         logger.info("drain: cannot read Redis persistence settings (%s); not checked", exc)
         return []
     found = {str(k, "utf-8") if isinstance(k, bytes) else k: v for k, v in config.items()}

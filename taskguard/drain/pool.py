@@ -26,7 +26,7 @@ from types import TracebackType
 import redis
 
 from taskguard.backend.redis import HasBackend, RedisBackend, require_redis
-from taskguard.errors import ConfigurationError
+from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Store
 
 from .backoff import SinkBreaker, backoff_delay
@@ -133,7 +133,7 @@ class DrainPool(LeaseManager):
         """Check Redis persistence, then start the manager and the drain threads."""
         if self._threads:
             raise RuntimeError("the drain pool is already started")
-        check_persistence(self.backend.client)
+        check_persistence(self.backend)
         self._manager = threading.Thread(
             target=self._manage, name="taskguard-drain-manager", daemon=True
         )
@@ -202,7 +202,7 @@ class DrainPool(LeaseManager):
         """Queue figures of the drained namespaces plus this pool's counters."""
         with self._lock:
             partitions = list(self._partitions.values())
-        queue = queue_metrics(self.backend.client, partitions)
+        queue = queue_metrics(self.backend, partitions)
         return replace(queue, **self.throughput.snapshot())
 
     def wait_idle(self, timeout: float) -> bool:
@@ -232,7 +232,7 @@ class DrainPool(LeaseManager):
 
     def _work(self, index: int) -> None:
         consumer = Consumer(
-            self.backend.client,
+            self.backend,
             self.owner,
             self.options,
             stores=self._stores,
@@ -258,7 +258,7 @@ class DrainPool(LeaseManager):
             except Abandoned:
                 return
             except REDIS_ERRORS as exc:
-                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                if _no_group(exc):
                     self._recreate_groups(partitions)
                     continue
                 delay = max(backoff_delay(attempt, 0.1, 5.0), 0.05)
@@ -272,12 +272,21 @@ class DrainPool(LeaseManager):
     def _surrender(self, partition: Partition) -> None:
         self._drop(partition)
         try:
-            partition.release(self.backend.client, self.owner)
+            partition.release(self.backend, self.owner)
             logger.info("drain: released %s (more than this pool's share)", partition.name)
         except REDIS_ERRORS as exc:
             logger.warning("drain: could not release %s: %s", partition.name, exc)
 
     def _recreate_groups(self, partitions: list[Partition]) -> None:
         for partition in partitions:
-            partition.ensure_group(self.backend.client)
+            partition.ensure_group(self.backend)
             partition.needs_claim = True
+
+
+def _no_group(exc: BaseException) -> bool:
+    """Whether ``exc`` says a partition's consumer group is gone (its stream was deleted).
+
+    The port raises :class:`BackendUnavailable` from the driver's error; look at both.
+    """
+    cause = exc.__cause__ if isinstance(exc, BackendUnavailable) else exc
+    return isinstance(cause, redis.ResponseError) and "NOGROUP" in str(cause)

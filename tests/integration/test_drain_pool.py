@@ -134,14 +134,14 @@ def test_the_ack_keeps_a_dirty_mark_that_names_a_newer_write(
     first = producer.put("k", 1)
     newer = producer.put("k", 2)
     partition = Partition.of(backend.keys, NS, partition_of("k", P))
-    partition.ensure_group(backend.client)
+    partition.ensure_group(backend)
     # The drain acknowledges a batch holding only the first write: the mark stays.
     backend.client.xreadgroup(GROUP, "c", {partition.stream: ">"}, count=1)
-    assert partition.ack(backend.client, {"k": first}, [first]) == 1
+    assert partition.ack(backend, {"k": first}, [first]) == 1
     assert producer.dirty() == {"k": newer}
     assert backend.client.xlen(partition.stream) == 1
     backend.client.xreadgroup(GROUP, "c", {partition.stream: ">"}, count=1)
-    assert partition.ack(backend.client, {"k": newer}, [newer]) == 1
+    assert partition.ack(backend, {"k": newer}, [newer]) == 1
     assert producer.dirty() == {}
 
 
@@ -250,7 +250,7 @@ def test_a_record_delivered_too_often_is_dead_lettered(
     sid = producer.put("crashy", 1)
     producer.put("fine", 2)
     partition = Partition.of(backend.keys, NS, partition_of("crashy", P))
-    partition.ensure_group(backend.client)
+    partition.ensure_group(backend)
     client = backend.client
     # A consumer that "crashed" on it: read, then re-claimed 5 more times (6 deliveries).
     client.xreadgroup(GROUP, "ghost", {partition.stream: ">"}, count=1)
@@ -273,7 +273,7 @@ def test_what_a_dead_consumer_left_pending_is_redelivered(
     client = backend.client
     for p in range(P):
         partition = Partition.of(backend.keys, NS, p)
-        partition.ensure_group(client)
+        partition.ensure_group(backend)
         client.xreadgroup(GROUP, "dead-consumer", {partition.stream: ">"}, count=1000)
     assert metrics(backend, NS).pending == 50
     with DrainPool(backend, sqlite_store, workers=2) as pool:
