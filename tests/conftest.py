@@ -36,6 +36,10 @@ from taskguard.testing.servers import (
     redis_available,
 )
 
+# ``pytester`` runs a pytest session inside a test: tests/test_servers.py uses it to check
+# what a fixture's teardown leaves behind.
+pytest_plugins = ("pytester",)
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 THROWAWAY = "throwaway"
