@@ -1,4 +1,5 @@
-"""Root fixtures: real Redis and PostgreSQL servers, unique key prefixes and queues.
+"""Root fixtures: real Redis and PostgreSQL servers, unique key prefixes and queues, and
+``isolated`` for tests that build Celery apps of their own.
 
 Servers are found in this order:
 
@@ -14,6 +15,7 @@ Tests only ever delete keys under their own ``tg_prefix`` (and their own
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -24,13 +26,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import _state as celery_state
 
+from taskguard import signals
 from taskguard.testing.servers import (
     PostgresServer,
     RedisServer,
     postgres_available,
     redis_available,
 )
+
+# ``pytester`` runs a pytest session inside a test: tests/test_servers.py uses it to check
+# what a fixture's teardown leaves behind.
+pytest_plugins = ("pytester",)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -165,3 +173,34 @@ def postgres_dsn() -> Iterator[str]:
         return
     with PostgresServer() as server:
         yield server.dsn
+
+
+# ---------------------------------------------------------------- Celery apps
+
+_SIGNALS = [
+    getattr(signals, name) for name in signals.__all__ if hasattr(getattr(signals, name), "send")
+]
+
+
+@pytest.fixture
+def isolated() -> Iterator[None]:
+    """Undo what a test's (or a docs example's) own Celery app does to process-wide state.
+
+    That is: Celery's current and default app; the finalizers ``@app.task`` registers for
+    *every* later app (tasks are ``shared`` by default, so an example's task would be added
+    to the next example's app of the same name); and receivers of taskguard's signals.
+    """
+    current_app = getattr(celery_state._tls, "current_app", None)
+    default_app = celery_state.default_app
+    finalizers = set(celery_state._on_app_finalizers)
+    receivers = {signal: list(signal.receivers) for signal in _SIGNALS}
+    try:
+        yield
+    finally:
+        celery_state._on_app_finalizers.intersection_update(finalizers)
+        for signal, saved in receivers.items():
+            signal.receivers[:] = saved
+            signal.sender_receivers_cache.clear()
+        celery_state._tls.current_app = current_app
+        celery_state.default_app = default_app
+        gc.collect()

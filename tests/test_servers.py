@@ -286,19 +286,46 @@ def test_docker_marker_runs_only_with_an_engine() -> None:
     assert servers_module.shutil.which("docker") is not None
 
 
-_seen_prefixes: list[str] = []
-
-
 def test_tg_prefix_keys_written(tg_prefix: str, redis_client: redis.Redis) -> None:
     redis_client.set(f"{tg_prefix}:a", 1)
     redis_client.set(f"{tg_prefix}x:not-mine", 1)  # shares the text, not the namespace
-    _seen_prefixes.append(tg_prefix)
+    try:
+        assert redis_client.get(f"{tg_prefix}:a") == b"1"
+        # The prefix's pattern (what the fixture deletes afterwards) matches only its keys.
+        assert list(redis_client.scan_iter(match=f"{tg_prefix}:*")) == [f"{tg_prefix}:a".encode()]
+    finally:
+        redis_client.unlink(f"{tg_prefix}x:not-mine")
 
 
-def test_tg_prefix_keys_deleted_after_the_test(redis_client: redis.Redis) -> None:
-    if not _seen_prefixes:
-        pytest.skip("runs after test_tg_prefix_keys_written")
-    prefix = _seen_prefixes[-1]
-    assert not redis_client.exists(f"{prefix}:a")
-    assert redis_client.exists(f"{prefix}x:not-mine")
-    redis_client.unlink(f"{prefix}x:not-mine")
+_WRITES_UNDER_TG_PREFIX = """
+import os
+from pathlib import Path
+
+
+def test_writes(tg_prefix, redis_client):
+    redis_client.set(f"{tg_prefix}:a", 1)
+    redis_client.set(f"{tg_prefix}x:not-mine", 1)  # shares the text, not the namespace
+    Path(os.environ["TG_PREFIX_SEEN"]).write_text(tg_prefix)
+"""
+
+
+def test_tg_prefix_keys_deleted_after_the_test(
+    pytester: pytest.Pytester,
+    redis_url: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A test of its own writes under tg_prefix, in a pytest session of its own (with these
+    # fixtures, on this server); once that session is over, its teardown has run.
+    seen = pytester.path / "prefix.txt"
+    monkeypatch.setenv("TASKGUARD_TEST_REDIS_URL", redis_url)
+    monkeypatch.setenv("TG_PREFIX_SEEN", str(seen))
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
+    pytester.makepyfile(test_writes=_WRITES_UNDER_TG_PREFIX)
+    pytester.runpytest("-p", "no:celery", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    prefix = seen.read_text()
+    try:
+        assert not redis_client.exists(f"{prefix}:a")
+        assert redis_client.exists(f"{prefix}x:not-mine")
+    finally:
+        redis_client.unlink(f"{prefix}x:not-mine")

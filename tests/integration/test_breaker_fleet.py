@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from celery.result import AsyncResult
 
+import taskguard
+from taskguard.testing import wait_until
+
 from .conftest import Fleet
 
 APP = "tests.integration.apps.breakers"
@@ -30,7 +33,7 @@ class Stub:
                 if self.path == "/hang":
                     stub.release.wait(60)
                 elif stub.mode == "slow":
-                    time.sleep(0.3)
+                    time.sleep(0.3)  # a slow partner: the slowness is what trips cb-slow
                 code = 500 if stub.mode == "fail" and self.path != "/hang" else 200
                 self.send_response(code)
                 self.end_headers()
@@ -91,10 +94,9 @@ def test_fleet_wide_trip_probes_and_recovery(fleet: Fleet, stub: Stub) -> None:
 
     # Queued while open: deferred; the stub hears nothing from any worker until open_for.
     queued = [fleet.send("call_partner", stub.url) for _ in range(10)]
-    time.sleep(1.5)
-    assert stub.calls_between(trip["t"] + 0.5, trip["t"] + 2.0) == 0
     # Half-open with the stub still down: at most 2 probes, fleet-wide, then open again.
     records = wait_transitions(fleet, "cb-trip", 3)
+    assert stub.calls_between(trip["t"] + 0.5, trip["t"] + 2.0) == 0  # over by now
     half, reopen = records[1], records[2]
     assert (half["old"], half["new"]) == ("open", "half_open")
     assert (reopen["old"], reopen["new"]) == ("half_open", "open")
@@ -102,11 +104,11 @@ def test_fleet_wide_trip_probes_and_recovery(fleet: Fleet, stub: Stub) -> None:
     # Queued during the second (4 s) open period, while the partner recovers.
     stub.mode = "ok"
     later = [fleet.send("call_partner", stub.url) for _ in range(10)]
-    time.sleep(3)
-    assert stub.calls_between(reopen["t"] + 0.2, reopen["t"] + 3.5) == 0
 
     # Deferral, not failure: every task queued while the partner recovered succeeds...
     assert [r.get(timeout=60) for r in later] == ["ok"] * 10
+    # ...and none reached it before the 4 s were up (they ran after, so that is past).
+    assert stub.calls_between(reopen["t"] + 0.2, reopen["t"] + 3.5) == 0
     # ...and of those queued earlier, only the probes sent to the still-failing partner
     # failed (with its error; the breaker itself failed none).
     settle(queued + failing)
@@ -144,7 +146,13 @@ def test_crashed_probe_frees_its_permit(fleet_factory: Callable[..., Fleet], stu
     stub.mode = "fail"
     settle([crash.send("call_partner_crashable", stub.url)])
     wait_transitions(crash, "cb-crash", 1)
-    time.sleep(1.2)  # open_for passes: the next call is the half-open probe
+    # The fleet's breaker, as the workers configure it (apps/breakers.py), read from Redis.
+    shared = taskguard.connect(crash.guard_url, prefix=crash.prefix).circuit_breaker(
+        "cb-crash", consecutive_failures=1, open_for=1, probe_ttl=3
+    )
+    # open_for passes: the next call is the half-open probe.
+    wait_until(lambda: shared.state == "half_open", timeout=10)
+    shared.backend.close()
     crash.send("call_partner_crashable", f"{stub.url}/hang")
     [probe_run] = crash.wait_for("runs", lambda recs: len(recs) >= 2, timeout=30)[1:2]
     crash.worker_of(probe_run["worker"]).kill()  # the probe dies holding its permit

@@ -17,11 +17,13 @@ import redis
 import taskguard
 from taskguard import CircuitOpen
 from taskguard.guards.breaker_hotpath import HotPathBreaker
-from taskguard.testing import RedisServer
+from taskguard.testing import RedisServer, wait_until
 
 BOUND = 2.0  # generous: correctness, not speed
 PROCESSES = 3
 OPTIONS: dict[str, Any] = {"consecutive_failures": 20, "failure_rate": 1.0, "open_for": 60}
+CALLS_BEFORE = 200  # calls each process makes, closed, before the partner fails
+REFUSED_AFTER = 500  # calls each process has refused, open, before the test stops it
 
 
 def _worker(url: str, prefix: str, index: int, events: tuple[Event, Event], out: Any) -> None:
@@ -41,6 +43,8 @@ def _worker(url: str, prefix: str, index: int, events: tuple[Event, Event], out:
             raise ConnectionError("partner down")
 
     out.put(("ready", index))
+    refused = 0
+    calling = False
     while not stop.is_set():
         try:
             breaker.call(partner)
@@ -49,9 +53,31 @@ def _worker(url: str, prefix: str, index: int, events: tuple[Event, Event], out:
         except CircuitOpen:
             if opened_at is None:
                 opened_at = time.time()
-        time.sleep(0.001)
+            refused += 1
+            if refused == REFUSED_AFTER:
+                out.put(("refused", index))
+        if not calling and runs >= CALLS_BEFORE and breaker.flushed_total > 0:
+            calling = True
+            out.put(("calling", index))
+        time.sleep(0.001)  # a steady caller, about a thousand calls a second at most
     breaker.flush()
     out.put(("done", index, runs, opened_at, runs_after_open))
+
+
+class Mailbox:
+    """What the processes said, by kind: ``wait(kind)`` returns once all of them said it."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.said: dict[str, dict[int, tuple[Any, ...]]] = {}
+
+    def wait(self, kind: str, timeout: float) -> list[tuple[Any, ...]]:
+        deadline = time.monotonic() + timeout
+        while len(self.said.get(kind, {})) < PROCESSES:
+            # A message of a later kind from a fast process may come first: keep it.
+            message = self.out.get(timeout=max(deadline - time.monotonic(), 0.001))
+            self.said.setdefault(message[0], {})[message[1]] = message
+        return list(self.said[kind].values())
 
 
 def test_a_trip_reaches_every_process_and_counts_are_conserved(
@@ -65,15 +91,16 @@ def test_a_trip_reaches_every_process_and_counts_are_conserved(
     ]
     for proc in procs:
         proc.start()
+    mailbox = Mailbox(out)
     try:
-        for _ in procs:
-            assert out.get(timeout=60)[0] == "ready"
-        time.sleep(0.5)  # every process calls, closed, flushing
+        mailbox.wait("ready", timeout=60)
+        mailbox.wait("calling", timeout=30)  # every process calls, closed, and has flushed
         failing_from = time.time()
         fail.set()
-        time.sleep(BOUND + 0.5)
+        # Every process sees the trip, then keeps calling (refused) for a while.
+        mailbox.wait("refused", timeout=BOUND + 30)
         stop.set()
-        results = [out.get(timeout=30) for _ in procs]
+        results = mailbox.wait("done", timeout=30)
     finally:
         stop.set()
         for proc in procs:
@@ -93,10 +120,7 @@ def test_a_trip_reaches_every_process_and_counts_are_conserved(
 
 
 def _wait_for(predicate: Callable[[], bool], bound: float = BOUND) -> None:
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, "not reached within the bound"
-        time.sleep(0.01)
+    wait_until(predicate, timeout=bound, message="not reached within the bound")
 
 
 def _ok() -> None:
@@ -125,7 +149,7 @@ def test_the_agent_survives_a_redis_restart(private_redis: RedisServer) -> None:
     private_redis.stop()
     for _ in range(50):  # within the view's freshness: hot, counted, kept for later
         tripper.call(_ok)
-    time.sleep(0.3)
+    time.sleep(0.3)  # the outage lasts a moment: the agent's flushes fail meanwhile
     private_redis.restart()  # no persistence: an empty server
 
     def flushed() -> bool:

@@ -46,11 +46,11 @@ def _process(redis_url: str, prefix: str, threads: int) -> None:
 
     def loader() -> str:
         client.incr(f"{prefix}:test:loads")
-        time.sleep(0.5)
+        time.sleep(0.5)  # a slow query: every other caller arrives while it runs
         return "loaded"
 
     client.incr(f"{prefix}:test:ready")
-    while not client.exists(f"{prefix}:test:go"):
+    while not client.exists(f"{prefix}:test:go"):  # every process starts on one signal
         time.sleep(0.005)
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(lambda _: cache.get_or_load("cold", loader), range(threads)))

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from taskguard.testing import wait_until
+
 from .conftest import Fleet
 
 
@@ -74,7 +76,7 @@ def test_long_task_keeps_its_lock(fleet: Fleet) -> None:
     attempts = []
     for _ in range(12):  # one rival every 2.5 s for the whole run
         attempts.append(fleet.send("skip5", "long-key"))
-        time.sleep(2.5)
+        time.sleep(2.5)  # the pace of the rivals: spread over the whole run, not a burst
     assert long_run.get(timeout=30) is False  # lease_lost stayed False
     ids = {a.id for a in attempts}
     conflicts = fleet.wait_for(
@@ -99,8 +101,14 @@ def test_stolen_lease_is_reported_and_never_released_by_its_old_owner(
     # main process fetches nothing more, so the rival goes to the other worker).
     frozen = stall.worker_of(started["worker"])
     os.killpg(frozen.pid, signal.SIGSTOP)
+    client = redis.Redis.from_url(redis_url)
     try:
-        time.sleep(3)  # > ttl: the lease expires
+        # Nobody renews it now: the lease expires after its ttl (2 s).
+        wait_until(
+            lambda: not list(client.scan_iter(f"{stall.prefix}:*:lock:hold2:stolen")),
+            timeout=10,
+            interval=0.05,
+        )
         second = stall.send("hold2", "stolen", 6)
         stall.wait_for("runs", lambda recs: any(r["id"] == second.id for r in recs), 30)
     finally:
@@ -109,7 +117,6 @@ def test_stolen_lease_is_reported_and_never_released_by_its_old_owner(
     lost = stall.wait_for("lost", lambda recs: any(r["id"] == first.id for r in recs), 10)
     assert all(r["key"].endswith(":lock:hold2:stolen") for r in lost)
     # The new holder's lock survived the old holder's release.
-    client = redis.Redis.from_url(redis_url)
     [lock_key] = list(client.scan_iter(f"{stall.prefix}:*:lock:hold2:stolen"))
     assert client.get(lock_key).decode().startswith(f"{second.id}:")
     client.close()

@@ -1,12 +1,15 @@
 """A global rate limit across real worker processes on a real Redis.
 
 Two prefork workers with two pool processes each (four processes in all) share one fleet.
+Every test runs alone or in any order: what two tests both read (the ``steady`` batch) is
+a module fixture, sent once, and each test picks its own records out by task id or name.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -48,21 +51,64 @@ def max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-def test_global_rate_holds_across_workers(fleet: Fleet) -> None:
+STEADY_RATE = 20.0  # tasks/s: RateLimit("20/s") on apps/guarded.py's ``steady``, burst 1
+
+
+@dataclass
+class Batch:
+    """What a batch of tasks recorded: its runs, and the deferrals of its tasks."""
+
+    runs: list[dict[str, Any]]
+    deferrals: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def steady(fleet: Fleet) -> Batch:
+    """100 ``steady`` tasks (20/s), sent once for the tests that read them, in any order.
+
+    Only this fixture sends ``steady``, so its bucket starts empty whatever ran before.
+    """
     count = 100
     results = [fleet.send("steady", i) for i in range(count)]
     assert sorted(r.get(timeout=60) for r in results) == list(range(count))
-    runs = [r for r in fleet.records("runs") if r["name"].endswith(".steady")]
-    assert len(runs) == count  # each task ran exactly once
+    ids = {r.id for r in results}
+    runs = [r for r in fleet.records("runs") if r["id"] in ids]
+    # By name, not by id: a deferral that re-published under a new id must show up.
+    deferrals = [d for d in fleet.records("deferred") if d["name"].endswith(".steady")]
+    return Batch(runs, deferrals)
 
+
+def test_global_rate_holds_across_workers(steady: Batch) -> None:
+    runs = steady.runs
+    assert len(runs) == 100  # each task ran exactly once
+
+    # The window the fleet was busy: from its first start to its last, both stamped with
+    # Redis TIME when the task ran (the workers' clocks and the test's play no part).
     starts = sorted(r["t"] for r in runs)
-    # GCRA at 20/s with burst 1: at most 1 + 20 * W starts in any window W. One extra
-    # start of slack covers the gap between admission and the moment a task records.
+    busy = starts[-1] - starts[0]
+    # Upper bounds, strict whatever the load (load only ever slows a fleet down). GCRA at
+    # 20/s with burst 1: at most 1 + 20 * W starts in any window W. One extra start of
+    # slack covers the gap between admission and the moment a task records.
     for window in (0.25, 1.0, 2.0):
-        assert max_in_window(starts, window) <= 1 + 20 * window + 1, window
-    achieved = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert achieved <= 20 * 1.03
-    assert achieved >= 20 * 0.8  # it holds the rate, it does not starve it
+        assert max_in_window(starts, window) <= 1 + STEADY_RATE * window + 1, window
+    achieved = (len(starts) - 1) / busy
+    assert achieved <= STEADY_RATE * 1.03
+
+    # Lower bound: the limiter holds the rate, it does not starve it. Every slot it grants
+    # is either used by a start or wasted by a task that comes back after its reserved slot
+    # (re-published tasks queue behind the unread backlog; on a loaded machine, for longer).
+    # Such a task contests again and is deferred again, so a wasted slot is a reserved
+    # deferral beyond the one each deferred run used. The fleet could start a task at every
+    # slot but those: that is what it must achieve. (test_deferral_keeps_task_id_and_retries
+    # bounds how many come back late.)
+    reserved = sum(1 for d in steady.deferrals if d["reserved"])
+    wasted = reserved - sum(1 for r in runs if r["deferrals"] > 0)
+    granted = (len(starts) - 1 + wasted) / busy
+    print(
+        f"achieved {achieved:.2f}/s over {busy:.2f} s busy; {wasted} reserved slots wasted "
+        f"by late returns; granted {granted:.2f}/s of {STEADY_RATE:g}/s"
+    )
+    assert granted >= STEADY_RATE * 0.95
 
     workers = {r["worker"] for r in runs}
     pids = {r["pid"] for r in runs}
@@ -70,13 +116,12 @@ def test_global_rate_holds_across_workers(fleet: Fleet) -> None:
     assert len(pids) >= 2
 
 
-def test_deferral_keeps_task_id_and_retries(fleet: Fleet) -> None:
-    runs = [r for r in fleet.records("runs") if r["name"].endswith(".steady")]
-    assert runs, "depends on test_global_rate_holds_across_workers having run"
+def test_deferral_keeps_task_id_and_retries(steady: Batch) -> None:
+    runs = steady.runs
     assert {r["retries"] for r in runs} == {0}
     deferred = [r for r in runs if r["deferrals"] > 0]
     assert len(deferred) > len(runs) // 2  # 100 tasks at 20/s: most had to wait
-    deferrals = [d for d in fleet.records("deferred") if d["name"].endswith(".steady")]
+    deferrals = steady.deferrals
     # Each deferral re-published the same id, which then ran exactly once.
     assert {d["id"] for d in deferrals} <= {r["id"] for r in runs}
     assert Counter(r["id"] for r in runs).most_common(1)[0][1] == 1

@@ -202,7 +202,7 @@ def test_drain_killed_repeatedly_mid_run_loses_nothing(run: Run) -> None:
     writers = run.writers(3, 40_000)
     drain = run.start_drain()
     for _ in range(3):
-        time.sleep(1.5)
+        time.sleep(1.5)  # the fault's timing: a kill every 1.5 s, mid-run
         os.killpg(drain.pid, signal.SIGKILL)
         drain.wait()
         drain = run.start_drain()
@@ -223,9 +223,9 @@ def test_postgresql_outage_mid_run_then_the_backlog_drains(
     for run in _run(redis_url, tg_prefix, private_postgres.dsn):
         run.start_drain()
         writers = run.writers(2, 30_000)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the fault's timing: the outage starts 1 s into the run...
         private_postgres.stop()
-        time.sleep(3.0)  # writes keep queueing; the drain backs off
+        time.sleep(3.0)  # ...and lasts 3 s: writes keep queueing; the drain backs off
         private_postgres.start()
         wait_writers(writers)
         run.wait_drained()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import taskguard
-from taskguard import CircuitBreaker, CircuitOpen, ConfigurationError, Lock, RateLimit
+from taskguard import Breaker, CircuitBreaker, CircuitOpen, ConfigurationError, Lock, RateLimit
 from taskguard.celery._settings import Settings
 from taskguard.clock import FakeClock
 
@@ -292,15 +292,13 @@ def test_a_with_block_that_raises_records_the_exception() -> None:
     assert b.state == "open"
 
 
-def test_an_outage_while_recording_does_not_change_the_calls_result(private_redis: Any) -> None:
-    backend = taskguard.connect(private_redis.url, socket_timeout=0.2).backend
-    b = taskguard.connect(backend).circuit_breaker("svc")
-
-    def last_call() -> str:
-        private_redis.stop()  # Redis goes away while the call runs
-        return "done"
-
-    try:
-        assert b.call(last_call) == "done"
-    finally:
-        backend.close()
+def test_memory_backend_gets_the_exact_breaker_and_interval_is_checked() -> None:
+    backend = taskguard.connect("memory://").backend
+    breaker = taskguard.connect(backend).circuit_breaker("svc", hot_path=True)
+    assert type(breaker) is Breaker
+    for bad_interval in (0, 2.0, True, "fast"):
+        with pytest.raises(ConfigurationError) as info:
+            taskguard.connect(backend).circuit_breaker(
+                "svc", hot_path=True, flush_interval=bad_interval
+            )
+        assert info.value.field == "flush_interval"

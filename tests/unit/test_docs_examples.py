@@ -10,7 +10,8 @@ The convention for code blocks in the documentation
   ``taskguard`` ``redis_url: "memory://"``, and ``taskguard.clock.FakeClock`` instead of
   sleeping. Use ``assert`` to state what the example shows; ``print`` is fine too.
   A ``title="..."`` after the language is allowed (``python title="proj/tasks.py"``).
-* A ``python needs-redis`` fence is executed too, against the test Redis: the
+* A ``python needs-redis`` fence is executed too, against the test Redis, by
+  ``tests/contract/test_docs_examples.py`` (a unit test needs no server): the
   ``TASKGUARD_REDIS_URL`` and ``TASKGUARD_PREFIX`` environment variables point
   ``taskguard.connect()`` at it under a unique key prefix (deleted afterwards), and the block
   runs in a temporary working directory, so ``sqlite:///example.db`` leaves nothing behind.
@@ -107,24 +108,23 @@ def iter_blocks(path: Path) -> Iterator[Block]:
 
 ALL_BLOCKS = [block for path in DOC_FILES for block in iter_blocks(path)]
 RUNNABLE = [block for block in ALL_BLOCKS if block.language == RUN]
+IN_PROCESS = [block for block in RUNNABLE if not block.needs_redis]
 
 
-@pytest.mark.usefixtures("isolated")
-@pytest.mark.parametrize("block", RUNNABLE, ids=[block.id for block in RUNNABLE])
-def test_example_runs(
-    block: Block, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if block.needs_redis:
-        # Looked up lazily, so in-process examples never start a server.
-        monkeypatch.setenv("TASKGUARD_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("TASKGUARD_PREFIX", request.getfixturevalue("tg_prefix"))
-        monkeypatch.chdir(request.getfixturevalue("tmp_path"))
+def run_block(block: Block) -> None:
+    """Execute ``block`` as a script, in a fresh namespace."""
     namespace: dict[str, object] = {"__name__": "__main__"}
     code = compile(block.source, block.id, "exec")
     try:
         exec(code, namespace)
     finally:
         namespace.clear()
+
+
+@pytest.mark.usefixtures("isolated")
+@pytest.mark.parametrize("block", IN_PROCESS, ids=[block.id for block in IN_PROCESS])
+def test_example_runs(block: Block) -> None:
+    run_block(block)
 
 
 def test_documentation_has_runnable_examples() -> None:

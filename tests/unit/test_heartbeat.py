@@ -7,7 +7,6 @@ behind the test's back. The thread itself is tested against a dead Redis.
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -17,6 +16,7 @@ from taskguard.backend.ops import LeaseOp
 from taskguard.clock import FakeClock
 from taskguard.errors import BackendUnavailable
 from taskguard.heartbeat import MIN_INTERVAL, Heartbeat, heartbeat_for
+from taskguard.testing import wait_until
 
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -138,13 +138,15 @@ def test_thread_survives_an_outage(caplog: pytest.LogCaptureFixture) -> None:
     heartbeat = Heartbeat(backend)
     caplog.set_level(logging.WARNING, logger="taskguard.heartbeat")
     heartbeat.add(LeaseOp("tg:{tg}:lock:x", owner="me", ttl=0.3))  # a round every 0.1 s
+
+    def failures() -> int:
+        return sum("lease renewal failed" in r.getMessage() for r in caplog.records)
+
     try:
-        time.sleep(0.6)
+        wait_until(lambda: failures() >= 2, timeout=10)  # it kept trying after the first
         thread = heartbeat._thread
         assert thread is not None
         assert thread.is_alive()
-        failures = [r for r in caplog.records if "lease renewal failed" in r.getMessage()]
-        assert len(failures) >= 2  # it kept trying after the first failure
     finally:
         heartbeat.stop()
     assert not thread.is_alive()
@@ -192,13 +194,14 @@ def test_add_right_after_stop_keeps_renewing() -> None:
         gate.wait(5)
 
     backend.before_renew = hold_the_round
-    heartbeat.add(take(backend, "a"))  # the thread wakes at once and enters a round
+    heartbeat.add(take(backend, "a", ttl=0.3))  # the thread enters a round within 0.1 s
     assert in_round.wait(5)
     heartbeat.stop(timeout=0)
-    heartbeat.add(take(backend, "b"))
+    heartbeat.add(take(backend, "b", ttl=0.3))
     gate.set()
-    time.sleep(0.5)
     try:
+        # The held round renewed "a" alone; a later round renews both: still renewing.
+        wait_until(lambda: 2 in backend.renewals, timeout=10)
         thread = heartbeat._thread
         assert thread is not None
         assert thread.is_alive()

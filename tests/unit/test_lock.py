@@ -1,9 +1,7 @@
-"""DistributedLock and the Lock spec.
-
-Most tests use the memory backend on a fake clock (a lease only expires when the test
-moves time); a few run on real Redis where real time is the point (heartbeat, takeover).
-Waits are checked for correctness (woken by a release, well before their timeout), not
-for speed.
+"""DistributedLock and the Lock spec, on the memory backend with a fake clock (a lease only
+expires when the test moves time). Waits are checked for correctness (woken by a release,
+well before their timeout), not for speed. The same lock on Redis (wake-ups, expiry, the
+heartbeat in real time) is in tests/contract/test_lock.py.
 """
 
 import inspect
@@ -32,14 +30,6 @@ def backend(clock: FakeClock) -> Iterator[taskguard.MemoryBackend]:
     backend = taskguard.MemoryBackend(clock=clock)
     yield backend
     heartbeat_for(backend).stop()
-
-
-@pytest.fixture
-def redis_backend(redis_url: str, tg_prefix: str) -> Iterator[taskguard.Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
-    yield backend
-    heartbeat_for(backend).stop()
-    backend.close()
 
 
 def release_later(held: HeldLock, delay: float = 0.2) -> threading.Timer:
@@ -131,20 +121,6 @@ def test_timeout_expires_with_lock_held(backend: taskguard.Backend) -> None:
     assert holder.release()
 
 
-@pytest.mark.parametrize("where", ["memory", "redis"])
-def test_blocking_acquire_is_woken_by_release(request: pytest.FixtureRequest, where: str) -> None:
-    backend = request.getfixturevalue("backend" if where == "memory" else "redis_backend")
-    holder = taskguard.connect(backend).lock("wake", ttl=30).acquire()
-    timer = release_later(holder)
-    started = time.monotonic()
-    held = taskguard.connect(backend).lock("wake", ttl=30).acquire(timeout=10)
-    elapsed = time.monotonic() - started
-    timer.join()
-    assert elapsed < 5  # the holder's TTL is 30 s and the timeout 10 s: only a wake-up fits
-    assert held.fencing_token > holder.fencing_token
-    assert held.release()
-
-
 def test_release_after_takeover_raises_and_spares_the_new_owner(
     backend: taskguard.Backend, clock: FakeClock
 ) -> None:
@@ -159,16 +135,6 @@ def test_release_after_takeover_raises_and_spares_the_new_owner(
     assert other.locked()
     assert backend.owner(backend.keys.lock("job")) == taker.owner
     assert taker.release() is True
-
-
-def test_release_after_takeover_on_redis(redis_backend: taskguard.Backend) -> None:
-    late = taskguard.connect(redis_backend).lock("job", ttl=0.2, renew=False).acquire()
-    time.sleep(0.35)
-    taker = taskguard.connect(redis_backend).lock("job", ttl=30, renew=False).acquire(timeout=0)
-    with pytest.raises(LockLost):
-        late.release()
-    assert redis_backend.owner(redis_backend.keys.lock("job")) == taker.owner
-    assert taker.release()
 
 
 def test_extend(backend: taskguard.Backend, clock: FakeClock) -> None:
@@ -197,22 +163,6 @@ def test_locked_follows_the_holder(backend: taskguard.Backend, clock: FakeClock)
     assert not taskguard.connect(backend).lock("other").locked()
     clock.advance(6)
     assert not lock.locked()
-    assert held.release(raise_on_lost=False) is False
-
-
-def test_heartbeat_keeps_a_held_lock_past_its_ttl(redis_backend: taskguard.Backend) -> None:
-    held = taskguard.connect(redis_backend).lock("long", ttl=0.3).acquire()
-    time.sleep(1.2)  # four TTLs
-    with pytest.raises(LockHeld):
-        taskguard.connect(redis_backend).lock("long", ttl=0.3).acquire(timeout=0)
-    assert held.release() is True
-    assert not taskguard.connect(redis_backend).lock("long").locked()
-
-
-def test_without_renewal_the_lock_expires(redis_backend: taskguard.Backend) -> None:
-    held = taskguard.connect(redis_backend).lock("short", ttl=0.3, renew=False).acquire()
-    time.sleep(0.6)
-    assert not taskguard.connect(redis_backend).lock("short").locked()
     assert held.release(raise_on_lost=False) is False
 
 

@@ -84,7 +84,7 @@ def outcome(self: Any, kind: str) -> str:
     if kind == "reject":
         raise Reject("rejected on purpose", requeue=False)
     if kind == "soft_time_limit":
-        time.sleep(5)
+        time.sleep(5)  # outlasts soft_time_limit=0.5: the limit interrupts this sleep
     return kind
 
 
@@ -144,7 +144,7 @@ signals.deferral_exhausted.connect(_on_exhausted, weak=False)
 def exclusive(self: Any, key: str, i: int) -> int:
     seconds, micros = _records.time()
     start = seconds + micros / 1e6
-    time.sleep(0.01)
+    time.sleep(0.01)  # holds the lock a moment: an overlapping holder would show
     seconds, micros = _records.time()
     record(
         "locked",
@@ -162,7 +162,7 @@ def _hold(task: Any, key: str, seconds: float) -> bool:
     _seen(task, key=key, token=info.fencing_token, phase="start")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # holds the lock for ``seconds`` (the heartbeat renews it)
     _seen(task, key=key, token=info.fencing_token, phase="end", lease_lost=info.lease_lost)
     return bool(info.lease_lost)
 
@@ -220,7 +220,7 @@ signals.lock_conflict.connect(_on_conflict, weak=False)
 
 def _timed(task: Any, seconds: float, **fields: Any) -> None:
     start = _records.time()
-    time.sleep(seconds)
+    time.sleep(seconds)  # the task's work: it holds its slot this long
     end = _records.time()
     record(
         "slots",

@@ -23,7 +23,7 @@ app.conf.taskguard = {"key_prefix": PREFIX}
 
 def _run(task: Any, key: str, seconds: float) -> str:
     record("runs", id=task.request.id, name=task.name, key=key, phase="start")
-    time.sleep(seconds)
+    time.sleep(seconds)  # the task's work: it runs (and holds its lock) this long
     record("runs", id=task.request.id, name=task.name, key=key, phase="end")
     return task.request.id
 

@@ -1,9 +1,10 @@
-"""Sessions: secure ids, sliding expiry on a real Redis, and the optional store copy."""
+"""Sessions: secure ids, sliding expiry on a real Redis, and the optional store copy.
+
+Sessions need Redis: these run on the contract's Redis only. Their settings checks and the
+Redis-down path are in tests/unit/test_cache_offline.py."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,17 +12,16 @@ import pytest
 import taskguard
 from taskguard.backend.base import Backend
 from taskguard.cache import Sessions
-from taskguard.errors import ConfigurationError
-from taskguard.sinks import Loaded
+from tests.unit.test_cache_fakes import MemoryStore
 
-from .test_cache_fakes import MemoryStore
+from .harness import REDIS_ONLY, Contract
+
+pytestmark = REDIS_ONLY
 
 
 @pytest.fixture
-def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
-    yield backend
-    backend.close()
+def backend(contract: Contract) -> Backend:
+    return contract.backend
 
 
 def pttl(sessions: Sessions, sid: str, client: Any) -> int:
@@ -55,10 +55,10 @@ def test_get_and_touch_slide_the_expiry(backend: Backend, redis_client: Any) -> 
     assert pttl(sessions, sid, redis_client) > 9_000
 
 
-def test_an_unused_session_expires(backend: Backend) -> None:
+def test_an_unused_session_expires(backend: Backend, contract: Contract) -> None:
     sessions = taskguard.connect(backend).sessions(ttl=0.05)
     sid = sessions.new({"a": 1})
-    time.sleep(0.2)
+    contract.elapse(0.2)  # unused for four TTLs (polling get() would keep it alive)
     assert sessions.get(sid) is None
 
 
@@ -69,20 +69,6 @@ def test_namespaces_keep_sessions_apart(backend: Backend) -> None:
     )
     sid = web.new({"a": 1})
     assert api.get(sid) is None
-
-
-def test_invalid_settings(backend: Backend) -> None:
-    with pytest.raises(ConfigurationError) as caught:
-        taskguard.connect(backend).sessions(ttl=0)
-    assert caught.value.field == "ttl"
-    with pytest.raises(ConfigurationError) as caught:
-        taskguard.connect(backend).sessions(ttl=5, namespace="a b")
-    assert caught.value.field == "namespace"
-    with pytest.raises(ConfigurationError) as caught:
-        taskguard.connect(backend).sessions(ttl=5, codec="pickle")
-    assert caught.value.field == "codec"
-    with pytest.raises(ValueError, match="destroy"):
-        taskguard.connect(backend).sessions(ttl=5).set("sid", None)
 
 
 def test_a_store_copy_survives_redis_losing_the_session(
@@ -100,13 +86,3 @@ def test_a_store_copy_survives_redis_losing_the_session(
     assert sessions.get(sid) is None
     sessions.destroy(sid)
     assert store.rows["sessions", sid].deleted
-
-
-def test_redis_down_reads_the_store_copy(tg_prefix: str) -> None:
-    backend = taskguard.connect("redis://127.0.0.1:1/0", prefix=tg_prefix)  # nothing there
-    store = MemoryStore()
-    store.rows["sessions", "sid-1"] = Loaded({"data": {"u": 1}, "expires": 2e9}, 1)
-    assert Sessions(backend, ttl=60, store=store, clock=lambda: 1e9).get("sid-1") == {"u": 1}
-    with pytest.raises(taskguard.BackendUnavailable):
-        taskguard.connect(backend).sessions(ttl=60).get("sid-1")
-    backend.close()

@@ -3,14 +3,13 @@
 Outcomes are recorded with their codes (``s`` success, ``S`` slow success, ``f`` failure,
 ``F`` slow failure, ``i`` ignored) straight through ``backend.release``, which returns the
 transition made (1 closed>open, 2 half_open>open, 3 half_open>closed). Time passes through
-``elapse``: the fake clock on memory, real sleeps on Redis, so durations stay short and
+``elapse``: the fake clock on memory, real time on Redis, so durations stay short and
 the Redis half asserts bounds.
 """
 
 import dataclasses
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -18,11 +17,11 @@ import redis
 
 import taskguard
 from taskguard import Breaker
-from taskguard.clock import FakeClock
 from taskguard.guards.breaker import BreakerCall
 
-OPEN = 0.3  # open_for in these tests: short enough to sleep through on Redis
-REDIS_ONLY = pytest.mark.parametrize("h", ["redis"], indirect=True)  # Redis keys' TTLs
+from .harness import REDIS_ONLY, Contract
+
+OPEN = 0.3  # open_for in these tests: short enough to wait through on Redis
 
 
 @dataclass
@@ -37,18 +36,9 @@ class Harness:
         self.elapse(math.floor(now) + 1.05 - now)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if request.param == "memory":
-        clock = FakeClock()
-        yield Harness(taskguard.MemoryBackend(clock=clock), clock.advance)
-        return
-    url = request.getfixturevalue("redis_url")
-    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix")).backend
-    client = redis.Redis.from_url(url)
-    yield Harness(backend, time.sleep, client)
-    client.close()
-    backend.close()
+@pytest.fixture
+def h(contract: Contract) -> Harness:
+    return Harness(contract.backend, contract.elapse, contract.client)
 
 
 def breaker(h: Harness, name: str = "svc", **options: object) -> Breaker:

@@ -10,15 +10,16 @@ on Redis, so the Redis half keeps its TTLs short and asserts bounds, never speed
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-import redis
 
 import taskguard
 from taskguard.backend.ops import RateOp, SlotOp
-from taskguard.clock import FakeClock
+from taskguard.testing import wait_until
+
+from .harness import REDIS_ONLY, Contract
 
 
 @dataclass
@@ -26,19 +27,13 @@ class Harness:
     backend: taskguard.Backend
     elapse: Callable[[float], None]
     name: str
+    blocked_waiters: Callable[[], int]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+@pytest.fixture
+def harness(contract: Contract) -> Harness:
     name = f"cap-{uuid.uuid4().hex[:6]}"  # wake-up lists must not leak between tests
-    if request.param == "memory":
-        clock = FakeClock()
-        yield Harness(taskguard.MemoryBackend(clock=clock), clock.advance, name)
-        return
-    url = request.getfixturevalue("redis_url")
-    backend = taskguard.connect(url, prefix=request.getfixturevalue("tg_prefix")).backend
-    yield Harness(backend, time.sleep, name)
-    backend.close()
+    return Harness(contract.backend, contract.elapse, name, contract.blocked_waiters)
 
 
 def slot(
@@ -165,7 +160,7 @@ def test_blocked_waiters_woken_by_one_multi_slot_release(harness: Harness) -> No
     ]
     for waiter in waiters:
         waiter.start()
-    time.sleep(0.1)
+    wait_until(lambda: harness.blocked_waiters() == 2, timeout=10)
     started = time.monotonic()
     assert backend.release(held) == [True, True]
     for waiter in waiters:
@@ -242,9 +237,10 @@ def test_slot_and_rate_admitted_together(harness: Harness) -> None:
     assert not backend.admit([slot(harness, "b", limit=1)]).allowed
 
 
-def test_every_redis_key_a_slot_writes_expires(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
-    client = redis.Redis.from_url(redis_url)
+@REDIS_ONLY
+def test_every_redis_key_a_slot_writes_expires(contract: Contract) -> None:
+    backend, client, tg_prefix = contract.backend, contract.client, contract.prefix
+    assert client is not None
     keys = backend.keys
     ops = [
         SlotOp(keys.slots("ttl", "k"), owner=o, ttl=5, limit=3, wakeup_key=keys.slot_wakeup("ttl"))
@@ -260,5 +256,3 @@ def test_every_redis_key_a_slot_writes_expires(redis_url: str, tg_prefix: str) -
         assert client.pttl(key) > 0, key
     assert backend.release(ops[1:]) == [True]
     assert not client.exists(ops[0].key)  # the last release leaves no empty set behind
-    client.close()
-    backend.close()

@@ -1,29 +1,20 @@
 """One contract, two backends: the memory backend and Redis must answer alike.
 
-The Redis half runs against a real server (the ``redis_url`` fixture), so these tests use
+The Redis half runs against a real server (the ``contract`` fixture), so these tests use
 real time: they assert decisions and bounds, never speed.
 """
 
-from collections.abc import Iterator
-
 import pytest
-import redis
 
 import taskguard
 from taskguard.backend.ops import RateOp
-from taskguard.keys import KeySchema
+
+from .harness import REDIS_ONLY, Contract
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> Iterator[taskguard.Backend]:
-    if request.param == "memory":
-        yield taskguard.MemoryBackend()
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("tg_prefix")
-    backend = taskguard.connect(url, prefix=prefix).backend
-    yield backend
-    backend.close()
+@pytest.fixture
+def backend(contract: Contract) -> taskguard.Backend:
+    return contract.backend
 
 
 def op(backend: taskguard.Backend, name: str, *, interval: float, burst: int = 1, cost: int = 1):
@@ -78,40 +69,15 @@ def test_time_is_wall_clock(backend: taskguard.Backend) -> None:
     assert abs(backend.time() - time.time()) < 5
 
 
-def test_redis_keys_expire_and_share_one_hash_tag(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
+@REDIS_ONLY
+def test_redis_keys_expire_and_share_one_hash_tag(contract: Contract) -> None:
+    backend, client, tg_prefix = contract.backend, contract.client, contract.prefix
+    assert client is not None
     bucket = op(backend, "ttl", interval=2.0, burst=3)
     backend.admit([bucket])
-    client = redis.Redis.from_url(redis_url)
     ttl_ms = client.pttl(bucket.key)
     assert 0 < ttl_ms <= 2001  # expires as soon as the bucket is full again
     assert bucket.key.startswith(f"{tg_prefix}:{{{tg_prefix}}}:rl:")
-    client.close()
-
-
-def test_key_schema_escapes_braces() -> None:
-    keys = KeySchema(prefix="app", tag="t")
-    assert keys.rate_limit("a{b}", "c}d") == "app:{t}:rl:a(b):c)d"
-    assert keys.pattern() == "app:{t}:*"
-    with pytest.raises(ValueError, match="prefix"):
-        KeySchema(prefix="bad{prefix}")
-
-
-def test_connect_urls(redis_url: str) -> None:
-    assert isinstance(taskguard.connect("memory://").backend, taskguard.MemoryBackend)
-    client = taskguard.connect(redis_url)
-    backend = client.backend
-    assert isinstance(backend, taskguard.RedisBackend)
-    assert taskguard.connect(backend).backend is backend
-    assert taskguard.connect(client) is client
-    assert "RedisBackend" in repr(client)
-    with pytest.raises(ValueError, match="unsupported backend URL"):
-        taskguard.connect("mysql://x")
-
-
-def test_connect_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKGUARD_REDIS_URL", "memory://")
-    assert isinstance(taskguard.connect().backend, taskguard.MemoryBackend)
 
 
 def test_no_reservation_that_would_block_a_shared_bucket(backend: taskguard.Backend) -> None:

@@ -1,6 +1,8 @@
 """Each cache strategy on a real Redis, with an in-memory store (a fake of our Store
 protocol): reads, writes, deletes, batches, negative caching, single flight, early refresh,
-the write-behind queue and its backpressure policies, and Redis-down fallbacks."""
+the write-behind queue and its backpressure policies. The cache needs Redis: these run on
+the contract's Redis only. The Redis-down fallbacks are in tests/unit/test_cache_offline.py.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +21,17 @@ from taskguard.cache import CacheService
 from taskguard.cache.records import partition_of, version_of
 from taskguard.errors import StoreError, WriteBehindFull
 from taskguard.sinks import Loaded, Record
+from taskguard.testing import wait_until
+from tests.unit.test_cache_fakes import MemoryStore
 
-from .test_cache_fakes import MemoryStore
+from .harness import REDIS_ONLY, Contract
+
+pytestmark = REDIS_ONLY
 
 
 @pytest.fixture
-def backend(redis_url: str, tg_prefix: str) -> Iterator[Backend]:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
-    yield backend
-    backend.close()
+def backend(contract: Contract) -> Backend:
+    return contract.backend
 
 
 @pytest.fixture
@@ -371,21 +375,23 @@ def test_full_queue_write_through_keeps_a_newer_queued_write(
 
 
 def test_full_queue_block_waits_for_room(
-    backend: Backend, store: MemoryStore, redis_client: Any
+    backend: Backend, store: MemoryStore, redis_client: Any, backpressure: list[dict[str, Any]]
 ) -> None:
     cache = wb(backend, store, partitions=1, capacity=1, on_full="block", block_timeout=30)
     cache.set("a", 1)
     stream = backend.keys.cache_stream("orders", 0)
 
-    def drain_soon() -> None:
-        time.sleep(0.1)
+    def drain_once_blocked() -> None:
+        # The backpressure signal goes out as the writer finds the queue full, then waits.
+        wait_until(lambda: backpressure, timeout=30)
         for entry_id, _ in redis_client.xrange(stream):
             redis_client.xdel(stream, entry_id)
 
-    drainer = threading.Thread(target=drain_soon)
+    drainer = threading.Thread(target=drain_once_blocked)
     drainer.start()
     cache.set("b", 2)
     drainer.join()
+    assert [s["policy"] for s in backpressure] == ["block"]
     assert [f[b"k"] for _, f in redis_client.xrange(stream)] == [b"b"]
     assert store.writes == []
 
@@ -396,45 +402,3 @@ def test_full_queue_block_raises_after_block_timeout(backend: Backend, store: Me
     with pytest.raises(WriteBehindFull):
         cache.set("b", 2)
     assert cache.get("b") is None
-
-
-# ---------------------------------------------------------------- Redis down
-
-
-@pytest.fixture
-def dead_backend(tg_prefix: str) -> Iterator[Backend]:
-    # Nothing listens on port 1: every call fails at once with a connection error.
-    backend = taskguard.connect("redis://127.0.0.1:1/0", prefix=tg_prefix).backend
-    yield backend
-    backend.close()
-
-
-def test_redis_down_reads_fall_back_to_the_store_or_the_loader(
-    dead_backend: Backend, store: MemoryStore
-) -> None:
-    store.rows["acct", "1"] = Loaded("from store", 1)
-    cache = taskguard.connect(dead_backend).cache(
-        "acct", ttl=60, strategy="write-through", store=store
-    )
-    assert cache.get("1") == "from store"
-    assert cache.get_many(["1", "2"]) == {"1": "from store"}
-    assert cache.get_or_load("3", lambda: "loaded") == "loaded"
-    aside = taskguard.connect(dead_backend).cache("aside", ttl=60)
-    assert aside.get("1", "default") == "default"
-    with pytest.raises(taskguard.BackendUnavailable):
-        aside.set("1", "x")
-
-
-def test_redis_down_write_behind_writes_the_store_directly(
-    dead_backend: Backend, store: MemoryStore
-) -> None:
-    cache = wb(dead_backend, store)  # registration is deferred, not an error
-    cache.set("o1", "v1")
-    cache.set_many({"o2": 2, "o3": 3})
-    cache.delete("o3")
-    assert store.rows["orders", "o1"].value == "v1"
-    assert store.rows["orders", "o2"].value == 2
-    assert store.rows["orders", "o3"].deleted
-    store.fail = True
-    with pytest.raises(StoreError):  # never dropped silently
-        cache.set("o4", "v4")

@@ -9,16 +9,16 @@ the Redis half keeps its TTLs short and asserts bounds, never speed.
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-import redis
 
 import taskguard
 from taskguard.backend.ops import LeaseOp, RateOp
-from taskguard.clock import FakeClock
 from taskguard.testing.servers import RedisServer
+
+from .harness import REDIS_ONLY, Contract
 
 
 @dataclass
@@ -28,26 +28,20 @@ class Harness:
     forget_fences: Callable[[], None]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if request.param == "memory":
-        clock = FakeClock()
-        memory = taskguard.MemoryBackend(clock=clock)
-        yield Harness(memory, clock.advance, memory.state.fences.clear)
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("tg_prefix")
-    backend = taskguard.connect(url, prefix=prefix).backend
-    client = redis.Redis.from_url(url)
+@pytest.fixture
+def harness(contract: Contract) -> Harness:
+    client = contract.client
+    if client is None:
+        memory = contract.backend
+        assert isinstance(memory, taskguard.MemoryBackend)
+        return Harness(memory, contract.elapse, memory.state.fences.clear)
 
     def forget_fences() -> None:
-        fences = list(client.scan_iter(match=f"{prefix}:*:fence:*"))
+        fences = list(client.scan_iter(match=f"{contract.prefix}:*:fence:*"))
         assert fences, "no fence key to delete"
         client.delete(*fences)
 
-    yield Harness(backend, time.sleep, forget_fences)
-    client.close()
-    backend.close()
+    return Harness(contract.backend, contract.elapse, forget_fences)
 
 
 def lease(h: Harness, owner: str, *, ttl: float = 10.0, name: str = "res", **kw: object) -> LeaseOp:
@@ -221,9 +215,10 @@ def test_a_lease_denial_never_reserves_a_rate_slot(harness: Harness) -> None:
     assert 9.0 < reserved.retry_after <= 10.0
 
 
-def test_every_redis_key_a_lease_writes_expires(redis_url: str, tg_prefix: str) -> None:
-    backend = taskguard.connect(redis_url, prefix=tg_prefix).backend
-    client = redis.Redis.from_url(redis_url)
+@REDIS_ONLY
+def test_every_redis_key_a_lease_writes_expires(contract: Contract) -> None:
+    backend, client, tg_prefix = contract.backend, contract.client, contract.prefix
+    assert client is not None
     keys = backend.keys
     held = LeaseOp(
         keys.lock("ttl", "1"),
@@ -242,8 +237,6 @@ def test_every_redis_key_a_lease_writes_expires(redis_url: str, tg_prefix: str) 
     assert {k.decode() for k in written} == {claim.key, held.fence_key, held.wakeup_key}
     for key in written:
         assert client.pttl(key) > 0, key
-    client.close()
-    backend.close()
 
 
 def _redis_62() -> str | None:
