@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .registry import kind_of
+from .registry import BUCKET_TYPES
 
 __all__ = [
     "Admission",
@@ -170,10 +170,10 @@ class Admission:
 def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
     """The admission of ``ops``, from the per-op values their commit returned."""
     if len(ops) == 1:  # the common single guard
-        if kind_of(ops[0]).bucket:
+        if type(ops[0]) in BUCKET_TYPES:
             return Admission(True, remaining=values[0], tokens=(0,))
         return Admission(True, tokens=(values[0],))
-    buckets = [kind_of(op).bucket for op in ops]
+    buckets = [type(op) in BUCKET_TYPES for op in ops]
     left = [value for bucket, value in zip(buckets, values, strict=True) if bucket]
     tokens = tuple(0 if bucket else value for bucket, value in zip(buckets, values, strict=True))
     return Admission(True, remaining=min(left, default=-1), tokens=tokens)

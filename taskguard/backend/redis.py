@@ -328,7 +328,10 @@ def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
         kind = kind_of(op)
         op_keys, op_args = kind.encode(op, release)
         keys += op_keys
-        args += [kind.code, len(op_keys), len(op_args), *op_args]
+        args.append(kind.code)
+        args.append(len(op_keys))
+        args.append(len(op_args))
+        args += op_args
     return keys, args
 
 

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["MemoryKind", "MemoryState", "OpKind", "kind_of", "register", "registered"]
+__all__ = [
+    "BUCKET_TYPES",
+    "MemoryKind", "MemoryState", "OpKind", "kind_of", "register", "registered"]
 
 OpT = TypeVar("OpT")
 OpT_contra = TypeVar("OpT_contra", contravariant=True)
@@ -114,6 +116,8 @@ class OpKind(Generic[OpT]):
 
 
 _KINDS: dict[type, OpKind[Any]] = {}
+#: The op types of token-bucket kinds (read on the hot path: a set lookup, no call).
+BUCKET_TYPES: set[type] = set()
 
 
 def register(kind: OpKind[OpT]) -> OpKind[OpT]:
@@ -129,6 +133,8 @@ def register(kind: OpKind[OpT]) -> OpKind[OpT]:
     if existing is not None and existing != kind:
         raise ValueError(f"{kind.type.__name__} is registered already")
     _KINDS[kind.type] = kind
+    if kind.bucket:
+        BUCKET_TYPES.add(kind.type)
     return kind
 
 
