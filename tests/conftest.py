@@ -45,6 +45,7 @@ DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 THROWAWAY = "throwaway"
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
+_CHAOS_DIR = Path(__file__).parent / "chaos"
 
 
 # ---------------------------------------------------------------- markers
@@ -63,11 +64,14 @@ def _docker_engine_runs() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark everything under tests/integration/ and skip ``docker`` tests without Docker."""
+    """Mark everything under tests/integration/ (tests/chaos/) ``integration`` (``chaos``),
+    and skip ``docker`` tests without Docker."""
     skip_docker = pytest.mark.skip(reason="no Docker engine on this machine")
     for item in items:
         if _INTEGRATION_DIR in item.path.parents:
             item.add_marker(pytest.mark.integration)
+        if _CHAOS_DIR in item.path.parents:
+            item.add_marker(pytest.mark.chaos)
         if item.get_closest_marker("docker") is not None and not _docker_engine_runs():
             item.add_marker(skip_docker)
 
