@@ -23,11 +23,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "Ack",
+    "Admission",
     "FencedWrite",
     "Holding",
     "Kill",
     "Moment",
     "WorkerReport",
+    "busiest",
     "cap_violations",
     "crashed_workers",
     "fencing_violations",
@@ -103,6 +105,15 @@ class Moment:
 
     before: float
     after: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A rate-limited run started at ``t``; its bucket was charged at ``charged`` (``t``,
+    or earlier when a reservation paid for its slot)."""
+
+    t: float
+    charged: float
 
 
 @dataclass(frozen=True)
@@ -228,7 +239,10 @@ def cap_violations(holdings: Iterable[Holding], limit: int) -> list[str]:
             by_key[h.key].append(h)
     for key, held in sorted(by_key.items()):
         # At equal times an end (0) sorts before a start (1).
-        events = sorted([(h.end, 0, h) for h in held] + [(h.start, 1, h) for h in held])
+        events = sorted(
+            [(h.end, 0, h) for h in held] + [(h.start, 1, h) for h in held],
+            key=lambda event: event[:2],
+        )
         running: set[str] = set()
         for at, starts, h in events:
             if not starts:
@@ -247,41 +261,53 @@ def cap_violations(holdings: Iterable[Holding], limit: int) -> list[str]:
 
 
 def rate_violations(
-    admissions: Sequence[float],
+    admissions: Sequence[Admission],
     *,
     rate: float,
     burst: int,
     windows: Iterable[float],
     slack: int = 0,
-    resets: Sequence[Moment] = (),
+    wipes: Sequence[Moment] = (),
 ) -> list[str]:
     """No window of ``w`` seconds holds more than ``burst + floor(rate * w)`` admissions.
 
     That is GCRA's bound: an idle bucket admits ``burst`` at once, then one per
     ``1 / rate``. ``slack`` admissions are tolerated on top (the gap between an admission
-    and the moment its run records it). A wipe of the limiter's state (``resets``) starts
-    the bucket over, so a window holding one may admit another ``burst``.
+    and the moment its run records it).
+
+    A wipe of the limiter's state (``wipes``) starts a new bucket. Each bucket is held to
+    the bound on its own: an admission counts against the bucket it was charged to, and
+    one that a reservation paid for before the wipe still runs at its slot after it.
     """
-    times = sorted(admissions)
+    epochs: dict[int, list[float]] = defaultdict(list)
+    for admission in admissions:
+        epoch = sum(1 for wipe in wipes if wipe.before < admission.charged)
+        epochs[epoch].append(admission.t)
     found = []
-    for window in windows:
-        lo = 0
-        worst: tuple[int, int, float] | None = None
-        for hi, t in enumerate(times):
-            while t - times[lo] > window:
-                lo += 1
-            wiped = sum(1 for r in resets if times[lo] <= r.after and r.before <= t)
-            allowed = burst * (1 + wiped) + math.floor(rate * window + 1e-9) + slack
-            excess = hi - lo + 1 - allowed
-            if excess > 0 and (worst is None or excess > worst[0]):
-                worst = (excess, hi - lo + 1, times[lo])
-        if worst is not None:
-            excess, count, at = worst
-            found.append(
-                f"{count} admissions in {window:g}s from {at:.3f} ({excess} over the bound "
-                f"of burst {burst} + {rate:g}/s, slack {slack})"
-            )
+    for epoch, runs in sorted(epochs.items()):
+        times = sorted(runs)
+        for window in windows:
+            allowed = burst + math.floor(rate * window + 1e-9) + slack
+            count, at = busiest(times, window)
+            if count > allowed:
+                bucket = f" (bucket #{epoch + 1})" if wipes else ""
+                found.append(
+                    f"{count} admissions in {window:g}s from {at:.3f}{bucket}: "
+                    f"{count - allowed} over burst {burst} + {rate:g}/s, slack {slack}"
+                )
     return found
+
+
+def busiest(times: Sequence[float], window: float) -> tuple[int, float]:
+    """The most of the sorted ``times`` in one closed window of length ``window``, and
+    where that window starts."""
+    best, start, lo = 0, 0.0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] > window:
+            lo += 1
+        if hi - lo + 1 > best:
+            best, start = hi - lo + 1, times[lo]
+    return best, start
 
 
 # ---------------------------------------------------------------- write-behind

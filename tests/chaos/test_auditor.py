@@ -7,6 +7,7 @@ import math
 
 from .auditor import (
     Ack,
+    Admission,
     FencedWrite,
     Holding,
     Kill,
@@ -108,6 +109,12 @@ def test_cap_fails_one_holder_too_many() -> None:
     assert cap_violations(history, 2) == ["cap: 3 holders at 1.500 (limit 2): a, b, c"]
 
 
+def test_cap_counts_holders_starting_at_the_same_instant() -> None:
+    history = [Holding(h, "cap", 1.0, 2.0) for h in "abc"]
+    assert cap_violations(history, 3) == []
+    assert cap_violations(history, 2) == ["cap: 3 holders at 1.000 (limit 2): a, b, c"]
+
+
 def test_cap_leaves_out_holders_that_lost_their_slot() -> None:
     history = [Holding("a", "cap", 0, 5, lost=True), Holding("b", "cap", 1, 2)]
     assert cap_violations(history, 1) == []
@@ -116,23 +123,36 @@ def test_cap_leaves_out_holders_that_lost_their_slot() -> None:
 # ---------------------------------------------------------------- rate limits
 
 
+def runs(*times: float) -> list[Admission]:
+    return [Admission(t, t) for t in times]
+
+
 def test_rate_passes_gcra_spacing_after_a_burst() -> None:
-    times = [0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # burst 2, then 5/s
-    assert rate_violations(times, rate=5, burst=2, windows=[0.5, 1.0]) == []
+    history = runs(0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # burst 2, then 5/s
+    assert rate_violations(history, rate=5, burst=2, windows=[0.5, 1.0]) == []
 
 
 def test_rate_fails_an_admission_beyond_limit_and_burst() -> None:
-    times = [0.0, 0.0, 0.1, 0.2, 0.4]
-    found = rate_violations(times, rate=5, burst=2, windows=[0.5])
-    assert found == ["5 admissions in 0.5s from 0.000 (1 over the bound of burst 2 + 5/s, slack 0)"]
-    assert rate_violations(times, rate=5, burst=2, windows=[0.5], slack=1) == []
+    history = runs(0.0, 0.0, 0.1, 0.2, 0.4)
+    found = rate_violations(history, rate=5, burst=2, windows=[0.5])
+    assert found == ["5 admissions in 0.5s from 0.000: 1 over burst 2 + 5/s, slack 0"]
+    assert rate_violations(history, rate=5, burst=2, windows=[0.5], slack=1) == []
 
 
-def test_rate_allows_one_more_burst_across_a_wipe() -> None:
-    times = [0.0, 0.0, 0.1, 0.1]  # two bursts of 2 within 0.15 s: one bucket allows 2
-    assert rate_violations(times, rate=5, burst=2, windows=[0.15])
+def test_rate_holds_each_bucket_to_the_bound_across_a_wipe() -> None:
     wipe = Moment(0.05, 0.06)
-    assert rate_violations(times, rate=5, burst=2, windows=[0.15], resets=[wipe]) == []
+    # A bucket of 2 before the wipe, a new bucket of 2 after it: each within its bound.
+    history = runs(0.0, 0.0, 0.1, 0.1)
+    assert rate_violations(history, rate=5, burst=2, windows=[0.15])
+    assert rate_violations(history, rate=5, burst=2, windows=[0.15], wipes=[wipe]) == []
+    # A slot reserved before the wipe runs after it, on the old bucket's account...
+    prepaid = [*runs(0.1, 0.1), Admission(0.12, charged=0.0)]
+    assert rate_violations(prepaid, rate=5, burst=2, windows=[0.15], wipes=[wipe]) == []
+    # ...but the new bucket alone is still held to its bound.
+    fresh = runs(0.1, 0.1, 0.12)
+    assert rate_violations(fresh, rate=5, burst=2, windows=[0.15], wipes=[wipe]) == [
+        "3 admissions in 0.15s from 0.100 (bucket #2): 1 over burst 2 + 5/s, slack 0"
+    ]
 
 
 # ---------------------------------------------------------------- write-behind
