@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from taskguard._validate import key_prefix
+from taskguard._validate import name as check_name
+
 __all__ = ["KeySchema"]
 
 
@@ -23,19 +26,21 @@ class KeySchema:
     """Builds every key name from one prefix and one hash tag.
 
     Args:
-        prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``.
+        prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``: at most
+            200 characters, without braces, whitespace or control characters.
         tag: The Cluster hash tag; defaults to ``prefix``.
+
+    Raises:
+        ConfigurationError: An invalid prefix (naming ``key_prefix``) or tag.
     """
 
     prefix: str = "tg"
     tag: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.prefix or any(c in self.prefix for c in "{} \n\t"):
-            raise ValueError(
-                f"invalid key prefix {self.prefix!r}: it must be non-empty, without braces "
-                "or whitespace"
-            )
+        key_prefix(self.prefix)
+        if self.tag is not None:
+            check_name(self.tag, "tag")
 
     @property
     def _head(self) -> str:

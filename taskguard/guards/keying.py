@@ -16,9 +16,22 @@ KeySource = str | Callable[..., Any] | None
 
 def _template_fields(template: str) -> list[str]:
     names = []
-    for _, field, _, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"key template {template!r} is not a valid template ({exc}); "
+            "write '{{' and '}}' for literal braces",
+            field="key",
+        ) from None
+    for _, field, _, conversion in parsed:
         if field is None:
             continue
+        if conversion not in (None, "r", "s", "a"):
+            raise ConfigurationError(
+                f"key template {template!r} has an unknown conversion '!{conversion}'",
+                field="key",
+            )
         root = field.split(".", 1)[0].split("[", 1)[0]
         if not root or root.isdigit():
             raise ConfigurationError(

@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from taskguard._validate import count, text
+from taskguard._validate import count
+from taskguard._validate import name as check_name
 from taskguard._validate import rate as check_rate
 from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
-from taskguard.units import Rate
+from taskguard.units import MAX_BUCKET_SPAN, Rate
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
@@ -72,6 +73,12 @@ class RateLimit(Guard):
     ) -> None:
         parsed = check_rate(rate, "rate_limit")
         burst = 1 if burst is None else count(burst, "burst")
+        if burst * parsed.interval > MAX_BUCKET_SPAN:
+            raise ConfigurationError(
+                f"burst {burst} at '{parsed}' takes {burst * parsed.interval / 31_536_000:.0f} "
+                "years to refill: at most 100 years (burst x seconds per call)",
+                field="burst",
+            )
         if not callable(cost):
             cost = count(cost, "cost")
             if cost > burst:
@@ -84,7 +91,7 @@ class RateLimit(Guard):
             key=KeyFunc(key),
             burst=burst,
             cost=cost,
-            name=None if name is None else text(name, "name"),
+            name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
             _signature=None,
         )
