@@ -36,7 +36,7 @@ from taskguard.keys import KeySchema
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, key_text
 
 __all__ = ["Quota", "QuotaLimiter", "QuotaOp", "window_starts"]
 
@@ -324,8 +324,13 @@ class QuotaLimiter:
     def __repr__(self) -> str:
         return f"<QuotaLimiter {self.spec!r} on {self.backend!r}>"
 
-    def try_acquire(self, key: str | None = None, cost: int | None = None) -> Decision:
-        """Take ``cost`` calls (default: the spec's) from ``key``'s quota if they are left."""
+    def try_acquire(self, key: str | int | None = None, cost: int | None = None) -> Decision:
+        """Take ``cost`` calls (default: the spec's) from ``key``'s quota if they are left.
+
+        Raises:
+            TypeError: ``key`` is not a str, an int or None.
+        """
+        key = None if key is None else key_text(key)
         clock = getattr(self.backend, "clock", None)  # a memory backend's (fake) clock
         now = clock.time() if clock is not None else None
         op = self.spec.op(self.backend.keys, key, cost, now=now)
@@ -340,7 +345,7 @@ class QuotaLimiter:
             degraded=outcome.degraded,
         )
 
-    def acquire(self, key: str | None = None, cost: int | None = None) -> Decision:
+    def acquire(self, key: str | int | None = None, cost: int | None = None) -> Decision:
         """Like :meth:`try_acquire`, but a refusal raises.
 
         Raises:
@@ -355,8 +360,8 @@ class QuotaLimiter:
                 f"{self.spec!r}: backend unreachable and on_outage='deny'",
                 retry_after=decision.retry_after,
             )
-        raise self.spec.denied_error(decision.retry_after, key)
+        raise self.spec.denied_error(decision.retry_after, decision.key)
 
-    def remaining(self, key: str | None = None) -> int:
+    def remaining(self, key: str | int | None = None) -> int:
         """Calls left in ``key``'s quota in the current window (-1 if unknown: offline)."""
         return self.try_acquire(key, cost=0).remaining

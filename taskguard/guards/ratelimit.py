@@ -18,7 +18,7 @@ from taskguard.units import MAX_BUCKET_SPAN, Rate
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, key_text
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -180,12 +180,16 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"<RateLimiter {self.spec!r} on {self.backend!r}>"
 
-    def try_acquire(self, key: str | None = None, cost: int = 1) -> Decision:
-        """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting."""
-        return self._decide(key, cost, reserve_within=0.0)
+    def try_acquire(self, key: str | int | None = None, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting.
+
+        Raises:
+            TypeError: ``key`` is not a str, an int or None.
+        """
+        return self._decide(None if key is None else key_text(key), cost, reserve_within=0.0)
 
     def acquire(
-        self, key: str | None = None, cost: int = 1, timeout: float | None = None
+        self, key: str | int | None = None, cost: int = 1, timeout: float | None = None
     ) -> Decision:
         """Take ``cost`` tokens, waiting up to ``timeout`` seconds (``None``: as long as needed).
 
@@ -195,7 +199,9 @@ class RateLimiter:
         Raises:
             RateLimited: The tokens would not be there within ``timeout``.
             BackendUnavailable: The backend is down and the policy is ``deny``.
+            TypeError: ``key`` is not a str, an int or None.
         """
+        key = None if key is None else key_text(key)
         reserve = 1e9 if timeout is None else max(timeout, 0.0)
         decision = self._decide(key, cost, reserve_within=reserve)
         if decision.allowed:

@@ -1,7 +1,8 @@
 """What guards accept from their users, and the errors naming the field for the rest
-(issue 11, finding 7): key templates, rates, counts, names, prefixes.
+(issue 11, finding 7): call-time keys, key templates, rates, counts, names, prefixes.
 
-At construction or worker start an invalid value is a ConfigurationError naming the field.
+At construction or worker start an invalid value is a ConfigurationError; at call time
+(a key passed or computed per call) it is a TypeError. Both name the field.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery import Celery
 from click.testing import CliRunner
 
 import taskguard
@@ -16,13 +18,68 @@ from taskguard import (
     CircuitBreaker,
     Concurrency,
     ConfigurationError,
+    GuardedTask,
     Lock,
     RateLimit,
 )
 from taskguard.celery import Settings
 from taskguard.cli.drain import drain, requeue_dead_letters
-from taskguard.guards.quota import Quota
+from taskguard.guards.quota import Quota, QuotaLimiter
 from taskguard.keys import KeySchema
+
+from .celery_harness import run_as_worker
+
+NOT_KEYS = [1.5, (1, 2), ["a"], b"7", True, object()]
+
+# ---------------------------------------------------------------- keys given at call time
+
+
+def test_a_limiter_takes_str_and_int_keys_as_one_bucket() -> None:
+    limiter = taskguard.connect("memory://").rate_limiter("api", "1/h")
+    decision = limiter.try_acquire(key=7)
+    assert decision.allowed
+    assert decision.key == "7"
+    assert not limiter.try_acquire(key="7").allowed
+    with pytest.raises(taskguard.RateLimited):
+        limiter.acquire(key=7, timeout=0)
+
+
+@pytest.mark.parametrize("bad", NOT_KEYS)
+def test_a_limiter_refuses_other_keys_naming_the_field(bad: Any) -> None:
+    limiter = taskguard.connect("memory://").rate_limiter("api", "10/s")
+    with pytest.raises(TypeError, match=r"^key must be a str or an int, got "):
+        limiter.try_acquire(key=bad)
+    with pytest.raises(TypeError, match=r"^key must be a str or an int"):
+        limiter.acquire(key=bad)
+    quota = QuotaLimiter(taskguard.connect("memory://"), Quota("5/day", name="q"))
+    with pytest.raises(TypeError, match=r"^key must be a str or an int"):
+        quota.try_acquire(key=bad)
+    assert quota.try_acquire(key=7).key == "7"
+
+
+def test_a_key_callable_must_return_str_or_int() -> None:
+    client = taskguard.connect("memory://")
+    by_pair = client.rate_limiter("pairs", "10/s", key=lambda a, b: (a, b))
+
+    @by_pair
+    def call(a: int, b: int) -> int:
+        return a + b
+
+    with pytest.raises(TypeError, match=r"^key \(the key callable's result\) must be a str"):
+        call(1, 2)
+    by_id = client.rate_limiter("ids", "1/h", key=lambda n: n)
+    assert by_id(lambda n: n)(7) == 7
+    assert not by_id.try_acquire(key="7").allowed  # the int 7 took the bucket "7"
+
+
+@pytest.mark.parametrize("source", [lambda n: (n, 1), float, lambda n: None])
+def test_a_task_lock_key_callable_of_another_type_fails_the_run(app: Celery, source: Any) -> None:
+    @app.task(shared=False, base=GuardedTask, guards=[Lock(key=source)])
+    def job(n: int) -> int:
+        return n
+
+    with pytest.raises(TypeError, match="must be a str or an int"):
+        run_as_worker(job, 1)
 
 
 @pytest.mark.parametrize("bad", [7, (1, 2)])
