@@ -211,6 +211,7 @@ def test_a_bad_tag_names_tag() -> None:
     with pytest.raises(ConfigurationError) as info:
         KeySchema("tg", "")
     assert info.value.field == "tag"
+    assert KeySchema("tg", "a:{b}").lock("x") == "tg:{a%3A%7Bb%7D}:lock:x"
 
 
 @pytest.mark.parametrize("command", [drain, requeue_dead_letters])
