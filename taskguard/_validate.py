@@ -21,9 +21,23 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from taskguard.errors import ConfigurationError
-from taskguard.units import Rate, parse_duration, parse_rate
+from taskguard.units import MAX_COUNT, Rate, parse_duration, parse_rate
 
-__all__ = ["choice", "count", "flag", "number", "rate", "seconds", "text"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "choice",
+    "count",
+    "flag",
+    "key_prefix",
+    "name",
+    "number",
+    "rate",
+    "seconds",
+    "text",
+]
+
+#: The longest guard, breaker, lock or semaphore name, and key prefix (in characters).
+MAX_NAME_LENGTH = 200
 
 
 def seconds(
@@ -56,10 +70,15 @@ def seconds(
 
 
 def count(value: object, field: str, minimum: int = 1, *, task: str | None = None) -> int:
-    """An integer of at least ``minimum`` (a bool is not an integer here)."""
+    """An integer from ``minimum`` to :data:`~taskguard.units.MAX_COUNT` (2**53, the
+    largest integer the Lua scripts' numbers hold exactly); a bool is not an integer here."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigurationError(f"must be {wanted}, got {value!r}", field=field, task=task)
+    if value > MAX_COUNT:
+        raise ConfigurationError(
+            f"must be at most 2**53 ({MAX_COUNT}), got {value!r}", field=field, task=task
+        )
     return value
 
 
@@ -103,6 +122,34 @@ def text(value: object, field: str, *, task: str | None = None) -> str:
             f"must be a non-empty string, got {value!r}", field=field, task=task
         )
     return value
+
+
+def name(value: object, field: str, *, task: str | None = None) -> str:
+    """A guard, breaker, lock or semaphore name: a non-empty string of at most
+    :data:`MAX_NAME_LENGTH` characters (any characters: keys.py escapes them)."""
+    checked = text(value, field, task=task)
+    if len(checked) > MAX_NAME_LENGTH:
+        raise ConfigurationError(
+            f"must be at most {MAX_NAME_LENGTH} characters, got {len(checked)}",
+            field=field,
+            task=task,
+        )
+    return checked
+
+
+def key_prefix(value: object, field: str = "key_prefix", *, task: str | None = None) -> str:
+    """The namespace of every Redis key: a :func:`name` without braces (a hash tag),
+    whitespace or control characters, since it is written into keys as it is."""
+    prefix = name(value, field, task=task)
+    bad = next((c for c in prefix if c in "{}" or c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"invalid key prefix {prefix!r}: it must be without braces, whitespace or "
+            f"control characters (found {bad!r})",
+            field=field,
+            task=task,
+        )
+    return prefix
 
 
 def rate(value: object, field: str, *, task: str | None = None) -> Rate:

@@ -1,21 +1,73 @@
 """The Redis key schema: the only place that builds key names.
 
-Every key is ``<prefix>:{<tag>}:<kind>:<name>[:<key>]``. The part in braces is a Redis
-Cluster hash tag. It defaults to the prefix, so every key taskguard writes lives in one
-slot and a task's admission (which may touch a rate limit, a lock and a semaphore at once)
+Guard state is ``<prefix>:{<tag>}:<kind>:<name>[:<key>]``; cache state is
+``<prefix>:{<tag>:c:<namespace>:<partition>}:<what>[:<key>]``. The part in braces is a
+Redis Cluster hash tag. It defaults to the prefix, so every guard key lives in one slot
+and a task's admission (which may touch a rate limit, a lock and a semaphore at once)
 stays one atomic script call on Cluster too. See docs/design.md, "Key schema".
+
+User strings are escaped, never replaced, so the mapping from (kind, name, key) to a key
+name is injective, and no user string can open or close a hash tag:
+
+* a name, the tag or a namespace, each followed by ``:`` in a key, has ``%``, ``:``,
+  ``{``, ``}`` and every non-printable character (control characters, line separators,
+  spaces other than ``" "``) percent-escaped as its UTF-8 bytes (``:`` -> ``%3A``);
+* a key, always last, keeps its ``:`` (``tenant:7`` stays readable) and has the rest
+  escaped alike;
+* a key of ``None`` (one key for every call) adds nothing, while ``""`` adds ``":"``.
+
+The prefix is written as it is: it may hold no braces, whitespace or control characters
+(see :func:`taskguard._validate.key_prefix`), so the first ``{`` of a key ends it.
 """
 
 from __future__ import annotations
 
+import operator
+import re
 from dataclasses import dataclass
+from functools import cached_property
 
-__all__ = ["KeySchema"]
+from taskguard._validate import key_prefix
+from taskguard._validate import name as check_name
+
+__all__ = ["RESERVED_KINDS", "KeySchema"]
+
+#: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
+RESERVED_KINDS = frozenset(
+    {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
+)
+
+_PART_SPECIAL = re.compile(r"[%:{}]")
+_KEY_SPECIAL = re.compile(r"[%{}]")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
-def _clean(part: str) -> str:
-    # Braces would start a second hash tag and move the key to another slot.
-    return part.replace("{", "(").replace("}", ")")
+def _percent(char: str) -> str:
+    # surrogatepass: a lone surrogate is escaped too, rather than failing in the driver.
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def _escape(text: object, special: re.Pattern[str], field: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{field} must be a str, got {type(text).__name__} {text!r}")
+    if text.isprintable() and special.search(text) is None:
+        return text  # the usual case: nothing to escape
+    return "".join(c if c.isprintable() and not special.match(c) else _percent(c) for c in text)
+
+
+def _part(text: object, field: str) -> str:
+    """A name, tag or namespace: escaped so that it holds no ``:``, ``{`` or ``}``."""
+    return _escape(text, _PART_SPECIAL, field)
+
+
+def _key(text: object) -> str:
+    """A key (always the last part): escaped so that it holds no ``{`` or ``}``."""
+    return _escape(text, _KEY_SPECIAL, "key")
+
+
+def _glob(text: str) -> str:
+    """``text`` as a literal in a Redis SCAN/KEYS pattern."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True)
@@ -23,23 +75,38 @@ class KeySchema:
     """Builds every key name from one prefix and one hash tag.
 
     Args:
-        prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``.
-        tag: The Cluster hash tag; defaults to ``prefix``.
+        prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``: at most
+            200 characters, without braces, whitespace or control characters.
+        tag: The Cluster hash tag; defaults to ``prefix``. Any string (it is escaped).
+
+    Raises:
+        ConfigurationError: An invalid prefix (naming ``key_prefix``) or tag.
+
+    Example:
+        >>> keys = KeySchema("tg")
+        >>> keys.rate_limit("api", "tenant:7")
+        'tg:{tg}:rl:api:tenant:7'
+        >>> keys.rate_limit("api:tenant", "7")
+        'tg:{tg}:rl:api%3Atenant:7'
+        >>> keys.lock("proj.render", "{a}")
+        'tg:{tg}:lock:proj.render:%7Ba%7D'
     """
 
     prefix: str = "tg"
     tag: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.prefix or any(c in self.prefix for c in "{} \n\t"):
-            raise ValueError(
-                f"invalid key prefix {self.prefix!r}: it must be non-empty, without braces "
-                "or whitespace"
-            )
+        key_prefix(self.prefix)
+        if self.tag is not None:
+            check_name(self.tag, "tag")
 
-    @property
+    @cached_property
+    def _tag(self) -> str:
+        return _part(self.prefix if self.tag is None else self.tag, "tag")
+
+    @cached_property
     def _head(self) -> str:
-        return f"{self.prefix}:{{{_clean(self.tag or self.prefix)}}}"
+        return f"{self.prefix}:{{{self._tag}}}"
 
     def rate_limit(self, name: str, key: str | None = None) -> str:
         """The GCRA state of rate limit ``name`` for bucket ``key``."""
@@ -85,18 +152,21 @@ class KeySchema:
     # A cache namespace is split into partitions (crc32(key) mod P). Each partition has
     # its own hash tag, so a write-behind write (value + stream entry + dirty mark) is one
     # script call on Cluster, and partitions spread over the cluster's slots. Cache keys
-    # are user data and are kept verbatim: only the first {...} of a name is its hash tag.
+    # are escaped like guard keys: a user's braces never reach the key name.
 
     def _cache_head(self, namespace: str, partition: int) -> str:
-        return f"{self.prefix}:{{{_clean(self.tag or self.prefix)}:c:{namespace}:{partition}}}"
+        index = operator.index(partition)
+        if index < 0:
+            raise ValueError(f"a partition is an index >= 0, got {partition!r}")
+        return f"{self.prefix}:{{{self._tag}:c:{_part(namespace, 'namespace')}:{index}}}"
 
     def cache_value(self, namespace: str, partition: int, key: str) -> str:
         """The cached value of ``key`` in ``namespace`` (a string with a TTL)."""
-        return f"{self._cache_head(namespace, partition)}:v:{key}"
+        return f"{self._cache_head(namespace, partition)}:v:{_key(key)}"
 
     def cache_flight(self, namespace: str, partition: int, key: str) -> str:
         """The single-flight lock of a cache-aside load of ``key``."""
-        return f"{self._cache_head(namespace, partition)}:f:{key}"
+        return f"{self._cache_head(namespace, partition)}:f:{_key(key)}"
 
     def cache_stream(self, namespace: str, partition: int) -> str:
         """The write-behind stream of one partition (entries: see ``cache/records.py``)."""
@@ -112,7 +182,7 @@ class KeySchema:
 
     def dead_letters(self, namespace: str) -> str:
         """The dead-letter stream of ``namespace``'s write-behind records."""
-        return f"{self._head}:dlq:{namespace}"
+        return f"{self._head}:dlq:{_part(namespace, 'namespace')}"
 
     def write_behind_namespaces(self) -> str:
         """A hash of every write-behind namespace: name -> partition count."""
@@ -126,10 +196,13 @@ class KeySchema:
         """The state of a guard of another kind (``kind`` is its short code, e.g. ``"q"``).
 
         For guards added through the op-kind registry: their keys follow the same schema
-        (one hash tag) without an edit here.
+        (one hash tag) without an edit here. The codes of this module's own keys
+        (:data:`RESERVED_KINDS`) are refused, so no two kinds share keys.
         """
-        if not kind or not kind.isalnum():
-            raise ValueError(f"a key kind must be alphanumeric, got {kind!r}")
+        if not isinstance(kind, str) or not kind.isalnum() or not kind.isascii():
+            raise ValueError(f"a key kind must be ASCII letters and digits, got {kind!r}")
+        if kind in RESERVED_KINDS:
+            raise ValueError(f"key kind {kind!r} is taken by keys.py's own keys")
         return self._named(kind, name, key)
 
     def breaker_events(self) -> str:
@@ -137,9 +210,12 @@ class KeySchema:
         return f"{self.prefix}:breaker-events"
 
     def _named(self, kind: str, name: str, key: str | None) -> str:
-        base = f"{self._head}:{kind}:{_clean(name)}"
-        return f"{base}:{_clean(key)}" if key else base
+        base = f"{self._head}:{kind}:{_part(name, 'name')}"
+        return base if key is None else f"{base}:{_key(key)}"
 
     def pattern(self) -> str:
-        """A SCAN pattern matching every key of this schema."""
-        return f"{self._head}:*"
+        """A SCAN pattern matching every key of this schema (guards and cache), and no
+        key of a schema with another prefix or tag."""
+        # The escaped tag holds no ':' or '}': what follows it tells guard keys ('}')
+        # and cache keys (':c:') apart, and no other tag can continue it.
+        return f"{_glob(self.prefix)}:{{{_glob(self._tag)}[}}:]*"

@@ -3,6 +3,15 @@
 Rates read ``"10/s"``, ``"100/m"``, ``"5000/h"``, ``"1000/d"``; a multiplier is allowed in
 the period (``"30/5m"``) and the long unit names too (``"10/second"``). Durations take
 seconds (int or float) or a :class:`datetime.timedelta`.
+
+Counts and rates are bounded so the Lua scripts compute with them exactly (Lua numbers
+are doubles: integers are exact up to 2**53):
+
+* every count (a rate's limit, a burst, a cost, a quota) is at most :data:`MAX_COUNT`;
+* a rate's emission interval (seconds per call) is from :data:`MIN_INTERVAL` (1 µs: a
+  million calls per second per bucket, more than one Redis key serves) to
+  :data:`MAX_INTERVAL` (one year per call), so in microseconds it is a modest double;
+* a bucket refills within :data:`MAX_BUCKET_SPAN` (burst x interval <= 100 years).
 """
 
 from __future__ import annotations
@@ -12,7 +21,27 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-__all__ = ["Rate", "parse_duration", "parse_rate"]
+__all__ = [
+    "MAX_BUCKET_SPAN",
+    "MAX_COUNT",
+    "MAX_INTERVAL",
+    "MIN_INTERVAL",
+    "Rate",
+    "parse_duration",
+    "parse_rate",
+]
+
+#: The largest count (limit, burst, cost): 2**53, the last integer a double holds exactly.
+MAX_COUNT = 2**53
+#: The shortest emission interval, in seconds: one call per microsecond.
+MIN_INTERVAL = 1e-6  # checked as period * 1_000_000 >= limit, exactly
+#: The longest emission interval, in seconds: one call per (365-day) year.
+MAX_INTERVAL = 365 * 86400
+#: The longest a bucket takes to refill (burst x interval), in seconds: 100 years. A
+#: bucket's state is a time in microseconds since the epoch, at most now + this + a
+#: reservation (acquire() reserves up to 1e9 s ahead): that stays below 2**53 µs (year
+#: 2255), where a double still counts every microsecond.
+MAX_BUCKET_SPAN = 100 * MAX_INTERVAL
 
 _UNIT_SECONDS = {
     "s": 1,
@@ -30,7 +59,8 @@ _UNIT_SECONDS = {
     "day": 86400,
     "days": 86400,
 }
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+# ASCII digits only (\d would take Arabic-Indic ones), spaces only around the slash, nothing after.
+_RATE_RE = re.compile(r"([0-9]+) */ *([0-9]*) *([a-z]+)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,17 @@ class Rate:
             raise ValueError(f"rate period must be a finite number, got {self.period!r}")
         if self.period <= 0:
             raise ValueError(f"rate period must be positive, got {self.period!r}")
+        if self.limit > MAX_COUNT:
+            raise ValueError(f"rate limit must be at most 2**53 ({MAX_COUNT}), got {self.limit}")
+        if self.period * 1_000_000 < self.limit:  # an interval below MIN_INTERVAL
+            raise ValueError(
+                f"rate '{self}' is too fast: at most 1000000 calls per second per bucket"
+            )
+        if self.period > self.limit * MAX_INTERVAL:
+            raise ValueError(
+                f"rate '{self}' is too slow: at least one call per 365 days "
+                f"({MAX_INTERVAL} s per call), got {self.interval:g} s per call"
+            )
 
     @property
     def interval(self) -> float:
@@ -87,7 +128,7 @@ def parse_rate(value: str | Rate) -> Rate:
         return value
     if not isinstance(value, str):
         raise ValueError(f"a rate must be a string like '10/s', got {type(value).__name__}")
-    match = _RATE_RE.match(value.lower())
+    match = _RATE_RE.fullmatch(value.lower()) if value.isascii() else None
     if not match or match.group(3) not in _UNIT_SECONDS:
         raise ValueError(
             f"invalid rate {value!r}: expected 'N/s', 'N/m', 'N/h' or 'N/d' (e.g. '10/s', '30/5m')"

@@ -40,8 +40,8 @@ def _rate_limits_from(
     if "rate_limit" not in entry:
         if common:
             # Type-check the shorthands now; cost against burst is checked per task, with
-            # the burst of the class's limits they tweak.
-            RateLimit("1/s", **{"burst": 10**9, **common})
+            # the burst (and rate) of the class's limits they tweak.
+            RateLimit("1000000/s", **{"burst": 10**9, **common})
         return None
     value = entry["rate_limit"]
     if value is None or value is False:

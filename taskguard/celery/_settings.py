@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from taskguard._validate import choice, count, flag, seconds, text
+from taskguard._validate import key_prefix as check_prefix
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy, guard_classes
 from taskguard.guards.breaker import CircuitBreaker
-from taskguard.keys import KeySchema
 
 from ._guard_settings import apply_overrides, check_breakers, check_guard_entries
 
@@ -49,15 +49,6 @@ def _url(value: object) -> str:
             field="redis_url",
         )
     return url
-
-
-def _prefix(value: object) -> str:
-    prefix = text(value, "key_prefix")
-    try:
-        KeySchema(prefix=prefix)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc), field="key_prefix") from None
-    return prefix
 
 
 def _outage_map(value: object, field_name: str) -> dict[str, str]:
@@ -219,7 +210,7 @@ class Settings:
         if raw.get("redis_url") is not None:
             values["redis_url"] = _url(raw["redis_url"])
         if "key_prefix" in raw:
-            values["key_prefix"] = _prefix(raw["key_prefix"])
+            values["key_prefix"] = check_prefix(raw["key_prefix"])
         for name in ("socket_timeout", "socket_connect_timeout", "outage_cooldown"):
             if name in raw:
                 values[name] = seconds(raw[name], name)

@@ -152,7 +152,7 @@ def drain(
 
     raw = {"enabled": True, "store": store_url, "table": table, "namespaces": namespaces}
     settings = _settings(raw | tunables)
-    backend = backend_from_url(redis_url, prefix=prefix)
+    backend = _checked(lambda p: backend_from_url(redis_url, prefix=p), prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
@@ -182,7 +182,7 @@ def drain(
 
 
 #: The option of each drain setting whose parameter is named otherwise.
-_PARAMETERS = {"store": "store_url"}
+_PARAMETERS = {"store": "store_url", "key_prefix": "prefix"}
 
 
 def _settings(raw: dict[str, Any]) -> DrainSettings:
@@ -237,7 +237,7 @@ def requeue_dead_letters(
     from taskguard.backend import RedisBackend, backend_from_url
     from taskguard.drain import requeue_dead_letters as requeue
 
-    backend = backend_from_url(redis_url, prefix=prefix)
+    backend = _checked(lambda p: backend_from_url(redis_url, prefix=p), prefix)
     if not isinstance(backend, RedisBackend):
         raise click.BadParameter(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from taskguard._validate import count as _count
+from taskguard._validate import name as _name
 from taskguard._validate import number as _number
 from taskguard._validate import seconds as _seconds
 from taskguard.backend.ops import BreakerOp, Op
@@ -113,8 +114,7 @@ class CircuitBreaker(Guard):
         on_open: str = "defer",
         on_outage: str = "allow",
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"must be a non-empty string, got {name!r}", field="name")
+        name = _name(name, "name")
         if window_type not in ("count", "time"):
             raise ConfigurationError(
                 f"must be 'count' or 'time', got {window_type!r}", field="window_type"

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard import signals
-from taskguard._validate import count, seconds, text
+from taskguard._validate import count, seconds
+from taskguard._validate import name as check_name
 from taskguard.backend.ops import Op, SlotOp
 from taskguard.errors import ConcurrencyLimitReached
 from taskguard.keys import KeySchema
@@ -77,7 +78,7 @@ class Concurrency(Guard):
         name: str | None = None,
         on_outage: str = "deny",
     ) -> None:
-        name = None if name is None else text(name, "name")
+        name = None if name is None else check_name(name, "name")
         self._set(
             limit=count(limit, "limit"),
             key=KeyFunc(key),
@@ -170,7 +171,7 @@ class Semaphore(LeasedPrimitive):
         self, backend: Backend, name: str, *, limit: int, ttl: float = 60.0, renew: bool = True
     ) -> None:
         self.backend = backend
-        self.name = name
+        self.name = check_name(name, "name")
         self.limit = count(limit, "limit")
         self.ttl = seconds(ttl, "ttl")
         self.renew = renew

@@ -1,4 +1,11 @@
-"""Guard keys: a template over a task's arguments, or a callable."""
+"""Guard keys: a template over a task's arguments, or a callable.
+
+A key is a ``str``, or an ``int`` taken as its decimal text (``7`` and ``"7"`` are one
+bucket, as a template renders ``{customer_id}`` for ``customer_id=7``). Anything else
+given or returned at call time (a float, a tuple, ``None`` from a callable) is a
+``TypeError`` naming the field: ``str()`` of an arbitrary object makes silently wrong keys
+(``"(1, 2)"``, or an address that differs per object).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,42 @@ from typing import Any
 
 from taskguard.errors import ConfigurationError
 
-__all__ = ["KeyFunc"]
+__all__ = ["KeyFunc", "key_text"]
 
 KeySource = str | Callable[..., Any] | None
 
 
+def key_text(value: object, field: str = "key") -> str:
+    """A key given at call time as text: a ``str`` as it is, an ``int`` in decimal.
+
+    Raises:
+        TypeError: Naming ``field``, for any other type (``bool`` included).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"{field} must be a str or an int, got {type(value).__name__} {value!r}")
+
+
 def _template_fields(template: str) -> list[str]:
     names = []
-    for _, field, _, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"key template {template!r} is not a valid template ({exc}); "
+            "write '{{' and '}}' for literal braces",
+            field="key",
+        ) from None
+    for _, field, _, conversion in parsed:
         if field is None:
             continue
+        if conversion not in (None, "r", "s", "a"):
+            raise ConfigurationError(
+                f"key template {template!r} has an unknown conversion '!{conversion}'",
+                field="key",
+            )
         root = field.split(".", 1)[0].split("[", 1)[0]
         if not root or root.isdigit():
             raise ConfigurationError(
@@ -76,7 +109,7 @@ class KeyFunc:
         if source is None:
             return None
         if callable(source):
-            return str(source(*args, **kwargs))
+            return key_text(source(*args, **kwargs), "key (the key callable's result)")
         if not self.fields:
             return source
         if signature is None:

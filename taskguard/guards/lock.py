@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard import signals
-from taskguard._validate import choice, seconds, text
+from taskguard._validate import choice, seconds
+from taskguard._validate import name as check_name
 from taskguard.backend.ops import LeaseOp, Op
 from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
@@ -107,7 +108,7 @@ class Lock(Guard):
         name: str | None = None,
         on_outage: str = "deny",
     ) -> None:
-        name = None if name is None else text(name, "name")
+        name = None if name is None else check_name(name, "name")
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
             raise ConfigurationError(f"must be seconds in [0, 3600), got {wait!r}", field="wait")
         self._set(
@@ -242,7 +243,7 @@ class DistributedLock(LeasedPrimitive):
         self, backend: Backend, name: str, *, ttl: float = 30.0, renew: bool = True
     ) -> None:
         self.backend = backend
-        self.name = name
+        self.name = check_name(name, "name")
         self.ttl = seconds(ttl, "ttl")
         self.renew = renew
         super().__init__()

@@ -26,6 +26,7 @@ from datetime import time as clock_time
 from typing import Any
 
 from taskguard._validate import choice, count, text
+from taskguard._validate import name as check_name
 from taskguard.backend.base import Backend
 from taskguard.backend.ops import Op
 from taskguard.backend.redis import HasBackend
@@ -35,14 +36,15 @@ from taskguard.keys import KeySchema
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, key_text
 
 __all__ = ["Quota", "QuotaLimiter", "QuotaOp", "window_starts"]
 
 PERIODS = ("day", "week", "month")
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(day|d|week|w|month|mo)\s*$")
+# ASCII digits only, nothing before or after (fullmatch: "$" would let a "\n" through).
+_LIMIT = re.compile(r"([0-9]+) */ *(day|d|week|w|month|mo)", re.ASCII)
 _UNITS = {"d": "day", "day": "day", "w": "week", "week": "week", "mo": "month", "month": "month"}
-_RESET = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_RESET = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
 #: A window's counter outlives the window by this much (a late reader still sees it).
 _GRACE_MS = 60_000
 
@@ -209,7 +211,7 @@ class Quota(Guard):
         name: str | None = None,
         on_outage: str = "allow",
     ) -> None:
-        match = _LIMIT.match(limit) if isinstance(limit, str) else None
+        match = _LIMIT.fullmatch(limit) if isinstance(limit, str) else None
         if match is None:
             raise ConfigurationError(
                 f"must be calls per day, week or month, like '10000/day', got {limit!r}",
@@ -217,7 +219,7 @@ class Quota(Guard):
             )
         calls = count(int(match.group(1)), "limit")
         period = choice(_UNITS[match.group(2)], "limit", PERIODS)
-        if not isinstance(reset, str) or not _RESET.match(reset):
+        if not isinstance(reset, str) or not _RESET.fullmatch(reset):
             raise ConfigurationError(f"must be a time 'HH:MM', got {reset!r}", field="reset")
         try:
             zoneinfo.ZoneInfo(text(tz, "tz"))
@@ -240,7 +242,7 @@ class Quota(Guard):
             day=day,
             key=KeyFunc(key),
             cost=cost,
-            name=None if name is None else text(name, "name"),
+            name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
             _signature=None,
         )
@@ -322,8 +324,13 @@ class QuotaLimiter:
     def __repr__(self) -> str:
         return f"<QuotaLimiter {self.spec!r} on {self.backend!r}>"
 
-    def try_acquire(self, key: str | None = None, cost: int | None = None) -> Decision:
-        """Take ``cost`` calls (default: the spec's) from ``key``'s quota if they are left."""
+    def try_acquire(self, key: str | int | None = None, cost: int | None = None) -> Decision:
+        """Take ``cost`` calls (default: the spec's) from ``key``'s quota if they are left.
+
+        Raises:
+            TypeError: ``key`` is not a str, an int or None.
+        """
+        key = None if key is None else key_text(key)
         clock = getattr(self.backend, "clock", None)  # a memory backend's (fake) clock
         now = clock.time() if clock is not None else None
         op = self.spec.op(self.backend.keys, key, cost, now=now)
@@ -338,7 +345,7 @@ class QuotaLimiter:
             degraded=outcome.degraded,
         )
 
-    def acquire(self, key: str | None = None, cost: int | None = None) -> Decision:
+    def acquire(self, key: str | int | None = None, cost: int | None = None) -> Decision:
         """Like :meth:`try_acquire`, but a refusal raises.
 
         Raises:
@@ -353,8 +360,8 @@ class QuotaLimiter:
                 f"{self.spec!r}: backend unreachable and on_outage='deny'",
                 retry_after=decision.retry_after,
             )
-        raise self.spec.denied_error(decision.retry_after, key)
+        raise self.spec.denied_error(decision.retry_after, decision.key)
 
-    def remaining(self, key: str | None = None) -> int:
+    def remaining(self, key: str | int | None = None) -> int:
         """Calls left in ``key``'s quota in the current window (-1 if unknown: offline)."""
         return self.try_acquire(key, cost=0).remaining

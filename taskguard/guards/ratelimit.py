@@ -8,16 +8,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from taskguard._validate import count, text
+from taskguard._validate import count
+from taskguard._validate import name as check_name
 from taskguard._validate import rate as check_rate
 from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
-from taskguard.units import Rate
+from taskguard.units import MAX_BUCKET_SPAN, Rate
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, key_text
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -72,6 +73,12 @@ class RateLimit(Guard):
     ) -> None:
         parsed = check_rate(rate, "rate_limit")
         burst = 1 if burst is None else count(burst, "burst")
+        if burst * parsed.interval > MAX_BUCKET_SPAN:
+            raise ConfigurationError(
+                f"burst {burst} at '{parsed}' takes {burst * parsed.interval / 31_536_000:.0f} "
+                "years to refill: at most 100 years (burst x seconds per call)",
+                field="burst",
+            )
         if not callable(cost):
             cost = count(cost, "cost")
             if cost > burst:
@@ -84,7 +91,7 @@ class RateLimit(Guard):
             key=KeyFunc(key),
             burst=burst,
             cost=cost,
-            name=None if name is None else text(name, "name"),
+            name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
             _signature=None,
         )
@@ -173,12 +180,16 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"<RateLimiter {self.spec!r} on {self.backend!r}>"
 
-    def try_acquire(self, key: str | None = None, cost: int = 1) -> Decision:
-        """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting."""
-        return self._decide(key, cost, reserve_within=0.0)
+    def try_acquire(self, key: str | int | None = None, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting.
+
+        Raises:
+            TypeError: ``key`` is not a str, an int or None.
+        """
+        return self._decide(None if key is None else key_text(key), cost, reserve_within=0.0)
 
     def acquire(
-        self, key: str | None = None, cost: int = 1, timeout: float | None = None
+        self, key: str | int | None = None, cost: int = 1, timeout: float | None = None
     ) -> Decision:
         """Take ``cost`` tokens, waiting up to ``timeout`` seconds (``None``: as long as needed).
 
@@ -188,7 +199,9 @@ class RateLimiter:
         Raises:
             RateLimited: The tokens would not be there within ``timeout``.
             BackendUnavailable: The backend is down and the policy is ``deny``.
+            TypeError: ``key`` is not a str, an int or None.
         """
+        key = None if key is None else key_text(key)
         reserve = 1e9 if timeout is None else max(timeout, 0.0)
         decision = self._decide(key, cost, reserve_within=reserve)
         if decision.allowed:

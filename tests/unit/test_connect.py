@@ -10,8 +10,8 @@ from .celery_harness import DEAD_URL
 
 def test_key_schema_escapes_braces() -> None:
     keys = KeySchema(prefix="app", tag="t")
-    assert keys.rate_limit("a{b}", "c}d") == "app:{t}:rl:a(b):c)d"
-    assert keys.pattern() == "app:{t}:*"
+    assert keys.rate_limit("a{b}", "c}d") == "app:{t}:rl:a%7Bb%7D:c%7Dd"
+    assert keys.pattern() == "app:{t[}:]*"
     with pytest.raises(ValueError, match="prefix"):
         KeySchema(prefix="bad{prefix}")
 

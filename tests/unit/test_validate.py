@@ -53,6 +53,39 @@ def test_count_names_its_minimum() -> None:
             check.count(bad, "window")
 
 
+def test_count_is_at_most_2_to_the_53() -> None:
+    """The largest integer Lua's doubles hold exactly (issue 11: a burst of 10**20)."""
+    assert check.count(2**53, "burst") == 2**53
+    for big in (2**53 + 1, 10**20):
+        with pytest.raises(ConfigurationError, match=r"must be at most 2\*\*53") as info:
+            check.count(big, "burst")
+        assert info.value.field == "burst"
+
+
+def test_name_is_bounded() -> None:
+    assert check.name("x" * check.MAX_NAME_LENGTH, "name") == "x" * 200
+    assert check.name("a:{b}\n%", "name") == "a:{b}\n%"  # keys.py escapes the rest
+    with pytest.raises(ConfigurationError, match="must be at most 200 characters, got 201"):
+        check.name("x" * 201, "name")
+    for bad in ("", None, 7, ("a",)):
+        with pytest.raises(ConfigurationError, match="must be a non-empty string"):
+            check.name(bad, "name")
+
+
+@pytest.mark.parametrize(
+    "bad", ["a\x00b", "a b", "tab\t", "new\nline", "{tg}", "a}", "\x7f", "nb\xa0sp", "x" * 201]
+)
+def test_key_prefix_refuses_what_keys_cannot_hold(bad: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        check.key_prefix(bad)
+    assert info.value.field == "key_prefix"
+
+
+def test_key_prefix_takes_the_usual_forms() -> None:
+    for good in ("tg", "myapp:tg", "app-1.tg", "a*[b]?", "é"):
+        assert check.key_prefix(good) == good
+
+
 def test_number_is_finite_and_bounded() -> None:
     assert check.number(0.5, "failure_rate", 0.0, 1.0) == 0.5
     assert check.number(7, "open_growth", 1.0) == 7.0
@@ -99,6 +132,8 @@ def test_rate() -> None:
         lambda: check.flag("x", "f", task="proj.t"),
         lambda: check.text("", "f", task="proj.t"),
         lambda: check.rate("x", "f", task="proj.t"),
+        lambda: check.name("", "f", task="proj.t"),
+        lambda: check.key_prefix("a b", "f", task="proj.t"),
     ],
 )
 def test_every_validator_names_the_task_when_given(call: Any) -> None:
