@@ -4,6 +4,7 @@ may kill (see harness.py). Everything a test starts, its teardown stops, pass or
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from taskguard.testing import PostgresServer
 
 from .harness import ChaosFleet, CrashableRedis
+from .writebehind import WriteBehindRun
 
 
 @pytest.fixture
@@ -53,3 +55,19 @@ def chaos_fleet(redis_url: str) -> Iterator[Callable[..., ChaosFleet]]:
         fleet.stop()
         fleet.cleanup()
         fleet.celery.close()
+
+
+@pytest.fixture
+def writebehind(tmp_path: Path) -> Iterator[Callable[[str, str], WriteBehindRun]]:
+    """Makes write-behind runs (writers, drains) on the given Redis and store; stops them
+    all and drops their tables after the test."""
+    runs: list[WriteBehindRun] = []
+
+    def make(redis_url: str, store_url: str) -> WriteBehindRun:
+        run = WriteBehindRun(redis_url, store_url, tmp_path)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.close()
