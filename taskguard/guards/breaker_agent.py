@@ -15,7 +15,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 from .breaker_spec import CircuitBreaker
 
@@ -117,6 +117,8 @@ class _Agent:
                         breaker.flush()
                     except BackendUnavailable:
                         pass  # counts kept; the view goes stale and callers go exact
+                    except BackendError as exc:  # counts kept; not an outage: say so
+                        logger.error("circuit %r: flush failed: %s", breaker.spec.name, exc)
                     except Exception:  # never let one breaker stop the agent
                         logger.exception("circuit %r: flush failed", breaker.spec.name)
             wait = min((b.next_flush for b in breakers), default=now + 0.05)
