@@ -68,9 +68,10 @@ _AUTH_ERRORS: tuple[type[BaseException], ...] = tuple(
     if isinstance(cls := getattr(_E, name, None), type)
 )
 _CODE = re.compile(r"[A-Z][A-Z_]+")
-# Redis 6.2: "ERR Error running script (call to f_...): @user_script:1: @user_script: 1:
-# -OOM command not allowed ...": the code of the command the script called.
-_INNER_CODE = re.compile(r": -([A-Z][A-Z_]+) ")
+# Redis 6.2 wraps the error of a command a script called: "ERR Error running script (call
+# to f_...): @user_script:1: @user_script: 1: -OOM command not allowed ..." or "...
+# @user_script:1: WRONGTYPE Operation against a key ...". The last such code counts.
+_INNER_CODE = re.compile(r"@user_script: ?\d+: -?([A-Z][A-Z_]+) ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,8 @@ def classify(exc: BaseException) -> Classified:
     text = message if code is None or message.startswith(code) else f"{code} {message}"
     if isinstance(exc, _AUTH_ERRORS):
         return Classified("error", code or "AUTH", text)
-    if code == "ERR" and (inner := _INNER_CODE.search(message)):
-        code = inner.group(1)
+    if code == "ERR" and (inner := _INNER_CODE.findall(message)):
+        code = inner[-1]
     if code in OUTAGE_CODES:
         return Classified("outage", code, text)
     if code in REFUSED_CODES:

@@ -21,6 +21,7 @@ from taskguard import BackendError, BackendUnavailable, GuardedTask, RateLimit
 from taskguard.backend.ops import Held, LeaseOp, Op
 from taskguard.backend.redis_errors import classify
 from taskguard.clock import FakeClock
+from taskguard.guards import admission
 from taskguard.guards.admission import admit
 from taskguard.guards.lock import Lock
 from taskguard.heartbeat import Heartbeat
@@ -85,6 +86,8 @@ REPLIES = [
     ("NOAUTH Authentication required.", "error", "NOAUTH"),
     (SCRIPT_ERROR_7, "error", "ERR"),
     (SCRIPT_ERROR_62, "error", "ERR"),
+    ("ERR Error running script (call to f_fd1f): @user_script:1: WRONGTYPE Operation against",
+     "error", "WRONGTYPE"),
     ("ERR value is not an integer or out of range script: ff1d, on @x:62.", "error", "ERR"),
     ("ERR The user executing the script can't access at least one of the keys", "error", "ERR"),
     ("WRONGTYPE Operation against a key holding the wrong kind of value", "error", "WRONGTYPE"),
@@ -201,8 +204,9 @@ def test_a_script_error_is_never_admitted_silently() -> None:
 
 
 def test_oom_goes_through_the_policy_with_its_own_log_line(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(admission, "_last_logged", {})  # logged once per 10 s per process
     caplog.set_level(logging.WARNING, logger="taskguard.admission")
     backend = failing(reply("OOM command not allowed when used memory > 'maxmemory'."))
     allow = RateLimit("10/s", name="oom-allow")
@@ -310,3 +314,4 @@ def test_the_heartbeat_survives_a_refused_renewal(caplog: pytest.LogCaptureFixtu
         assert all(r.levelno == logging.ERROR for r in caplog.records)
     finally:
         heartbeat.stop()
+
