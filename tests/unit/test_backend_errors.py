@@ -9,7 +9,9 @@ Redis with real ACL users are in tests/contract/test_acl.py.
 """
 
 import logging
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,3 +317,16 @@ def test_the_heartbeat_survives_a_refused_renewal(caplog: pytest.LogCaptureFixtu
     finally:
         heartbeat.stop()
 
+
+def test_the_acl_probe_tries_every_command_the_scripts_call() -> None:
+    scripts = Path(taskguard.backend.__file__).parent / "scripts"
+    called = {
+        name.upper()
+        for path in scripts.rglob("*.lua")
+        if path.name != "acl_probe.lua"
+        for name in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", path.read_text())
+    }
+    probe = (scripts / "acl_probe.lua").read_text()
+    tried = {name.upper() for name in re.findall(r"try\('(\w+)'", probe)}
+    assert called
+    assert called <= tried, called - tried
