@@ -27,12 +27,15 @@ _MIN_SCRUBBED = 3
 
 
 def _userinfo(url: str) -> tuple[str, str, str] | None:
-    """``(head, userinfo, rest)`` with ``head`` ending in ``//`` and ``rest`` starting at
-    the host, or None when ``url`` has no ``user[:password]@`` part."""
+    """``(head, userinfo, rest)``: ``head`` up to ``//`` (empty without one), ``rest`` from
+    the host on; or None when ``url`` has no ``user[:password]@`` part."""
     start = url.find("//")  # no scheme check: "redis//:pw@host" must not leak either
-    if start < 0:
-        return None
-    head, body = url[: start + 2], url[start + 2 :]
+    if start >= 0:
+        head, body = url[: start + 2], url[start + 2 :]
+    elif any(c.isspace() for c in url):
+        return None  # a keyword DSN ("host=db password=pw"), or prose
+    else:
+        head, body = "", url  # no "//" at all: "app:pw@db/app"
     # A password may hold a raw "@", "/", "?" or "#": the userinfo ends at the LAST "@".
     # An "@" in the query ("?application_name=me@x") then hides the host too: more
     # hidden, never less.

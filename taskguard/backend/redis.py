@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError, TaskGuardError
 from taskguard.keys import KeySchema
-from taskguard.urls import scrub, secrets_of
+from taskguard.urls import redact, scrub, secrets_of
 
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
@@ -129,7 +129,7 @@ class RedisBackend(Backend):
         return float(timeout) if timeout is not None else None
 
     def __repr__(self) -> str:
-        return f"RedisBackend({self.url!r}, prefix={self.keys.prefix!r})"
+        return f"RedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
 
     def _failure(self, exc: BaseException, what: str) -> TaskGuardError:
         """The taskguard error for ``exc``; an outage opens the outage breaker.

@@ -46,6 +46,7 @@ from taskguard.urls import redact, scrub, secrets_of
         # malformed: no port number, no colon after the scheme, IPv6
         ("redis://:pw@host:notaport/0", "redis://:***@host:notaport/0"),
         ("redis//:pw@host", "redis//:***@host"),
+        ("app:pw@db/app", "app:***@db/app"),  # no scheme at all
         ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
         ("not a url", "not a url"),
         ("", ""),
