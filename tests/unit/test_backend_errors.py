@@ -20,6 +20,7 @@ from redis._parsers import BaseParser
 
 import taskguard
 from taskguard import BackendError, BackendUnavailable, GuardedTask, RateLimit
+from taskguard.backend.acl import acl_rules
 from taskguard.backend.ops import Held, LeaseOp, Op
 from taskguard.backend.redis_errors import classify
 from taskguard.clock import FakeClock
@@ -330,3 +331,9 @@ def test_the_acl_probe_tries_every_command_the_scripts_call() -> None:
     tried = {name.upper() for name in re.findall(r"try\('(\w+)'", probe)}
     assert called
     assert called <= tried, called - tried
+
+
+def test_the_documented_acl_line_is_the_one_checked() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    line = f"ACL SETUSER taskguard reset on >CHANGE-ME {' '.join(acl_rules('tg'))}"
+    assert line in docs
