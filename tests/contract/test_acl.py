@@ -224,6 +224,17 @@ def test_noperm_at_admission_fails_loudly_under_every_policy(
     client.close()
 
 
+def test_a_refused_hot_path_breaker_fails_loudly(
+    admin: redis.Redis, server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = connect(user(admin, server, "nohot", *acl_rules(PREFIX), "-evalsha"))
+    hot = client.circuit_breaker("refused", hot_path=True, flush_interval=0.05)
+    with pytest.raises(BackendError, match="NOPERM"):
+        hot.call(lambda: "ok")  # its view is stale: it flushes first, and that is refused
+    wait_until(lambda: "circuit 'refused': flush failed" in caplog.text, timeout=10)
+    client.close()
+
+
 def test_a_script_error_is_not_admitted(admin: redis.Redis, server: RedisServer) -> None:
     client = connect(least_privilege(admin, server))
     limiter = client.rate_limiter("typed", "10/s")  # on_outage="allow"

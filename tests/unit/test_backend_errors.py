@@ -337,3 +337,23 @@ def test_the_documented_acl_line_is_the_one_checked() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
     line = f"ACL SETUSER taskguard reset on >CHANGE-ME {' '.join(acl_rules('tg'))}"
     assert line in docs
+
+
+def test_the_breaker_agent_logs_a_refused_flush_once_per_breaker_and_10_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from taskguard.guards.breaker_agent import _Agent
+
+    agent = _Agent.__new__(_Agent)  # no thread: only its log throttle is under test
+    agent._logged = {}
+    refused = BackendError("redis error during breaker flush: NOPERM no", code="NOPERM")
+    for now in (100.0, 100.05, 105.0, 109.9):
+        agent._refused("partner", refused, now)
+    agent._refused("other", refused, 100.1)
+    agent._refused("partner", refused, 110.0)
+    lines = [r.getMessage() for r in caplog.records if "flush failed" in r.getMessage()]
+    assert lines == [
+        f"circuit 'partner': flush failed: {refused}",
+        f"circuit 'other': flush failed: {refused}",
+        f"circuit 'partner': flush failed: {refused}",
+    ]
