@@ -13,6 +13,7 @@ from taskguard.client import Client, connect
 from taskguard.drain import DrainPool
 from taskguard.errors import (
     AlreadyQueued,
+    BackendError,
     BackendUnavailable,
     CircuitOpen,
     ConcurrencyLimitReached,
@@ -53,6 +54,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "AlreadyQueued",
     "Backend",
+    "BackendError",
     "BackendUnavailable",
     "Breaker",
     "CacheService",

@@ -4,7 +4,12 @@ Callers catch one thing, :class:`TaskGuardError`, or a branch of the tree::
 
     TaskGuardError
     ├── ConfigurationError          a setting or guard spec is invalid (raised at worker start)
-    ├── BackendUnavailable          Redis could not be reached or answered with an error
+    ├── BackendUnavailable          Redis is out of service for now (connection lost, timeout,
+    │                               LOADING, READONLY or failover; also OOM): the outage
+    │                               policies decide
+    ├── BackendError                Redis refused the request for a reason that will not pass
+    │                               by itself (NOPERM, WRONGPASS, a script error...): fails
+    │                               loudly and names the guards involved
     ├── GuardDenied                 a guard said "not now"; carries ``retry_after``
     │   ├── RateLimited
     │   ├── LockHeld
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyQueued",
+    "BackendError",
     "BackendUnavailable",
     "CircuitOpen",
     "ConcurrencyLimitReached",
@@ -69,18 +75,65 @@ class ConfigurationError(TaskGuardError, ValueError):
 
 
 class BackendUnavailable(TaskGuardError):
-    """The guard backend (Redis) could not serve a request.
+    """The guard backend (Redis) is out of service for now; the outage policies decide.
 
-    Raised for connection errors, timeouts and server errors, and immediately (without
-    touching the network) while the backend's internal outage breaker is open.
+    Raised for a lost connection, a timeout, and the server states that pass by themselves:
+    ``LOADING``, ``READONLY`` (a replica after a failover), ``MASTERDOWN``, ``TRYAGAIN``,
+    ``CLUSTERDOWN``, ``BUSY``, ``NOREPLICAS``; and for ``OOM`` and ``MISCONF``, where the
+    server answers but refuses to write (``code`` tells them apart). Also raised at once,
+    without touching the network, while the backend's internal outage breaker is open.
 
     Attributes:
         retry_after: Seconds until the backend will be tried again, when known.
+        code: The Redis error code (``"READONLY"``, ``"OOM"``...), or ``None`` for a lost
+            connection or a timeout.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None):
         self.retry_after = retry_after
+        self.code = code
         super().__init__(message)
+
+    @property
+    def refuses_writes(self) -> bool:
+        """True when Redis answers but refuses writes (``OOM``, ``MISCONF``)."""
+        return self.code in ("OOM", "MISCONF")
+
+
+class BackendError(TaskGuardError):
+    """Redis refused a request for a reason that does not pass by itself.
+
+    A missing ACL permission (``NOPERM``), a wrong password (``WRONGPASS``, ``NOAUTH``),
+    an error raised inside a Lua script, a command the server does not know, a key of
+    the wrong type (``WRONGTYPE``). Never handled by an outage policy: a guard whose
+    state cannot be read or written this way must not let work through unguarded.
+
+    Attributes:
+        code: The Redis error code (``"NOPERM"``, ``"WRONGPASS"``, ``"ERR"``...), or
+            ``None`` when redis-py itself refused (a protocol or data error).
+        what: The operation that failed (``"admission"``, ``"cache SET"``...).
+        guards: Descriptions of the guards involved, when known (a task's admission
+            names every guard it checked in the failing round trip).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        what: str | None = None,
+        guards: tuple[str, ...] = (),
+    ):
+        self.code = code
+        self.what = what
+        self.guards = tuple(guards)
+        self.reason = message
+        named = f" [guards: {', '.join(self.guards)}]" if self.guards else ""
+        super().__init__(f"{message}{named}")
+
+    def naming(self, guards: tuple[str, ...]) -> BackendError:
+        """The same error, naming ``guards``."""
+        return BackendError(self.reason, code=self.code, what=self.what, guards=guards)
 
 
 class GuardDenied(TaskGuardError):

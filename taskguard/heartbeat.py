@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from taskguard.backend.base import Backend
 from taskguard.backend.ops import Held
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 __all__ = ["Heartbeat", "heartbeat_for"]
 
@@ -139,6 +139,10 @@ class Heartbeat:
             except BackendUnavailable as exc:
                 # The leases may expire if this lasts a TTL; the next round tries again.
                 logger.warning("lease renewal failed: %s", exc)
+            except BackendError as exc:
+                # Not an outage (a permission or script error): the leases will expire
+                # unless someone fixes it; the next round tries again.
+                logger.error("lease renewal failed, leases expire by TTL: %s", exc)
             except Exception:  # pragma: no cover - a bug must not kill the heartbeat
                 logger.exception("lease renewal crashed")
 

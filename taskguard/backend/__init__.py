@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from taskguard.keys import KeySchema
+from taskguard.urls import redact
 
 from .base import Backend
 from .memory import MemoryBackend
@@ -48,5 +49,5 @@ def backend_from_url(
     if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
         return RedisBackend(url, keys=keys, **options)
     raise ValueError(
-        f"unsupported backend URL {url!r}: use redis://, rediss://, unix:// or memory://"
+        f"unsupported backend URL {redact(url)!r}: use redis://, rediss://, unix:// or memory://"
     )

@@ -14,8 +14,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError, TaskGuardError
 from taskguard.keys import KeySchema
+from taskguard.urls import redact, scrub, secrets_of
 
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
@@ -23,6 +24,7 @@ from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
 from .lua import Script, load_script
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, granted
 from .outage import OutageBreaker
+from .redis_errors import classify
 from .registry import kind_of, registered
 
 __all__ = ["RedisBackend", "require_redis"]
@@ -55,8 +57,8 @@ def _named(name: str, libs: Sequence[str]) -> Script:
     return script
 
 
-# Errors that mean "the server is not there": they open the outage breaker.
-_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# What a call to Redis can raise; redis_errors.classify sorts outages from errors.
+_REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class RedisBackend(Backend):
@@ -99,6 +101,8 @@ class RedisBackend(Backend):
             **(redis_options or {}),
         }
         self._given_client = client
+        # Taken out of any error text that reaches a log or an exception.
+        self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
         self._client = client or self._make_client()
         self._pid = os.getpid()
@@ -125,15 +129,38 @@ class RedisBackend(Backend):
         return float(timeout) if timeout is not None else None
 
     def __repr__(self) -> str:
-        return f"RedisBackend({self.url!r}, prefix={self.keys.prefix!r})"
+        return f"RedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
+
+    def _failure(self, exc: BaseException, what: str) -> TaskGuardError:
+        """The taskguard error for ``exc``; an outage opens the outage breaker.
+
+        Only outages (see :mod:`.redis_errors`) become :class:`BackendUnavailable`, for the
+        outage policies to decide; anything else is a :class:`BackendError`.
+        """
+        found = classify(exc)
+        text = scrub(found.text, self._secrets)
+        if found.kind == "error":
+            return BackendError(f"redis error during {what}: {text}", code=found.code, what=what)
+        if found.kind == "refused":  # answering, so no fail-fast: each call tries again
+            return BackendUnavailable(
+                f"redis refuses writes during {what}: {text}", code=found.code
+            )
+        cooldown = self.breaker.record_failure()
+        state = "unreachable" if found.code is None else "unavailable"
+        return BackendUnavailable(
+            f"redis {state} during {what}: {text}", retry_after=cooldown, code=found.code
+        )
 
     @contextmanager
     def commands(self, what: str) -> Iterator[redis.Redis]:
         """The port for plain commands: yields the client; errors become taskguard's.
 
-        Use it for anything that is not a named script (pipelines, XRANGE, GET...). A lost
-        connection or a timeout raises :class:`BackendUnavailable` and opens the outage
-        breaker, so callers fail fast while Redis is down.
+        Use it for anything that is not a named script (pipelines, XRANGE, GET...). An
+        outage (a lost connection, a timeout, ``LOADING``, ``READONLY``...) raises
+        :class:`BackendUnavailable` and opens the outage breaker, so callers fail fast
+        while Redis is down; ``OOM`` and ``MISCONF`` raise it too, without the breaker.
+        Any other Redis error (``NOPERM``, ``WRONGPASS``, a script error...) raises
+        :class:`~taskguard.errors.BackendError`.
 
         Args:
             what: Names the operation in error messages (``"cache SET"``).
@@ -145,13 +172,8 @@ class RedisBackend(Backend):
         self.breaker.before_call()
         try:
             yield self.client
-        except _CONNECTION_ERRORS as exc:
-            cooldown = self.breaker.record_failure()
-            raise BackendUnavailable(
-                f"redis unreachable during {what}: {exc}", retry_after=cooldown
-            ) from exc
-        except redis.exceptions.RedisError as exc:
-            raise BackendUnavailable(f"redis error during {what}: {exc}") from exc
+        except _REDIS_ERRORS as exc:
+            raise self._failure(exc, what) from exc
         else:
             self.breaker.record_success()
 
@@ -174,7 +196,8 @@ class RedisBackend(Backend):
             libs: Op libraries from ``scripts/lib/`` the script includes.
 
         Raises:
-            BackendUnavailable: Redis could not be reached, or the script failed.
+            BackendUnavailable: An outage (see :meth:`commands`).
+            BackendError: Redis refused: a permission, authentication or script error.
         """
         return self._run(_named(name, libs), keys, args, what)
 
@@ -184,13 +207,8 @@ class RedisBackend(Backend):
         breaker.before_call()
         try:
             reply = script(self.client, keys, args)
-        except _CONNECTION_ERRORS as exc:
-            cooldown = breaker.record_failure()
-            raise BackendUnavailable(
-                f"redis unreachable during {what}: {exc}", retry_after=cooldown
-            ) from exc
-        except redis.exceptions.RedisError as exc:
-            raise BackendUnavailable(f"redis error during {what}: {exc}") from exc
+        except _REDIS_ERRORS as exc:
+            raise self._failure(exc, what) from exc
         breaker.record_success()
         return reply
 

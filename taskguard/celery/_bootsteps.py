@@ -3,6 +3,8 @@
 - :class:`ValidateStep` validates the settings and every guarded task when the worker
   starts, so bad settings stop the worker with a ConfigurationError naming the task and
   the field (exceptions raised by signal handlers are only logged, bootsteps are not).
+  It also checks that the Redis user may run what taskguard needs (one probe script and
+  one ``MULTI``/``BLPOP``/``EXEC``); a missing permission stops the worker too.
 - :class:`DrainStep` runs a :class:`~taskguard.drain.DrainPool` in the worker's parent
   process when ``drain.enabled``: it requires the worker's Pool step, so its threads start
   after the pool has forked its children, and stop (flushing their in-flight batches) when
@@ -20,13 +22,16 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_init, worker_process_init
 
+from taskguard.backend.acl import acl_rules, missing_permissions
+from taskguard.backend.base import Backend
+from taskguard.backend.redis import RedisBackend
 from taskguard.drain import DrainPool, DrainSettings, pool_from_settings
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.urls import redact
 
 from ._runtime import reset_all_after_fork, runtime_for
 
-__all__ = ["DrainStep", "ValidateStep", "pool_from_settings"]
+__all__ = ["DrainStep", "ValidateStep", "check_backend", "pool_from_settings"]
 
 logger = logging.getLogger("taskguard")
 
@@ -43,16 +48,40 @@ class ValidateStep(bootsteps.Step):  # type: ignore[misc]
         guarded = sum(1 for t in resolved if t.guards and t.enabled)
         where = redact(runtime.redis_url())
         logger.info("taskguard: %d guarded task(s) validated; guard state in %s", guarded, where)
-        if guarded:
-            try:
-                runtime.backend.ping()
-            except BackendUnavailable as exc:
-                logger.error(
-                    "taskguard: guard backend %s is unreachable at worker start (%s); "
-                    "guards follow their on_outage policy until it answers",
-                    where,
-                    exc,
-                )
+        drain = runtime.settings.drain.enabled
+        if guarded or drain:
+            check_backend(runtime.backend, where, streams=drain)
+
+
+def check_backend(backend: Backend, where: str, *, streams: bool) -> None:
+    """Refuse to start if the Redis user may not run what taskguard needs.
+
+    Redis being down only logs an error (the outage policies will decide); a missing
+    permission or a wrong password raises :class:`ConfigurationError`, naming what is
+    missing: every admission would fail with it.
+    """
+    try:
+        if isinstance(backend, RedisBackend):
+            missing = missing_permissions(backend, streams=streams)
+        else:
+            backend.ping()
+            missing = []
+    except BackendUnavailable as exc:
+        logger.error(
+            "taskguard: guard backend %s is unreachable at worker start (%s); "
+            "guards follow their on_outage policy until it answers",
+            where,
+            exc,
+        )
+        return
+    if missing:
+        rules = " ".join(acl_rules(backend.keys.prefix))
+        raise ConfigurationError(
+            f"the Redis user of {where} may not run what taskguard needs: "
+            f"{'; '.join(missing)}. Grant it (docs/security.md): "
+            f"ACL SETUSER <user> reset on ><password> {rules}",
+            field="redis_url",
+        )
 
 
 class DrainStep(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -22,7 +22,7 @@ from taskguard.backend.base import Backend
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op
 from taskguard.backend.registry import kind_of
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import DEFER, Guard, RunContext
 from taskguard.guards.breaker_events import TRANSITIONS, announce
@@ -111,6 +111,45 @@ def admit_run(
     deferral = config.deferral
     reserve_within = 0.0 if eager else min(deferral.reserve_within, deferral.max_delay)
     deadline = time.monotonic() + max((g.wait for g in guards), default=0.0)
+    try:
+        return _admit_loop(
+            task,
+            config,
+            request,
+            state=state,
+            guards=guards,
+            ops=ops,
+            reserve_within=reserve_within,
+            deadline=deadline,
+        )
+    except BackendError as exc:
+        # Not an outage (a missing ACL permission, a script error...): no outage policy
+        # may run the task unguarded, and retrying will not cure it. The task fails with
+        # the error; the worker goes on.
+        logger.error(
+            "%s[%s]: taskguard cannot check guard(s) %s, the task fails: %s",
+            task.name,
+            request.id,
+            ", ".join(exc.guards or tuple(repr(g) for g in guards)),
+            exc.reason,
+        )
+        _give_up_claims(backend, ops)
+        raise
+
+
+def _admit_loop(
+    task: Any,
+    config: TaskSettings,
+    request: Any,
+    *,
+    state: DeferralState,
+    guards: list[Guard],
+    ops: list[Op],
+    reserve_within: float,
+    deadline: float,
+) -> Run:
+    backend: Backend = task.taskguard_backend
+    eager = bool(request.is_eager)
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         if outcome.admission.allowed:
@@ -235,6 +274,8 @@ def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
             backend.release(claims)  # owner-checked: only claims this message holds
         except BackendUnavailable as exc:
             logger.warning("claims kept until they expire: %s", exc)
+        except BackendError as exc:
+            logger.error("claims kept until they expire: %s", exc)
 
 
 def release_run(
@@ -264,12 +305,16 @@ def release_run(
         released, transitions = results[: len(held)], results[len(held) :]
         if keep:
             run.holder.renew(keep)
-    except BackendUnavailable as down:
-        logger.warning(
-            "%s[%s]: could not release %d lease(s), they expire by TTL: %s",
+    except (BackendUnavailable, BackendError) as down:
+        # Never raised: the task's result is already decided. A BackendError (not an
+        # outage) is an error to fix, so it is logged as one.
+        logger.log(
+            logging.WARNING if isinstance(down, BackendUnavailable) else logging.ERROR,
+            "%s[%s]: could not release %d lease(s) of guard(s) %s, they expire by TTL: %s",
             task.name,
             request.id,
             len(held),
+            ", ".join(repr(g) for g in run.guards),
             down,
         )
     else:

@@ -27,6 +27,7 @@ from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy, guard_classes
 from taskguard.guards.breaker import CircuitBreaker
+from taskguard.urls import redact
 
 from ._guard_settings import apply_overrides, check_breakers, check_guard_entries
 
@@ -45,7 +46,7 @@ def _url(value: object) -> str:
     url = text(value, "redis_url")
     if url.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
         raise ConfigurationError(
-            f"must be a redis://, rediss://, unix:// or memory:// URL, got {url!r}",
+            f"must be a redis://, rediss://, unix:// or memory:// URL, got {redact(url)!r}",
             field="redis_url",
         )
     return url

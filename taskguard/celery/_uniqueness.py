@@ -17,7 +17,7 @@ from typing import Any
 from celery.utils import uuid
 
 from taskguard import signals
-from taskguard.errors import AlreadyQueued, BackendUnavailable
+from taskguard.errors import AlreadyQueued, BackendError, BackendUnavailable
 from taskguard.guards.lock import Lock
 
 from ._settings import TaskSettings
@@ -44,6 +44,8 @@ def publish_unique(
     Raises:
         AlreadyQueued: A duplicate, with ``on_duplicate="raise"``.
         BackendUnavailable: Redis is down and a lock's ``on_outage`` is ``"deny"``.
+        BackendError: Redis refused the check (a permission or script error): nothing
+            is published, whatever ``on_outage`` says.
     """
     backend = task.taskguard_backend
     task_id = options.get("task_id") or uuid()
@@ -55,6 +57,8 @@ def publish_unique(
     ]
     try:
         result = backend.admit(claims)
+    except BackendError as exc:  # not an outage: nothing is published unchecked
+        raise exc.naming(tuple(repr(lock) for lock in locks)) from exc.__cause__
     except BackendUnavailable as exc:
         if any(lock.on_outage == "deny" for lock in locks):
             raise

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from taskguard.urls import redact
+from taskguard.urls import redact, scrub, secrets_of
 
 from .breaker_report import breaker_held, render_timeline
 from .breaker_stage import BREAKER_TITLE, CALLS_PER_SECOND, run_breaker_stage
@@ -85,7 +85,8 @@ def _server_version(url: str) -> str:
     try:
         info: dict[str, Any] = client.info("server")
     except redis.RedisError as exc:
-        raise DemoError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+        reason = scrub(str(exc), secrets_of(url))
+        raise DemoError(f"cannot reach Redis at {redact(url)}: {reason}") from exc
     finally:
         client.close()
     return str(info.get("valkey_version") or info.get("redis_version", "?"))

@@ -13,6 +13,7 @@ from typing import Any
 
 from taskguard._validate import count, flag, seconds, text
 from taskguard.errors import ConfigurationError
+from taskguard.urls import redact
 
 __all__ = ["DrainOptions", "DrainSettings"]
 
@@ -138,8 +139,9 @@ def _enabled(value: object) -> bool:
 
 def _store(value: object) -> str:
     if not isinstance(value, str) or "://" not in value:
+        shown = redact(value) if isinstance(value, str) else value
         raise ConfigurationError(
-            f"must be a database URL such as postgresql://... or sqlite:///x.db, got {value!r}",
+            f"must be a database URL such as postgresql://... or sqlite:///x.db, got {shown!r}",
             field="drain.store",
         )
     return value

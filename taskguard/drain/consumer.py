@@ -19,7 +19,7 @@ import redis
 
 from taskguard import signals
 from taskguard.backend.redis import RedisBackend
-from taskguard.errors import BackendUnavailable, StoreError
+from taskguard.errors import BackendError, BackendUnavailable, StoreError
 from taskguard.sinks.base import Record, Store, accepts_json_text
 
 from .backoff import SinkBreaker, backoff_delay
@@ -44,8 +44,9 @@ logger = logging.getLogger("taskguard.drain")
 
 T = TypeVar("T")
 
-#: Errors that mean Redis is not answering (the batch waits for it).
-REDIS_ERRORS = (redis.RedisError, OSError, BackendUnavailable)
+#: Errors that mean Redis is not answering (the batch waits for it). A BackendError (a
+#: permission, a script error) waits too, logged: the records are safe in their stream.
+REDIS_ERRORS = (redis.RedisError, OSError, BackendUnavailable, BackendError)
 
 
 class Abandoned(Exception):

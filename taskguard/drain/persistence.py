@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from taskguard.backend.redis import RedisBackend
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 __all__ = ["check_persistence"]
 
@@ -19,13 +19,14 @@ def check_persistence(backend: RedisBackend) -> list[str]:
 
     AOF off loses what was written since the last snapshot on a restart; an ``allkeys-*``
     eviction policy may evict a partition's stream under memory pressure. CONFIG may be
-    disabled (managed Redis): then nothing is checked.
+    disabled (managed Redis) or not granted (CONFIG is in ``@dangerous``, which the
+    least-privilege ACL user of docs/security.md lacks): then nothing is checked.
     """
     try:
         with backend.commands("CONFIG GET") as client:
             config = client.config_get("appendonly")
             config.update(client.config_get("maxmemory-policy"))
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, BackendError) as exc:
         logger.info("drain: cannot read Redis persistence settings (%s); not checked", exc)
         return []
     found = {str(k, "utf-8") if isinstance(k, bytes) else k: v for k, v in config.items()}

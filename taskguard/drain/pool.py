@@ -26,7 +26,7 @@ from types import TracebackType
 import redis
 
 from taskguard.backend.redis import HasBackend, RedisBackend, require_redis
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Store
 
 from .backoff import SinkBreaker, backoff_delay
@@ -286,7 +286,7 @@ class DrainPool(LeaseManager):
 def _no_group(exc: BaseException) -> bool:
     """Whether ``exc`` says a partition's consumer group is gone (its stream was deleted).
 
-    The port raises :class:`BackendUnavailable` from the driver's error; look at both.
+    The port raises :class:`BackendError` from the driver's error; look at both.
     """
-    cause = exc.__cause__ if isinstance(exc, BackendUnavailable) else exc
+    cause = exc.__cause__ if isinstance(exc, (BackendUnavailable, BackendError)) else exc
     return isinstance(cause, redis.ResponseError) and "NOGROUP" in str(cause)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from taskguard.backend.base import Backend
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import ALLOWED_EMPTY, Admission, Op
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 from .base import Guard
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("taskguard.admission")
 #: Retry delay for a ``deny`` guard when the backend gives no hint.
 OUTAGE_RETRY_AFTER = 1.0
 _LOG_EVERY = 10.0
-_last_logged = 0.0
+_last_logged: dict[bool, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +41,23 @@ class Outcome:
 
 
 def _log_outage(exc: BackendUnavailable) -> None:
-    # Logged at most every few seconds per process: an outage must be visible, but not
-    # one line per task.
-    global _last_logged  # noqa: PLW0603 - a per-process throttle
+    # Logged at most every few seconds per process and kind: an outage must be visible,
+    # but not one line per task.
     now = time.monotonic()
-    if now - _last_logged >= _LOG_EVERY:
-        _last_logged = now
+    refused = exc.refuses_writes
+    if now - _last_logged.get(refused, float("-inf")) < _LOG_EVERY:
+        return
+    _last_logged[refused] = now
+    if refused:
+        # Redis answers but will not write (OOM, MISCONF): its operator must act, and
+        # until then no guard can record state, so the outage policies decide.
+        logger.error(
+            "taskguard: Redis refuses writes (%s): guard state cannot be recorded, "
+            "applying outage policies: %s",
+            exc.code,
+            exc,
+        )
+    else:
         logger.warning("taskguard backend unavailable, applying outage policies: %s", exc)
 
 
@@ -62,12 +73,20 @@ def admit(
     When the backend is unreachable each guard's ``on_outage`` decides: any ``deny``
     refuses; ``local`` guards are enforced by the process-local backend; ``allow``
     guards pass.
+
+    Raises:
+        BackendError: Redis refused for a reason that is not an outage (a permission,
+            authentication or script error); it names ``guards``. No policy applies:
+            an ``allow`` guard must not stop enforcing silently.
     """
     try:
         return Outcome(backend.admit(ops, reserve_within=reserve_within))
     except BackendUnavailable as exc:
         _log_outage(exc)
         return _decide_offline(backend, guards, ops, exc)
+    except BackendError as exc:
+        # The redis-py error stays the cause; this one only adds the guards' names.
+        raise exc.naming(tuple(repr(guard) for guard in guards)) from exc.__cause__
 
 
 def _decide_offline(

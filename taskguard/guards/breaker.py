@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 from .admission import admit
 from .base import Decision
@@ -72,6 +72,9 @@ class BreakerCall:
             [transition] = self.backend.release([_with_mode(self.op, code)])
         except BackendUnavailable as down:
             logger.warning("circuit %r: outcome not recorded: %s", self.breaker.spec.name, down)
+            return
+        except BackendError as refused:
+            logger.error("circuit %r: outcome not recorded: %s", self.breaker.spec.name, refused)
             return
         self.breaker.transitioned(transition)
 

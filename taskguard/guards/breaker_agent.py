@@ -15,7 +15,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskguard.errors import BackendUnavailable
+from taskguard.errors import BackendError, BackendUnavailable
 
 from .breaker_spec import CircuitBreaker
 
@@ -30,6 +30,8 @@ logger = logging.getLogger("taskguard.breaker")
 ACTIVE_FOR = 30.0
 #: Seconds between attempts to re-subscribe after the channel's connection broke.
 RESUBSCRIBE_EVERY = 0.5
+#: Seconds between two log lines for a breaker whose flush Redis refuses (a BackendError).
+LOG_REFUSED_EVERY = 10.0
 
 
 class FlushedBreaker(Protocol):
@@ -62,6 +64,7 @@ class _Agent:
         self._lock = threading.Lock()
         self._pubsub: Any = None
         self.retired = False
+        self._logged: dict[str, float] = {}  # breaker name -> when its refusal was logged
         self._thread = threading.Thread(
             target=self._run, name=f"taskguard-breakers-{backend.keys.prefix}", daemon=True
         )
@@ -117,10 +120,18 @@ class _Agent:
                         breaker.flush()
                     except BackendUnavailable:
                         pass  # counts kept; the view goes stale and callers go exact
+                    except BackendError as exc:  # counts kept; not an outage: say so
+                        self._refused(breaker.spec.name, exc, now)
                     except Exception:  # never let one breaker stop the agent
                         logger.exception("circuit %r: flush failed", breaker.spec.name)
             wait = min((b.next_flush for b in breakers), default=now + 0.05)
             self._listen(max(wait - time.monotonic(), 0.0))
+
+    def _refused(self, name: str, exc: BackendError, now: float) -> None:
+        # Flushes come every flush_interval: one error line per breaker per 10 s.
+        if now - self._logged.get(name, -LOG_REFUSED_EVERY) >= LOG_REFUSED_EVERY:
+            self._logged[name] = now
+            logger.error("circuit %r: flush failed: %s", name, exc)
 
     def _retire(self, now: float, idle_since: float) -> bool:
         """Stop once no breaker has used this agent for a while (a new one starts another)."""

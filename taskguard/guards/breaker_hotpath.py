@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.redis import RedisBackend
-from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError
 
 from .breaker import Breaker
 from .breaker_agent import agent_for
@@ -205,6 +205,8 @@ class HotPathBreaker(Breaker):
         Raises:
             BackendUnavailable: Redis could not be reached; the counts are kept for the
                 next flush.
+            BackendError: Redis refused (a permission or script error); the counts are
+                kept too.
         """
         with self._lock:
             batch, self._batch = self._batch, _Batch(self.spec.window)
@@ -227,7 +229,7 @@ class HotPathBreaker(Breaker):
             reply = self.redis_backend.run_script(
                 "breaker_flush", keys, args, what="breaker flush", libs=("ops", "breaker")
             )
-        except BackendUnavailable:
+        except (BackendUnavailable, BackendError):
             with self._lock:  # kept, in order, in front of what was counted meanwhile
                 self._batch = batch.merge_after(self._batch)
             raise

@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from taskguard.errors import ConfigurationError, StoreError
+from taskguard.urls import redact, scrub, secrets_of
 
 from .base import Loaded, Record
 from .pg_copy import copy_merge
@@ -61,8 +62,12 @@ def _make_engine(url: str, connect_timeout: float, busy_timeout: float) -> Engin
 
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"invalid store URL {url!r}: {exc}", field="url") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+        # SQLAlchemy's message may quote the whole URL: it is scrubbed of the password.
+        reason = scrub(str(exc), secrets_of(url))
+        raise ConfigurationError(
+            f"invalid store URL {redact(url)!r}: {reason}", field="url"
+        ) from exc
     backend = parsed.get_backend_name()
     if backend in {"postgresql", "postgres"}:
         if parsed.drivername in {"postgresql", "postgres"}:
@@ -73,7 +78,8 @@ def _make_engine(url: str, connect_timeout: float, busy_timeout: float) -> Engin
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     if backend != "sqlite":
         raise ConfigurationError(
-            f"unsupported store URL {url!r}: use postgresql://... or sqlite://...", field="url"
+            f"unsupported store URL {redact(url)!r}: use postgresql://... or sqlite://...",
+            field="url",
         )
     if sqlite3.sqlite_version_info < _SQLITE_UPSERT:  # pragma: no cover - old platforms
         raise ConfigurationError(

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from taskguard.urls import redact
+
 from ._process import free_port, tail
 
 __all__ = ["PostgresServer", "find_postgres_bindir", "postgres_available"]
@@ -149,7 +151,7 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def __repr__(self) -> str:
-        return f"<PostgresServer {self.dsn} running={self._running}>"
+        return f"<PostgresServer {redact(self.dsn)} running={self._running}>"
 
     def _pg_ctl(self, *args: str) -> list[str]:
         return [*self._as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args]

@@ -221,9 +221,12 @@ def test_half_open_goes_exact_and_a_successful_probe_closes_every_view(
 def test_counts_arriving_while_open_are_not_folded(
     connect: Callable[[], taskguard.Backend], redis_client: redis.Redis
 ) -> None:
-    breaker = hot(connect(), window=10, failure_rate=0.5, open_for=30)
+    # The longest flush interval, so the process's own flush thread cannot fold the three
+    # calls while the breaker is still closed (it would, 50 ms later, by default).
+    breaker = hot(connect(), window=10, failure_rate=0.5, open_for=30, flush_interval=1.0)
     for _ in range(3):
         call(breaker, ok)
+    assert breaker.flushed_total == 0, "flushed before the test could open the breaker"
     Breaker(breaker.backend, breaker.spec).force_open()
     breaker.flush()
     op = breaker.spec.call_op(breaker.backend.keys, "-")

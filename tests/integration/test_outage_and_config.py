@@ -6,10 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
-from taskguard.testing import RedisServer
+from taskguard.backend.acl import acl_rules
+from taskguard.testing import RedisServer, wait_until
 
 from .conftest import Fleet
+
+ACL_PASSWORD = "acl-s3cret-pw"
 
 
 def test_worker_survives_redis_outage_following_policy(
@@ -82,3 +86,70 @@ def test_invalid_settings_stop_the_worker(
     where = f"[field {field!r}]" if task is None else f"[task {task!r}, field {field!r}]"
     assert where in line
     assert "ready." not in log
+
+
+def _acl_user(server: RedisServer, name: str, prefix: str, *extra: str) -> str:
+    """An ACL user on the test's own server (never on the shared one); its URL."""
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.execute_command(
+            "ACL", "SETUSER", name, "reset", "on", f">{ACL_PASSWORD}", *acl_rules(prefix), *extra
+        )
+    finally:
+        admin.close()
+    return f"redis://{name}:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+
+
+def test_a_redis_user_without_evalsha_stops_the_worker_with_a_clear_error(
+    fleet_factory: Callable[..., Fleet], private_redis: RedisServer
+) -> None:
+    fleet = fleet_factory(guard_url=private_redis.url)
+    fleet.guard_url = _acl_user(private_redis, "tg-noeval", fleet.prefix, "-evalsha")
+    worker = fleet.worker(concurrency=1)
+    worker.start(wait=False)
+    assert worker.process is not None
+    code = worker.process.wait(60)
+    log = worker.log()
+    assert code != 0, log[-2000:]
+    line = next(x for x in log.splitlines() if x.startswith("taskguard.errors.ConfigurationError"))
+    assert "[field 'redis_url']" in line
+    assert "may not run what taskguard needs" in line
+    assert "'evalsha'" in line
+    assert f"redis://tg-noeval:***@127.0.0.1:{private_redis.port}/0" in line
+    assert ACL_PASSWORD not in log
+    assert "ready." not in log
+
+
+def test_with_the_least_privilege_user_tasks_run_and_a_revoked_permission_fails_loudly(
+    fleet_factory: Callable[..., Fleet], private_redis: RedisServer
+) -> None:
+    fleet = fleet_factory(guard_url=private_redis.url)
+    fleet.guard_url = _acl_user(private_redis, "tg-least", fleet.prefix)
+    fleet.start(count=1, concurrency=2)
+    [worker] = fleet.workers
+    assert fleet.send("steady", 1).get(timeout=30) == 1
+    assert fleet.send("outage_lock", 2).get(timeout=30) == 2
+    assert fleet.send("outage_slot", 3).get(timeout=30) == 3
+
+    # EVALSHA revoked while the worker runs: an "allow" guard does not let the task through
+    # unguarded; the task fails with the error, and the worker goes on.
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.execute_command("ACL", "SETUSER", "tg-least", "-evalsha")
+    failed = fleet.send("outage_allow", 4)
+    with pytest.raises(Exception, match="NOPERM") as info:
+        failed.get(timeout=30)
+    assert type(info.value).__name__ == "BackendError"
+    assert failed.state == "FAILURE"
+    wait_until(lambda: "cannot check guard(s)" in worker.log(), timeout=10)
+    line = next(x for x in worker.log().splitlines() if "cannot check guard(s)" in x)
+    assert "outage_allow" in line
+    assert "RateLimit('1000/s'" in line
+    assert "NOPERM" in line
+    assert not [r for r in fleet.records("runs") if r.get("i") == 4]
+    assert worker.is_alive()
+
+    admin.execute_command("ACL", "SETUSER", "tg-least", "+evalsha")
+    admin.close()
+    assert fleet.send("outage_allow", 5).get(timeout=30) == 5
+    assert worker.is_alive()
+    assert ACL_PASSWORD not in worker.log()

@@ -7,6 +7,7 @@ def test_exported_names() -> None:
     assert taskguard.__all__ == [
         "AlreadyQueued",
         "Backend",
+        "BackendError",
         "BackendUnavailable",
         "Breaker",
         "CacheService",
@@ -64,6 +65,7 @@ def test_error_tree() -> None:
     for name in (
         "ConfigurationError",
         "BackendUnavailable",
+        "BackendError",
         "GuardDenied",
         "DeferralExhausted",
         "StoreError",
@@ -77,3 +79,11 @@ def test_error_tree() -> None:
     exc = errors.ConfigurationError("bad", task="t", field="f")
     assert str(exc) == "[task 't', field 'f'] bad"
     assert str(exc.for_task("u")) == "[task 'u', field 'f'] bad"
+    assert not issubclass(errors.BackendError, errors.BackendUnavailable)
+    failed = errors.BackendError("NOPERM no", code="NOPERM", what="admission")
+    named = failed.naming(("RateLimit('1/s')", "Concurrency(2)"))
+    assert (named.code, named.what) == ("NOPERM", "admission")
+    assert named.guards == ("RateLimit('1/s')", "Concurrency(2)")
+    assert str(named) == "NOPERM no [guards: RateLimit('1/s'), Concurrency(2)]"
+    assert errors.BackendUnavailable("full", code="OOM").refuses_writes
+    assert not errors.BackendUnavailable("down").refuses_writes
