@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,19 @@ class CrashableRedis:
         self.server.start()
         with self.client() as client:
             client.config_set("appendfsync", "always")
+
+    @contextlib.contextmanager
+    def out_of_memory(self) -> Iterator[None]:
+        """Redis at ``maxmemory`` with ``noeviction`` while in the block: it refuses every
+        write that needs memory (``OOM``), and answers the rest."""
+        with self.client() as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", used // 2)
+            try:
+                yield
+            finally:
+                client.config_set("maxmemory", 0)
 
     def kill(self) -> None:
         """``kill -9`` the server (no shutdown, no final save)."""

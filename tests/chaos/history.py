@@ -69,13 +69,14 @@ class GuardHistory:
     def summary(self) -> str:
         refused = sum(1 for w in self.writes if not w.accepted)
         lost = sum(1 for h in self.leases + self.slots if h.lost)
-        busiest = {w: busiest(sorted(a.t for a in self.admissions), w)[0] for w in (1.0, 2.0)}
+        times = sorted(a.t for a in self.admissions)
+        most = {w: busiest(times, w)[0] for w in (1.0, 2.0)}
         return (
             f"{len(self.leases)} lock holders ({len(self.writes)} fenced writes, {refused} "
             f"refused), {len(self.slots)} slot holders, {lost} leases lost, "
             f"{len(self.admissions)} rate-limited admissions "
             f"({sum(a.t != a.charged for a in self.admissions)} reserved; busiest 1 s / 2 s: "
-            f"{busiest[1.0]} / {busiest[2.0]})"
+            f"{most[1.0]} / {most[2.0]})"
         )
 
     def holders_of(self, key: str) -> list[Holding]:

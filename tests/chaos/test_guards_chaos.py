@@ -65,6 +65,14 @@ def wait_for_every_guard(fleet: ChaosFleet, after: float) -> None:
         )
 
 
+#: The ERROR line a worker logs when Redis refuses writes (docs/outages.md).
+OOM_LOGGED = "Redis refuses writes (OOM)"
+
+
+def worker_logs(fleet: ChaosFleet) -> str:
+    return "".join(w.log() for w in fleet.workers)
+
+
 def test_workers_killed_repeatedly(
     chaos_fleet: FleetFactory, crashable_redis: CrashableRedis
 ) -> None:
@@ -150,8 +158,7 @@ def test_guard_redis_killed_and_restarted_from_its_append_only_file(
         crashable_redis.start()
         wait_for_every_guard(fleet, after=fleet.server_time())
     audit_guards(fleet)
-    logs = "".join(w.log() for w in fleet.workers)
-    assert "taskguard backend unavailable, applying outage policies" in logs
+    assert "taskguard backend unavailable, applying outage policies" in worker_logs(fleet)
 
 
 def test_guard_redis_flushed_mid_run(
@@ -174,3 +181,33 @@ def test_guard_redis_flushed_mid_run(
     audit_guards(fleet, wipes=[wipe])
     with crashable_redis.client() as client:
         assert list(client.scan_iter(match=f"{fleet.prefix}:*")), "guards re-create their state"
+
+
+def test_guard_redis_at_maxmemory(
+    chaos_fleet: FleetFactory, crashable_redis: CrashableRedis
+) -> None:
+    """Redis at maxmemory with noeviction (OOM) mid-run: a refused admission is an outage
+    for the guards, so each follows its policy (here all deny: the tasks are deferred);
+    workers log the OOM as an error of its own, and every guard holds throughout."""
+    fleet = chaos_fleet(crashable_redis.url).start(count=2, concurrency=3)
+    with Load(fleet, mixed):
+        wait_for_every_guard(fleet, after=0)
+        with crashable_redis.out_of_memory():
+            began = fleet.server_time()
+            wait_until(lambda: OOM_LOGGED in worker_logs(fleet), timeout=10)
+            time.sleep(1.0)  # the fault lasts 1 s more
+            ended = fleet.server_time()
+        wait_for_every_guard(fleet, after=fleet.server_time())
+    history = audit_guards(fleet)
+    # Locks and rate limits admitted nothing while Redis refused writes: their scripts'
+    # first write needs memory. (Runs whose slot a reservation paid for before need no
+    # admission; a run admitted just before the fault may record its start a moment later,
+    # hence the 0.5 s.) A concurrency slot may still be taken: its script prunes expired
+    # holders first, and Redis never stops a script after its first write. The audit
+    # above shows the cap held all the same.
+    during = [h.holder for h in history.leases if began + 0.5 < h.start < ended] + [
+        f"rate-limited run at {a.t:.3f}"
+        for a in history.admissions
+        if began + 0.5 < a.charged < ended
+    ]
+    assert not during, f"admitted while Redis refused writes: {during}"

@@ -90,7 +90,7 @@ def test_redis_killed_and_restarted_from_its_append_only_file(
     run.wait_writers()
     run.wait_drained()
     audit_writebehind(run)
-    assert "straight to the store" in "".join(w.stderr for w in run.writers)
+    assert "straight to the store" in "".join(w.text() for w in run.writers)
     assert "drain: cannot reach Redis" in drain.text()
 
 
@@ -121,3 +121,19 @@ def test_redis_flushed_mid_run(
     run.wait_drained()
     audit = audit_writebehind(run, wipes=[wipe])
     assert audit.lost_to_wipes, "records queued before the flush were lost"
+
+
+def test_redis_at_maxmemory(
+    writebehind: RunFactory, crashable_redis: CrashableRedis, private_postgres: PostgresServer
+) -> None:
+    """Redis at maxmemory with noeviction (OOM) while a quarter of the writes are made
+    (among them the last write of half the keys): those writes go straight to the store,
+    no read returns a value older than an acknowledged write, and nothing is lost."""
+    run = writebehind(crashable_redis.url, private_postgres.dsn)
+    start(run)
+    run.wait_acked(int(0.35 * TOTAL))
+    with crashable_redis.out_of_memory():
+        run.wait_acked(int(0.6 * TOTAL))
+    run.wait_writers()
+    run.wait_drained()
+    audit_writebehind(run)

@@ -50,7 +50,10 @@ PARTITIONS = 8
 class Writer:
     process: subprocess.Popen[bytes]
     acks: Path
-    stderr: str = ""
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @dataclass
@@ -106,10 +109,11 @@ class WriteBehindRun:
                 self.redis_url, self.prefix, self.namespace, self.store_url, self.table,
                 str(writer), str(keys), str(writes), str(rate), str(acks),
             ]  # fmt: skip
-            process = subprocess.Popen(
-                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-            self.writers.append(Writer(process, acks))
+            log = self.directory / f"writer-{writer}.log"
+            # Its log goes to a file: a pipe nobody reads would block it once full.
+            with open(log, "wb") as out:
+                process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            self.writers.append(Writer(process, acks, log))
 
     def start_drain(self) -> Drain:
         """Start ``taskguard drain`` for the namespace, in a session of its own.
@@ -156,10 +160,9 @@ class WriteBehindRun:
     def wait_writers(self, timeout: float = 120.0) -> None:
         """Wait for every writer to finish; each must exit cleanly."""
         for writer in self.writers:
-            out, err = writer.process.communicate(timeout=timeout)
-            writer.stderr = err.decode(errors="replace")
-            assert writer.process.returncode == 0, writer.stderr[-3000:]
-            assert out.decode().startswith("done"), out.decode()
+            writer.process.wait(timeout)
+            assert writer.process.returncode == 0, writer.text()[-3000:]
+            assert "done " in writer.text(), writer.text()[-3000:]
 
     def close(self) -> None:
         """Stop what still runs (writers, drains), drop the table, close connections."""
@@ -283,7 +286,9 @@ def audit_writebehind(run: WriteBehindRun, *, wipes: Sequence[Moment] = ()) -> W
         "lost or older in the store": writebehind_violations(acks, stored, wipes=wipes),
         "stale reads": stale_reads(acks, run.reads(keys), skip=lost),
         "dead letters": [f"{n} dead-lettered"] if (n := run.queue().dead_letters) else [],
-        "drain tracebacks": [tb for d in run.drains for tb in taskguard_tracebacks(d.text())],
+        "tracebacks": [
+            tb for p in [*run.drains, *run.writers] for tb in taskguard_tracebacks(p.text())
+        ],
     }
     report = {name: found for name, found in violations.items() if found}
     audit = WriteBehindAudit(acks, lost)

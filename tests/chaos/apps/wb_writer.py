@@ -19,6 +19,8 @@ test can follow the progress): ``<key> <n> <called at> <returned at>`` (epoch se
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import time
 
@@ -34,6 +36,7 @@ def key_of(writer: int, n: int, keys: int, writes: int) -> str:
 
 
 def main(argv: list[str]) -> None:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints the stacks of a stuck writer
     redis_url, prefix, namespace, store_url, table = argv[:5]
     writer, keys, writes = (int(x) for x in argv[5:8])
     rate, ack_log = float(argv[8]), argv[9]
