@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeGuard, cast
 
 from celery.exceptions import Ignore, Retry
 
-from taskguard import signals
+from taskguard import _instrument, signals
 from taskguard.backend.base import Backend
 from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op
@@ -95,8 +95,27 @@ def admit_run(
     task: Any, config: TaskSettings, request: Any, args: Sequence[Any], kwargs: dict[str, Any]
 ) -> Run:
     """Admit this run of ``task`` or end it (defer, skip, fail); returns what it holds."""
-    backend: Backend = task.taskguard_backend
     state = DeferralState.from_headers(request.headers)
+    with _instrument.activity(
+        _instrument.ADMIT,
+        task=task.name,
+        task_id=request.id,
+        guards=config.guards,
+        deferrals=state.count,
+    ) as act:
+        return _admit_run(task, config, request, args, kwargs, state, act)
+
+
+def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and watches
+    task: Any,
+    config: TaskSettings,
+    request: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    state: DeferralState,
+    act: Any,
+) -> Run:
+    backend: Backend = task.taskguard_backend
     pairs = _pairs(task, config, request, args, kwargs)
     paid = state.honoured(
         [op for _, op in pairs],
@@ -111,9 +130,12 @@ def admit_run(
     deferral = config.deferral
     reserve_within = 0.0 if eager else min(deferral.reserve_within, deferral.max_delay)
     deadline = time.monotonic() + max((g.wait for g in guards), default=0.0)
+    waited = 0.0
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         if outcome.admission.allowed:
+            decision = "degraded" if outcome.degraded else "allowed"
+            act.note(decision=decision, retry_after=0.0, degraded=outcome.degraded, waited=waited)
             return _admitted(task, request, guards=guards, ops=ops, outcome=outcome)
         index = outcome.admission.denied or 0
         op = ops[index]
@@ -121,12 +143,21 @@ def admit_run(
         wakeup: str | None = getattr(op, "wakeup_key", None)
         if wakeup and left > 0 and not outcome.degraded:
             # A bounded wait in the worker, woken by the holder's release.
+            began = time.monotonic()
             try:
                 backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
                 continue
             except BackendUnavailable as exc:
                 logger.warning("%s[%s]: wait interrupted: %s", task.name, request.id, exc)
-        _denied(task, request, config, state, guards[index], op, ops, outcome, eager=eager)
+            finally:
+                waited += time.monotonic() - began
+        act.note(
+            guard=guards[index],
+            retry_after=outcome.admission.retry_after,
+            degraded=outcome.degraded,
+            waited=waited,
+        )
+        _denied(task, request, config, state, guards[index], op, ops, outcome, eager=eager, act=act)
 
 
 def _admitted(
@@ -184,6 +215,7 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     outcome: Outcome,
     *,
     eager: bool,
+    act: Any,
 ) -> NoReturn:
     backend: Backend = task.taskguard_backend
     retry_after = outcome.admission.retry_after
@@ -199,6 +231,8 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     verdict = (
         guard.on_denied(op, retry_after, RunContext(task, request.id, backend)) if online else DEFER
     )
+    decision = _DECISIONS.get(verdict.action, "failed")
+    act.note(decision="failed" if eager and decision == "deferred" else decision)
     if verdict.action == "duplicate":
         logger.info("%s[%s] is a %s; skipped", task.name, request.id, verdict.reason)
         raise Ignore(verdict.reason)
@@ -223,8 +257,13 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         state=state,
         policy=config.deferral,
         reason=f"{guard!r} on {op.key}{suffix}",
+        cause=guard.kind if online else "outage",
         on_give_up=lambda: _give_up_claims(backend, ops),
     )
+
+
+#: A refusing guard's verdict -> the admission's decision, as instrumentation reports it.
+_DECISIONS = {"defer": "deferred", "skip": "skipped", "duplicate": "duplicate", "fail": "failed"}
 
 
 def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
@@ -244,6 +283,15 @@ def release_run(
 
     Never raises: a task's result must not depend on the release.
     """
+    with _instrument.activity(
+        _instrument.RELEASE, task=task.name, task_id=request.id, guards=run.guards, outcome=outcome
+    ) as act:
+        _release_run(task, request, run, outcome, exc, act)
+
+
+def _release_run(  # noqa: PLR0917 - release_run's arguments and its activity
+    task: Any, request: Any, run: Run, outcome: str, exc: BaseException | None, act: Any
+) -> None:
     heartbeat = heartbeat_for(run.holder)
     for handle in run.handles:
         heartbeat.remove(handle)
@@ -273,6 +321,7 @@ def release_run(
             down,
         )
     else:
+        act.note(lost=released.count(False))
         for (guard, _), code in zip(run.breakers, transitions, strict=True):
             if code in TRANSITIONS:
                 announce(cast(CircuitBreaker, guard).name, *TRANSITIONS[code], task_id=request.id)
