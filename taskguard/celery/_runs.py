@@ -96,6 +96,8 @@ def admit_run(
 ) -> Run:
     """Admit this run of ``task`` or end it (defer, skip, fail); returns what it holds."""
     state = DeferralState.from_headers(request.headers)
+    if not _instrument.on:
+        return _admit_run(task, config, request, args, kwargs, state, _instrument.IDLE)
     with _instrument.activity(
         _instrument.ADMIT,
         task=task.name,
@@ -134,8 +136,11 @@ def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and 
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         if outcome.admission.allowed:
-            decision = "degraded" if outcome.degraded else "allowed"
-            act.note(decision=decision, retry_after=0.0, degraded=outcome.degraded, waited=waited)
+            if act.on:
+                decision = "degraded" if outcome.degraded else "allowed"
+                act.note(
+                    decision=decision, retry_after=0.0, degraded=outcome.degraded, waited=waited
+                )
             return _admitted(task, request, guards=guards, ops=ops, outcome=outcome)
         index = outcome.admission.denied or 0
         op = ops[index]
@@ -283,6 +288,9 @@ def release_run(
 
     Never raises: a task's result must not depend on the release.
     """
+    if not _instrument.on:
+        _release_run(task, request, run, outcome, exc, _instrument.IDLE)
+        return
     with _instrument.activity(
         _instrument.RELEASE, task=task.name, task_id=request.id, guards=run.guards, outcome=outcome
     ) as act:
@@ -321,7 +329,8 @@ def _release_run(  # noqa: PLR0917 - release_run's arguments and its activity
             down,
         )
     else:
-        act.note(lost=released.count(False))
+        if act.on:
+            act.note(lost=released.count(False))
         for (guard, _), code in zip(run.breakers, transitions, strict=True):
             if code in TRANSITIONS:
                 announce(cast(CircuitBreaker, guard).name, *TRANSITIONS[code], task_id=request.id)

@@ -49,11 +49,13 @@ def recorder() -> Iterator[Recorder]:
 
 def test_without_hooks_an_activity_is_one_shared_idle_object() -> None:
     assert _instrument.hooks() == ()
+    assert _instrument.on is False
     first = _instrument.activity(_instrument.ADMIT, task="t")
     with first as act:
         act.note(decision="allowed")
-    assert first is _instrument.activity(_instrument.CACHE_GET)
+    assert first is _instrument.activity(_instrument.CACHE_GET) is _instrument.IDLE
     assert first.data == {}
+    assert first.on is False
 
 
 def test_an_installed_hook_sees_start_data_notes_duration_and_error(recorder: Recorder) -> None:
@@ -74,9 +76,13 @@ def test_install_is_idempotent_and_uninstall_removes() -> None:
     _instrument.install(hook)
     _instrument.install(hook)
     assert _instrument.hooks() == (hook,)
+    assert _instrument.on is True
+    with _instrument.activity("op") as act:
+        assert act.on is True
     _instrument.uninstall(hook)
     _instrument.uninstall(hook)
     assert _instrument.hooks() == ()
+    assert _instrument.on is False
 
 
 def test_a_failing_hook_is_logged_and_the_work_goes_on(caplog: pytest.LogCaptureFixture) -> None:
