@@ -24,7 +24,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "BUCKET_TYPES",
-    "MemoryKind", "MemoryState", "OpKind", "kind_of", "register", "registered"]
+    "MemoryKind",
+    "MemoryState",
+    "OpKind",
+    "kind_of",
+    "register",
+    "registered",
+]
 
 OpT = TypeVar("OpT")
 OpT_contra = TypeVar("OpT_contra", contravariant=True)
