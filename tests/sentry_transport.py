@@ -16,6 +16,8 @@ import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
+from taskguard.sentry import TaskguardIntegration
+
 DSN = "https://public@example.invalid/1"
 
 #: Every event recorded in this process (transactions and errors), oldest first.
@@ -62,6 +64,10 @@ def recording(*integrations: Any) -> Iterator[list[dict[str, Any]]]:
         auto_enabling_integrations=False,
         integrations=list(integrations),
     )
+    # Sentry runs setup_once once per process; a test fixture (``isolated``) may have
+    # dropped the signal receivers taskguard's connected since. Doing it again is a no-op
+    # for the rest (other integrations' setup_once would patch twice: not those).
+    TaskguardIntegration.setup_once()
     try:
         yield ENVELOPES
     finally:

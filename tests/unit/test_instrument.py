@@ -38,6 +38,13 @@ class Recorder(_instrument.Hook):
         return [data for seen, data, _, _ in self.finished if seen == op]
 
 
+@pytest.fixture(autouse=True)
+def no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start without hooks (an integration set up earlier in the process stays put)."""
+    monkeypatch.setattr(_instrument, "_hooks", ())
+    monkeypatch.setattr(_instrument, "on", False)
+
+
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     hook = _instrument.install(Recorder())

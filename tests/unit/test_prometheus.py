@@ -155,7 +155,9 @@ def test_queue_gauges_are_empty_while_redis_is_down() -> None:
     assert all(not f.samples for f in text_string_to_metric_families(text))
 
 
-def test_install_is_idempotent() -> None:
+def test_install_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_instrument, "_hooks", ())
+    monkeypatch.setattr(_instrument, "on", False)
     registry = CollectorRegistry()
     try:
         first = prometheus.install(registry)
