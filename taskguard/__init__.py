@@ -44,6 +44,7 @@ from taskguard.guards import (
     Semaphore,
 )
 from taskguard.guards.quota import Quota, QuotaLimiter
+from taskguard.integrations import worker as _metrics_worker  # noqa: F401 - adds the step
 from taskguard.units import Rate, parse_rate
 
 try:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskguard import _instrument
 from taskguard.errors import ConfigurationError
 
 from .codec import Codec, get_codec
@@ -62,6 +63,16 @@ class WriteReply:
     stream_id: str = ""
     backlog: int = 0
     dirty_id: str = ""
+
+
+def _size(value: object) -> int:
+    """Bytes of a cached copy or payload in a reply (0: none)."""
+    return len(value) if isinstance(value, (bytes, str)) else 0
+
+
+def _found_size(reply: list[Any]) -> int:
+    """Bytes of what a ``cache_read`` reply found (0 for a miss)."""
+    return _size(reply[1]) if len(reply) > 1 else 0
 
 
 def _text(value: bytes | str | None) -> str:
@@ -126,18 +137,20 @@ class CacheOps:
 
     def read(self, key: str) -> Lookup:
         """Look ``key`` up: its cached copy, else (write-behind) its queued write."""
-        reply = self.backend.run_script(
-            "cache_read", self._read_keys(key), [key], what="cache read"
-        )
+        with self._watch(_instrument.CACHE_GET, (key,)) as act:
+            reply = self.backend.run_script(
+                "cache_read", self._read_keys(key), [key], what="cache read"
+            )
+            act.note(hit=int(reply[0]) != 0, size=_found_size(reply))
         return self._lookup(reply)
 
     def read_many(self, keys: Sequence[str]) -> list[Lookup]:
         """:meth:`read` for each of ``keys``, pipelined."""
         calls = [(self._read_keys(key), [key]) for key in keys]
-        return [
-            self._lookup(r)
-            for r in self.backend.run_script_many("cache_read", calls, what="cache read_many")
-        ]
+        with self._watch(_instrument.CACHE_GET, keys) as act:
+            replies = self.backend.run_script_many("cache_read", calls, what="cache read_many")
+            act.note(hit=any(int(r[0]) for r in replies), size=sum(map(_found_size, replies)))
+        return [self._lookup(r) for r in replies]
 
     def _lookup(self, reply: list[Any]) -> Lookup:
         kind = int(reply[0])
@@ -162,7 +175,10 @@ class CacheOps:
         """SET each ``(key, cached copy, ttl_ms)``, pipelined."""
         if not items:
             return
-        with self.backend.commands("cache SET") as client:
+        with (
+            self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items),
+            self.backend.commands("cache SET") as client,
+        ):
             pipe = client.pipeline(transaction=False)
             for key, cached, ttl_ms in items:
                 pipe.set(self.value_key(key), cached, px=ttl_ms)
@@ -187,9 +203,10 @@ class CacheOps:
         nothing is stored while a write of the key is queued.
         """
         args = [key, cached, ttl_ms, int(only_if_absent), int(self.queued), token]
-        return bool(
-            self.backend.run_script("cache_fill", self._fill_keys(key), args, what="cache fill")
-        )
+        with self._watch(_instrument.CACHE_PUT, (key,), [(key, cached, ttl_ms)]):
+            return bool(
+                self.backend.run_script("cache_fill", self._fill_keys(key), args, what="cache fill")
+            )
 
     def fill_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """:meth:`fill` each ``(key, cached copy, ttl_ms)`` only if absent, pipelined."""
@@ -198,7 +215,8 @@ class CacheOps:
             for key, cached, ttl_ms in items
         ]
         if calls:
-            self.backend.run_script_many("cache_fill", calls, what="cache fill_many")
+            with self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items):
+                self.backend.run_script_many("cache_fill", calls, what="cache fill_many")
 
     def try_flight(
         self, key: str, token: str, ttl_ms: int, *, force: bool = False
@@ -230,9 +248,10 @@ class CacheOps:
     ) -> WriteReply:
         """Queue a write-behind set (``payload=None``: a delete) in one script call."""
         args = self._queue_args(key, payload, ttl_ms, header, capacity)
-        reply = self.backend.run_script(
-            "cache_wb_write", self._queue_keys(key), args, what="write-behind write"
-        )
+        with self._watch(_instrument.CACHE_PUT, (key,), [(key, payload, ttl_ms)]):
+            reply = self.backend.run_script(
+                "cache_wb_write", self._queue_keys(key), args, what="write-behind write"
+            )
         return self._write_reply(reply)
 
     def queue_writes(
@@ -247,10 +266,21 @@ class CacheOps:
             (self._queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
             for key, payload, ttl_ms in items
         ]
-        return [
-            self._write_reply(r)
-            for r in self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
-        ]
+        with self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items):
+            replies = self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
+        return [self._write_reply(r) for r in replies]
+
+    def _watch(
+        self,
+        op: str,
+        keys: Sequence[str],
+        items: Sequence[tuple[str, bytes | None, int]] = (),
+    ) -> Any:
+        """The instrumentation activity of one cache call (``items``: what a put writes)."""
+        if not _instrument.hooks():
+            return _instrument.activity(op)
+        size = sum(_size(payload) for _, payload, _ in items)
+        return _instrument.activity(op, namespace=self.namespace, keys=keys, size=size)
 
     def _queue_args(
         self, key: str, payload: bytes | None, ttl_ms: int, header: bytes, capacity: int

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from celery.exceptions import Ignore
 
-from taskguard import signals
+from taskguard import _instrument, signals
 from taskguard.backend.ops import Op, RateOp
 from taskguard.errors import DeferralExhausted
 
@@ -130,6 +130,7 @@ def defer(
     state: DeferralState,
     policy: DeferralPolicy,
     reason: str,
+    cause: str = "",
     on_give_up: Callable[[], None] | None = None,
 ) -> NoReturn:
     """Re-publish the running task to run after ``retry_after``, then end this run.
@@ -142,6 +143,8 @@ def defer(
         state: The deferral state of the current message.
         policy: Caps and jitter.
         reason: Human-readable cause, for logs and signals.
+        cause: What refused the task, for metrics: the refusing guard's kind, or
+            ``outage`` (low-cardinality, unlike ``reason``).
         on_give_up: Called when the cap is hit, before failing, dropping or
             dead-lettering (the run frees its uniqueness claims there).
 
@@ -167,7 +170,17 @@ def defer(
     else:
         delay = min(retry_after, policy.max_delay) + random.uniform(0, policy.jitter)
         headers[HEADER_RESERVATION] = None
-    task.signature_from_request(countdown=delay, headers=headers).apply_async()
+    with _instrument.activity(
+        _instrument.PUBLISH,
+        task=task.name,
+        message_id=request.id,
+        destination=_destination(request),
+        kind="deferral",
+        deferrals=count,
+        delay=delay,
+        cause=cause,
+    ):
+        task.signature_from_request(countdown=delay, headers=headers).apply_async()
     logger.debug(
         "deferred %s[%s] by %.3fs (%s; deferral %d%s)",
         task.name,
@@ -204,8 +217,27 @@ def _exhausted(
     if policy.on_exhausted == "dead_letter":
         # A fresh start for whoever replays the dead letters: no counters, no reservation.
         headers = {k: v for k, v in (request.headers or {}).items() if k not in _OURS}
-        task.signature_from_request(queue=policy.dead_letter_queue, headers=headers).apply_async()
+        with _instrument.activity(
+            _instrument.PUBLISH,
+            task=task.name,
+            message_id=request.id,
+            destination=policy.dead_letter_queue,
+            kind="dead_letter",
+            deferrals=count,
+            delay=0.0,
+            cause="exhausted",
+        ):
+            task.signature_from_request(
+                queue=policy.dead_letter_queue, headers=headers
+            ).apply_async()
         logger.error("%s; dead-lettered to queue %r", message, policy.dead_letter_queue)
         raise Ignore(f"dead-lettered to {policy.dead_letter_queue}")
     logger.error("%s; dropped (on_deferral_exhausted='drop')", message)
     raise Ignore("dropped by taskguard: deferral cap reached")
+
+
+def _destination(request: Any) -> str | None:
+    """The queue a re-published message goes to: the one it came from (default exchange:
+    the routing key names the queue)."""
+    info = request.delivery_info or {}
+    return info.get("routing_key") or None

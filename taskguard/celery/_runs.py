@@ -3,83 +3,35 @@
 :func:`admit_run` turns every guard of the task into backend ops, admits them together
 (all or nothing), and on a denial waits, defers, skips or fails as the denying guard says.
 What the run holds (lock leases, concurrency slots, uniqueness claims) is renewed by the
-process heartbeat and given back by :func:`release_run` on every outcome.
+process heartbeat and given back by :func:`._release.release_run` on every outcome.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeGuard, cast
+from typing import Any, NoReturn, cast
 
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore
 
-from taskguard import signals
+from taskguard import _instrument, signals
 from taskguard.backend.base import Backend
 from taskguard.backend.memory import local_backend
-from taskguard.backend.ops import BreakerOp, Held, LeaseOp, Op
+from taskguard.backend.ops import Held, Op
 from taskguard.backend.registry import kind_of
 from taskguard.errors import BackendError, BackendUnavailable
 from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import DEFER, Guard, RunContext
-from taskguard.guards.breaker_events import TRANSITIONS, announce
-from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.heartbeat import heartbeat_for
 
 from ._deferral import DeferralState, defer
+from ._run_state import Run, RunInfo, give_up_claims, holds
 from ._settings import TaskSettings
 
-__all__ = ["Run", "RunInfo", "admit_run", "release_run"]
+__all__ = ["admit_run"]
 
 logger = logging.getLogger("taskguard.task")
-
-
-@dataclass
-class RunInfo:
-    """What the guards gave this run, as ``self.request.taskguard`` inside the task.
-
-    Attributes:
-        fencing_tokens: Fencing token per lock key held by this run.
-        lease_lost: Set (from the heartbeat thread) when a lease of this run was found
-            expired or taken over while the task was still running. A task doing work
-            that must stay exclusive should check it, and the fencing token, before
-            committing that work.
-    """
-
-    fencing_tokens: dict[str, int] = field(default_factory=dict)
-    lease_lost: bool = False
-    lost_keys: set[str] = field(default_factory=set, repr=False)
-
-    @property
-    def fencing_token(self) -> int | None:
-        """The fencing token of the run's lock (the first one, if it holds several)."""
-        return next(iter(self.fencing_tokens.values()), None)
-
-
-def _holds(op: Op) -> TypeGuard[Held]:
-    return bool(kind_of(op).holds(op))
-
-
-def _is_claim(op: Op) -> TypeGuard[LeaseOp]:
-    """A publish-time uniqueness claim (it belongs to the message, not to one run)."""
-    return getattr(op, "purpose", None) == "claim"
-
-
-@dataclass
-class Run:
-    """A task run in progress: the guards it passed and what it holds where."""
-
-    guards: list[Guard]
-    ops: list[Op]
-    holder: Backend  # the shared backend, or the process-local one when admitted offline
-    held: list[Held]
-    info: RunInfo
-    breakers: list[tuple[Guard, Held]] = field(default_factory=list)
-    handles: list[int] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
 
 
 def _pairs(task: Any, config: TaskSettings, request: Any, args: Any, kwargs: Any) -> Any:
@@ -95,8 +47,29 @@ def admit_run(
     task: Any, config: TaskSettings, request: Any, args: Sequence[Any], kwargs: dict[str, Any]
 ) -> Run:
     """Admit this run of ``task`` or end it (defer, skip, fail); returns what it holds."""
-    backend: Backend = task.taskguard_backend
     state = DeferralState.from_headers(request.headers)
+    if not _instrument.on:
+        return _admit_run(task, config, request, args, kwargs, state, _instrument.IDLE)
+    with _instrument.activity(
+        _instrument.ADMIT,
+        task=task.name,
+        task_id=request.id,
+        guards=config.guards,
+        deferrals=state.count,
+    ) as act:
+        return _admit_run(task, config, request, args, kwargs, state, act)
+
+
+def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and watches
+    task: Any,
+    config: TaskSettings,
+    request: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    state: DeferralState,
+    act: Any,
+) -> Run:
+    backend: Backend = task.taskguard_backend
     pairs = _pairs(task, config, request, args, kwargs)
     paid = state.honoured(
         [op for _, op in pairs],
@@ -121,6 +94,7 @@ def admit_run(
             ops=ops,
             reserve_within=reserve_within,
             deadline=deadline,
+            act=act,
         )
     except BackendError as exc:
         # Not an outage (a missing ACL permission, a script error...): no outage policy
@@ -133,7 +107,7 @@ def admit_run(
             ", ".join(exc.guards or tuple(repr(g) for g in guards)),
             exc.reason,
         )
-        _give_up_claims(backend, ops)
+        give_up_claims(backend, ops)
         raise
 
 
@@ -147,12 +121,19 @@ def _admit_loop(
     ops: list[Op],
     reserve_within: float,
     deadline: float,
+    act: Any,
 ) -> Run:
     backend: Backend = task.taskguard_backend
     eager = bool(request.is_eager)
+    waited = 0.0
     while True:
         outcome = admit(backend, guards, ops, reserve_within=reserve_within)
         if outcome.admission.allowed:
+            if act.on:
+                decision = "degraded" if outcome.degraded else "allowed"
+                act.note(
+                    decision=decision, retry_after=0.0, degraded=outcome.degraded, waited=waited
+                )
             return _admitted(task, request, guards=guards, ops=ops, outcome=outcome)
         index = outcome.admission.denied or 0
         op = ops[index]
@@ -160,12 +141,21 @@ def _admit_loop(
         wakeup: str | None = getattr(op, "wakeup_key", None)
         if wakeup and left > 0 and not outcome.degraded:
             # A bounded wait in the worker, woken by the holder's release.
+            began = time.monotonic()
             try:
                 backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
                 continue
             except BackendUnavailable as exc:
                 logger.warning("%s[%s]: wait interrupted: %s", task.name, request.id, exc)
-        _denied(task, request, config, state, guards[index], op, ops, outcome, eager=eager)
+            finally:
+                waited += time.monotonic() - began
+        act.note(
+            guard=guards[index],
+            retry_after=outcome.admission.retry_after,
+            degraded=outcome.degraded,
+            waited=waited,
+        )
+        _denied(task, request, config, state, guards[index], op, ops, outcome, eager=eager, act=act)
 
 
 def _admitted(
@@ -182,7 +172,7 @@ def _admitted(
     else:
         taken = set(range(len(ops)))
     context = RunContext(sender=task, task_id=request.id, backend=holder)
-    held = [op for i, op in enumerate(ops) if i in taken and _holds(op)]
+    held = [op for i, op in enumerate(ops) if i in taken and holds(op)]
     breakers: list[tuple[Guard, Held]] = []
     probes: list[Held] = []
     for i, (guard, op, token) in enumerate(zip(guards, ops, tokens, strict=True)):
@@ -223,6 +213,7 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     outcome: Outcome,
     *,
     eager: bool,
+    act: Any,
 ) -> NoReturn:
     backend: Backend = task.taskguard_backend
     retry_after = outcome.admission.retry_after
@@ -238,18 +229,20 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     verdict = (
         guard.on_denied(op, retry_after, RunContext(task, request.id, backend)) if online else DEFER
     )
+    decision = _DECISIONS.get(verdict.action, "failed")
+    act.note(decision="failed" if eager and decision == "deferred" else decision)
     if verdict.action == "duplicate":
         logger.info("%s[%s] is a %s; skipped", task.name, request.id, verdict.reason)
         raise Ignore(verdict.reason)
     if verdict.action == "skip":
-        _give_up_claims(backend, ops)
+        give_up_claims(backend, ops)
         logger.info("%s[%s] %s", task.name, request.id, verdict.reason)
         raise Ignore(verdict.reason)
     if verdict.action == "fail":
-        _give_up_claims(backend, ops)
+        give_up_claims(backend, ops)
         raise guard.denied_error(retry_after, op.key)
     if eager:
-        _give_up_claims(backend, ops)
+        give_up_claims(backend, ops)
         raise guard.denied_error(retry_after, op.key)
     reserved = outcome.admission.reserved
     suffix = "" if online else " (backend unavailable)"
@@ -262,99 +255,10 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         state=state,
         policy=config.deferral,
         reason=f"{guard!r} on {op.key}{suffix}",
-        on_give_up=lambda: _give_up_claims(backend, ops),
+        cause=guard.kind if online else "outage",
+        on_give_up=lambda: give_up_claims(backend, ops),
     )
 
 
-def _give_up_claims(backend: Backend, ops: Sequence[Op]) -> None:
-    """This message will not run: free its publish-time claims for new publishes."""
-    claims = [op for op in ops if _is_claim(op)]
-    if claims:
-        try:
-            backend.release(claims)  # owner-checked: only claims this message holds
-        except BackendUnavailable as exc:
-            logger.warning("claims kept until they expire: %s", exc)
-        except BackendError as exc:
-            logger.error("claims kept until they expire: %s", exc)
-
-
-def release_run(
-    task: Any, request: Any, run: Run, outcome: str, exc: BaseException | None = None
-) -> None:
-    """Give back what the run holds and record breaker outcomes, in one round trip.
-
-    Never raises: a task's result must not depend on the release.
-    """
-    heartbeat = heartbeat_for(run.holder)
-    for handle in run.handles:
-        heartbeat.remove(handle)
-    held = run.held
-    keep: list[Held] = []
-    if outcome == "retry":
-        # The retry message is this message again: keep its claims for its time in the
-        # queue, so a duplicate cannot be published meanwhile (the retry re-takes them).
-        keep = [dataclasses.replace(op, ttl=_queue_ttl(run, op)) for op in held if _is_claim(op)]
-        held = [op for op in held if not _is_claim(op)]
-    duration = time.monotonic() - run.started
-    recorded: list[Held] = [
-        dataclasses.replace(cast(BreakerOp, op), mode=_breaker_code(guard, outcome, exc, duration))
-        for guard, op in run.breakers
-    ]
-    try:
-        results = run.holder.release([*held, *recorded]) if held or recorded else []
-        released, transitions = results[: len(held)], results[len(held) :]
-        if keep:
-            run.holder.renew(keep)
-    except (BackendUnavailable, BackendError) as down:
-        # Never raised: the task's result is already decided. A BackendError (not an
-        # outage) is an error to fix, so it is logged as one.
-        logger.log(
-            logging.WARNING if isinstance(down, BackendUnavailable) else logging.ERROR,
-            "%s[%s]: could not release %d lease(s) of guard(s) %s, they expire by TTL: %s",
-            task.name,
-            request.id,
-            len(held),
-            ", ".join(repr(g) for g in run.guards),
-            down,
-        )
-    else:
-        for (guard, _), code in zip(run.breakers, transitions, strict=True):
-            if code in TRANSITIONS:
-                announce(cast(CircuitBreaker, guard).name, *TRANSITIONS[code], task_id=request.id)
-        for lease, ok in zip(held, released, strict=True):
-            if not ok and lease.key not in run.info.lost_keys:
-                logger.warning(
-                    "%s[%s]: lease %s was lost before release", task.name, request.id, lease.key
-                )
-                signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
-    if signals.guard_released.receivers:
-        signals.guard_released.send(
-            sender=task,
-            task_id=request.id,
-            guards=run.guards,
-            outcome=outcome,
-            duration=time.monotonic() - run.started,
-        )
-
-
-def _breaker_code(guard: Guard, outcome: str, exc: BaseException | None, duration: float) -> str:
-    """What a task run's outcome counts as for a breaker."""
-    if outcome in ("ignored", "rejected", "aborted"):
-        return "i"
-    breaker = cast(CircuitBreaker, guard)
-    if outcome == "success":
-        return breaker.outcome(None, duration)
-    if isinstance(exc, Retry):
-        # self.retry(exc=...) after a failed call: that failure counts; a bare retry
-        # says nothing about the downstream service.
-        if not isinstance(exc.exc, BaseException):
-            return "i"
-        exc = exc.exc
-    return breaker.outcome(exc, duration)
-
-
-def _queue_ttl(run: Run, claim: LeaseOp) -> float:
-    for guard in run.guards:
-        if getattr(guard, "at_publish", False):
-            return float(getattr(guard, "queue_ttl", claim.ttl))
-    return claim.ttl
+#: A refusing guard's verdict -> the admission's decision, as instrumentation reports it.
+_DECISIONS = {"defer": "deferred", "skip": "skipped", "duplicate": "duplicate", "fail": "failed"}

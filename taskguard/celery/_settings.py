@@ -30,6 +30,7 @@ from taskguard.guards.breaker import CircuitBreaker
 from taskguard.urls import redact
 
 from ._guard_settings import apply_overrides, check_breakers, check_guard_entries
+from ._metrics_settings import MetricsSettings
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
@@ -145,6 +146,7 @@ _GLOBAL_FIELDS = frozenset(
         "breakers",
         "enabled",
         "drain",
+        "metrics",  # _metrics_settings.py
         *DeferralPolicy.SETTING_NAMES,
     }
 )
@@ -193,6 +195,7 @@ class Settings:
     breakers: Mapping[str, CircuitBreaker] = field(default_factory=dict)
     enabled: bool = True
     drain: DrainSettings = field(default_factory=DrainSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
@@ -228,6 +231,7 @@ class Settings:
         if "breakers" in raw:
             values["breakers"] = check_breakers(raw["breakers"])
         values["drain"] = DrainSettings.from_mapping(raw.get("drain"))
+        values["metrics"] = MetricsSettings.from_mapping(raw.get("metrics"))
         return cls(**values)
 
     @classmethod

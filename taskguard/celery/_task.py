@@ -20,7 +20,8 @@ from taskguard.guards.base import Guard
 from taskguard.guards.lock import Lock
 
 from . import _bootsteps  # noqa: F401 - connects the worker bootsteps and fork handler
-from ._runs import admit_run, release_run
+from ._release import release_run
+from ._runs import admit_run
 from ._runtime import runtime_for
 from ._settings import TaskSettings
 from ._uniqueness import publish_unique

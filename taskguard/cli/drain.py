@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from taskguard.celery._metrics_settings import MetricsSettings
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 
@@ -131,6 +132,17 @@ _prefix = click.option(
     help="Seconds to wait for in-flight batches at shutdown.",
 )
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    envvar="TASKGUARD_METRICS_PORT",
+    help="Serve Prometheus metrics on this port (needs the prometheus extra) "
+    "[env: TASKGUARD_METRICS_PORT].",
+)
+@click.option(
+    "--metrics-address", default="0.0.0.0", show_default=True, help="Address of the metrics port."
+)
 def drain(
     *,
     redis_url: str | None,
@@ -140,6 +152,8 @@ def drain(
     prefix: str,
     status_interval: float,
     log_level: str,
+    metrics_port: int | None,
+    metrics_address: str,
     **tunables: Any,
 ) -> None:
     """Run a drain pool until SIGTERM or SIGINT, then stop cleanly: the in-flight batches
@@ -158,6 +172,9 @@ def drain(
             "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
         )
     store = _checked(store_from_settings, settings)
+    metrics = _checked(
+        MetricsSettings.from_mapping, {"port": metrics_port, "address": metrics_address}
+    )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -169,6 +186,7 @@ def drain(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    server = _serve_metrics(metrics, backend, settings.namespaces)
     pool.start()
     try:
         while not stopping.wait(status_interval):
@@ -178,11 +196,28 @@ def drain(
         pool.stop(settings.stop_timeout)
         _status(pool)
         store.close()
+        if server is not None:
+            server.shutdown()
         backend.close()
 
 
+def _serve_metrics(metrics: MetricsSettings, backend: Any, namespaces: tuple[str, ...]) -> Any:
+    """Count and serve the drain's metrics when ``--metrics-port`` asks for them."""
+    if metrics.port is None:
+        return None
+    from taskguard.integrations import prometheus
+
+    prometheus.install()
+    return prometheus.serve(metrics.port, backend, address=metrics.address, namespaces=namespaces)
+
+
 #: The option of each drain setting whose parameter is named otherwise.
-_PARAMETERS = {"store": "store_url", "key_prefix": "prefix"}
+_PARAMETERS = {
+    "store": "store_url",
+    "key_prefix": "prefix",
+    "metrics.port": "metrics_port",
+    "metrics.address": "metrics_address",
+}
 
 
 def _settings(raw: dict[str, Any]) -> DrainSettings:

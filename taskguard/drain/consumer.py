@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from taskguard import signals
+from taskguard import _instrument, signals
 from taskguard.backend.redis import RedisBackend
 from taskguard.errors import BackendError, BackendUnavailable, StoreError
 from taskguard.sinks.base import Record, Store, accepts_json_text
@@ -203,6 +203,27 @@ class Consumer:
         return accepts_json_text(self.stores[partition.namespace])
 
     def _finish(
+        self,
+        partition: Partition,
+        *,
+        batch: Coalesced,
+        rejected: list[Rejected],
+        latest: Mapping[str, str | bytes],
+        ids: Sequence[str | bytes],
+        started: float,
+    ) -> int:
+        with _instrument.activity(
+            _instrument.DRAIN_BATCH,
+            namespace=partition.namespace,
+            partition=partition.index,
+            records=len(ids),
+            rows=len(batch.records),
+        ):
+            return self._commit(
+                partition, batch=batch, rejected=rejected, latest=latest, ids=ids, started=started
+            )
+
+    def _commit(
         self,
         partition: Partition,
         *,

@@ -140,7 +140,8 @@ def test_lock_holder_frozen_past_its_lease(
     assert [(w.holder, w.token) for w in refused] == [(first, old.token)]
     # Reported by the heartbeat, or (as here, when the run ends first) at its release.
     assert re.search(
-        r"lease \S+ (lost: it expired or was taken over|was lost before release)", frozen.log()
+        r"lease (on )?\S+ (lost: it expired or was taken over|was lost before release)",
+        frozen.log(),
     )
 
 
