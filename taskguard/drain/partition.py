@@ -8,6 +8,7 @@ Redis is reached only through the backend's port (``run_script``, ``run_script_m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ class Partition:
             when the lease is taken: what a previous consumer left unacknowledged).
         last_scan: Monotonic time of the last scan for idle pending entries.
         surrender: The pool holds more than its share: release after the current batch.
+        had_group: This pool has seen the partition's consumer group (so a missing one
+            means the stream was deleted, with what it held).
     """
 
     namespace: str
@@ -57,6 +60,7 @@ class Partition:
     needs_claim: bool = True
     last_scan: float = 0.0
     surrender: bool = False
+    had_group: bool = False
 
     @classmethod
     def of(cls, keys: KeySchema, namespace: str, index: int) -> Partition:
@@ -97,13 +101,29 @@ class Partition:
     # ------------------------------------------------------------ stream
 
     def ensure_group(self, backend: RedisBackend) -> None:
-        """Create the consumer group (and the stream) if missing."""
+        """Create the consumer group (and the stream) if missing.
+
+        taskguard never deletes a stream. So a group this pool saw before that is missing
+        now means the stream went, with the records queued in it and not yet written:
+        Redis lost its data (``FLUSHDB``, a restart without persistence, an eviction) or
+        the key was deleted. That loss is logged as an error here, where it is found.
+        """
         with backend.commands("drain XGROUP CREATE") as client:
             try:
                 client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            else:
+                if self.had_group:
+                    logging.getLogger("taskguard.drain").error(
+                        "drain: the write-behind stream of %s vanished with its consumer "
+                        "group: records queued there and not yet written are lost (Redis "
+                        "lost its data: FLUSHDB, a restart without persistence, an "
+                        "eviction; or the key was deleted)",
+                        self.name,
+                    )
+        self.had_group = True
 
     def claim_pending(
         self, backend: RedisBackend, consumer: str, *, min_idle: float, count: int

@@ -24,7 +24,7 @@ WRITERS, KEYS, WRITES, RATE = 2, 200, 2000, 400.0
 TOTAL = WRITERS * WRITES
 #: What a drain logs when it finds the records it was draining gone (FLUSHDB, a restart
 #: without persistence).
-LOSS_LOGGED = re.compile(r"lost")
+LOSS_LOGGED = re.compile(r"ERROR taskguard.drain: drain: the write-behind stream of \S+ vanished")
 
 
 def start(run: WriteBehindRun) -> Drain:

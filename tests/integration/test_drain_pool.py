@@ -345,3 +345,21 @@ def test_a_transient_store_outage_is_waited_out(
         signals.drain_batch_failed.disconnect(on_failed)
     assert failed == [True] * 4
     assert stored(sqlite_store, sorted(producer.expected)) == producer.expected
+
+
+def test_a_stream_lost_with_its_group_is_logged_as_a_loss(
+    backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer group the pool saw before and finds missing means the stream was deleted
+    with what it held (FLUSHDB, a restart without persistence): an error names the loss.
+    Creating a group the pool never saw is not one."""
+    partition = Partition.of(backend.keys, NS, 0)
+    with caplog.at_level("ERROR", logger="taskguard.drain"):
+        partition.ensure_group(backend)
+        partition.ensure_group(backend)  # still there: nothing to say
+        assert not caplog.records
+        backend.client.delete(partition.stream)
+        partition.ensure_group(backend)
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"drain: the write-behind stream of {NS}/0 vanished")
+    assert "not yet written are lost" in record.getMessage()
