@@ -24,6 +24,7 @@ from taskguard.errors import (
     RateLimited,
     StoreError,
     TaskGuardError,
+    UnstorableValue,
     WriteBehindFull,
 )
 from taskguard.guards import (
@@ -88,6 +89,7 @@ __all__ = [
     "Sessions",
     "StoreError",
     "TaskGuardError",
+    "UnstorableValue",
     "WriteBehindFull",
     "__version__",
     "connect",

@@ -21,15 +21,18 @@ from taskguard.sinks.base import Loaded, Record, Store
 
 from .codec import get_codec
 from .config import CacheConfig, CacheOptions
-from .entry import encode
+from .entry import encode, header
 from .flight import SingleFlight
 from .ops import CacheOps
 from .records import local_version
+from .values import ValueCheck
 from .writebehind import WriteBehind
 
 __all__ = ["CacheService"]
 
 logger = logging.getLogger("taskguard.cache")
+
+_HEADER = header()
 
 
 class CacheService:
@@ -69,6 +72,11 @@ class CacheService:
         self.backend = require_redis(backend, "cache")
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
+        # cache-aside writes no store, so the store's limits do not apply to its set().
+        writes_store = self.config.strategy != "cache-aside"
+        self._check = ValueCheck(
+            namespace, self._codec, self.config.store if writes_store else None
+        )
         self._ops = CacheOps(
             self.backend,
             namespace,
@@ -195,6 +203,9 @@ class CacheService:
         and the queue in one script call; the drain pool writes the store later.
 
         Raises:
+            UnstorableValue: ``value`` would not read back equal through the codec (a
+                tuple, a dict with non-string keys, NaN), or the store can never hold the
+                key or value (``Store.check``); nothing was written.
             StoreError: The store failed (write-through/around: the cache is untouched;
                 write-behind: only when Redis was down too).
             WriteBehindFull: The queue is full and ``on_full`` is ``"raise"``/``"block"``.
@@ -204,27 +215,26 @@ class CacheService:
 
     def set_many(self, mapping: Mapping[str, Any]) -> None:
         """:meth:`set` every item: the store in one transaction, the cache pipelined.
-        Write-behind queues each item with its own script call (not atomic as a whole)."""
+        Write-behind queues each item with its own script call (not atomic as a whole).
+        Every item is checked before any is written."""
         items = dict(mapping)
         if not items:
             return
         for key, value in items.items():
             if value is None:
                 raise ValueError(f"cannot cache None for {key!r}: use delete()")
+        payloads = {key: self._check.payload(key, value) for key, value in items.items()}
         if self._writer is not None:
-            self._writer.write_many([(key, value, False) for key, value in items.items()])
+            self._writer.write_many([(k, items[k], payload) for k, payload in payloads.items()])
             return
+        copies = [(k, _HEADER + payload, self.ttl_ms()) for k, payload in payloads.items()]
         if self.strategy == "cache-aside":
-            self._ops.put_many(
-                [(k, encode(self._codec, v), self.ttl_ms()) for k, v in items.items()]
-            )
+            self._ops.put_many(copies)
             return
         self._store_write([Record(k, v, local_version()) for k, v in items.items()])
         try:
             if self.strategy == "write-through":
-                self._ops.put_many(
-                    [(k, encode(self._codec, v), self.ttl_ms()) for k, v in items.items()]
-                )
+                self._ops.put_many(copies)
             else:
                 self._ops.invalidate_many(list(items))
         except BackendUnavailable as exc:
@@ -232,9 +242,14 @@ class CacheService:
 
     def delete(self, key: str) -> None:
         """Delete ``key``: a tombstone in the store (write-behind: queued), then the cached
-        copy goes. Without a store (cache-aside), only the cached copy."""
+        copy goes. Without a store (cache-aside), only the cached copy.
+
+        Raises:
+            UnstorableValue: The store can never hold ``key``; nothing was written.
+        """
+        self._check.deletion(key)
         if self._writer is not None:
-            self._writer.write(key, None, deleted=True)
+            self._writer.write(key, None, None)
             return
         if self.store is None:
             self._ops.invalidate_many([key])

@@ -71,34 +71,32 @@ class WriteBehind:
             check_registration(self.ops.register(), self.config.partitions, self.config.namespace)
             self.registered = True
 
-    def write(self, key: str, value: Any, *, deleted: bool = False) -> None:
-        """Queue a set of ``key`` (``deleted``: a delete); see the module docstring."""
-        payload = None if deleted else self.ops.codec.dumps(value)
+    def write(self, key: str, value: Any, payload: bytes | None) -> None:
+        """Queue a set of ``key`` to ``value``, encoded as ``payload`` (None: a delete);
+        see the module docstring."""
         try:
             self.register()
             reply = self._queue(key, payload)
         except BackendUnavailable as exc:
-            self._direct([_record(key, value, deleted, local_version())], exc)
+            self._direct([_record(key, value, payload is None, local_version())], exc)
             return
         if not reply.queued:
             self._on_full(key, value, payload, reply)
 
-    def write_many(self, items: Sequence[tuple[str, Any, bool]]) -> None:
-        """Queue ``(key, value, deleted)`` writes, pipelined. Not atomic as a whole."""
-        encoded = [
-            (key, None if deleted else self.ops.codec.dumps(value), self.ttl_ms())
-            for key, value, deleted in items
-        ]
+    def write_many(self, items: Sequence[tuple[str, Any, bytes | None]]) -> None:
+        """Queue ``(key, value, payload)`` writes (payload None: a delete), pipelined. Not
+        atomic as a whole."""
+        encoded = [(key, payload, self.ttl_ms()) for key, _, payload in items]
         try:
             self.register()
             replies = self.ops.queue_writes(encoded, header=_HEADER, capacity=self.config.capacity)
         except BackendUnavailable as exc:
             # Some may have been queued before the failure: their stream versions are
             # older than these local ones, so the direct write still wins in the store.
-            records = [_record(k, v, d, local_version()) for k, v, d in items]
+            records = [_record(k, v, p is None, local_version()) for k, v, p in items]
             self._direct(records, exc)
             return
-        for (key, value, _), (_, payload, _), reply in zip(items, encoded, replies, strict=True):
+        for (key, value, payload), reply in zip(items, replies, strict=True):
             if not reply.queued:
                 self._on_full(key, value, payload, reply)
 

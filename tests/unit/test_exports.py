@@ -42,6 +42,7 @@ def test_exported_names() -> None:
         "Sessions",
         "StoreError",
         "TaskGuardError",
+        "UnstorableValue",
         "WriteBehindFull",
         "__version__",
         "connect",
@@ -68,6 +69,7 @@ def test_error_tree() -> None:
         "DeferralExhausted",
         "StoreError",
         "WriteBehindFull",
+        "UnstorableValue",
     ):
         assert issubclass(getattr(errors, name), errors.TaskGuardError)
     for name in ("RateLimited", "LockHeld", "ConcurrencyLimitReached", "CircuitOpen"):
