@@ -19,6 +19,7 @@ from taskguard.backend.redis import HasBackend, require_redis
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Loaded, Record, Store
 
+from . import outage
 from .codec import get_codec
 from .config import CacheConfig, CacheOptions
 from .entry import encode, header
@@ -303,4 +304,4 @@ class CacheService:
         return values
 
     def _degraded(self, what: str, exc: BackendUnavailable) -> None:
-        logger.warning("cache %s: Redis unavailable during %s: %s", self.namespace, what, exc)
+        outage.warn("cache %s: Redis unavailable during %s: %s", self.namespace, what, exc)

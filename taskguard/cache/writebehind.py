@@ -9,7 +9,6 @@ write is never dropped silently: it is queued, in the store, or the caller gets 
 
 from __future__ import annotations
 
-import logging
 import time as _time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,14 +17,13 @@ from taskguard import signals
 from taskguard.errors import BackendUnavailable, WriteBehindFull
 from taskguard.sinks.base import Record, Store
 
+from . import outage
 from .config import CacheConfig
 from .entry import header
 from .ops import CacheOps, WriteReply, check_registration
 from .records import local_version, version_of
 
 __all__ = ["WriteBehind"]
-
-logger = logging.getLogger("taskguard.cache")
 
 _HEADER = header()
 _FIRST_BACKOFF = 0.005
@@ -156,7 +154,7 @@ class WriteBehind:
         try:
             self.ops.settle(key, dirty_id)
         except BackendUnavailable as exc:
-            logger.warning(
+            outage.warn(
                 "cache %s: %r written to the store (queue full), but its cached copy could "
                 "not be dropped: %s",
                 self.config.namespace,
@@ -165,7 +163,7 @@ class WriteBehind:
             )
 
     def _direct(self, records: list[Record], exc: BackendUnavailable) -> None:
-        logger.warning(
+        outage.warn(
             "cache %s: Redis unavailable (%s); writing %d record(s) straight to the store",
             self.config.namespace,
             exc,

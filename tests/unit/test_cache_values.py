@@ -5,6 +5,7 @@ a write-behind ``set`` that got past the checks would go straight to the store."
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +14,10 @@ import pytest
 
 import taskguard
 from taskguard.backend.base import Backend
+from taskguard.cache import CacheService, outage
 from taskguard.cache.config import MAX_NAMESPACE_LENGTH
 from taskguard.cache.records import MAX_PARTITIONS
+from taskguard.clock import FakeClock
 from taskguard.errors import ConfigurationError, UnstorableValue
 from taskguard.sinks import Record, check_record
 from taskguard.sinks.sql import SQLStore
@@ -206,3 +209,28 @@ def test_drain_settings_check_namespace_names() -> None:
         with pytest.raises(ConfigurationError) as caught:
             DrainSettings.from_mapping({"namespaces": [bad]})
         assert caught.value.field == "drain.namespaces"
+
+
+# ---------------------------------------------------------------- outage warnings
+
+
+def test_outage_warnings_are_rate_limited(
+    dead_backend: Backend,
+    store: MemoryStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(outage, "THROTTLE", outage.Throttle(every=5.0, clock=clock.time))
+    orders: CacheService = cache(dead_backend, store, strategy="write-through")
+    store.write("orders", [Record("k", "v", 1)])
+    with caplog.at_level(logging.WARNING, logger="taskguard.cache"):
+        for _ in range(50):
+            assert orders.get("k") == "v"
+            assert orders.get_many(["k"]) == {"k": "v"}
+        clock.advance(5.0)
+        assert orders.get("k") == "v"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "Redis unavailable" in warnings[0]
+    assert "99 more like it" in warnings[1]
