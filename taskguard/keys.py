@@ -143,3 +143,13 @@ class KeySchema:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this schema."""
         return f"{self._head}:*"
+
+    def cache_stream_pattern(self) -> str:
+        """A SCAN pattern matching every write-behind stream (:meth:`cache_stream`) of
+        every namespace and partition. It can match other keys too (a cached value whose
+        key ends the same way): scan with ``TYPE stream`` and check each match against
+        :meth:`cache_stream`."""
+        # _cache_head(namespace, p) ends with ":<namespace>:<p>}"; keep what comes before.
+        head = self._cache_head("", 0)[: -len(":0}")]
+        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in head)
+        return f"{escaped}*}}:wb"

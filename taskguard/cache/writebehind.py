@@ -32,6 +32,11 @@ _HEADER = header()
 _FIRST_BACKOFF = 0.005
 _MAX_BACKOFF = 0.1
 
+#: Seconds between two registrations of a namespace by one writer: the registry may be
+#: lost meanwhile (FLUSHDB, a restart without persistence), and is a fast index of work
+#: for the drain and the record of the partition count every writer must agree on.
+REGISTER_EVERY = 30.0
+
 
 class WriteBehind:
     """The write side of a write-behind namespace.
@@ -67,13 +72,16 @@ class WriteBehind:
         self.sender = sender
         self.sleep = sleep
         self.clock = clock
-        self.registered = False
+        self._registered_at = -float("inf")
 
     def register(self) -> None:
-        """Record the namespace and its partition count (once; raises on a mismatch)."""
-        if not self.registered:
+        """Record the namespace and its partition count, and check it (raises on a
+        mismatch): at the first write, then again every :data:`REGISTER_EVERY` seconds.
+        """
+        now = self.clock()
+        if now - self._registered_at >= REGISTER_EVERY:
             check_registration(self.ops.register(), self.config.partitions, self.config.namespace)
-            self.registered = True
+            self._registered_at = now
 
     def write(self, key: str, value: Any, payload: bytes | None) -> None:
         """Queue a set of ``key`` to ``value``, encoded as ``payload`` (None: a delete);
