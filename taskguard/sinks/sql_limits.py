@@ -24,7 +24,7 @@ from typing import Any
 
 from taskguard.errors import UnstorableValue
 
-from .base import Record
+from .base import JSONText, Record
 from .values import find
 
 __all__ = ["POSTGRES_MAX_KEY_BYTES", "check_sql_record", "max_key_bytes"]
@@ -45,7 +45,9 @@ def check_sql_record(record: Record, namespace: str, *, dialect: str, mapped: bo
     """Raise :class:`UnstorableValue` if the table can never hold ``record``.
 
     Args:
-        record: The record (its version is not looked at).
+        record: The record (its version is not looked at). Its value may be a
+            :class:`~taskguard.sinks.base.JSONText` (for the generic table): then the
+            text is searched, and decoded only when it may hold a problem.
         namespace: The cache namespace, for the error.
         dialect: ``"postgresql"`` or ``"sqlite"``.
         mapped: True for a user's table (:class:`~taskguard.sinks.sql.TableMapping`).
@@ -68,6 +70,12 @@ def check_sql_record(record: Record, namespace: str, *, dialect: str, mapped: bo
     if record.deleted:
         return
     value = record.value
+    if type(value) is JSONText:
+        # The value's JSON already (the cache's JSON codec made it): a NaN, an Infinity or
+        # a NUL can only be there if these appear in the text, most often they do not.
+        if not ("NaN" in value or "Infinity" in value or (postgres and "\\u0000" in value)):
+            return
+        value = json.loads(value)  # look closer: decoded, it goes through the checks below
     if mapped:
         if not isinstance(value, Mapping):
             raise refuse(f"a mapped table needs a dict value, not {type(value).__name__}", "value")

@@ -20,6 +20,7 @@ from taskguard.cache.records import MAX_PARTITIONS
 from taskguard.clock import FakeClock
 from taskguard.errors import ConfigurationError, UnstorableValue
 from taskguard.sinks import Record, check_record
+from taskguard.sinks.base import JSONText
 from taskguard.sinks.sql import SQLStore
 
 from .celery_harness import DEAD_URL
@@ -132,6 +133,19 @@ def test_the_sql_store_refuses_what_the_database_cannot_hold() -> None:
     finally:
         postgres.close()
         sqlite.close()
+
+
+def test_the_sql_store_checks_json_text_without_decoding_it_when_it_can() -> None:
+    postgres = SQLStore("postgresql://postgres@127.0.0.1:1/none")
+    try:
+        for text in ('{"a":"NaN and Infinity are fine in a string"}', '"\\\\u0000"', "[1,2]"):
+            postgres.check("ns", Record("k", JSONText(text), 0))
+        for text, where in (("[1,Infinity]", "value[1]"), ('{"s":"a\\u0000b"}', "value['s']")):
+            with pytest.raises(UnstorableValue) as caught:
+                postgres.check("ns", Record("k", JSONText(text), 0))
+            assert caught.value.field == where
+    finally:
+        postgres.close()
 
 
 def test_a_store_without_check_accepts_everything() -> None:
