@@ -48,20 +48,22 @@ def dirty_id(cache: CacheService, key: str, client: Any) -> bytes | None:
     return found
 
 
-class FailingSettle:
-    """Replaces ``CacheOps.settle_many`` to raise as if Redis went away after the store
-    write."""
+class FailingSettles:
+    """Makes the backend's port fail ``cache_wb_settle`` calls, as if Redis went away
+    between the store write and the settle; every other call goes through."""
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
+    def __init__(self, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = True
-        self.calls = 0
+        for method in ("run_script", "run_script_many"):
+            monkeypatch.setattr(backend, method, self._wrap(getattr(backend, method)))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.failing:
-            raise BackendUnavailable("redis unreachable during write-behind settle (test)")
-        return self.real(*args, **kwargs)
+    def _wrap(self, real: Any) -> Any:
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            if self.failing and name == "cache_wb_settle":
+                raise BackendUnavailable("redis unreachable during cache settle (test)")
+            return real(name, *args, **kwargs)
+
+        return call
 
 
 def test_full_queue_write_through_whose_settle_fails_reads_the_store(
@@ -69,15 +71,14 @@ def test_full_queue_write_through_whose_settle_fails_reads_the_store(
 ) -> None:
     cache = wb(backend, store, partitions=1, capacity=1)  # on_full="write_through"
     cache.set("a", "v1")  # queued and cached
-    settle = FailingSettle(cache._ops.settle_many)
-    monkeypatch.setattr(cache._ops, "settle_many", settle)
+    settles = FailingSettles(backend, monkeypatch)
     cache.set("a", "v2")  # queue full: v2 goes to the store; dropping v1's copy fails
     assert store.rows["orders", "a"].value == "v2"
     assert redis_client.get(cache._ops.value_key("a")) is not None  # v1 is still cached
     assert cache.get("a") == "v2"  # not v1: this process reads the store for "a"
     assert cache.get_many(["a"]) == {"a": "v2"}
     assert cache.get_or_load("a", lambda: "loaded") == "loaded"  # not the cached v1
-    settle.failing = False
+    settles.failing = False
     assert cache.get("a") == "v2"  # the pending settle ran first: v1's copy went...
     assert dirty_id(cache, "a", redis_client) is None
     assert redis_client.get(cache._ops.value_key("a")) == b'=0:"v2"'  # ...v2 came from the store
