@@ -25,6 +25,7 @@ from taskguard.errors import (
     RateLimited,
     StoreError,
     TaskGuardError,
+    UnstorableValue,
     WriteBehindFull,
 )
 from taskguard.guards import (
@@ -91,6 +92,7 @@ __all__ = [
     "Sessions",
     "StoreError",
     "TaskGuardError",
+    "UnstorableValue",
     "WriteBehindFull",
     "__version__",
     "connect",

@@ -19,8 +19,10 @@ Callers catch one thing, :class:`TaskGuardError`, or a branch of the tree::
     ├── AlreadyQueued               publish-time uniqueness found the same work queued
     ├── DeferralExhausted           a task was deferred too often or for too long
     ├── WriteBehindFull             the write-behind queue is at capacity (policy "raise")
-    └── StoreError                  the database (store) failed; ``transient`` says if a
-                                    retry may succeed
+    ├── StoreError                  the database (store) failed; ``transient`` says if a
+    │                               retry may succeed
+    └── UnstorableValue             a cache key or value the codec or the store cannot keep
+                                    as given (also a ValueError and a TypeError)
 
 Driver errors are wrapped with ``raise ... from exc`` so the original is kept as ``__cause__``.
 """
@@ -41,6 +43,7 @@ __all__ = [
     "RateLimited",
     "StoreError",
     "TaskGuardError",
+    "UnstorableValue",
     "WriteBehindFull",
 ]
 
@@ -250,3 +253,29 @@ class StoreError(TaskGuardError):
     def __init__(self, message: str, *, transient: bool):
         self.transient = transient
         super().__init__(message)
+
+
+class UnstorableValue(TaskGuardError, ValueError, TypeError):
+    """A cache write refused before anything was written: its value would not read back
+    equal through the namespace's codec (a tuple, a dict with int keys, NaN), or the store
+    cannot hold the key or value (see ``Store.check``: e.g. Infinity, NUL characters or
+    over-long keys in PostgreSQL).
+
+    Also a ``ValueError`` and a ``TypeError`` (which the codec raised for values it cannot
+    encode at all).
+
+    Attributes:
+        namespace: The cache namespace.
+        key: The cache key.
+        field: Where the problem is: ``"key"``, ``"value"``, or a path into the value such
+            as ``"value['items'][2]"``.
+        reason: What is wrong, without the namespace and key.
+    """
+
+    def __init__(self, reason: str, *, namespace: str, key: str, field: str = "value"):
+        self.namespace = namespace
+        self.key = key
+        self.field = field
+        self.reason = reason
+        shown = repr(key) if len(key) <= 80 else f"{key[:60]!r}... ({len(key)} characters)"
+        super().__init__(f"cache {namespace!r}, key {shown}: {field}: {reason}")

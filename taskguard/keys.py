@@ -219,3 +219,10 @@ class KeySchema:
         # The escaped tag holds no ':' or '}': what follows it tells guard keys ('}')
         # and cache keys (':c:') apart, and no other tag can continue it.
         return f"{_glob(self.prefix)}:{{{_glob(self._tag)}[}}:]*"
+
+    def cache_stream_pattern(self) -> str:
+        """A SCAN pattern matching every write-behind stream (:meth:`cache_stream`) of
+        every namespace and partition. It can match other keys too (a cached value whose
+        key ends the same way): scan with ``TYPE stream`` and check each match against
+        :meth:`cache_stream`."""
+        return f"{_glob(self.prefix)}:{{{_glob(self._tag)}:c:*}}:wb"

@@ -12,14 +12,17 @@ from taskguard.errors import ConfigurationError
 from taskguard.sinks.base import Store
 
 from .codec import get_codec
+from .records import MAX_PARTITIONS
 
 __all__ = [
+    "MAX_NAMESPACE_LENGTH",
     "ON_FULL",
     "STRATEGIES",
     "WRITE_STRATEGIES",
     "CacheConfig",
     "CacheOptions",
     "check_namespace",
+    "check_partitions",
 ]
 
 #: Cache strategies (see docs/caching.md).
@@ -31,14 +34,33 @@ ON_FULL = ("write_through", "raise", "block")
 #: Negative entries live at most this long unless ``negative_ttl`` says otherwise.
 DEFAULT_NEGATIVE_TTL = 30.0
 
+#: The longest namespace name. It is part of every key of the namespace, and of the
+#: store's primary key (with the cache key: see ``SQLStore.max_key_bytes``).
+MAX_NAMESPACE_LENGTH = 64
+
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def check_namespace(value: object) -> str:
-    """``value`` if it is a valid namespace name, else a ConfigurationError."""
+def check_namespace(value: object, field: str = "namespace") -> str:
+    """``value`` if it is a valid namespace name (``[A-Za-z0-9_.-]``, 1 to
+    :data:`MAX_NAMESPACE_LENGTH` characters), else a ConfigurationError naming ``field``."""
     if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
-        raise ConfigurationError(f"must match [A-Za-z0-9_.-]+, got {value!r}", field="namespace")
+        raise ConfigurationError(f"must match [A-Za-z0-9_.-]+, got {value!r}", field=field)
+    if len(value) > MAX_NAMESPACE_LENGTH:
+        raise ConfigurationError(
+            f"must be at most {MAX_NAMESPACE_LENGTH} characters, got {len(value)}", field=field
+        )
     return value
+
+
+def check_partitions(value: object) -> int:
+    """``value`` if it is a partition count from 1 to :data:`MAX_PARTITIONS`."""
+    partitions = count(value, "partitions")
+    if partitions > MAX_PARTITIONS:
+        raise ConfigurationError(
+            f"must be at most {MAX_PARTITIONS}, got {partitions}", field="partitions"
+        )
+    return partitions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +78,7 @@ class CacheOptions:
             strategies; with cache-aside, ``get()`` reads through it on a miss.
         partitions: Keys are spread over this many partitions (``crc32(key) mod P``), each
             with its own Redis Cluster hash tag and, for write-behind, its own queue.
+            1 to 1024 (:data:`~taskguard.cache.records.MAX_PARTITIONS`).
         codec: ``"json"`` (default) or ``"msgpack"``. Pickle is never used.
         jitter: Each cached copy lives ``ttl * (1 + uniform(0, jitter))``, so keys cached
             together do not all expire together. 0 to 1.
@@ -147,7 +170,7 @@ class CacheConfig:
             ttl=ttl,
             strategy=strategy,
             store=store,
-            partitions=count(options.partitions, "partitions"),
+            partitions=check_partitions(options.partitions),
             codec=codec,
             jitter=number(options.jitter, "jitter", 0.0, 1.0),
             negative_ttl=negative,

@@ -19,6 +19,7 @@ from typing import Any
 
 from taskguard.errors import BackendUnavailable
 
+from . import outage
 from .ops import CacheOps, Lookup
 from .xfetch import should_refresh_early
 
@@ -128,4 +129,4 @@ class SingleFlight:
         try:
             self.ops.fill(key, cached, ttl_ms, only_if_absent=only_if_absent, token=token)
         except BackendUnavailable as exc:
-            logger.warning("cache %s: could not cache %r: %s", self.ops.namespace, key, exc)
+            outage.warn("cache %s: could not cache %r: %s", self.ops.namespace, key, exc)

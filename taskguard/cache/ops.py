@@ -16,7 +16,7 @@ from taskguard.errors import ConfigurationError
 
 from .codec import Codec, get_codec
 from .entry import decode
-from .records import partition_of
+from .records import VERSION_SCALE, partition_of
 
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
@@ -294,14 +294,32 @@ class CacheOps:
             return WriteReply(True, stream_id=_text(reply[1]))
         return WriteReply(False, backlog=int(reply[1]), dirty_id=_text(reply[2]))
 
-    def settle(self, key: str, seen_id: str) -> bool:
-        """After a direct store write: drop the copy and the dirty mark if still ``seen_id``."""
-        keys = self._queue_keys(key)
-        return bool(
-            self.backend.run_script(
-                "cache_wb_settle", [keys[0], keys[2]], [key, seen_id], what="write-behind settle"
-            )
-        )
+    def settle(self, key: str, version: int) -> bool:
+        """After a direct store write of ``key`` at ``version``: drop the cached copy and
+        the dirty mark, unless the key's queued write is at least as new (then it is
+        the value). Returns True when dropped."""
+        return bool(self.settle_many([(key, version)])[0])
+
+    def settle_many(self, writes: Sequence[tuple[str, int]]) -> list[bool]:
+        """:meth:`settle` each ``(key, version)``, pipelined."""
+        calls = [(self._settle_keys(key), _settle_args(key, version)) for key, version in writes]
+        replies = self.backend.run_script_many("cache_wb_settle", calls, what="cache settle")
+        return [bool(reply) for reply in replies]
+
+    def _settle_keys(self, key: str) -> list[str]:
+        p, keys = self._partition(key), self.backend.keys
+        return [keys.cache_value(self.namespace, p, key), keys.cache_dirty(self.namespace, p)]
+
+    def queued_ids(self, keys: Sequence[str]) -> list[str]:
+        """The stream id of each key's newest queued write ("" = none), pipelined. Reads
+        only, so it works while Redis refuses writes (OOM)."""
+        if not self.queued or not keys:
+            return [""] * len(keys)
+        with self.backend.commands("write-behind dirty lookup") as client:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(self._settle_keys(key)[1], key)
+            return [_text(found) for found in pipe.execute()]
 
     def register(self) -> int:
         """Record this write-behind namespace (HSETNX); the partition count on record."""
@@ -312,6 +330,12 @@ class CacheOps:
             pipe.hget(where, self.namespace)
             _, recorded = pipe.execute()
         return int(recorded)
+
+
+def _settle_args(key: str, version: int) -> list[Any]:
+    # The version as ms and the rest: Lua numbers are doubles, exact only below 2**53.
+    ms, rest = divmod(version, VERSION_SCALE)
+    return [key, ms, rest]
 
 
 def check_registration(recorded: int, partitions: int, namespace: str) -> None:

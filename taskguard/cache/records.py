@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_PARTITIONS",
     "VERSION_SCALE",
     "QueuedWrite",
     "local_version",
@@ -39,6 +40,11 @@ __all__ = [
 
 #: A stream id ``ms-seq`` becomes ``ms * VERSION_SCALE + seq``.
 VERSION_SCALE = 1_000_000
+
+#: The most partitions a namespace may have. Each is a stream, a dirty index and a drain
+#: lease, renewed every few seconds by the pool that holds it: more partitions than drain
+#: threads across the fleet buy nothing, and Redis Cluster has 16384 slots.
+MAX_PARTITIONS = 1024
 
 _local_seq = itertools.count()
 

@@ -19,17 +19,22 @@ from taskguard.backend.redis import HasBackend, require_redis
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.sinks.base import Loaded, Record, Store
 
+from . import outage
 from .codec import get_codec
 from .config import CacheConfig, CacheOptions
-from .entry import encode
+from .entry import encode, header
 from .flight import SingleFlight
 from .ops import CacheOps
 from .records import local_version
+from .settling import Settler
+from .values import ValueCheck
 from .writebehind import WriteBehind
 
 __all__ = ["CacheService"]
 
 logger = logging.getLogger("taskguard.cache")
+
+_HEADER = header()
 
 
 class CacheService:
@@ -69,6 +74,11 @@ class CacheService:
         self.backend = require_redis(backend, "cache")
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
+        # cache-aside writes no store, so the store's limits do not apply to its set().
+        writes_store = self.config.strategy != "cache-aside"
+        self._check = ValueCheck(
+            namespace, self._codec, self.config.store if writes_store else None
+        )
         self._ops = CacheOps(
             self.backend,
             namespace,
@@ -84,10 +94,13 @@ class CacheService:
             early_refresh=self.config.early_refresh,
             rng=self._rng,
         )
+        self._settler = Settler(self._ops)
         self._writer: WriteBehind | None = None
         store = self.config.store
         if self.config.write_behind and store is not None:  # CacheConfig requires the store
-            self._writer = WriteBehind(self.config, self._ops, store, self.ttl_ms, sender=self)
+            self._writer = WriteBehind(
+                self.config, self._ops, store, self._settler, self.ttl_ms, sender=self
+            )
             try:
                 self._writer.register()
             except BackendUnavailable as exc:
@@ -134,7 +147,11 @@ class CacheService:
 
         Looks in the cache, then (write-behind) the queue, then the store if there is one,
         caching what the store returned. A store tombstone or missing row is ``default``.
+        A key written straight to the store whose older copy Redis may still hold is read
+        from the store (see :mod:`taskguard.cache.settling`).
         """
+        if self._unsettled([key]):
+            return self._load_from_store([key], fill=False).get(key, default)
         try:
             lookup = self._ops.read(key)
         except BackendUnavailable as exc:
@@ -148,12 +165,17 @@ class CacheService:
         """The values of ``keys`` that have one, by key (one pipelined round trip for the
         cache, one ``load_many`` for the store's share)."""
         wanted = list(dict.fromkeys(keys))
+        found: dict[str, Any] = {}
+        unsettled = self._unsettled(wanted)
+        if unsettled:
+            found.update(self._load_from_store(list(unsettled), fill=False))
+            wanted = [key for key in wanted if key not in unsettled]
         try:
             lookups = self._ops.read_many(wanted)
         except BackendUnavailable as exc:
             self._degraded("get_many", exc)
-            return self._load_from_store(wanted, fill=False)
-        found: dict[str, Any] = {}
+            found.update(self._load_from_store(wanted, fill=False))
+            return found
         misses = []
         for key, lookup in zip(wanted, lookups, strict=True):
             if lookup.kind == "miss":
@@ -172,8 +194,11 @@ class CacheService:
         as a negative entry for ``negative_ttl``; this returns None then. The store is not
         consulted (the loader is the source); in a write-behind namespace a queued write
         still wins, and a loaded value is never cached over a queued one. While Redis is
-        down the loader is called directly.
+        down (or may hold an older copy of a key written straight to the store) the loader
+        is called directly.
         """
+        if self._unsettled([key]):
+            return loader()
         try:
             lookup = self._ops.read(key)
             if lookup.kind == "miss":
@@ -195,6 +220,9 @@ class CacheService:
         and the queue in one script call; the drain pool writes the store later.
 
         Raises:
+            UnstorableValue: ``value`` would not read back equal through the codec (a
+                tuple, a dict with non-string keys, NaN), or the store can never hold the
+                key or value (``Store.check``); nothing was written.
             StoreError: The store failed (write-through/around: the cache is untouched;
                 write-behind: only when Redis was down too).
             WriteBehindFull: The queue is full and ``on_full`` is ``"raise"``/``"block"``.
@@ -204,46 +232,58 @@ class CacheService:
 
     def set_many(self, mapping: Mapping[str, Any]) -> None:
         """:meth:`set` every item: the store in one transaction, the cache pipelined.
-        Write-behind queues each item with its own script call (not atomic as a whole)."""
+        Write-behind queues each item with its own script call (not atomic as a whole).
+        Every item is checked before any is written."""
         items = dict(mapping)
         if not items:
             return
         for key, value in items.items():
             if value is None:
                 raise ValueError(f"cannot cache None for {key!r}: use delete()")
+        payloads = {key: self._check.payload(key, value) for key, value in items.items()}
+        self._unsettled(())  # retry pending settles first
         if self._writer is not None:
-            self._writer.write_many([(key, value, False) for key, value in items.items()])
+            self._writer.write_many([(k, items[k], payload) for k, payload in payloads.items()])
             return
+        copies = [(k, _HEADER + payload, self.ttl_ms()) for k, payload in payloads.items()]
         if self.strategy == "cache-aside":
-            self._ops.put_many(
-                [(k, encode(self._codec, v), self.ttl_ms()) for k, v in items.items()]
-            )
+            self._ops.put_many(copies)
             return
-        self._store_write([Record(k, v, local_version()) for k, v in items.items()])
+        records = [Record(k, v, local_version()) for k, v in items.items()]
+        self._store_write(records)
         try:
             if self.strategy == "write-through":
-                self._ops.put_many(
-                    [(k, encode(self._codec, v), self.ttl_ms()) for k, v in items.items()]
-                )
+                self._ops.put_many(copies)
             else:
                 self._ops.invalidate_many(list(items))
-        except BackendUnavailable as exc:
-            self._degraded("set (the store has the write; the cached copy may be older)", exc)
+        except BackendUnavailable:
+            self._settler.settle([(r.key, r.version) for r in records])
+        else:
+            self._settler.forget(items)
 
     def delete(self, key: str) -> None:
         """Delete ``key``: a tombstone in the store (write-behind: queued), then the cached
-        copy goes. Without a store (cache-aside), only the cached copy."""
+        copy goes. Without a store (cache-aside), only the cached copy.
+
+        Raises:
+            UnstorableValue: The store can never hold ``key``; nothing was written.
+        """
+        self._check.deletion(key)
+        self._unsettled(())
         if self._writer is not None:
-            self._writer.write(key, None, deleted=True)
+            self._writer.write(key, None, None)
             return
         if self.store is None:
             self._ops.invalidate_many([key])
             return
-        self._store_write([Record(key, None, local_version(), deleted=True)])
+        tombstone = Record(key, None, local_version(), deleted=True)
+        self._store_write([tombstone])
         try:
             self._ops.invalidate_many([key])
-        except BackendUnavailable as exc:
-            self._degraded("delete (the store has the tombstone; the cached copy remains)", exc)
+        except BackendUnavailable:
+            self._settler.settle([(key, tombstone.version)])
+        else:
+            self._settler.forget([key])
 
     def invalidate(self, key: str) -> None:
         """Drop ``key``'s cached copy (the store and any queued write are untouched).
@@ -287,5 +327,13 @@ class CacheService:
                 self._degraded("caching store rows", exc)
         return values
 
+    def _unsettled(self, keys: Iterable[str]) -> frozenset[str]:
+        """Those of ``keys`` whose older copies Redis may still hold, after retrying the
+        pending settles (nothing to do, and no cost, when none is pending)."""
+        if not self._settler:
+            return frozenset()
+        self._settler.retry()
+        return self._settler.unsettled(keys)
+
     def _degraded(self, what: str, exc: BackendUnavailable) -> None:
-        logger.warning("cache %s: Redis unavailable during %s: %s", self.namespace, what, exc)
+        outage.warn("cache %s: Redis unavailable during %s: %s", self.namespace, what, exc)

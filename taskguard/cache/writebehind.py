@@ -3,13 +3,14 @@
 A write is ONE script call (``cache_wb_write.lua``): the cached copy, the stream entry the
 drain pool will write to the store, and the dirty mark that makes reads prefer the queued
 write over the store's older row. When the partition's queue is full the namespace's
-``on_full`` policy decides; when Redis is down the write goes straight to the store. A
-write is never dropped silently: it is queued, in the store, or the caller gets an error.
+``on_full`` policy decides; when Redis is down or refuses the write (OOM) the write goes
+straight to the store. A write is never dropped silently: it is queued, in the store, or
+the caller gets an error. After a write went to the store, the key's older cached copy
+and dirty mark are dropped (:mod:`taskguard.cache.settling`), so no read serves them.
 """
 
 from __future__ import annotations
 
-import logging
 import time as _time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,18 +19,23 @@ from taskguard import signals
 from taskguard.errors import BackendUnavailable, WriteBehindFull
 from taskguard.sinks.base import Record, Store
 
+from . import outage
 from .config import CacheConfig
 from .entry import header
 from .ops import CacheOps, WriteReply, check_registration
 from .records import local_version, version_of
+from .settling import Settler
 
 __all__ = ["WriteBehind"]
-
-logger = logging.getLogger("taskguard.cache")
 
 _HEADER = header()
 _FIRST_BACKOFF = 0.005
 _MAX_BACKOFF = 0.1
+
+#: Seconds between two registrations of a namespace by one writer: the registry may be
+#: lost meanwhile (FLUSHDB, a restart without persistence), and is a fast index of work
+#: for the drain and the record of the partition count every writer must agree on.
+REGISTER_EVERY = 30.0
 
 
 class WriteBehind:
@@ -39,6 +45,7 @@ class WriteBehind:
         config: The namespace's settings.
         ops: Its Redis calls.
         store: Its store (the direct-write fallback).
+        settler: Drops what Redis holds of older writes after a direct write.
         ttl_ms: Draws a jittered TTL, in milliseconds, for each cached copy.
         sender: The ``sender`` of backpressure signals (the cache service).
         sleep: Sleeps while ``on_full="block"`` waits (injectable).
@@ -50,6 +57,7 @@ class WriteBehind:
         config: CacheConfig,
         ops: CacheOps,
         store: Store,
+        settler: Settler,
         ttl_ms: Callable[[], int],
         *,
         sender: object,
@@ -59,46 +67,47 @@ class WriteBehind:
         self.config = config
         self.ops = ops
         self.store = store
+        self.settler = settler
         self.ttl_ms = ttl_ms
         self.sender = sender
         self.sleep = sleep
         self.clock = clock
-        self.registered = False
+        self._registered_at = -float("inf")
 
     def register(self) -> None:
-        """Record the namespace and its partition count (once; raises on a mismatch)."""
-        if not self.registered:
+        """Record the namespace and its partition count, and check it (raises on a
+        mismatch): at the first write, then again every :data:`REGISTER_EVERY` seconds.
+        """
+        now = self.clock()
+        if now - self._registered_at >= REGISTER_EVERY:
             check_registration(self.ops.register(), self.config.partitions, self.config.namespace)
-            self.registered = True
+            self._registered_at = now
 
-    def write(self, key: str, value: Any, *, deleted: bool = False) -> None:
-        """Queue a set of ``key`` (``deleted``: a delete); see the module docstring."""
-        payload = None if deleted else self.ops.codec.dumps(value)
+    def write(self, key: str, value: Any, payload: bytes | None) -> None:
+        """Queue a set of ``key`` to ``value``, encoded as ``payload`` (None: a delete);
+        see the module docstring."""
+        self.write_many([(key, value, payload)])
+
+    def write_many(self, items: Sequence[tuple[str, Any, bytes | None]]) -> None:
+        """Queue ``(key, value, payload)`` writes (payload None: a delete), pipelined. Not
+        atomic as a whole."""
         try:
             self.register()
-            reply = self._queue(key, payload)
+            if len(items) == 1:
+                key, _, payload = items[0]
+                replies = [self._queue(key, payload)]
+            else:
+                encoded = [(key, payload, self.ttl_ms()) for key, _, payload in items]
+                replies = self.ops.queue_writes(
+                    encoded, header=_HEADER, capacity=self.config.capacity
+                )
         except BackendUnavailable as exc:
-            self._direct([_record(key, value, deleted, local_version())], exc)
+            # Some may have been queued before the failure: the direct writes rank above
+            # them (see _bypass), and their dirty marks and copies go.
+            self._bypass([(k, v, p is None) for k, v, p in items], exc)
             return
-        if not reply.queued:
-            self._on_full(key, value, payload, reply)
-
-    def write_many(self, items: Sequence[tuple[str, Any, bool]]) -> None:
-        """Queue ``(key, value, deleted)`` writes, pipelined. Not atomic as a whole."""
-        encoded = [
-            (key, None if deleted else self.ops.codec.dumps(value), self.ttl_ms())
-            for key, value, deleted in items
-        ]
-        try:
-            self.register()
-            replies = self.ops.queue_writes(encoded, header=_HEADER, capacity=self.config.capacity)
-        except BackendUnavailable as exc:
-            # Some may have been queued before the failure: their stream versions are
-            # older than these local ones, so the direct write still wins in the store.
-            records = [_record(k, v, d, local_version()) for k, v, d in items]
-            self._direct(records, exc)
-            return
-        for (key, value, _), (_, payload, _), reply in zip(items, encoded, replies, strict=True):
+        self.settler.forget(key for (key, _, _), r in zip(items, replies, strict=True) if r.queued)
+        for (key, value, payload), reply in zip(items, replies, strict=True):
             if not reply.queued:
                 self._on_full(key, value, payload, reply)
 
@@ -140,9 +149,10 @@ class WriteBehind:
             try:
                 reply = self._queue(key, payload)
             except BackendUnavailable as exc:
-                self._direct([_record(key, value, payload is None, local_version())], exc)
+                self._bypass([(key, value, payload is None)], exc)
                 return WriteReply(True)
             if reply.queued:
+                self.settler.forget([key])
                 return reply
         return reply
 
@@ -151,29 +161,39 @@ class WriteBehind:
         # (so the drain's later write of that older entry loses). Then the cached copy and
         # the dirty mark go, unless a newer write was queued meanwhile: reads fall through
         # to the store, which holds this write. The cache never shows a value older than it.
-        version = local_version()
-        if dirty_id:
-            version = max(version, version_of(dirty_id) + 1)
+        version = _above(dirty_id)
         self.store.write(self.config.namespace, [_record(key, value, deleted, version)])
-        try:
-            self.ops.settle(key, dirty_id)
-        except BackendUnavailable as exc:
-            logger.warning(
-                "cache %s: %r written to the store (queue full), but its cached copy could "
-                "not be dropped: %s",
-                self.config.namespace,
-                key,
-                exc,
-            )
+        self.settler.settle([(key, version)])
 
-    def _direct(self, records: list[Record], exc: BackendUnavailable) -> None:
-        logger.warning(
+    def _bypass(self, items: Sequence[tuple[str, Any, bool]], exc: BackendUnavailable) -> None:
+        """Write ``(key, value, deleted)`` items straight to the store, then settle them.
+
+        While Redis still answers reads (it refused the write with OOM), each version is
+        taken above the key's queued write, whatever the clocks say; when it is down, from
+        the local clock alone.
+        """
+        outage.warn(
             "cache %s: Redis unavailable (%s); writing %d record(s) straight to the store",
             self.config.namespace,
             exc,
-            len(records),
+            len(items),
         )
+        try:
+            queued = self.ops.queued_ids([key for key, _, _ in items])
+        except BackendUnavailable:
+            queued = [""] * len(items)
+        records = [
+            _record(key, value, deleted, _above(seen))
+            for (key, value, deleted), seen in zip(items, queued, strict=True)
+        ]
         self.store.write(self.config.namespace, records)
+        self.settler.settle([(record.key, record.version) for record in records])
+
+
+def _above(queued_id: str) -> int:
+    """A version for a direct write: from the local clock, and above ``queued_id``'s."""
+    version = local_version()
+    return max(version, version_of(queued_id) + 1) if queued_id else version
 
 
 def _record(key: str, value: Any, deleted: bool, version: int) -> Record:

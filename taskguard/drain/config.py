@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskguard._validate import count, flag, seconds, text
+from taskguard.cache.config import check_namespace
 from taskguard.errors import ConfigurationError
 from taskguard.urls import redact
 
@@ -159,4 +160,4 @@ def _namespaces(value: object) -> tuple[str, ...]:
         raise ConfigurationError(
             f"must be a list of namespace names, got {value!r}", field="drain.namespaces"
         )
-    return tuple(items)
+    return tuple(check_namespace(item, "drain.namespaces") for item in items)

@@ -1,9 +1,10 @@
 """The drain pool's partition leases, kept by its manager thread.
 
-The manager renews the leases the pool holds, takes free ones up to the pool's fair share
-(``ceil(partitions / live pools)``, so pools on several hosts split the work), marks those
-beyond it for their drain thread to release, and hands each new one to the drain thread
-with the fewest.
+The manager finds the partitions to drain (the registry every few seconds, and the streams
+themselves: :mod:`taskguard.drain.discovery`), renews the leases the pool holds, takes free
+ones up to the pool's fair share (``ceil(partitions / live pools)``, so pools on several
+hosts split the work), marks those beyond it for their drain thread to release, and hands
+each new one to the drain thread with the fewest.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from taskguard.sinks.base import Store
 from .backoff import SinkBreaker, backoff_delay
 from .config import DrainOptions
 from .consumer import REDIS_ERRORS
-from .partition import Partition, registered_namespaces
+from .discovery import (
+    SCAN_EVERY,
+    Found,
+    StreamScan,
+    merge,
+    namespace_streams,
+    registered_namespaces,
+)
+from .partition import Partition
 
 __all__ = ["LeaseManager"]
 
@@ -52,6 +61,8 @@ class LeaseManager:
     _wake: list[threading.Event]
     _tick: float
     _discovered: float
+    _probed: float
+    _scan: StreamScan
 
     def _manage(self) -> None:
         attempt = 0
@@ -69,18 +80,36 @@ class LeaseManager:
                 logger.exception("drain: lease manager failed (continuing)")
             self._stopping.wait(wait)
 
-    def _discover(self, *, force: bool = False) -> None:
+    def _discover(self, *, force: bool = False, full: bool = False) -> None:
+        """Learn the partitions to drain.
+
+        Every few seconds (or ``force``): the registry. Every ``SCAN_EVERY`` seconds (or
+        ``full``): the streams of the named namespaces, probed. With no names, a sweep
+        of the keyspace for streams goes on in bounded steps, one per call (``full``: a
+        whole sweep now). A stream is drained whether or not its namespace is registered.
+        """
         now = time.monotonic()
-        if not force and now - self._discovered < 5.0:
-            return
-        self._discovered = now
-        registered = registered_namespaces(self.backend)
-        wanted = self.namespaces if self.namespaces is not None else tuple(registered)
+        found: Found = {}
+        if force or full or now - self._discovered >= 5.0:
+            self._discovered = now
+            found = {ns: set(range(n)) for ns, n in registered_namespaces(self.backend).items()}
+            if self.namespaces is not None and (full or now - self._probed >= SCAN_EVERY):
+                self._probed = now
+                for namespace in self.namespaces:
+                    found.setdefault(namespace, set()).update(
+                        namespace_streams(self.backend, namespace)
+                    )
+        if self.namespaces is None:
+            merge(found, self._scan.sweep() if full else self._scan.step())
+        self._add(found)
+
+    def _add(self, found: Found) -> None:
+        wanted = self.namespaces if self.namespaces is not None else tuple(found)
         with self._lock:
             for namespace in wanted:
                 store = self._stores.get(namespace, self._store)
-                count = registered.get(namespace)
-                if store is None or count is None:
+                indices = found.get(namespace)
+                if store is None or not indices:
                     continue
                 self._stores.setdefault(namespace, store)
                 self._breakers.setdefault(
@@ -90,7 +119,7 @@ class LeaseManager:
                         open_for=max(self.options.backoff_max / 4, self.options.backoff_base),
                     ),
                 )
-                for index in range(count):
+                for index in sorted(indices):
                     if (namespace, index) not in self._partitions:
                         self._partitions[namespace, index] = Partition.of(
                             self.keys, namespace, index

@@ -16,7 +16,8 @@ from typing import Any
 from taskguard.backend.redis import RedisBackend
 from taskguard.errors import ConfigurationError
 
-from .partition import GROUP, Partition, registered_namespaces
+from .discovery import queued_partitions
+from .partition import GROUP, Partition
 
 __all__ = ["DrainMetrics", "Throughput", "metrics", "queue_metrics"]
 
@@ -95,25 +96,31 @@ def queue_metrics(backend: RedisBackend, partitions: Sequence[Partition]) -> Dra
 
 
 def metrics(backend: RedisBackend, namespace: str | None = None) -> DrainMetrics:
-    """The queue figures of ``namespace`` (every registered namespace when None).
+    """The queue figures of ``namespace`` (every write-behind namespace when None).
+
+    Counted from the streams themselves, whether or not the namespace is in the registry
+    (:mod:`taskguard.drain.discovery`): a named namespace's partitions are probed (one
+    pipeline), every namespace's are found with a ``SCAN`` of the keyspace, so call it
+    for a status line, not in a tight loop.
 
     Args:
         backend: The Redis backend the cache writes to (same prefix).
         namespace: A write-behind namespace.
 
     Raises:
-        ConfigurationError: ``namespace`` is not a registered write-behind namespace.
+        ConfigurationError: ``namespace`` is neither registered nor has a stream.
         BackendUnavailable: Redis could not be reached.
     """
-    registered = registered_namespaces(backend)
-    if namespace is not None:
-        if namespace not in registered:
-            raise ConfigurationError(
-                f"no write-behind namespace {namespace!r} is registered", field="namespace"
-            )
-        registered = {namespace: registered[namespace]}
+    found = queued_partitions(backend, namespace)
+    if namespace is not None and not found:
+        raise ConfigurationError(
+            f"no write-behind namespace {namespace!r} is registered or queued",
+            field="namespace",
+        )
     partitions = [
-        Partition.of(backend.keys, ns, i) for ns, count in registered.items() for i in range(count)
+        Partition.of(backend.keys, ns, index)
+        for ns, indices in sorted(found.items())
+        for index in sorted(indices)
     ]
     return queue_metrics(backend, partitions)
 

@@ -21,7 +21,7 @@ from taskguard.keys import KeySchema
 
 from .batch import Entry, RawEntry, Rejected
 
-__all__ = ["GROUP", "Partition", "dead_letter", "registered_namespaces"]
+__all__ = ["GROUP", "Partition", "dead_letter"]
 
 #: The consumer group every drain pool reads with.
 GROUP = "taskguard-drain"
@@ -29,13 +29,6 @@ GROUP = "taskguard-drain"
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def registered_namespaces(backend: RedisBackend) -> dict[str, int]:
-    """Every write-behind namespace and its partition count (from the registry hash)."""
-    with backend.commands("drain namespaces") as client:
-        raw = client.hgetall(backend.keys.write_behind_namespaces())
-    return {_text(ns): int(count) for ns, count in raw.items()}
 
 
 @dataclass(eq=False)

@@ -32,6 +32,7 @@ from taskguard.sinks.base import Store
 from .backoff import SinkBreaker, backoff_delay
 from .config import DrainOptions, DrainSettings
 from .consumer import REDIS_ERRORS, Abandoned, Consumer
+from .discovery import StreamScan
 from .leases import LeaseManager
 from .metrics import DrainMetrics, Throughput, queue_metrics
 from .partition import Partition
@@ -49,8 +50,10 @@ class DrainPool(LeaseManager):
         backend: The Redis backend the cache writes to (same URL and prefix).
         store: The store of every namespace (or give ``stores``).
         stores: Namespace -> store.
-        namespaces: The namespaces to drain; None drains every registered namespace
-            (re-read every few seconds, so new ones are picked up).
+        namespaces: The namespaces to drain; None drains every write-behind namespace
+            (registered ones are re-read every few seconds; streams of unregistered ones
+            are found by a SCAN of the keyspace every 30 s). A named namespace is drained
+            even if it is not registered: its streams are probed.
         workers: Drain threads.
         batch_size: Most records read from a partition per batch.
         linger: Seconds to let a batch fill after its first record arrives.
@@ -123,6 +126,8 @@ class DrainPool(LeaseManager):
         self._manager: threading.Thread | None = None
         self._tick = min(lease_ttl / 3, 1.0)
         self._discovered = -math.inf
+        self._probed = -math.inf
+        self._scan = StreamScan(redis_backend)
 
     def __repr__(self) -> str:
         return f"<DrainPool {self.owner} workers={self.workers} held={len(self._held)}>"
@@ -208,13 +213,18 @@ class DrainPool(LeaseManager):
     def wait_idle(self, timeout: float) -> bool:
         """Block until every drained partition's backlog and pending are zero.
 
+        Looks for streams once first (a whole sweep, or a probe of the named
+        namespaces), so work that only the streams know of is waited for too.
+
         Returns:
             True when idle, False if ``timeout`` seconds passed first.
         """
         deadline = time.monotonic() + timeout
+        full = True
         while True:
             try:
-                self._discover(force=True)
+                self._discover(force=True, full=full)
+                full = False
                 current = self.metrics()
                 if current.backlog == 0 and current.pending == 0 and self._partitions:
                     return True

@@ -48,8 +48,8 @@ from typing import Any
 from taskguard import _instrument, signals
 from taskguard.backend.base import Backend
 from taskguard.backend.redis import RedisBackend
+from taskguard.drain.discovery import queued_partitions
 from taskguard.drain.metrics import metrics as queue_figures
-from taskguard.drain.partition import registered_namespaces
 from taskguard.errors import TaskGuardError
 
 from ._labels import guard_label
@@ -237,7 +237,7 @@ class QueueCollector:
     def collect(self) -> Iterable[Metric]:
         backlog, age, dead = self._families()
         try:
-            names = self.namespaces or tuple(sorted(registered_namespaces(self.backend)))
+            names = self.namespaces or tuple(sorted(queued_partitions(self.backend)))
             for namespace in names:
                 figures = queue_figures(self.backend, namespace)
                 backlog.add_metric([namespace], figures.backlog)

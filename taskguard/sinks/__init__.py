@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Loaded, Record, Store
+from .base import CheckedStore, Loaded, Record, Store, check_record
 from .registry import register_store, registered_schemes, store_from_url
 
 if TYPE_CHECKING:
     from .sql import SQLStore, TableMapping
 
 __all__ = [
+    "CheckedStore",
     "Loaded",
     "Record",
     "SQLStore",
     "Store",
     "TableMapping",
+    "check_record",
     "register_store",
     "registered_schemes",
     "store_from_url",

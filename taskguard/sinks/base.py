@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["JSONText", "Loaded", "Record", "Store", "accepts_json_text"]
+__all__ = [
+    "CheckedStore",
+    "JSONText",
+    "Loaded",
+    "Record",
+    "Store",
+    "accepts_json_text",
+    "check_record",
+]
 
 
 class JSONText(str):
@@ -78,6 +86,12 @@ class Store(Protocol):
     Implementations: :class:`taskguard.sinks.sql.SQLStore` (PostgreSQL, SQLite).
     Every method may raise :class:`taskguard.errors.StoreError`; its ``transient`` flag
     tells the drain pool whether to retry the batch or bisect it for poison records.
+
+    A store may also say up front what it can never hold, with a ``check(namespace,
+    record)`` method (:class:`CheckedStore`): the cache calls it in ``set()`` and
+    ``delete()``, before anything is written or queued, so a value the database would
+    refuse is refused to the caller rather than dead-lettered later. A store without one
+    accepts everything up front (:func:`check_record`).
     """
 
     def write(self, namespace: str, records: Sequence[Record]) -> None:
@@ -99,3 +113,26 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class CheckedStore(Protocol):
+    """A store that can refuse a record up front (the optional part of :class:`Store`)."""
+
+    def check(self, namespace: str, record: Record) -> None:
+        """Raise :class:`~taskguard.errors.UnstorableValue` if ``record`` could never be
+        written to ``namespace`` (whatever the database's state): a value it cannot
+        represent, a key it cannot index. Must not touch the database: it runs on every
+        cache write."""
+        ...
+
+
+def check_record(store: object, namespace: str, record: Record) -> None:
+    """``store.check(namespace, record)`` if the store has a ``check`` method.
+
+    Raises:
+        UnstorableValue: The store can never hold ``record``.
+    """
+    check = getattr(store, "check", None)  # not isinstance(): this runs on every write
+    if check is not None:
+        check(namespace, record)

@@ -35,6 +35,7 @@ from taskguard.urls import redact, scrub, secrets_of
 from .base import Loaded, Record
 from .pg_copy import copy_merge
 from .sql_errors import is_disconnect, store_error
+from .sql_limits import check_sql_record, max_key_bytes
 from .sql_statements import KVStatements, MappedStatements, latest_per_key
 from .sql_tables import DEFAULT_TABLE, DIALECTS, TableMapping, ddl, kv_table
 
@@ -133,6 +134,8 @@ class SQLStore:
             :class:`~taskguard.sinks.base.JSONText` value is written as its JSON verbatim
             (checked by ``jsonb`` on PostgreSQL, by ``json.loads`` on SQLite).
         table: The SQLAlchemy table written (a mapped table once it was reflected).
+        max_key_bytes: The longest key it takes, in bytes of UTF-8: 2048 on PostgreSQL
+            (its B-tree index entries hold 2704 bytes), None (unbounded) on SQLite.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class SQLStore:
         self.mapping = mapping
         #: The generic table takes :class:`~taskguard.sinks.base.JSONText` values verbatim.
         self.accepts_json_text = mapping is None
+        self.max_key_bytes = max_key_bytes(self.dialect)
         self.schema = schema
         self.create = create and mapping is None
         self.table: Table = kv_table(table, schema)
@@ -223,6 +227,19 @@ class SQLStore:
         return table
 
     # ------------------------------------------------------------ Store protocol
+
+    def check(self, namespace: str, record: Record) -> None:
+        """Refuse, up front, a record this database can never hold (no I/O).
+
+        Strict JSON values only (no NaN or Infinity) in the generic table, a dict in a
+        mapped one; on PostgreSQL also no NUL character in the key or in the value's
+        text, and keys of at most :attr:`max_key_bytes` bytes. See
+        :mod:`taskguard.sinks.sql_limits`.
+
+        Raises:
+            UnstorableValue: Naming the key and where in the value the problem is.
+        """
+        check_sql_record(record, namespace, dialect=self.dialect, mapped=self.mapping is not None)
 
     def write(self, namespace: str, records: Sequence[Record]) -> None:
         """Apply ``records`` in ONE transaction, each as a versioned upsert.

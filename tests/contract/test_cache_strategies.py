@@ -368,8 +368,8 @@ def test_full_queue_write_through_keeps_a_newer_queued_write(
     cache = wb(backend, store, partitions=1, capacity=1)
     cache.set("a", "v1")
     [(queued_id, _)] = stream_entries(cache, "a", redis_client)
-    # Another writer queued v3 after our refusal, before our settle: settle must keep it.
-    assert not cache._ops.settle("a", "0-1")
+    # The queued write is newer than a direct write at version 0-1: settle must keep it.
+    assert not cache._ops.settle("a", version_of("0-1"))
     assert dirty_id(cache, "a", redis_client) == queued_id
     assert cache.get("a") == "v1"
 

@@ -43,6 +43,7 @@ def test_exported_names() -> None:
         "Sessions",
         "StoreError",
         "TaskGuardError",
+        "UnstorableValue",
         "WriteBehindFull",
         "__version__",
         "connect",
@@ -70,6 +71,7 @@ def test_error_tree() -> None:
         "DeferralExhausted",
         "StoreError",
         "WriteBehindFull",
+        "UnstorableValue",
     ):
         assert issubclass(getattr(errors, name), errors.TaskGuardError)
     for name in ("RateLimited", "LockHeld", "ConcurrencyLimitReached", "CircuitOpen"):

@@ -49,7 +49,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "drain_pools": (),
 }
 #: Public methods that build no key: a pub/sub channel, and the SCAN pattern.
-NOT_KEYS = {"breaker_events", "pattern"}
+NOT_KEYS = {"breaker_events", "cache_stream_pattern", "pattern"}
 
 # Few characters, so that generated strings often differ only where escaping matters.
 TRICKY = ["a", "b", "7", "3", "A", "D", ":", "{", "}", "(", ")", "%", " ", "\x00", "\n"]
