@@ -27,29 +27,32 @@ TOTAL = WRITERS * WRITES
 LOSS_LOGGED = re.compile(r"ERROR taskguard.drain: drain: the write-behind stream of \S+ vanished")
 
 
-def start(run: WriteBehindRun) -> Drain:
+def start(run: WriteBehindRun, writes: int = WRITES) -> Drain:
     """Start a drain, wait until it drains the namespace, then start the writers."""
     drain = run.start_drain()
     run.wait_draining(drain)
-    run.start_writers(WRITERS, keys=KEYS, writes=WRITES, rate=RATE)
+    run.start_writers(WRITERS, keys=KEYS, writes=writes, rate=RATE)
     return drain
 
 
-def assert_mid_run(run: WriteBehindRun) -> None:
-    assert run.acked() < TOTAL, "the fault must come while the writers write"
+def assert_mid_run(run: WriteBehindRun, total: int = TOTAL) -> None:
+    assert run.acked() < total, "the fault must come while the writers write"
 
 
 def test_drain_killed_repeatedly(
     writebehind: RunFactory, crashable_redis: CrashableRedis, private_postgres: PostgresServer
 ) -> None:
-    """kill -9 the drain three times mid-run, starting a new one each time: every
-    acknowledged write reaches the store, none older than the newest."""
+    """kill -9 the drain three times mid-run, each time once it has taken the partitions
+    over, and start a new one: every acknowledged write reaches the store, none older
+    than the newest."""
+    writes = 3000  # 7.5 s of writing: three takeovers, a lease's ttl each, fit in it
     run = writebehind(crashable_redis.url, private_postgres.dsn)
-    drain = start(run)
-    for share in (0.2, 0.4, 0.6):
-        run.wait_acked(int(share * TOTAL))
+    drain = start(run, writes)
+    for share in (0.15, 0.4, 0.65):
+        run.wait_draining(drain)
+        run.wait_acked(int(share * WRITERS * writes))
         run.kill(drain)
-        assert_mid_run(run)
+        assert_mid_run(run, WRITERS * writes)
         drain = run.start_drain()
     run.wait_writers()
     run.wait_drained()
@@ -118,11 +121,14 @@ def test_redis_flushed_mid_run(
         run.thaw(first)
     wait_until(lambda: LOSS_LOGGED.search(first.text()), timeout=10)
     run.kill(first)
-    run.start_drain()
+    with crashable_redis.client() as client:
+        registry = run.backend.keys.write_behind_namespaces()
+        assert not client.hexists(registry, run.namespace), "the registry must be gone"
+    run.start_drain()  # it finds the work from the streams alone
     run.wait_writers()
     run.wait_drained()
     audit = audit_writebehind(run, wipes=[wipe])
-    assert audit.lost_to_wipes, "records queued before the flush were lost"
+    assert audit.lost_to_wipes, "the flush must lose queued records, or this shows nothing"
 
 
 def test_redis_at_maxmemory(
@@ -139,3 +145,4 @@ def test_redis_at_maxmemory(
     run.wait_writers()
     run.wait_drained()
     audit_writebehind(run)
+    assert "refuses writes" in "".join(w.text() for w in run.writers)

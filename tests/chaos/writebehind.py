@@ -128,7 +128,7 @@ class WriteBehindRun:
             "--redis-url", self.redis_url, "--prefix", self.prefix,
             "--store", self.store_url, "--table", self.table,
             "--namespace", self.namespace,
-            "--workers", "2", "--lease-ttl", "2", "--claim-idle", "1",
+            "--workers", "2", "--lease-ttl", "1", "--claim-idle", "1",
             "--backoff-max", "1", "--status-interval", "1",
         ]  # fmt: skip
         with open(log, "wb") as out:
