@@ -33,7 +33,7 @@ __all__ = [
     "cap_violations",
     "crashed_workers",
     "fencing_violations",
-    "lost_to_reset",
+    "lost_to_wipes",
     "newest_acks",
     "overlapping_holders",
     "rate_violations",
@@ -101,7 +101,7 @@ class Kill:
 
 @dataclass(frozen=True)
 class Moment:
-    """A fault that wiped guard state, between ``before`` and ``after`` (e.g. FLUSHDB)."""
+    """A fault that wiped Redis's data (``FLUSHDB``), between ``before`` and ``after``."""
 
     before: float
     after: float
@@ -335,7 +335,7 @@ def writebehind_violations(
 
     ``wipes`` are moments Redis lost its data (FLUSHDB, a restart without persistence):
     a key whose newest write was made before one ended may hold an older value (see
-    :func:`lost_to_reset`); a write made after is never lost.
+    :func:`lost_to_wipes`); a write made after is never lost.
     """
     found = []
     for key, ack in sorted(newest_acks(acks).items()):
@@ -351,7 +351,7 @@ def writebehind_violations(
     return found
 
 
-def lost_to_reset(
+def lost_to_wipes(
     acks: Iterable[Ack], stored: Mapping[str, int], wipes: Sequence[Moment]
 ) -> list[str]:
     """Keys whose newest acknowledged write, made before a wipe, is not in the store."""

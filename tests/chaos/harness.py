@@ -28,6 +28,11 @@ from .auditor import WorkerReport
 APP = "tests.chaos.apps.audited"
 
 
+def node(hostname: str) -> str:
+    """A worker's node name: ``tg1-ab12cd`` of ``tg1-ab12cd@%h`` or ``tg1-ab12cd@host``."""
+    return hostname.split("@", 1)[0]
+
+
 class CrashableRedis:
     """A private ``redis-server`` with an append-only file fsynced on every write.
 
@@ -104,8 +109,9 @@ class ChaosFleet(Fleet):
         result = self.celery.send_task(f"{self.app}.{task}", args=args, queue=queue)
         return str(result.id)
 
-    def live(self) -> list[WorkerProcess]:
-        return [w for w in self.workers if w.hostname not in self.killed]
+    def was_killed(self, hostname: str) -> bool:
+        """Whether the test killed the worker named ``hostname`` (as a run records it)."""
+        return node(hostname) in {node(k) for k in self.killed}
 
     def kill(self, worker: WorkerProcess) -> float:
         """``kill -9`` the worker and its pool; returns the moment (recording clock)."""

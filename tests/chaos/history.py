@@ -28,16 +28,12 @@ from .auditor import (
     slow_recoveries,
     unreported_losses,
 )
-from .harness import ChaosFleet
+from .harness import ChaosFleet, node
 
 #: Windows the rate limit is checked over, in seconds.
 RATE_WINDOWS = (0.5, 1.0, 2.0, 5.0)
 #: Admissions tolerated above GCRA's bound: a run records its admission a moment after it.
 RATE_SLACK = 1
-
-
-def _node(hostname: str) -> str:
-    return hostname.split("@", 1)[0]
 
 
 @dataclass
@@ -103,7 +99,7 @@ def _holdings(
     for start in (r for r in records if r["phase"] == "start"):
         end = ends.get(start["id"])
         # No end: killed with its worker, or still running.
-        until = end["t"] if end else kills.get(_node(start["worker"]), math.inf)
+        until = end["t"] if end else kills.get(node(start["worker"]), math.inf)
         found.append(
             Holding(
                 holder=start["id"],
@@ -126,7 +122,8 @@ def audit_guards(
     """Run every guard check on what ``fleet`` recorded; fail with all the violations.
 
     Args:
-        kills: ``(worker node name, Kill)`` for each holder the test killed.
+        kills: ``(worker node name, Kill)`` for each holder the test killed (or froze:
+            its lease must come back all the same).
         wipes: Moments guard state was wiped (the rate limit may admit another burst
             there; every run holding a lease across one must report ``lease_lost``).
 

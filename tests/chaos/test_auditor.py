@@ -16,7 +16,7 @@ from .auditor import (
     cap_violations,
     crashed_workers,
     fencing_violations,
-    lost_to_reset,
+    lost_to_wipes,
     overlapping_holders,
     rate_violations,
     slow_recoveries,
@@ -180,7 +180,7 @@ def test_writebehind_excuses_only_writes_made_before_a_wipe() -> None:
     history = acks(("a", 1, 1.0), ("b", 1, 1.0), ("b", 2, 3.0))
     wipe = Moment(2.0, 2.1)
     assert writebehind_violations(history, {"b": 2}, wipes=[wipe]) == []
-    assert lost_to_reset(history, {"b": 2}, [wipe]) == ["a"]
+    assert lost_to_wipes(history, {"b": 2}, [wipe]) == ["a"]
     assert writebehind_violations(history, {"a": 1, "b": 1}, wipes=[wipe])
 
 

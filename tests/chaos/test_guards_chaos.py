@@ -18,7 +18,7 @@ from taskguard.testing import wait_until
 
 from .apps import limits
 from .auditor import Kill, Moment
-from .harness import ChaosFleet, CrashableRedis, Load
+from .harness import ChaosFleet, CrashableRedis, Load, node
 from .history import audit_guards
 
 FleetFactory = Callable[..., ChaosFleet]
@@ -35,11 +35,15 @@ def mixed(tick: int) -> list[tuple[str, tuple[Any, ...]]]:
     return sends
 
 
-def starts(fleet: ChaosFleet, stream: str, after: float, **match: Any) -> list[dict[str, Any]]:
+Records = list[dict[str, Any]]
+
+
+def starts(records: Records, after: float, phase: str = "start", **match: Any) -> Records:
+    """The records of ``phase`` (runs admitted: ``start``) after ``after`` that match."""
     return [
         r
-        for r in fleet.records(stream)
-        if r.get("phase", "start") == "start"
+        for r in records
+        if r.get("phase", "start") == phase
         and r["t"] > after
         and all(r.get(k) == v for k, v in match.items())
     ]
@@ -48,10 +52,9 @@ def starts(fleet: ChaosFleet, stream: str, after: float, **match: Any) -> list[d
 def open_holder(fleet: ChaosFleet) -> dict[str, Any] | None:
     """A fenced run holding its lock right now on a worker the test has not killed."""
     records = fleet.records("leases")
-    ended = {r["id"] for r in records if r["phase"] == "end"}
-    for r in reversed(records):
-        alive = r["worker"].split("@")[0] not in {k.split("@")[0] for k in fleet.killed}
-        if r["phase"] == "start" and r["id"] not in ended and alive:
+    ended = {r["id"] for r in starts(records, 0, phase="end")}
+    for r in reversed(starts(records, 0)):
+        if r["id"] not in ended and not fleet.was_killed(r["worker"]):
             return r
     return None
 
@@ -60,9 +63,7 @@ def wait_for_every_guard(fleet: ChaosFleet, after: float) -> None:
     """Wait until every guard has admitted runs since ``after``: 2 lock holders, and 10
     runs under the cap and the rate limit (2 s of the limit: its bucket is saturated)."""
     for stream, count in (("leases", 2), ("slots", 10), ("admissions", 10)):
-        fleet.wait_for(
-            stream, lambda recs, s=stream, n=count: len(starts(fleet, s, after)) >= n, timeout=30
-        )
+        fleet.wait_for(stream, lambda recs, n=count: len(starts(recs, after)) >= n, timeout=30)
 
 
 #: The ERROR line a worker logs when Redis refuses writes (docs/outages.md).
@@ -86,13 +87,12 @@ def test_workers_killed_repeatedly(
             holder = wait_until(lambda: open_holder(fleet), timeout=30)
             at = fleet.kill(fleet.worker_of(holder["worker"]))
             fleet.replace()
-            if any(r["id"] == holder["id"] for r in starts(fleet, "leases", 0, phase="end")):
-                continue
+            leases = fleet.records("leases")
+            if any(r["id"] == holder["id"] for r in starts(leases, 0, phase="end")):
+                continue  # it ended before the kill landed: not a holder's kill
             key = holder["key"]
-            kills.append((holder["worker"].split("@")[0], Kill(at, key)))
-            fleet.wait_for(
-                "leases", lambda recs, k=key, a=at: bool(starts(fleet, "leases", a, key=k))
-            )
+            kills.append((node(holder["worker"]), Kill(at, key)))
+            fleet.wait_for("leases", lambda recs, k=key, a=at: bool(starts(recs, a, key=k)))
             if len(kills) == 3:
                 break
         wait_for_every_guard(fleet, after=kills[-1][1].at)
@@ -120,17 +120,12 @@ def test_lock_holder_frozen_past_its_lease(
     try:
         frozen_at = fleet.server_time()
         rival = fleet.send_to(rival_queue, "fenced", "frozen", 0.3)
-        fleet.wait_for(
-            "leases", lambda recs: any(r["id"] == rival for r in recs if r["phase"] == "end")
-        )
+        fleet.wait_for("leases", lambda recs: bool(starts(recs, 0, phase="end", id=rival)))
     finally:
         fleet.thaw(frozen)
-    fleet.wait_for(
-        "leases", lambda recs: any(r["id"] == first for r in recs if r["phase"] == "end")
-    )
+    fleet.wait_for("leases", lambda recs: bool(starts(recs, 0, phase="end", id=first)))
     fleet.wait_for("lost", lambda recs: any(r["id"] == first for r in recs))
-    node = started["worker"].split("@")[0]
-    history = audit_guards(fleet, kills=[(node, Kill(frozen_at, "frozen"))])
+    history = audit_guards(fleet, kills=[(node(started["worker"]), Kill(frozen_at, "frozen"))])
     [old, new] = sorted(history.holders_of("frozen"), key=lambda h: h.start)
     assert (old.holder, new.holder) == (first, rival)
     assert old.lost
@@ -203,9 +198,9 @@ def test_guard_redis_at_maxmemory(
     # Locks and rate limits admitted nothing while Redis refused writes: their scripts'
     # first write needs memory. (Runs whose slot a reservation paid for before need no
     # admission; a run admitted just before the fault may record its start a moment later,
-    # hence the 0.5 s.) A concurrency slot may still be taken: its script prunes expired
-    # holders first, and Redis never stops a script after its first write. The audit
-    # above shows the cap held all the same.
+    # hence the 0.5 s.) A concurrency slot may still be taken: its script's first write
+    # is a prune of expired holders, which needs no memory, and Redis lets a script that
+    # has written run to its end. The audit above shows the cap held all the same.
     during = [h.holder for h in history.leases if began + 0.5 < h.start < ended] + [
         f"rate-limited run at {a.t:.3f}"
         for a in history.admissions

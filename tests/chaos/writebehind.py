@@ -34,7 +34,7 @@ from taskguard.testing import wait_until
 from .auditor import (
     Ack,
     Moment,
-    lost_to_reset,
+    lost_to_wipes,
     stale_reads,
     taskguard_tracebacks,
     writebehind_violations,
@@ -281,7 +281,7 @@ def audit_writebehind(run: WriteBehindRun, *, wipes: Sequence[Moment] = ()) -> W
     acks = run.acks()
     keys = sorted({a.key for a in acks})
     stored = run.stored(keys)
-    lost = lost_to_reset(acks, stored, wipes)
+    lost = lost_to_wipes(acks, stored, wipes)
     violations = {
         "lost or older in the store": writebehind_violations(acks, stored, wipes=wipes),
         "stale reads": stale_reads(acks, run.reads(keys), skip=lost),
