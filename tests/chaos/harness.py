@@ -186,7 +186,6 @@ class Load:
         self.schedule = schedule
         self.tick = tick
         self.max_ticks = max_ticks
-        self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
 
@@ -194,7 +193,6 @@ class Load:
         for n in range(self.max_ticks):
             for task, args in self.schedule(n):
                 self.fleet.send(task, *args)
-                self.sent += 1
             if self._stop.wait(self.tick):  # the load's pace, not a synchronisation
                 return
 

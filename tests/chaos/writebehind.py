@@ -275,8 +275,8 @@ def audit_writebehind(run: WriteBehindRun, *, wipes: Sequence[Moment] = ()) -> W
 
     The store holds each key's newest acknowledged write (a write made before a wipe of
     Redis's data excepted); a read through the cache never returns an older value (for
-    keys the wipe did not lose); nothing is dead-lettered; no drain logged a traceback
-    through taskguard.
+    keys the wipe did not lose); nothing is dead-lettered; no ``set()`` raised; no drain
+    or writer logged a traceback through taskguard.
     """
     acks = run.acks()
     keys = sorted({a.key for a in acks})
@@ -286,6 +286,8 @@ def audit_writebehind(run: WriteBehindRun, *, wipes: Sequence[Moment] = ()) -> W
         "lost or older in the store": writebehind_violations(acks, stored, wipes=wipes),
         "stale reads": stale_reads(acks, run.reads(keys), skip=lost),
         "dead letters": [f"{n} dead-lettered"] if (n := run.queue().dead_letters) else [],
+        # The faults here leave the store or Redis up: a set() always has somewhere to go.
+        "set() raised": run.errors(),
         "tracebacks": [
             tb for p in [*run.drains, *run.writers] for tb in taskguard_tracebacks(p.text())
         ],
