@@ -85,7 +85,7 @@ class Run:
             for writer in range(count)
         ]
 
-    def start_drain(self) -> subprocess.Popen[bytes]:
+    def start_drain(self, *options: str) -> subprocess.Popen[bytes]:
         """Start ``taskguard drain`` for this namespace in its own process."""
         drain = subprocess.Popen(
             [
@@ -103,6 +103,7 @@ class Run:
                 self.namespace,
                 "--workers",
                 "2",
+                *options,
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -199,13 +200,15 @@ def test_200k_writes_over_5k_keys_from_four_writers_all_land(run: Run) -> None:
 
 
 def test_drain_killed_repeatedly_mid_run_loses_nothing(run: Run) -> None:
+    # Short leases: each new drain takes the killed one's partitions over within 2 s.
+    fast = ("--lease-ttl", "2", "--claim-idle", "2")
     writers = run.writers(3, 40_000)
-    drain = run.start_drain()
+    drain = run.start_drain(*fast)
     for _ in range(3):
         time.sleep(1.5)  # the fault's timing: a kill every 1.5 s, mid-run
         os.killpg(drain.pid, signal.SIGKILL)
         drain.wait()
-        drain = run.start_drain()
+        drain = run.start_drain(*fast)
     wait_writers(writers)
     run.wait_drained()
     assert_exact(run)

@@ -85,7 +85,8 @@ def limited(i: int) -> int:
 @app.task(
     shared=False,
     base=GuardedTask,
-    guards=[CircuitBreaker("obs-partner", consecutive_failures=2, open_for=60)],
+    # on_open="fail": the third call fails at once instead of waiting out open_for.
+    guards=[CircuitBreaker("obs-partner", consecutive_failures=2, open_for=60, on_open="fail")],
 )
 def partner(i: int) -> int:
     raise RuntimeError(f"partner down ({i})")
