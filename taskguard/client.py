@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from taskguard.backend import Backend, backend_from_url
+from taskguard.backend.parking import Parking
+from taskguard.backend.redis import RedisBackend
 from taskguard.cache import CacheOptions, CacheService, Sessions
 from taskguard.guards.breaker import Breaker, CircuitBreaker
 from taskguard.guards.breaker_hotpath import hot_path_breaker
@@ -52,6 +54,20 @@ class Client:
     def close(self) -> None:
         """Release the backend's connections."""
         self.backend.close()
+
+    def parked(self) -> dict[str, int]:
+        """Guarded tasks parked in Redis, per guard key: refused by a concurrency cap or a
+        lock, each waits for a release to hand it back (docs/deferral.md). Empty on the
+        memory backend, which defers by time.
+
+        Example:
+            >>> import taskguard
+            >>> taskguard.connect("memory://").parked()
+            {}
+        """
+        if not isinstance(self.backend, RedisBackend):
+            return {}
+        return Parking(self.backend).counts()
 
     def lock(self, name: str, *, ttl: float = 30.0, renew: bool = True) -> DistributedLock:
         """Build a standalone distributed lock on resource ``name``.

@@ -35,6 +35,7 @@ __all__ = ["RESERVED_KINDS", "KeySchema"]
 #: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
 RESERVED_KINDS = frozenset(
     {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
+    | {"park", "parkmsg", "parkmeta", "parkdue", "parkout"}
 )
 
 _PART_SPECIAL = re.compile(r"[%:{}]")
@@ -204,6 +205,41 @@ class KeySchema:
         if kind in RESERVED_KINDS:
             raise ValueError(f"key kind {kind!r} is taken by keys.py's own keys")
         return self._named(kind, name, key)
+
+    # ---------------------------------------------------------------- parked tasks
+    # Tasks refused by a slot or a lock wait here until it has room (lib/park.lua). A
+    # lot's key is its guard key with the kind code ``park`` in front, so it shares the
+    # guard's hash tag, and (kind, name, key) -> lot stays injective.
+
+    def park_lot(self, guard_key: str) -> str:
+        """The lot of tasks parked on guard key ``guard_key`` (a sorted set, FIFO)."""
+        head = f"{self._head}:"
+        if not guard_key.startswith(head):
+            raise ValueError(f"{guard_key!r} is not a guard key of {self._head!r}")
+        return f"{head}park:{guard_key[len(head) :]}"
+
+    def park_guard_key(self, lot: str) -> str:
+        """The guard key a lot (:meth:`park_lot`) parks tasks on."""
+        head = f"{self._head}:park:"
+        if not lot.startswith(head):
+            raise ValueError(f"{lot!r} is not a parking lot of {self._head!r}")
+        return f"{self._head}:{lot[len(head) :]}"
+
+    def park_messages(self) -> str:
+        """Parked messages: ticket (task id) -> payload (a hash)."""
+        return f"{self._head}:parkmsg"
+
+    def park_meta(self) -> str:
+        """Every lot with tasks in it: lot -> its guard (a hash)."""
+        return f"{self._head}:parkmeta"
+
+    def park_due(self) -> str:
+        """When a sweep looks at each lot again (a sorted set: lot -> ms)."""
+        return f"{self._head}:parkdue"
+
+    def park_out(self) -> str:
+        """Tickets handed back whose message has not arrived yet (ticket -> deadline ms)."""
+        return f"{self._head}:parkout"
 
     def breaker_events(self) -> str:
         """The pub/sub channel every hot-path breaker of this prefix listens on."""

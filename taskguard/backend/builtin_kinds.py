@@ -89,7 +89,10 @@ class _Lease:
 def _encode_lease(op: LeaseOp, release: bool) -> tuple[list[str], list[Any]]:
     extra = op.wakeup_key if release else op.fence_key
     keys = [op.key] if extra is None else [op.key, extra]
-    return keys, [op.owner, _ms(op.ttl), "drop" if op.drop else "take"]
+    mode = "drop" if op.drop else "take"
+    if op.park_key is None or op.park_due is None:
+        return keys, [op.owner, _ms(op.ttl), mode, "0"]
+    return [*keys, op.park_key, op.park_due], [op.owner, _ms(op.ttl), mode, "1"]
 
 
 LEASE = register(
@@ -127,7 +130,9 @@ class _Slot:
 
 def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     keys = [op.key, op.wakeup_key] if release and op.wakeup_key else [op.key]
-    return keys, [op.owner, _ms(op.ttl), op.limit]
+    if op.park_key is None or op.park_due is None:
+        return keys, [op.owner, _ms(op.ttl), op.limit, "0"]
+    return [*keys, op.park_key, op.park_due], [op.owner, _ms(op.ttl), op.limit, "1"]
 
 
 SLOT = register(OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True))

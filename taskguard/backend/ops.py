@@ -57,6 +57,10 @@ class LeaseOp:
         drop: Admission only checks that nobody else holds it, and deletes ours.
         purpose: ``"lock"`` (one run at a time) or ``"claim"`` (publish-time uniqueness:
             another owner means a duplicate message).
+        park_key: When set, the lot of tasks parked on this lock: while it holds any,
+            a newcomer is refused (they come first), and a release reports them.
+        park_due: With ``park_key``: the lots' due index, where a release that finds
+            tasks parked marks the lot for the next sweep.
     """
 
     key: str
@@ -66,6 +70,8 @@ class LeaseOp:
     wakeup_key: str | None = None
     drop: bool = False
     purpose: str = "lock"
+    park_key: str | None = None
+    park_due: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,10 @@ class SlotOp:
         ttl: Lease duration in seconds; the heartbeat renews it while held.
         limit: How many holders may hold a slot at once.
         wakeup_key: When set, releasing wakes a waiter blocked on this list.
+        park_key: When set, the lot of tasks parked on this cap: while it holds any,
+            a newcomer is refused (they come first), and a release reports them.
+        park_due: With ``park_key``: the lots' due index, where a release that finds
+            tasks parked marks the lot for the next sweep.
     """
 
     key: str
@@ -85,6 +95,8 @@ class SlotOp:
     ttl: float
     limit: int
     wakeup_key: str | None = None
+    park_key: str | None = None
+    park_due: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

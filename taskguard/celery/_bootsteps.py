@@ -9,6 +9,8 @@
   process when ``drain.enabled``: it requires the worker's Pool step, so its threads start
   after the pool has forked its children, and stop (flushing their in-flight batches) when
   the worker shuts down. Several workers cooperate through the partition leases.
+- :class:`SweepStep` makes the worker consume the deferral lane of each of its queues and
+  runs the parked-task sweeper in the worker's parent process (see :mod:`._parking`).
 - A ``worker_process_init`` handler rebuilds connections in each forked pool process.
 
 Importing this module connects the handlers; :mod:`._task` imports it.
@@ -29,9 +31,10 @@ from taskguard.drain import DrainPool, DrainSettings, pool_from_settings
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.urls import redact
 
+from ._parking import Sweeper, add_lanes
 from ._runtime import reset_all_after_fork, runtime_for
 
-__all__ = ["DrainStep", "ValidateStep", "check_backend", "pool_from_settings"]
+__all__ = ["DrainStep", "SweepStep", "ValidateStep", "check_backend", "pool_from_settings"]
 
 logger = logging.getLogger("taskguard")
 
@@ -118,12 +121,48 @@ class DrainStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self.drain.stop(1.0)
 
 
+class SweepStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: consume the deferral lanes, and sweep parked tasks (guarded
+    workers only). Created before the consumer, so the lanes are among its queues."""
+
+    name = "taskguard.sweep"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.sweeper: Sweeper | None = None
+
+    def include_if(self, worker: Any) -> bool:
+        runtime = runtime_for(worker.app)
+        return any(t.guards and t.enabled for t in runtime.validate())
+
+    def create(self, worker: Any) -> SweepStep:
+        lanes = add_lanes(worker.app)
+        if lanes:
+            logger.info("taskguard: also consuming the deferral lane(s) %s", ", ".join(lanes))
+        self.sweeper = Sweeper(worker.app, runtime_for(worker.app).backend)
+        return self
+
+    def start(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+
+    def terminate(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop(1.0)
+
+
 def _install_worker_steps(sender: Any = None, **kwargs: Any) -> None:
     # worker_init fires just before the worker builds its blueprint from app.steps.
     app = getattr(sender, "app", None)
     if app is not None:
         app.steps["worker"].add(ValidateStep)
         app.steps["worker"].add(DrainStep)
+        app.steps["worker"].add(SweepStep)
 
 
 def _reset_after_fork(**kwargs: Any) -> None:

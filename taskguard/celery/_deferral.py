@@ -30,8 +30,10 @@ from celery.exceptions import Ignore
 
 from taskguard import _instrument, signals
 from taskguard.backend.ops import Op, RateOp
-from taskguard.errors import DeferralExhausted
+from taskguard.backend.parking import Parking
+from taskguard.errors import BackendError, BackendUnavailable, DeferralExhausted
 
+from ._parking import HEADER_HANDBACK, lane_of, pack, parks, publish
 from ._settings import DeferralPolicy
 
 __all__ = [
@@ -40,7 +42,10 @@ __all__ = [
     "HEADER_SINCE",
     "DeferralState",
     "Reservation",
+    "carried_headers",
     "defer",
+    "next_deferral",
+    "park",
 ]
 
 logger = logging.getLogger("taskguard.deferral")
@@ -48,7 +53,7 @@ logger = logging.getLogger("taskguard.deferral")
 HEADER_COUNT = "taskguard-deferrals"
 HEADER_SINCE = "taskguard-deferred-since"
 HEADER_RESERVATION = "taskguard-reservation"
-_OURS = (HEADER_COUNT, HEADER_SINCE, HEADER_RESERVATION)
+_OURS = (HEADER_COUNT, HEADER_SINCE, HEADER_RESERVATION, HEADER_HANDBACK)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,9 @@ def defer(
 ) -> NoReturn:
     """Re-publish the running task to run after ``retry_after``, then end this run.
 
+    The message goes to the deferral lane of the queue it came from (see
+    :mod:`._parking`), so it is back in a worker at once, not behind the queue's backlog.
+
     Args:
         task: The bound Celery task whose ``request`` is being deferred.
         retry_after: Seconds until the guards can admit it.
@@ -154,15 +162,8 @@ def defer(
     """
     request = task.request
     now = time.time()
-    count = state.count + 1
-    since = state.since if state.since is not None else now
-    age = now - since
-    if count > policy.max_deferrals or age > policy.max_age:
-        if on_give_up is not None:
-            on_give_up()
-        _exhausted(task, count=state.count, age=age, policy=policy, reason=reason)
-
-    headers = {**(request.headers or {}), HEADER_COUNT: count, HEADER_SINCE: since}
+    count, since = next_deferral(task, state, policy, reason, on_give_up)
+    headers = {**carried_headers(request), HEADER_COUNT: count, HEADER_SINCE: since}
     if reserved:
         delay = retry_after
         reservation = Reservation(frozenset(reserved), now + retry_after, request.retries)
@@ -170,17 +171,18 @@ def defer(
     else:
         delay = min(retry_after, policy.max_delay) + random.uniform(0, policy.jitter)
         headers[HEADER_RESERVATION] = None
+    lane = lane_of(task.app, request)
     with _instrument.activity(
         _instrument.PUBLISH,
         task=task.name,
         message_id=request.id,
-        destination=_destination(request),
+        destination=lane or _destination(request),
         kind="deferral",
         deferrals=count,
         delay=delay,
         cause=cause,
     ):
-        task.signature_from_request(countdown=delay, headers=headers).apply_async()
+        task.signature_from_request(countdown=delay, headers=headers, queue=lane).apply_async()
     logger.debug(
         "deferred %s[%s] by %.3fs (%s; deferral %d%s)",
         task.name,
@@ -196,9 +198,112 @@ def defer(
         delay=delay,
         deferrals=count,
         reserved=bool(reserved),
+        parked=False,
         reason=reason,
     )
     raise Ignore(f"deferred by taskguard for {delay:.3f}s: {reason}")
+
+
+def park(
+    task: Any,
+    *,
+    op: Op,
+    parking: Parking,
+    state: DeferralState,
+    policy: DeferralPolicy,
+    reason: str,
+    cause: str,
+    on_give_up: Callable[[], None] | None = None,
+) -> None:
+    """Park the running task on the guard ``op`` of, until the guard has room; then end
+    this run. Returns (without ending the run) only if it could not park: the caller
+    defers by time instead.
+
+    Raises:
+        Ignore: The task is parked (or, if the guard had room again, handed back).
+        DeferralExhausted: As :func:`defer`.
+    """
+    how = parks(op)
+    if how is None:
+        return
+    mode, limit = how
+    request = task.request
+    count, since = next_deferral(task, state, policy, reason, on_give_up)
+    headers = {
+        **carried_headers(request),
+        HEADER_COUNT: count,
+        HEADER_SINCE: since,
+        HEADER_RESERVATION: None,
+    }
+    try:
+        payload = pack(task, request, headers=headers, lane=lane_of(task.app, request), key=op.key)
+        with _instrument.activity(
+            _instrument.PUBLISH,
+            task=task.name,
+            message_id=request.id,
+            destination="parked",
+            kind="deferral",
+            deferrals=count,
+            delay=0.0,
+            cause=cause,
+        ):
+            now = parking.park(
+                op.key,
+                mode=mode,
+                limit=limit,
+                ticket=request.id,
+                seq=int(since * 1_000_000),
+                payload=payload,
+            )
+    except (BackendUnavailable, BackendError) as exc:
+        logger.warning("%s[%s]: could not park (%s); deferring by time", task.name, request.id, exc)
+        return
+    except Exception:  # the serializer refused the arguments, ...
+        logger.exception("%s[%s]: could not park; deferring by time", task.name, request.id)
+        return
+    publish(task.app, now)
+    logger.debug(
+        "parked %s[%s] on %s (%s; deferral %d)", task.name, request.id, op.key, reason, count
+    )
+    signals.task_deferred.send(
+        sender=task,
+        task_id=request.id,
+        delay=0.0,
+        deferrals=count,
+        reserved=False,
+        parked=True,
+        reason=reason,
+    )
+    raise Ignore(f"parked by taskguard until {op.key} has room: {reason}")
+
+
+def next_deferral(
+    task: Any,
+    state: DeferralState,
+    policy: DeferralPolicy,
+    reason: str,
+    on_give_up: Callable[[], None] | None,
+) -> tuple[int, float]:
+    """The next deferral's count and first-deferral time; applies the cap policy when the
+    deferral would exceed it (raises, or ends the run)."""
+    now = time.time()
+    count = state.count + 1
+    since = state.since if state.since is not None else now
+    age = now - since
+    if count > policy.max_deferrals or age > policy.max_age:
+        if on_give_up is not None:
+            on_give_up()
+        _exhausted(task, count=state.count, age=age, policy=policy, reason=reason)
+    return count, since
+
+
+def carried_headers(request: Any) -> dict[str, Any]:
+    """The running message's headers to carry into its next message: all of them, but a
+    hand-back mark once it was claimed (the next message is no hand-back)."""
+    headers = dict(request.headers or {})
+    if getattr(request, "taskguard_claimed", False):
+        headers.pop(HEADER_HANDBACK, None)
+    return headers
 
 
 def _exhausted(

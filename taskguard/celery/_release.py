@@ -17,6 +17,7 @@ from taskguard.guards.breaker_events import TRANSITIONS, announce
 from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.heartbeat import heartbeat_for
 
+from ._parking import hand_back
 from ._run_state import Run, is_claim
 
 __all__ = ["release_run"]
@@ -87,6 +88,9 @@ def _release_run(  # noqa: PLR0917 - release_run's arguments and its activity
                     "%s[%s]: lease %s was lost before release", task.name, request.id, lease.key
                 )
                 signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
+        parked = [lease.key for lease, code in zip(held, released, strict=True) if code == 2]
+        if parked:  # a release found tasks parked on its guard: hand them back
+            hand_back(task.app, run.holder, parked)
     if signals.guard_released.receivers:
         signals.guard_released.send(
             sender=task,

@@ -8,6 +8,7 @@ process heartbeat and given back by :func:`._release.release_run` on every outco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from taskguard.guards.admission import Outcome, admit
 from taskguard.guards.base import DEFER, Guard, RunContext
 from taskguard.heartbeat import heartbeat_for
 
-from ._deferral import DeferralState, defer
+from ._deferral import DeferralState, defer, park
+from ._parking import claim, handback_of, handoff_owner, parking_for, parks
 from ._run_state import Run, RunInfo, give_up_claims, holds
 from ._settings import TaskSettings
 
@@ -71,6 +73,9 @@ def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and 
 ) -> Run:
     backend: Backend = task.taskguard_backend
     pairs = _pairs(task, config, request, args, kwargs)
+    handback = handback_of(request)
+    if handback is not None:
+        pairs = _claim_handback(task, config, request, state, pairs=pairs, key=handback)
     paid = state.honoured(
         [op for _, op in pairs],
         now=time.time(),
@@ -109,6 +114,43 @@ def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and 
         )
         give_up_claims(backend, ops)
         raise
+
+
+def _claim_handback(
+    task: Any,
+    config: TaskSettings,
+    request: Any,
+    state: DeferralState,
+    *,
+    pairs: list[tuple[Guard, Op]],
+    key: str,
+) -> list[tuple[Guard, Op]]:
+    """A handed-back message: run it only if it claims its ticket, with the room that
+    was held for it (its op on ``key`` takes the hand-off owner token)."""
+    backend: Backend = task.taskguard_backend
+    try:
+        claimed = claim(backend, request)
+    except (BackendUnavailable, BackendError) as exc:
+        # Unclaimed, it must not run (a sweep may publish it again): it comes back
+        # still marked, and claims then.
+        defer(
+            task,
+            retry_after=1.0,
+            reserved=[],
+            state=state,
+            policy=config.deferral,
+            reason=f"cannot claim its hand-back: {exc}",
+            cause="outage",
+        )
+    if not claimed:
+        logger.info("%s[%s]: a copy of this hand-back already ran; skipped", task.name, request.id)
+        raise Ignore("taskguard: duplicate copy of a handed-back task")
+    request.taskguard_claimed = True
+    owner = handoff_owner(request.id)
+    return [
+        (guard, dataclasses.replace(op, owner=owner) if op.key == key and parks(op) else op)  # type: ignore[type-var]
+        for guard, op in pairs
+    ]
 
 
 def _admit_loop(
@@ -246,6 +288,18 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         raise guard.denied_error(retry_after, op.key)
     reserved = outcome.admission.reserved
     suffix = "" if online else " (backend unavailable)"
+    parking = parking_for(backend) if online and config.deferral.park else None
+    if parking is not None:
+        park(  # ends the run, unless it could not park
+            task,
+            op=op,
+            parking=parking,
+            state=state,
+            policy=config.deferral,
+            reason=f"{guard!r} on {op.key}",
+            cause=guard.kind,
+            on_give_up=lambda: give_up_claims(backend, ops),
+        )
     defer(
         task,
         retry_after=guard.conflict_delay(retry_after)

@@ -91,6 +91,9 @@ class DeferralPolicy:
         reservation_grace: How late a reserved task may arrive and still use its slot
             (at least half the bucket's interval). Later, it contests again, so starts
             never bunch up by more than this.
+        park: A task refused by a concurrency cap or a lock is parked in Redis and
+            handed back the moment a slot is released (FIFO per key), rather than
+            deferred by time. False: defer by time, as other guards do.
     """
 
     max_deferrals: int = 100
@@ -101,6 +104,7 @@ class DeferralPolicy:
     max_delay: float = 300.0
     reserve_within: float = 30.0
     reservation_grace: float = 0.02
+    park: bool = True
 
     #: Setting name -> attribute, for the deferral fields (global and per task).
     SETTING_NAMES: ClassVar[dict[str, str]] = {
@@ -112,6 +116,7 @@ class DeferralPolicy:
         "max_deferral_delay": "max_delay",
         "reserve_within": "reserve_within",
         "reservation_grace": "reservation_grace",
+        "park": "park",
     }
 
     def updated(self, raw: Mapping[str, Any]) -> DeferralPolicy:
@@ -127,6 +132,8 @@ class DeferralPolicy:
                 changes[attr] = choice(value, name, EXHAUSTED_POLICIES)
             elif attr == "dead_letter_queue":
                 changes[attr] = text(value, name)
+            elif attr == "park":
+                changes[attr] = flag(value, name)
             else:
                 zero_ok = attr in ("jitter", "reserve_within", "reservation_grace")
                 changes[attr] = seconds(value, name, allow_zero=zero_ok)

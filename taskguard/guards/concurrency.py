@@ -104,15 +104,21 @@ class Concurrency(Guard):
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         return self.key.render(args, kwargs, self._signature)
 
-    def slot_op(self, keys: KeySchema, bucket: str | None, owner: str) -> SlotOp:
-        """The op taking one of the ``bucket``'s slots for ``owner``."""
+    def slot_op(
+        self, keys: KeySchema, bucket: str | None, owner: str, *, park: bool = True
+    ) -> SlotOp:
+        """The op taking one of the ``bucket``'s slots for ``owner``; with ``park``, a
+        task refused it parks on the slots' lot (see docs/design.md, "Parking")."""
         name = self.name or ""
+        slots = keys.slots(name, bucket)
         return SlotOp(
-            keys.slots(name, bucket),
+            slots,
             owner=owner,
             ttl=self.ttl,
             limit=self.limit,
             wakeup_key=keys.slot_wakeup(name, bucket),
+            park_key=keys.park_lot(slots) if park else None,
+            park_due=keys.park_due() if park else None,
         )
 
     def task_ops(
@@ -191,7 +197,7 @@ class Semaphore(LeasedPrimitive):
 
     def try_acquire(self) -> Decision:
         """Take a slot if one is free; the decision carries the lease to release."""
-        op = self._spec().slot_op(self.backend.keys, None, uuid.uuid4().hex)
+        op = self._spec().slot_op(self.backend.keys, None, uuid.uuid4().hex, park=False)
         result = self.backend.admit([op])
         if not result.allowed:
             return Decision(False, retry_after=result.retry_after, key=self.name)

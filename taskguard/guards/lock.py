@@ -179,13 +179,17 @@ class Lock(Guard):
                 )
             )
         if self.runtime:
+            lock = keys.lock(name, bucket)
+            parking = self.on_conflict == "defer"
             ops.append(
                 LeaseOp(
-                    keys.lock(name, bucket),
+                    lock,
                     owner=f"{task_id}:{uuid.uuid4().hex[:12]}",
                     ttl=self.ttl,
                     fence_key=keys.fence(name, bucket),
                     wakeup_key=keys.wakeup(name, bucket),
+                    park_key=keys.park_lot(lock) if parking else None,
+                    park_due=keys.park_due() if parking else None,
                 )
             )
         return ops

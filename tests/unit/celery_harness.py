@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 
 from taskguard import Backend, signals
+from taskguard.celery._parking import LANE_SUFFIX
 from taskguard.celery._runtime import runtime_for
 from taskguard.heartbeat import heartbeat_for
 
@@ -49,18 +50,20 @@ def run_as_worker(task: Any, *args: Any, task_id: str = "tid-1", **kwargs: Any) 
 
 
 def published(app: Celery) -> list[Any]:
-    """Take every message waiting in the app's default queue."""
+    """Take every message waiting in the app's default queue and its deferral lane."""
     messages = []
+    queue = app.conf.task_default_queue
     with app.connection_for_read() as conn:
-        simple = conn.SimpleQueue(app.conf.task_default_queue)
-        while True:
-            try:
-                message = simple.get(block=False)
-            except simple.Empty:
-                break
-            message.ack()
-            messages.append(message)
-        simple.close()
+        for name in (queue, queue + LANE_SUFFIX):
+            simple = conn.SimpleQueue(name)
+            while True:
+                try:
+                    message = simple.get(block=False)
+                except simple.Empty:
+                    break
+                message.ack()
+                messages.append(message)
+            simple.close()
     return messages
 
 

@@ -159,7 +159,7 @@ def test_a_deferred_run_reports_the_refusing_guard_and_the_publish(
     assert denied["retry_after"] > 0
     (publish,) = recorder.of("queue.publish")
     assert publish["message_id"] == "b"
-    assert publish["destination"] == app.conf.task_default_queue
+    assert publish["destination"] == app.conf.task_default_queue + ".deferred"  # its lane
     assert publish["kind"] == "deferral"
     assert (publish["deferrals"], publish["cause"]) == (1, "rate_limit")
 

@@ -47,9 +47,17 @@ METHODS: dict[str, tuple[str, ...]] = {
     "dead_letters": ("namespace",),
     "write_behind_namespaces": (),
     "drain_pools": (),
+    "park_messages": (),
+    "park_meta": (),
+    "park_due": (),
+    "park_out": (),
 }
 #: Public methods that build no key: a pub/sub channel, and the SCAN pattern.
 NOT_KEYS = {"breaker_events", "cache_stream_pattern", "pattern"}
+#: Keys derived from another key (a parking lot from its guard key), and the inverse.
+DERIVED = {"park_lot", "park_guard_key"}
+_PARK = {"parkmsg": "park_messages", "parkmeta": "park_meta", "parkdue": "park_due"}
+_PARK["parkout"] = "park_out"
 
 # Few characters, so that generated strings often differ only where escaping matters.
 TRICKY = ["a", "b", "7", "3", "A", "D", ":", "{", "}", "(", ")", "%", " ", "\x00", "\n"]
@@ -190,6 +198,9 @@ def decode(key: str) -> tuple[Any, ...]:
         return (schema, {"": "write_behind_namespaces", "pools": "drain_pools"}[rest])
     if kind == "dlq":
         return (schema, "dead_letters", part(rest))
+    if kind in _PARK:
+        assert rest == "", key
+        return (schema, _PARK[kind])
     name, colon, user_key = rest.partition(":")
     args = (part(name), tail(user_key) if colon else None)
     if kind not in _KINDS:
@@ -209,7 +220,22 @@ def test_every_key_method_is_covered() -> None:
     public = {
         n for n, v in inspect.getmembers(KeySchema, inspect.isfunction) if not n.startswith("_")
     }
-    assert public == set(METHODS) | NOT_KEYS
+    assert public == set(METHODS) | NOT_KEYS | DERIVED
+
+
+GUARD_METHODS = sorted(m for m in METHODS if not m.startswith(("cache_", "drain_", "park_")))
+
+
+@given(calls(methods=st.sampled_from(GUARD_METHODS)))
+def test_a_parking_lot_is_its_guard_key_under_the_park_kind(call: Any) -> None:
+    _, _, (prefix, tag, *_) = call
+    schema = KeySchema(prefix, tag)
+    key = build(call)
+    lot = schema.park_lot(key)
+    assert schema.park_guard_key(lot) == key
+    assert lot.count("{") == 1
+    assert lot.count("}") == 1
+    assert lot.startswith(f"{key[: key.index('}') + 1]}:park:")
 
 
 @given(calls())

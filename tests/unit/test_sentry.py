@@ -132,7 +132,9 @@ def test_a_deferral_publishes_in_a_queue_publish_span_and_keeps_the_trace(
     assert admit["data"]["taskguard.retry_after"] > 0
     publish = next(s for s in spans(recorded, "queue.publish") if s["origin"] == "auto.taskguard")
     assert publish["data"]["messaging.message.id"] == "second"
-    assert publish["data"]["messaging.destination.name"] == app.conf.task_default_queue
+    assert (
+        publish["data"]["messaging.destination.name"] == app.conf.task_default_queue + ".deferred"
+    )
     assert publish["data"]["taskguard.deferrals"] == 1
     assert publish["data"]["taskguard.cause"] == "rate_limit"
     assert publish["parent_span_id"] == admit["span_id"]

@@ -1,16 +1,21 @@
 --[[ lease.lua: an owner-checked lease on one key: locks and uniqueness claims.
 
 Op arguments: 1. owner (token)  2. ttl_ms  3. mode: "take" or "drop"
+              4. "1" when the op's last two keys are its parking lot and the lots' due index
+                 (lib/park.lua), else "0"
 Op keys: 1. the lease key (a string holding the owner)
          2. take, optional: the fence key (the last fencing token handed out)
          for release: 2. optional: the notify list that wakes one blocked waiter
-check: another owner holds the key -> wait = its PTTL; our own or none -> 0.
+         last two, with argument 4: the parking lot of tasks refused here
+check: another owner holds the key -> wait = its PTTL; our own -> 0; none, but tasks are
+  parked -> wait (they come first: FIFO); none -> 0.
 commit take: SET key owner PX ttl; with a fence key, the fencing token
   max(last + 1, now_us) is stored and returned: strictly increasing per key, and still
   increasing after the fence key expires, because it never falls behind server time.
 commit drop: delete the key if we (or nobody) hold it; returns 0.
 release: delete the key if we own it, push a wake-up on the notify list; 1, or 0 if the
-  lease was lost (expired, or taken by someone else).
+  lease was lost (expired, or taken by someone else); 2 when released and tasks are
+  parked (the caller hands the first one back).
 renew: PEXPIRE the key if we own it; 1, or 0 if lost.
 --]]
 
@@ -22,6 +27,9 @@ function lease.parse(op, argv, i)
   op.owner = argv[i]
   op.ttl = tonumber(argv[i + 1])
   op.mode = argv[i + 2]
+  if argv[i + 3] == '1' then
+    op.lot, op.due = op.keys[#op.keys - 1], op.keys[#op.keys]
+  end
 end
 
 function lease.check(op, now)
@@ -32,6 +40,7 @@ function lease.check(op, now)
     if pttl < 1 then pttl = 1 end
     return pttl * 1000, 0
   end
+  if not current and op.lot and redis.call('EXISTS', op.lot) == 1 then return 1000000, 0 end
   return 0, 0
 end
 
@@ -42,7 +51,7 @@ function lease.commit(op, at, now)
   end
   redis.call('SET', op.key, op.owner, 'PX', op.ttl)
   local fence = op.keys[2]
-  if not fence then return 0 end
+  if not fence or fence == op.lot then return 0 end
   local token = tonumber(redis.call('GET', fence) or '0') + 1
   if token < now then token = now end
   redis.call('SET', fence, string.format('%.0f', token), 'PX', FENCE_TTL_MS)
@@ -53,10 +62,15 @@ function lease.release(op)
   if redis.call('GET', op.key) ~= op.owner then return 0 end
   redis.call('DEL', op.key)
   local notify = op.keys[2]
-  if notify then
+  if notify and notify ~= op.lot then
     redis.call('LPUSH', notify, '1')
     redis.call('LTRIM', notify, 0, 0)
     redis.call('PEXPIRE', notify, 10000)
+  end
+  if op.lot and redis.call('EXISTS', op.lot) == 1 then
+    -- The caller hands the lot's head back; if it cannot, the next sweep does.
+    redis.call('ZADD', op.due, 0, op.lot)
+    return 2
   end
   return 1
 end

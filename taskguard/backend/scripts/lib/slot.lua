@@ -1,14 +1,18 @@
 --[[ slot.lua: a concurrency slot, a lease in a sorted set of holders scored by expiry.
 
 Op arguments: 1. owner (token)  2. ttl_ms  3. limit (slots; may change between calls)
+              4. "1" when the op's last two keys are its parking lot and the lots' due index
+                 (lib/park.lua), else "0"
 Op keys: 1. the holders' sorted set (member: owner, score: expiry in server ms)
          for release: 2. optional: the notify list that wakes one blocked waiter
-check: prune expired holders, then: ours already -> 0; fewer than `limit` holders -> 0;
-  else wait = until the earliest holder's lease would expire (an upper bound: holders
-  renew, and most release long before).
+         last two, with argument 4: the parking lot of tasks refused a slot here
+check: prune expired holders, then: ours already -> 0; tasks parked -> wait (they come
+  first: FIFO); fewer than `limit` holders -> 0; else wait = until the earliest holder's
+  lease would expire (an upper bound: holders renew, and most release long before).
   Lowering `limit` live admits no one new until the count falls below it.
 commit: ZADD owner with expiry now + ttl; the set expires with its last lease.
-release: ZREM ours, push a wake-up (at most `limit` kept); 1, or 0 if our lease was gone.
+release: ZREM ours, push a wake-up (at most `limit` kept); 1, or 0 if our lease was gone;
+  2 when released and tasks are parked (the caller hands them back).
 renew: move our expiry to now + ttl; 1, or 0 if gone.
 --]]
 
@@ -28,15 +32,20 @@ function slot.parse(op, argv, i)
   op.owner = argv[i]
   op.ttl = tonumber(argv[i + 1])
   op.limit = tonumber(argv[i + 2])
+  if argv[i + 3] == '1' then
+    op.lot, op.due = op.keys[#op.keys - 1], op.keys[#op.keys]
+  end
 end
 
 function slot.check(op, now)
   local ms = math.floor(now / 1000)
   redis.call('ZREMRANGEBYSCORE', op.key, '-inf', ms)
   if redis.call('ZSCORE', op.key, op.owner) then return 0, 0 end
-  if redis.call('ZCARD', op.key) < op.limit then return 0, 0 end
+  local parked = op.lot and redis.call('EXISTS', op.lot) == 1
+  if not parked and redis.call('ZCARD', op.key) < op.limit then return 0, 0 end
   local first = redis.call('ZRANGE', op.key, 0, 0, 'WITHSCORES')
-  local wait = (tonumber(first[2]) - ms) * 1000
+  local wait = 1000000
+  if first[2] then wait = (tonumber(first[2]) - ms) * 1000 end
   if wait < 1000 then wait = 1000 end
   return wait, 0
 end
@@ -51,11 +60,16 @@ end
 function slot.release(op)
   if redis.call('ZREM', op.key, op.owner) == 0 then return 0 end
   local notify = op.keys[2]
-  if notify then
+  if notify and notify ~= op.lot then
     -- Up to `limit` wake-ups pending: enough for every slot freed at once.
     redis.call('LPUSH', notify, '1')
     redis.call('LTRIM', notify, 0, op.limit - 1)
     redis.call('PEXPIRE', notify, 10000)
+  end
+  if op.lot and redis.call('EXISTS', op.lot) == 1 then
+    -- The caller hands the lot's head back; if it cannot, the next sweep does.
+    redis.call('ZADD', op.due, 0, op.lot)
+    return 2
   end
   return 1
 end

@@ -1,0 +1,137 @@
+"""Parked tasks in Redis (backend/parking.py, scripts/park*.lua): FIFO, hand-back on
+release with the room held, newcomers behind the lot, sweeps, and exactly-once claims.
+
+Payloads are opaque here (the Celery layer packs messages); the worker side is proven in
+tests/integration/test_parking_fleet.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from taskguard.backend.ops import LeaseOp, SlotOp
+from taskguard.backend.parking import HANDOFF_OWNER_SUFFIX, Parking
+from taskguard.backend.redis import RedisBackend
+from taskguard.guards.concurrency import Concurrency
+from taskguard.guards.lock import Lock
+from taskguard.testing import wait_until
+
+from .harness import REDIS_ONLY, Contract
+
+pytestmark = REDIS_ONLY
+
+
+@pytest.fixture
+def backend(contract: Contract) -> RedisBackend:
+    assert isinstance(contract.backend, RedisBackend)
+    return contract.backend
+
+
+def slot(backend: RedisBackend, owner: str, limit: int = 1, ttl: float = 10.0) -> SlotOp:
+    return Concurrency(limit, name="cap", ttl=ttl).slot_op(backend.keys, None, owner)
+
+
+def park(parking: Parking, op: SlotOp, ticket: str, seq: int) -> list[bytes]:
+    return parking.park(
+        op.key, mode="slot", limit=op.limit, ticket=ticket, seq=seq, payload=ticket.encode()
+    )
+
+
+def test_a_release_hands_back_the_first_parked_task_with_its_slot_held(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    holder = slot(backend, "holder")
+    assert backend.admit([holder]).allowed
+    # Parked out of order: the lot is FIFO by seq (the first denial), not by arrival.
+    assert park(parking, holder, "b", 2) == []
+    assert park(parking, holder, "a", 1) == []
+    assert parking.counts() == {holder.key: 2}
+
+    assert backend.release([holder]) == [2]  # released, and tasks are parked
+    assert parking.hand_back(holder.key) == [b"a"]
+    assert parking.counts() == {holder.key: 1}
+    assert parking.in_flight() == 1
+
+    # The slot is held for "a": a newcomer is refused (and so would be while "b" waits).
+    assert not backend.admit([slot(backend, "newcomer")]).allowed
+    assert parking.claim("a")
+    mine = dataclasses.replace(slot(backend, "x"), owner="a" + HANDOFF_OWNER_SUFFIX)
+    assert backend.admit([mine]).allowed
+    assert parking.in_flight() == 0
+
+    assert backend.release([mine]) == [2]
+    assert parking.hand_back(holder.key) == [b"b"]
+    assert parking.counts() == {}
+
+
+def test_a_newcomer_queues_behind_parked_tasks_even_with_a_free_slot(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    first, second = slot(backend, "h1", limit=2), slot(backend, "h2", limit=2)
+    assert backend.admit([first]).allowed
+    assert backend.admit([second]).allowed
+    assert park(parking, first, "a", 1) == []
+    # A slot is free (its hand-back not taken yet), yet "a" waits: no one passes it.
+    assert backend.release([second]) == [2]
+    assert not backend.admit([slot(backend, "newcomer", limit=2)]).allowed
+    assert parking.hand_back(first.key) == [b"a"]
+
+
+def test_parking_when_the_slot_was_freed_meanwhile_hands_back_at_once(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    op = slot(backend, "gone")
+    # Refused a moment ago, but the holder released before the park: no one would wake it.
+    assert park(parking, op, "a", 1) == [b"a"]
+    assert parking.counts() == {}
+    assert parking.in_flight() == 1
+
+
+def test_a_sweep_hands_back_a_lot_whose_holder_died(backend: RedisBackend) -> None:
+    parking = Parking(backend)
+    holder = slot(backend, "dead", ttl=0.3)  # never released, never renewed
+    assert backend.admit([holder]).allowed
+    assert park(parking, holder, "a", 1) == []
+    assert parking.sweep() == []  # the lease still runs
+    swept: list[bytes] = []
+    wait_until(lambda: bool(swept.extend(parking.sweep()) or swept), timeout=5)
+    assert swept == [b"a"]
+
+
+def test_a_lost_hand_back_is_published_again_and_runs_once(backend: RedisBackend) -> None:
+    parking = Parking(backend, out_ttl=0.2)
+    op = slot(backend, "gone")
+    assert park(parking, op, "a", 1) == [b"a"]  # ... and its publisher died here
+    again: list[bytes] = []
+    wait_until(lambda: bool(again.extend(parking.sweep()) or again), timeout=5)
+    assert again == [b"a"]
+    assert parking.claim("a")  # the first copy to arrive runs
+    assert not parking.claim("a")  # every other copy is dropped
+    assert parking.sweep() == []
+
+
+def test_a_lock_parks_and_hands_back_like_a_slot(backend: RedisBackend) -> None:
+    parking = Parking(backend)
+    (held,) = Lock(key="{k}", name="doc").task_ops(backend.keys, [], {"k": "7"}, "t1")
+    assert isinstance(held, LeaseOp)
+    assert held.park_key is not None
+    assert backend.admit([held]).allowed
+    assert parking.park(held.key, mode="lease", limit=1, ticket="t2", seq=1, payload=b"t2") == []
+    (late,) = Lock(key="{k}", name="doc").task_ops(backend.keys, [], {"k": "7"}, "t3")
+    assert not backend.admit([late]).allowed
+    assert backend.release([held]) == [2]
+    assert parking.hand_back(held.key) == [b"t2"]
+    assert backend.owner(held.key) == "t2" + HANDOFF_OWNER_SUFFIX
+    assert not backend.admit([late]).allowed
+
+
+def test_release_without_parked_tasks_reports_plain_success(backend: RedisBackend) -> None:
+    op = slot(backend, "solo")
+    assert backend.admit([op]).allowed
+    assert backend.release([op]) == [1]
+    assert Parking(backend).counts() == {}
