@@ -15,7 +15,9 @@ Each benchmark is one module with a ``NAME``, a ``TITLE`` and a ``run(context)``
   python-redis-lock and redis-py;
 * :mod:`benchmarks.semaphore`: concurrency-slot acquire+release pairs per second, against
   Dramatiq's ``ConcurrentRateLimiter``;
-* :mod:`benchmarks.semwake`: how soon a blocked waiter holds a released slot.
+* :mod:`benchmarks.semwake`: how soon a blocked waiter holds a released slot;
+* :mod:`benchmarks.workconserving`: whether deferral keeps a ``Concurrency(2)`` cap and a
+  ``RateLimit("20/s")`` busy under a backlog, on Redis and RabbitMQ brokers.
 
 Helpers: :mod:`benchmarks.harness` (results, timing), :mod:`benchmarks.servercount`
 (counting on the server), :mod:`benchmarks.celeryrun` and :mod:`benchmarks.celeryapp`

@@ -28,6 +28,7 @@ from . import (
     roundtrips,
     semaphore,
     semwake,
+    workconserving,
     writebehind,
 )
 from .harness import BenchResult, Context, machine_info
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         semwake,
         breakers,
         writebehind,
+        workconserving,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -78,16 +80,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _table(results: Sequence[BenchResult]) -> str:
     lines = []
-    header = f"{'benchmark':<11} {'measurement':<44} {'value':>12} {'unit':<9} notes"
+    width = max([11, *(len(result.name) for result in results)])
+    header = f"{'benchmark':<{width}} {'measurement':<44} {'value':>12} {'unit':<9} notes"
     lines += [header, "-" * len(header)]
     for result in results:
         for index, row in enumerate(result.rows):
             name = result.name if index == 0 else ""
             figure = _figure(row.value, row.decimals)
-            lines.append(f"{name:<11} {row.label:<44} {figure:>12} {row.unit:<9} {row.note}")
+            lines.append(f"{name:<{width}} {row.label:<44} {figure:>12} {row.unit:<9} {row.note}")
         if result.goal is not None:
             verdict = "met" if result.goal.met else "MISSED"
-            lines.append(f"{'':<11} {'goal: ' + result.goal.description:<44} {verdict:>12}")
+            lines.append(f"{'':<{width}} {'goal: ' + result.goal.description:<44} {verdict:>12}")
     return "\n".join(lines)
 
 

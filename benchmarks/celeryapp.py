@@ -6,9 +6,11 @@ The benchmarks start workers with ``celery -A benchmarks.celeryapp worker`` from
 repository root and set:
 
 ``TG_BENCH_BROKER_URL``
-    The Redis broker; tasks also record their start times there. Required.
+    The broker (Redis, or RabbitMQ for the work-conserving benchmark). Required.
 ``TG_BENCH_STATE_URL``
     Where taskguard keeps guard state (default: the broker, as in most deployments).
+``TG_BENCH_RECORD_URL``
+    The Redis where tasks record their start (and end) times (default: the broker).
 ``TG_BENCH_PREFIX``
     taskguard's key prefix, unique per run.
 ``TG_BENCH_RATE``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import redis
@@ -31,6 +34,7 @@ from taskguard import CircuitBreaker, Concurrency, GuardedTask, RateLimit
 
 BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 STATE_URL = os.environ.get("TG_BENCH_STATE_URL", BROKER_URL)
+RECORD_URL = os.environ.get("TG_BENCH_RECORD_URL", BROKER_URL)
 PREFIX = os.environ.get("TG_BENCH_PREFIX", "tgbench")
 RATE = os.environ.get("TG_BENCH_RATE", "20/s")
 
@@ -62,15 +66,27 @@ def _quiet_per_task_logs(**kwargs: Any) -> None:
 _recorders: dict[int, redis.Redis] = {}
 
 
-def _record(key: str, request: Any) -> None:
-    """Append this run's start time (Redis ``TIME``) and deferral count to list ``key``."""
+def _recorder() -> redis.Redis:
     pid = os.getpid()
     client = _recorders.get(pid)
     if client is None:  # one client per pool process, made after the fork
-        client = _recorders[pid] = redis.Redis.from_url(BROKER_URL)
+        client = _recorders[pid] = redis.Redis.from_url(RECORD_URL)
+    return client
+
+
+def _now(client: redis.Redis) -> str:
     seconds, micros = client.time()
-    deferrals = (request.headers or {}).get("taskguard-deferrals") or 0
-    client.rpush(key, f"{seconds}.{micros:06d} {deferrals}")
+    return f"{seconds}.{micros:06d}"
+
+
+def _deferrals(request: Any) -> int:
+    return int((request.headers or {}).get("taskguard-deferrals") or 0)
+
+
+def _record(key: str, request: Any) -> None:
+    """Append this run's start time (Redis ``TIME``) and deferral count to list ``key``."""
+    client = _recorder()
+    client.rpush(key, f"{_now(client)} {_deferrals(request)}")
 
 
 @app.task(name="bench.noop")
@@ -102,6 +118,18 @@ def guarded_breaker() -> None:
 def guarded_rate(self: Task, record_key: str) -> None:
     """Records its start under taskguard's fleet-wide ``RateLimit(RATE)``."""
     _record(record_key, self.request)
+
+
+@app.task(name="bench.capped_sleep", base=GuardedTask, guards=[Concurrency(2)], bind=True)
+def capped_sleep(self: Task, record_key: str, seconds: float) -> None:
+    """Sleeps ``seconds`` under a fleet-wide ``Concurrency(2)`` (its defaults otherwise).
+
+    Appends ``"<start> <end> <deferrals>"`` (Redis ``TIME``) to ``record_key`` at the end.
+    """
+    client = _recorder()
+    started, deferrals = _now(client), _deferrals(self.request)
+    time.sleep(seconds)
+    client.rpush(record_key, f"{started} {_now(client)} {deferrals}")
 
 
 @app.task(name="bench.celery_rate", rate_limit=RATE, bind=True)

@@ -41,12 +41,19 @@ class WorkerOptions(TypedDict):
 
 
 def worker_options(
-    broker_url: str, *, prefix: str, state_url: str | None = None, rate: str | None = None
+    broker_url: str,
+    *,
+    prefix: str,
+    state_url: str | None = None,
+    rate: str | None = None,
+    record_url: str | None = None,
 ) -> WorkerOptions:
     """How to start a worker of :data:`APP` (see :mod:`benchmarks.celeryapp`)."""
     env = {"TG_BENCH_BROKER_URL": broker_url, "TG_BENCH_PREFIX": prefix}
     if state_url is not None:
         env["TG_BENCH_STATE_URL"] = state_url
+    if record_url is not None:
+        env["TG_BENCH_RECORD_URL"] = record_url
     if rate is not None:
         env["TG_BENCH_RATE"] = rate
     return {"env": env, "cwd": str(REPO_ROOT)}
