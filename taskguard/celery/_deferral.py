@@ -165,11 +165,14 @@ def defer(
     count, since = next_deferral(task, state, policy, reason, on_give_up)
     headers = {**carried_headers(request), HEADER_COUNT: count, HEADER_SINCE: since}
     if reserved:
+        # Sent a little ahead, into the worker's ETA timer, then waited out on admission:
+        # a pool process busy for a few ms at the slot would otherwise start it late.
         delay = retry_after
+        countdown = max(retry_after - policy.reservation_lead, 0.0)
         reservation = Reservation(frozenset(reserved), now + retry_after, request.retries)
         headers[HEADER_RESERVATION] = reservation.as_header()
     else:
-        delay = min(retry_after, policy.max_delay) + random.uniform(0, policy.jitter)
+        delay = countdown = min(retry_after, policy.max_delay) + random.uniform(0, policy.jitter)
         headers[HEADER_RESERVATION] = None
     lane = lane_of(task.app, request)
     with _instrument.activity(
@@ -182,7 +185,7 @@ def defer(
         delay=delay,
         cause=cause,
     ):
-        task.signature_from_request(countdown=delay, headers=headers, queue=lane).apply_async()
+        task.signature_from_request(countdown=countdown, headers=headers, queue=lane).apply_async()
     logger.debug(
         "deferred %s[%s] by %.3fs (%s; deferral %d%s)",
         task.name,

@@ -82,6 +82,12 @@ def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and 
         retries=request.retries,
         grace=config.deferral.reservation_grace,
     )
+    if paid and state.reservation is not None:
+        # Sent ahead of its slot by up to reservation_lead (so a busy worker still has
+        # it on time): the last moments are waited out here, and it starts on the slot.
+        early = state.reservation.slot - time.time()
+        if early > 0:
+            time.sleep(min(early, config.deferral.reservation_lead))
     # A bucket whose slot this message already paid for is not charged again.
     guards = [guard for guard, op in pairs if op.key not in paid]
     ops = [op for _, op in pairs if op.key not in paid]

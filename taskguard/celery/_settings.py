@@ -91,6 +91,9 @@ class DeferralPolicy:
         reservation_grace: How late a reserved task may arrive and still use its slot
             (at least half the bucket's interval). Later, it contests again, so starts
             never bunch up by more than this.
+        reservation_lead: A reserved task is sent this many seconds ahead of its slot,
+            and waits out what is left of it in the worker (so a pool process busy at the
+            slot does not start it late). It holds that process for at most this long.
         park: A task refused by a concurrency cap or a lock is parked in Redis and
             handed back the moment a slot is released (FIFO per key), rather than
             deferred by time. False: defer by time, as other guards do.
@@ -104,6 +107,7 @@ class DeferralPolicy:
     max_delay: float = 300.0
     reserve_within: float = 30.0
     reservation_grace: float = 0.02
+    reservation_lead: float = 0.1
     park: bool = True
 
     #: Setting name -> attribute, for the deferral fields (global and per task).
@@ -116,6 +120,7 @@ class DeferralPolicy:
         "max_deferral_delay": "max_delay",
         "reserve_within": "reserve_within",
         "reservation_grace": "reservation_grace",
+        "reservation_lead": "reservation_lead",
         "park": "park",
     }
 
@@ -135,7 +140,12 @@ class DeferralPolicy:
             elif attr == "park":
                 changes[attr] = flag(value, name)
             else:
-                zero_ok = attr in ("jitter", "reserve_within", "reservation_grace")
+                zero_ok = attr in (
+                    "jitter",
+                    "reserve_within",
+                    "reservation_grace",
+                    "reservation_lead",
+                )
                 changes[attr] = seconds(value, name, allow_zero=zero_ok)
         return replace(self, **changes) if changes else self
 
