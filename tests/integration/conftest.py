@@ -107,7 +107,7 @@ class Fleet:
     def cleanup(self) -> None:
         with self.client() as client:
             keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
-            keys += [self.queue.encode()]
+            keys += [self.queue.encode(), f"{self.queue}.deferred".encode()]
             if keys:
                 client.unlink(*keys)
 

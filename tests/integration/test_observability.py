@@ -116,7 +116,7 @@ def test_worker_sends_taskguard_spans_in_celery_transactions(ran: tuple[Fleet, i
         publishes = [s for e in evs for s in e["spans"] if s["data"].get("taskguard.deferrals")]
         assert publishes
         assert publishes[0]["data"]["messaging.message.id"] == task_id
-        assert publishes[0]["data"]["messaging.destination.name"] == fleet.queue
+        assert publishes[0]["data"]["messaging.destination.name"] == fleet.queue + ".deferred"
     # The breaker's failures are errors that name the guard.
     failures = [e for e in events if e["type"] == "error" and e["taskguard"]]
     assert failures
