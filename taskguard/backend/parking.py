@@ -88,6 +88,20 @@ class Parking:
         )
         return bool(reply)
 
+    def drop(self, ticket: str, guard_key: str) -> tuple[bool, list[bytes]]:
+        """A handed-back message was discarded unrun (revoked, expired): forget its
+        ticket and free the room held for it. Returns whether the ticket was still out,
+        and the payloads of the next parked tasks the room now goes to."""
+        keys = self.backend.keys
+        removed, *payloads = self.backend.run_script(
+            "park_drop",
+            [keys.park_lot(guard_key), *self._shared(), guard_key],
+            [ticket, *self._ms()],
+            what="hand-back drop",
+            libs=("park",),
+        )
+        return bool(removed), [p if isinstance(p, bytes) else str(p).encode() for p in payloads]
+
     def counts(self) -> dict[str, int]:
         """Parked tasks per guard key (tasks handed back but not yet arrived excluded)."""
         keys = self.backend.keys

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import worker_init, worker_process_init
+from celery.signals import task_revoked, worker_init, worker_process_init
 
 from taskguard.backend.acl import acl_rules, missing_permissions
 from taskguard.backend.base import Backend
@@ -31,7 +31,7 @@ from taskguard.drain import DrainPool, DrainSettings, pool_from_settings
 from taskguard.errors import BackendUnavailable, ConfigurationError
 from taskguard.urls import redact
 
-from ._parking import Sweeper, add_lanes
+from ._parking import Sweeper, add_lanes, drop_revoked
 from ._runtime import reset_all_after_fork, runtime_for
 
 __all__ = ["DrainStep", "SweepStep", "ValidateStep", "check_backend", "pool_from_settings"]
@@ -169,5 +169,11 @@ def _reset_after_fork(**kwargs: Any) -> None:
     reset_all_after_fork()
 
 
+def _revoked(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+    if request is not None and getattr(sender, "taskguard_guarded", False):
+        drop_revoked(sender, request)
+
+
 worker_init.connect(_install_worker_steps, weak=False)
+task_revoked.connect(_revoked, weak=False)
 worker_process_init.connect(_reset_after_fork, weak=False)

@@ -42,6 +42,7 @@ __all__ = [
     "Sweeper",
     "add_lanes",
     "claim",
+    "drop_revoked",
     "hand_back",
     "lane_of",
     "pack",
@@ -220,7 +221,9 @@ def handback_of(request: Any) -> str | None:
     A header copied into a later message (``self.retry()`` keeps the headers) names
     another ``retries`` count and is ignored.
     """
-    value = (request.headers or {}).get(HEADER_HANDBACK)
+    value = (getattr(request, "headers", None) or {}).get(HEADER_HANDBACK)
+    if value is None:  # a request rebuilt from the message: headers are its attributes
+        value = vars(request).get(HEADER_HANDBACK)
     if not isinstance(value, Mapping):
         return None
     if value.get("retries", 0) != (request.retries or 0):
@@ -235,6 +238,23 @@ def claim(backend: Backend, request: Any) -> bool:
     if parking is None:
         return True
     return parking.claim(request.id)
+
+
+def drop_revoked(task: Any, request: Any) -> None:
+    """A handed-back message discarded unrun (revoked, or expired) never claims its
+    ticket; drop the ticket, or a sweep would publish it again after every deadline."""
+    key = handback_of(request)
+    parking = parking_for(task.taskguard_backend)
+    if key is None or parking is None:
+        return
+    try:
+        dropped, payloads = parking.drop(request.id, key)
+    except (BackendUnavailable, BackendError) as exc:
+        logger.warning("%s[%s]: could not drop its hand-back: %s", task.name, request.id, exc)
+        return
+    if dropped:
+        logger.info("%s[%s] was discarded unrun; its hand-back is dropped", task.name, request.id)
+    publish(task.app, payloads)
 
 
 def handoff_owner(task_id: str) -> str:

@@ -135,3 +135,21 @@ def test_release_without_parked_tasks_reports_plain_success(backend: RedisBacken
     assert backend.admit([op]).allowed
     assert backend.release([op]) == [1]
     assert Parking(backend).counts() == {}
+
+
+def test_a_dropped_hand_back_frees_its_slot_for_the_next_parked_task(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    holder = slot(backend, "holder")
+    assert backend.admit([holder]).allowed
+    assert park(parking, holder, "a", 1) == []
+    assert park(parking, holder, "b", 2) == []
+    assert backend.release([holder]) == [2]
+    assert parking.hand_back(holder.key) == [b"a"]
+    # "a" was revoked: its message is discarded unrun, and "b" gets the slot at once.
+    assert parking.drop("a", holder.key) == (True, [b"b"])
+    assert not parking.claim("a")
+    assert parking.claim("b")
+    assert parking.drop("a", holder.key) == (False, [])
+    assert parking.counts() == {}

@@ -84,3 +84,22 @@ def test_parked_work_survives_the_kill_of_the_worker_that_parked_it(
     records = [r for r in runs(fleet, "crash_slot") if r["id"] != long.id]
     assert_exactly_once(records, {r.id for r in parked})
     assert max_overlap([(r["start"], r["end"]) for r in records]) == 1
+
+
+def test_a_revoked_parked_task_frees_its_held_slot(fleet_factory: Callable[..., Fleet]) -> None:
+    """A parked task revoked before its hand-back is discarded on arrival; the slot held
+    for it goes at once to the next parked task (not after the 30 s hold)."""
+    fleet = fleet_factory(app=APP).start(count=1, concurrency=2)
+    client = taskguard.connect(fleet.guard_url, prefix=fleet.prefix)
+    try:
+        first = fleet.send("crash_slot", 0, 1.0)
+        fleet.wait_for("started", lambda rs: any(r["id"] == first.id for r in rs), timeout=30)
+        revoked, last = fleet.send("crash_slot", 1, 0.05), fleet.send("crash_slot", 2, 0.05)
+        wait_until(lambda: sum(client.parked().values()) == 2, timeout=30)
+        assert fleet.celery.control.revoke(revoked.id, reply=True, timeout=5)
+        assert last.get(timeout=20) == 2
+        assert first.get(timeout=5) == 0
+        wait_until(lambda: client.parked() == {}, timeout=10)
+    finally:
+        client.close()
+    assert revoked.id not in {r["id"] for r in runs(fleet, "crash_slot")}
