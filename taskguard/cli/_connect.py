@@ -27,6 +27,8 @@ __all__ = [
 #: reply, and an operator would rather wait than see a timeout (a worker's is 0.5 s).
 SOCKET_TIMEOUT = 5.0
 
+_NOT_REDIS = "must be a redis://, rediss:// or unix:// URL"
+
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 redis_url_option = click.option(
@@ -71,17 +73,17 @@ def connect_redis(ctx: click.Context, redis_url: str | None, prefix: str | None)
             redis_url = redis_url or runtime.redis_url()
             prefix = prefix or runtime.settings.key_prefix
             options["redis_options"] = dict(runtime.settings.redis_options)
+        if (redis_url or "").startswith("memory://"):
+            raise ValueError("memory:// holds no state another process can read")
         backend = backend_from_url(redis_url, prefix=prefix, **options)
     except ConfigurationError as exc:
         hint = "--prefix" if exc.field in ("key_prefix", "prefix") else None
         raise click.BadParameter(str(exc), param_hint=hint) from None
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--redis-url") from None
-    if not isinstance(backend, RedisBackend):
+        raise click.BadParameter(f"{exc}; {_NOT_REDIS}", param_hint="--redis-url") from None
+    if not isinstance(backend, RedisBackend):  # pragma: no cover - backend_from_url's schemes
         backend.close()
-        raise click.BadParameter(
-            "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
-        )
+        raise click.BadParameter(_NOT_REDIS, param_hint="--redis-url")
     return backend
 
 

@@ -46,8 +46,9 @@ def _seconds(value: float | None) -> str:
 
 
 def _fold(header: str) -> Column:
-    """A column of user strings (names, keys, owners): folded, never cut."""
-    return Column(header, overflow="fold")
+    """A column of user strings (names, keys, owners): folded, never cut, and never
+    squeezed out by the numbers beside it."""
+    return Column(header, overflow="fold", min_width=max(*map(len, header.split()), 6))
 
 
 def _table(
@@ -64,7 +65,11 @@ def _table(
     notes = [note] if note else []
     if len(shown) < len(rows):
         notes.insert(0, f"{len(rows) - len(shown)} more not shown (--limit 0 shows all)")
-    columns = [h if isinstance(h, Column) else Column(h, no_wrap=True) for h in headers]
+    # Figures wrap at spaces (a header) before user strings fold.
+    columns = [
+        h if isinstance(h, Column) else Column(h, min_width=max(map(len, h.split())))
+        for h in headers
+    ]
     table = Table(*columns, title=title, title_justify="left", title_style="bold")
     for row in shown:
         table.add_row(*(c if isinstance(c, Text) else _cell(c) for c in cells(row)))
@@ -164,35 +169,30 @@ def _slots(status: Status, limit: int) -> RenderableType:
 
 
 def _breakers(status: Status, limit: int) -> RenderableType:
+    def state(b: Any) -> Text:
+        repeated = f" (x{b.opens})" if b.opens > 1 and b.state != "closed" else ""
+        return _cell(b.state + repeated, _STATE_STYLE.get(b.state, ""))
+
+    def window(b: Any) -> str:
+        return f"{b.window} {b.calls}/{b.failures}/{b.slow_calls}" if b.window else "-"
+
     rows = sorted(status.breakers, key=lambda b: (b.state == "closed", b.name))
     return _table(
         "Circuit breakers",
-        [
-            _fold("name"),
-            "state",
-            "open for",
-            "opens",
-            "window",
-            "calls",
-            "failed",
-            "slow",
-            "in a row",
-            "probes",
-        ],
+        [_fold("name"), "state", "open for", "window calls/failed/slow", "in a row", "probes"],
         rows,
         lambda b: [
             b.name,
-            _cell(b.state, _STATE_STYLE.get(b.state, "")),
+            state(b),
             _seconds(b.open_left),
-            b.opens,
-            b.window or "-",
-            b.calls,
-            b.failures,
-            b.slow_calls,
+            window(b),
             b.consecutive_failures,
             b.probes,
         ],
         limit,
+        note="(xN): opened N times in a row, open longer each time"
+        if any(b.opens > 1 and b.state != "closed" for b in rows)
+        else "",
     )
 
 

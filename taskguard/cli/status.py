@@ -21,6 +21,8 @@ __all__ = ["status"]
 #: Seconds between refreshes for a bare ``--watch``.
 WATCH_EVERY = 2.0
 
+_sleep = time.sleep  # the pause between refreshes (replaced in tests)
+
 
 @click.command(
     short_help="Show the guards' state in Redis: buckets, locks, slots, breakers, queues."
@@ -127,7 +129,7 @@ def _print_json(
             click.echo(json.dumps(doc, indent=2))
             return
         click.echo(json.dumps(doc, separators=(",", ":")))
-        time.sleep(watch)
+        _sleep(watch)
 
 
 def _print_tables(
@@ -168,4 +170,4 @@ def _print_tables(
                 live.update(screen(), refresh=True)
             except TaskGuardError as exc:  # an outage: say so, and try again
                 live.update(Text(f"cannot read the status from {where}: {exc}"), refresh=True)
-            time.sleep(watch)
+            _sleep(watch)
