@@ -86,7 +86,7 @@ def test_locks_and_claims_show_owner_age_token_and_lease(
     found = read_status(client)
     locks = {(h.kind, h.name, h.key): h for h in found.locks}
     report = locks["lock", "report", None]
-    assert report.owner == held.op.owner
+    assert report.owner == held.owner
     assert report.fencing_token == held.fencing_token
     assert report.age is not None
     assert 0 <= report.age < 5
@@ -256,7 +256,7 @@ def test_release_lock_frees_it_and_fences_the_old_holder(contract: Contract) -> 
     client = taskguard.connect(contract.backend)
     held = client.lock("report", ttl=30, renew=False).acquire(timeout=1)
     done = release_lock(client, "report")
-    assert (done.owner, done.released) == (held.op.owner, True)
+    assert (done.owner, done.released) == (held.owner, True)
     if contract.kind == "redis":
         assert done.fencing_token == held.fencing_token
     assert not client.lock("report").locked()
@@ -349,13 +349,13 @@ def test_lock_release_needs_force(client: taskguard.Client, contract: Contract) 
 
     refused = invoke(contract, "lock", "release", "report")
     assert refused.exit_code == 1
-    assert f"is held by {held.op.owner}" in refused.output
+    assert f"is held by {held.owner}" in refused.output
     assert "add --force" in refused.output
     assert client.lock("report").locked()
 
     done = invoke(contract, "lock", "release", "report", "--force")
     assert done.exit_code == 0, done.output
-    assert f"held by {held.op.owner}, fencing token {held.fencing_token}" in done.output
+    assert f"held by {held.owner}, fencing token {held.fencing_token}" in done.output
     assert not client.lock("report").locked()
 
     again = invoke(contract, "lock", "release", "report", "--force")
