@@ -63,7 +63,8 @@ def read_status(source: Backend | HasBackend, *, limits: Iterable[RateLimit] = (
         source: A Redis backend, or a client built on one (``taskguard.connect(url)``).
         limits: Rate limits whose buckets should show their level in tokens (Redis keeps
             a bucket's state, not its rate): each applies to the buckets of its ``name``
-            (``"default"`` for a limit without one). The others show their backlog only.
+            (``"default"`` for a limit without one). The others show their backlog only,
+            and so do the buckets of a name given two different rates or bursts.
 
     Raises:
         ConfigurationError: ``source`` is not on Redis.
@@ -79,11 +80,7 @@ def read_status(source: Backend | HasBackend, *, limits: Iterable[RateLimit] = (
         ['report:42']
     """
     backend = require_redis(source, "status")
-    rates = {
-        limit.name or "default": (limit.rate.interval, limit.burst)
-        for limit in limits
-        if isinstance(limit, RateLimit)
-    }
+    rates = _rates(limits)
     started = time.perf_counter()
     guards = read_guards(backend, rates)
     parked = read_parked(backend)
@@ -103,3 +100,13 @@ def read_status(source: Backend | HasBackend, *, limits: Iterable[RateLimit] = (
         drain_pools=pools,
         limits_known=tuple(sorted(rates)),
     )
+
+
+def _rates(limits: Iterable[RateLimit]) -> dict[str, tuple[float, int]]:
+    """Limiter name -> (seconds per token, burst); a name with two settings is left out:
+    its buckets' level would depend on which limit took the tokens."""
+    rates: dict[str, set[tuple[float, int]]] = {}
+    for limit in limits:
+        if isinstance(limit, RateLimit):
+            rates.setdefault(limit.name or "default", set()).add((limit.rate.interval, limit.burst))
+    return {name: next(iter(found)) for name, found in rates.items() if len(found) == 1}

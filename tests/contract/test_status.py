@@ -62,7 +62,9 @@ def test_rate_limit_buckets_show_their_backlog_and_known_levels(
         assert api.try_acquire(key="tenant:1").allowed
     assert client.rate_limiter("mail", "1/h").try_acquire().allowed
 
-    found = read_status(client, limits=[RateLimit("1/m", burst=5, name="api")])
+    limits = [RateLimit("1/m", burst=5, name="api"), RateLimit("1/m", burst=5, name="api")]
+    limits += [RateLimit("1/h", name="mail"), RateLimit("2/h", name="mail")]  # which one?
+    found = read_status(client, limits=limits)
     by_name = {(b.name, b.key): b for b in found.rate_limits}
     tenant = by_name["api", "tenant:1"]
     assert (tenant.tokens, tenant.burst) == (2, 5)

@@ -40,7 +40,7 @@ from taskguard.status import (
 )
 from taskguard.status.derive import breaker_status, bucket, lock_holder, quota_usage, slot_set
 
-from .celery_harness import celery_app
+from .celery_harness import DEAD_URL, celery_app
 
 #: The module (``taskguard.cli.status`` is the command, which the package re-exports).
 STATUS_MODULE = importlib.import_module("taskguard.cli.status")
@@ -446,3 +446,30 @@ def test_under_celery_the_app_gives_its_redis_prefix_and_limits(
 def test_without_an_app_no_guards_are_configured(read: list[Any]) -> None:
     result = CliRunner().invoke(cli, ["status", "--redis-url", "redis://h:1/0", "--json"], obj=None)
     assert json.loads(result.output)["tasks"] == {}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["lock", "release", "report"],
+        ["lock", "release", "report", "--force"],
+        ["breaker", "open", "geo"],
+    ],
+)
+def test_an_unreachable_redis_is_a_one_line_error(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--redis-url", DEAD_URL])
+    assert result.exit_code == 1, result.output
+    assert "redis unreachable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_outage_under_watch_shows_on_the_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    def once(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(STATUS_MODULE, "_sleep", once)
+    result = CliRunner().invoke(cli, ["status", "--redis-url", DEAD_URL, "--watch"])
+    assert result.exit_code == 0, result.output
+    assert "cannot read the status from redis://127.0.0.1:1/0" in result.output
