@@ -26,6 +26,7 @@ import operator
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from urllib.parse import unquote
 
 from taskguard._validate import key_prefix
 from taskguard._validate import name as check_name
@@ -64,6 +65,11 @@ def _part(text: object, field: str) -> str:
 def _key(text: object) -> str:
     """A key (always the last part): escaped so that it holds no ``{`` or ``}``."""
     return _escape(text, _KEY_SPECIAL, "key")
+
+
+def _unescape(text: str) -> str:
+    """Undo :func:`_escape` (every ``%`` in an escaped string starts a ``%XX`` byte)."""
+    return unquote(text, errors="surrogatepass") if "%" in text else text
 
 
 def _glob(text: str) -> str:
@@ -248,6 +254,31 @@ class KeySchema:
     def _named(self, kind: str, name: str, key: str | None) -> str:
         base = f"{self._head}:{kind}:{_part(name, 'name')}"
         return base if key is None else f"{base}:{_key(key)}"
+
+    def guard_parts(self, key: str) -> tuple[str, str, str | None] | None:
+        """``(kind, name, key)`` of a guard key this schema builds with a name (the
+        inverse of :meth:`rate_limit`, :meth:`lock`, :meth:`guard`...; ``key`` is None for
+        a key-less guard), or None for any other key (cache keys, another prefix, the
+        schema's name-less keys such as :meth:`park_meta`).
+
+        Example:
+            >>> KeySchema("tg").guard_parts("tg:{tg}:rl:api%3Atenant:7")
+            ('rl', 'api:tenant', '7')
+            >>> KeySchema("tg").guard_parts("tg:{tg}:lock:report")
+            ('lock', 'report', None)
+        """
+        head = f"{self._head}:"
+        if not key.startswith(head):
+            return None
+        kind, colon, rest = key[len(head) :].partition(":")
+        if not colon or not kind:
+            return None
+        name, colon, user_key = rest.partition(":")
+        return kind, _unescape(name), _unescape(user_key) if colon else None
+
+    def guard_pattern(self) -> str:
+        """A SCAN pattern matching every guard key of this schema (not its cache keys)."""
+        return f"{_glob(self.prefix)}:{{{_glob(self._tag)}}}:*"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this schema (guards and cache), and no

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import click
 
+from .admin import breaker, lock
 from .demo import demo
 from .drain import drain, requeue_dead_letters
+from .status import status
 from .version import version, version_string
 
 __all__ = ["main", "taskguard"]
@@ -23,9 +25,12 @@ def taskguard() -> None:
     """Fleet-wide guards for Celery tasks: rate limits, locks, breakers, write-behind."""
 
 
+taskguard.add_command(breaker)
 taskguard.add_command(demo)
 taskguard.add_command(drain)
+taskguard.add_command(lock)
 taskguard.add_command(requeue_dead_letters)
+taskguard.add_command(status)
 taskguard.add_command(version)
 
 

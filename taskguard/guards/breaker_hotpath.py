@@ -45,7 +45,7 @@ from .breaker_spec import CircuitBreaker
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
 
-__all__ = ["HotPathBreaker", "hot_path_breaker"]
+__all__ = ["HotPathBreaker", "hot_path_breaker", "publish_refresh"]
 
 logger = logging.getLogger("taskguard.breaker")
 
@@ -70,6 +70,17 @@ def hot_path_breaker(backend: Backend, spec: CircuitBreaker, flush_interval: flo
     if not isinstance(backend, RedisBackend):
         return Breaker(backend, spec)
     return HotPathBreaker(backend, spec, flush_interval=float(flush_interval))
+
+
+def publish_refresh(backend: RedisBackend, name: str) -> None:
+    """Tell every process's hot-path view of breaker ``name`` to refresh from Redis, after
+    a change made outside a flush (a transition, an admin action). Logged, not raised,
+    when Redis cannot be reached: the flush replies catch up within an interval anyway."""
+    # The new state's open time is not known here: the subscribers read it themselves.
+    try:
+        backend.publish(backend.keys.breaker_events(), f"{name}|refresh|0", what="breaker publish")
+    except BackendUnavailable as exc:
+        logger.warning("circuit %r: state change not published: %s", name, exc)
 
 
 class _Batch:
@@ -251,16 +262,7 @@ class HotPathBreaker(Breaker):
             self._publish()
 
     def _publish(self) -> None:
-        # The subscribers refresh this breaker from Redis (the new state's open time is
-        # not known here); the flush replies would catch up within an interval anyway.
-        try:
-            self.redis_backend.publish(
-                self.backend.keys.breaker_events(),
-                f"{self.spec.name}|refresh|0",
-                what="breaker publish",
-            )
-        except BackendUnavailable as exc:
-            logger.warning("circuit %r: state change not published: %s", self.spec.name, exc)
+        publish_refresh(self.redis_backend, self.spec.name)
 
     def _admin(self, action: Callable[[], None]) -> None:
         action()

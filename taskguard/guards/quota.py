@@ -38,7 +38,10 @@ from .admission import admit
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource, key_text
 
-__all__ = ["Quota", "QuotaLimiter", "QuotaOp", "window_starts"]
+__all__ = ["QUOTA_GRACE_MS", "QUOTA_KEY_KIND", "Quota", "QuotaLimiter", "QuotaOp", "window_starts"]
+
+#: The kind code of a quota's keys (``KeySchema.guard(QUOTA_KEY_KIND, name, key)``).
+QUOTA_KEY_KIND = "q"
 
 PERIODS = ("day", "week", "month")
 # ASCII digits only, nothing before or after (fullmatch: "$" would let a "\n" through).
@@ -46,7 +49,7 @@ _LIMIT = re.compile(r"([0-9]+) */ *(day|d|week|w|month|mo)", re.ASCII)
 _UNITS = {"d": "day", "day": "day", "w": "week", "week": "week", "mo": "month", "month": "month"}
 _RESET = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
 #: A window's counter outlives the window by this much (a late reader still sees it).
-_GRACE_MS = 60_000
+QUOTA_GRACE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class _Memory:
         used, start, end = self._used(state, op, now)
         if op.cost:
             used += op.cost
-            self._table(state)[op.key] = (start, used, (end + _GRACE_MS) / 1000)
+            self._table(state)[op.key] = (start, used, (end + QUOTA_GRACE_MS) / 1000)
         return op.limit - used
 
     def release(self, state: MemoryState, op: QuotaOp, now: float) -> int:
@@ -281,7 +284,7 @@ class Quota(Guard):
         """The op taking ``cost`` calls (default: the spec's) from ``bucket``'s quota, with
         the window starts around ``now`` (default: this host's clock)."""
         return QuotaOp(
-            key=keys.guard("q", self.name or "default", bucket),
+            key=keys.guard(QUOTA_KEY_KIND, self.name or "default", bucket),
             limit=self.calls,
             cost=self.cost if cost is None else cost,
             starts=self.starts(now),

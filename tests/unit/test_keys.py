@@ -53,9 +53,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     "park_out": (),
 }
 #: Public methods that build no key: a pub/sub channel, and the SCAN pattern.
-NOT_KEYS = {"breaker_events", "cache_stream_pattern", "pattern"}
-#: Keys derived from another key (a parking lot from its guard key), and the inverse.
-DERIVED = {"park_lot", "park_guard_key"}
+NOT_KEYS = {"breaker_events", "cache_stream_pattern", "guard_pattern", "pattern"}
+#: Keys derived from another key (a parking lot from its guard key), and the inverses
+#: (a lot's guard key; a guard key's kind, name and key).
+DERIVED = {"park_lot", "park_guard_key", "guard_parts"}
 _PARK = {"parkmsg": "park_messages", "parkmeta": "park_meta", "parkdue": "park_due"}
 _PARK["parkout"] = "park_out"
 
@@ -263,6 +264,36 @@ def test_user_strings_never_open_or_close_a_hash_tag(call: Any) -> None:
     if not method.startswith(("cache_", "drain_")):
         # Guard state shares one slot: its hash tag is the schema's tag alone.
         assert ":" not in hash_tag
+
+
+#: Guard methods taking a name (and maybe a key) -> the kind code their keys carry.
+NAMED_KINDS = {method: code for code, method in _KINDS.items()}
+
+
+@given(calls())
+def test_guard_parts_reads_back_the_kind_name_and_key(call: Any) -> None:
+    _, method, (prefix, tag, *args) = call
+    parts = KeySchema(prefix, tag).guard_parts(build(call))
+    if method == "guard":
+        assert parts == tuple(args) + (None,) * (3 - len(args))
+    elif method in NAMED_KINDS:
+        name, *key = args
+        assert parts == (NAMED_KINDS[method], name, key[0] if key else None)
+    elif method == "dead_letters":
+        assert parts == ("dlq", args[0], None)
+    elif method == "drain_pools":
+        assert parts == ("wbns", "pools", None)
+    else:  # cache keys, and the schema's name-less keys
+        assert parts is None
+
+
+@given(calls(), calls())
+def test_the_guard_pattern_matches_its_schemas_guard_keys_only(call: Any, other: Any) -> None:
+    (prefix, tag), _, (_, given_tag, *_) = call
+    pattern = _redis_glob(KeySchema(prefix, given_tag).guard_pattern())
+    key = build(other)
+    guard_key = not other[1].startswith(("cache_", "drain_lease"))
+    assert bool(pattern.fullmatch(key)) == (other[0] == (prefix, tag) and guard_key)
 
 
 def _redis_glob(pattern: str) -> re.Pattern[str]:
