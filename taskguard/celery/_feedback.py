@@ -5,8 +5,9 @@ After an HTTP 429, or from ``X-RateLimit-*`` headers, the task pauses a rate lim
 bucket for the whole fleet (:mod:`taskguard.guards.pause`) and may end its own run the
 way a denied task ends: re-published with the same id by :func:`._deferral.defer`,
 ``request.retries`` untouched, one more deferral counted against the caps. It comes back
-when the pause it set is over, and contests its guards like any message (the calls
-refused during the pause hold reservations from its end on).
+when the pause it set is over: on its own bucket, it reserves the first slot after the
+pause (as a denied task reserves its slot) and runs then without contesting that bucket
+again; the calls refused during the pause reserve the slots after it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import enum
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -54,7 +56,17 @@ THIS_RUN = _ThisRun.KEY
 # Set on the run's request by the helper (the task body's own request: Celery's
 # Task.__call__ pushes a copy, so the tracer's request never sees them).
 _RESUME_AT = "taskguard_resume_at"  # time.monotonic() when the run's pauses end
-_PAUSED = "taskguard_paused"  # what the run paused last, for the deferral's reason
+_PAUSED = "taskguard_paused"  # the _Paused that ends last
+
+
+@dataclass(frozen=True)
+class _Paused:
+    """The longest pause a run set: for the reason of its deferral, and its slot."""
+
+    name: str
+    bucket: str | None
+    seconds: float
+    key: str  # the bucket's full key
 
 
 class DeferredRun(Ignore):  # type: ignore[misc]
@@ -121,7 +133,7 @@ class RunGuards:
         resume_at = time.monotonic() + paused.retry_after
         if request.id is not None and resume_at > getattr(request, _RESUME_AT, 0.0):
             setattr(request, _RESUME_AT, resume_at)
-            setattr(request, _PAUSED, (name, bucket, paused.retry_after))
+            setattr(request, _PAUSED, _Paused(name, bucket, paused.retry_after, op.key))
         if defer:
             self.defer()
         return paused
@@ -161,8 +173,11 @@ class RunGuards:
 
         Args:
             countdown: Seconds until it comes back. Left out: when the longest pause this
-                run set is over (at once, if it set none), plus the deferral jitter; it
-                then contests its guards like any message.
+                run set is over (at once, if it set none). When that pause is on the
+                run's own bucket, the run reserves its slot there, the first after the
+                pause (within ``reserve_within``), and comes back on it without
+                contesting that bucket again; otherwise it comes back after the pause,
+                plus the deferral jitter, and contests its guards like any message.
 
         Raises:
             Ignore: Always in a worker, once re-published: the run ends.
@@ -174,18 +189,26 @@ class RunGuards:
             wait = max(getattr(request, _RESUME_AT, 0.0) - time.monotonic(), 0.0)
         else:
             wait = pause_seconds(countdown, "countdown")
-        paused = getattr(request, _PAUSED, None)
+        paused: _Paused | None = getattr(request, _PAUSED, None)
         if paused is None:
             reason = "deferred by the task itself"
         else:
-            reason = f"paused rate limit {paused[0]!r} key {paused[1]!r} for {paused[2]:.3f}s"
+            reason = (
+                f"paused rate limit {paused.name!r} key {paused.bucket!r} for {paused.seconds:.3f}s"
+            )
         if request.is_eager or request.called_directly:
             raise RateLimited(
                 f"{task.name}: {reason}; cannot defer outside a worker, retry after {wait:.3f}s",
-                guard=None if paused is None else repr(paused[0]),
-                key=None if paused is None else paused[1],
+                guard=None if paused is None else repr(paused.name),
+                key=None if paused is None else paused.bucket,
                 retry_after=wait,
             )
+        policy = task.taskguard_settings.deferral
+        reserved: list[str] = []
+        if countdown is None and paused is not None:
+            slot = self._reserve(paused.key, min(policy.reserve_within, policy.max_delay))
+            if slot is not None:
+                wait, reserved = slot, [paused.key]
 
         republished = True
 
@@ -197,9 +220,9 @@ class RunGuards:
             defer(
                 task,
                 retry_after=wait,
-                reserved=(),
+                reserved=reserved,
                 state=DeferralState.from_headers(request.headers),
-                policy=task.taskguard_settings.deferral,
+                policy=policy,
                 reason=reason,
                 cause="rate_limit",
                 on_give_up=give_up,
@@ -208,6 +231,26 @@ class RunGuards:
             if republished:
                 raise DeferredRun(*exc.args) from None
             raise
+
+    def _reserve(self, key: str, within: float) -> float | None:
+        """Reserve this run's next slot in bucket ``key`` (full key) if it is one of the
+        run's own and the slot is at most ``within`` seconds away: the wait, else None."""
+        request = self.request
+        for guard in self.task.taskguard_settings.guards:
+            if not isinstance(guard, RateLimit) or within <= 0:
+                continue
+            args, kwargs = request.args or (), request.kwargs or {}
+            for op in guard.task_ops(self.backend.keys, args, kwargs, request.id):
+                if op.key != key:
+                    continue
+                try:
+                    admission = self.backend.admit([op], reserve_within=within)
+                except BackendUnavailable:
+                    return None
+                if admission.allowed or admission.reserved:
+                    return admission.retry_after
+                return None
+        return None
 
     @property
     def backend(self) -> Backend:

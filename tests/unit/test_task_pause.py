@@ -27,7 +27,7 @@ PARTNER = RateLimit("10/s", burst=10, key="{customer}", name="partner-api")
 
 @pytest.fixture
 def app(backend: taskguard.MemoryBackend) -> Iterator[Celery]:
-    with celery_app(backend, reserve_within=30) as app:
+    with celery_app(backend, reserve_within=60) as app:
         yield app
 
 
@@ -84,31 +84,32 @@ def test_a_429_pauses_the_bucket_for_everyone_and_defers_the_task(
     assert headers["id"] == "first"
     assert headers["retries"] == 0  # no retry spent
     assert headers[HEADER_COUNT] == 1
-    assert headers[HEADER_RESERVATION] is None
+    # Its own bucket: it holds the first slot after the pause.
+    assert headers[HEADER_RESERVATION]["slot"] == pytest.approx(time.time() + 30, abs=1)
     [deferred] = of(events, "task_deferred")
     assert deferred["delay"] == pytest.approx(30.0, abs=0.1)
+    assert deferred["reserved"] is True
     assert "partner-api" in deferred["reason"]
     assert of(events, "guard_released")[0]["outcome"] == "ignored"
 
     # Every other call of that customer is refused until the pause ends, and reserves
-    # its slot right after it; other customers run.
-    assert partner(backend).try_acquire(key="acme").retry_after == pytest.approx(30.0)
+    # the next slot after it; other customers run.
+    assert partner(backend).try_acquire(key="acme").retry_after == pytest.approx(30.1)
     with pytest.raises(Ignore):
         run_as_worker(push, "acme", task_id="second")
     [second] = published(app)
-    assert second.headers[HEADER_RESERVATION]["slot"] == pytest.approx(time.time() + 30, abs=1)
+    assert of(events, "task_deferred")[-1]["delay"] == pytest.approx(30.1)
     assert run_as_worker(push, "globex", task_id="third") == "pushed"
 
-    clock.advance(30)
-    assert run_as_worker(push, "acme", task_id="second", headers=second.headers) == "pushed"
-    # The pausing task comes back after the pause and gets the next slot, one interval on.
-    with pytest.raises(Ignore):
-        run_as_worker(push, "acme", task_id="first", headers=headers)
-    [again] = published(app)
-    assert of(events, "task_deferred")[-1]["delay"] == pytest.approx(0.1)
+    clock.advance(29.9)
+    with pytest.raises(Ignore):  # a newcomer just before the end of the pause
+        run_as_worker(push, "acme", task_id="fourth")
+    published(app)
     clock.advance(0.1)
-    assert run_as_worker(push, "acme", task_id="first", headers=again.headers) == "pushed"
-    assert calls == ["first", "third", "second", "first"]  # "second" was refused at start
+    assert run_as_worker(push, "acme", task_id="first", headers=headers) == "pushed"
+    clock.advance(0.1)  # then one per interval: the limit's steady rate
+    assert run_as_worker(push, "acme", task_id="second", headers=second.headers) == "pushed"
+    assert calls == ["first", "third", "first", "second"]  # the others were refused at start
 
 
 def test_pause_returns_what_it_did_and_the_run_goes_on(
@@ -165,6 +166,26 @@ def test_observe_pauses_when_nothing_remains_and_defer_waits_it_out(
     [deferred] = of(events, "task_deferred")
     assert 19.0 <= deferred["delay"] <= 20.0
     assert partner(backend).try_acquire(key="acme").retry_after == pytest.approx(20.0, abs=1)
+
+
+def test_after_pausing_a_bucket_not_its_own_a_run_comes_back_by_time(
+    app: Celery, backend: taskguard.MemoryBackend, events: list[Any]
+) -> None:
+    @app.task(shared=False, bind=True, base=GuardedTask, guards=[PARTNER])
+    def push(self: Any, customer: str) -> None:
+        self.taskguard.pause("partner-api", key="globex", seconds=3)
+        self.taskguard.pause("partner-api", seconds=1)  # shorter: the other one decides
+        self.taskguard.defer()
+
+    with pytest.raises(Ignore):
+        run_as_worker(push, "acme")
+    [deferred] = of(events, "task_deferred")
+    assert (deferred["reserved"], deferred["delay"]) == (False, pytest.approx(3.0, abs=0.1))
+    assert "'globex'" in deferred["reason"]
+    [message] = published(app)
+    assert message.headers[HEADER_RESERVATION] is None
+    # No slot was taken in its own bucket either: the next call there waits 1 s only.
+    assert partner(backend).try_acquire(key="acme").retry_after == pytest.approx(1.0)
 
 
 def test_defer_without_a_pause_comes_back_at_once_or_after_countdown(
