@@ -236,10 +236,12 @@ class RunGuards:
         """Reserve this run's next slot in bucket ``key`` (full key) if it is one of the
         run's own and the slot is at most ``within`` seconds away: the wait, else None."""
         request = self.request
+        if within <= 0:  # reservations are off
+            return None
+        args, kwargs = request.args or (), request.kwargs or {}
         for guard in self.task.taskguard_settings.guards:
-            if not isinstance(guard, RateLimit) or within <= 0:
+            if not isinstance(guard, RateLimit):
                 continue
-            args, kwargs = request.args or (), request.kwargs or {}
             for op in guard.task_ops(self.backend.keys, args, kwargs, request.id):
                 if op.key != key:
                     continue

@@ -188,6 +188,20 @@ def test_after_pausing_a_bucket_not_its_own_a_run_comes_back_by_time(
     assert partner(backend).try_acquire(key="acme").retry_after == pytest.approx(1.0)
 
 
+def test_with_reservations_off_a_run_comes_back_by_time(app: Celery, events: list[Any]) -> None:
+    app.conf.taskguard = {"reserve_within": 0, "deferral_jitter": 0}
+    runtime_for(app).reload()
+
+    @app.task(shared=False, bind=True, base=GuardedTask, guards=[PARTNER])
+    def push(self: Any, customer: str) -> None:
+        self.taskguard.pause("partner-api", seconds=4, defer=True)
+
+    with pytest.raises(Ignore):
+        run_as_worker(push, "acme")
+    [deferred] = of(events, "task_deferred")
+    assert (deferred["reserved"], deferred["delay"]) == (False, pytest.approx(4.0, abs=0.1))
+
+
 def test_defer_without_a_pause_comes_back_at_once_or_after_countdown(
     app: Celery, events: list[Any]
 ) -> None:
