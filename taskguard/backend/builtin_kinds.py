@@ -1,4 +1,5 @@
-"""The four built-in op kinds (rate limit, lease, slot, breaker), registered on import.
+"""The built-in op kinds (rate limit and its pause, lease, slot, breaker), registered on
+import.
 
 Each memory semantics mirrors its Lua library line for line (``scripts/lib/<lib>.lua``),
 so both backends pass one contract suite.
@@ -10,10 +11,10 @@ import math
 from typing import Any
 
 from .memory_breaker import BreakerStates
-from .ops import BreakerOp, LeaseOp, RateOp, SlotOp
+from .ops import BreakerOp, LeaseOp, PauseOp, RateOp, SlotOp
 from .registry import MemoryState, OpKind, register
 
-__all__ = ["BREAKER", "LEASE", "RATE", "SLOT", "breaker_states"]
+__all__ = ["BREAKER", "LEASE", "PAUSE", "RATE", "SLOT", "breaker_states"]
 
 
 def _ms(seconds: float) -> int:
@@ -47,6 +48,33 @@ def _encode_rate(op: RateOp, release: bool) -> tuple[list[str], list[Any]]:
 
 
 RATE = register(OpKind(RateOp, "rl", "gcra", _encode_rate, _Rate(), bucket=True))
+
+
+class _Pause:
+    def wait(self, state: MemoryState, op: PauseOp, now: float) -> tuple[float, bool]:
+        return 0.0, False  # a pause is never refused
+
+    def commit(self, state: MemoryState, op: PauseOp, at: float, now: float, flag: bool) -> int:
+        tat = state.value(op.key, now) or 0.0
+        target = now + op.seconds + op.tolerance
+        if tat < target:  # never shorten a longer backlog
+            tat = target
+            state.values[op.key] = (tat, tat + 0.001)
+        # Microseconds until a call of cost 1 passes again (rounded: float noise).
+        return max(round((tat - op.tolerance - now) * 1_000_000), 0)
+
+    def release(self, state: MemoryState, op: PauseOp, now: float) -> int:
+        return 0
+
+    def renew(self, state: MemoryState, op: PauseOp, now: float) -> bool:
+        return True
+
+
+def _encode_pause(op: PauseOp, release: bool) -> tuple[list[str], list[Any]]:
+    return [op.key], [repr(op.seconds * 1_000_000), repr(op.tolerance * 1_000_000)]
+
+
+PAUSE = register(OpKind(PauseOp, "rlp", "gcra", _encode_pause, _Pause()))
 
 
 # ---------------------------------------------------------------- lease (locks, claims)

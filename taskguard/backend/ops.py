@@ -19,6 +19,7 @@ __all__ = [
     "Held",
     "LeaseOp",
     "Op",
+    "PauseOp",
     "RateOp",
     "SlotOp",
 ]
@@ -39,6 +40,27 @@ class RateOp:
     interval: float
     burst: int
     cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PauseOp:
+    """Pause the GCRA bucket at ``key``: no call passes for ``seconds`` (server time).
+
+    It pushes the bucket's TAT to ``now + seconds + tolerance`` unless it is later
+    already, so a pause never shortens a longer backlog, and calls refused meanwhile
+    reserve their slots from the end of the pause on (see lib/gcra.lua).
+
+    Attributes:
+        key: The bucket's full key (the same as its :class:`RateOp`'s).
+        seconds: How long the bucket refuses every call, from the server's ``now``.
+        tolerance: The bucket's ``(burst - 1) x interval`` in seconds: a bucket admits a
+            call while its TAT is at most this far ahead, so the TAT goes this much past
+            the pause's end for no call to pass before it.
+    """
+
+    key: str
+    seconds: float
+    tolerance: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,8 @@ def _script(name: str, ops: Sequence[Op]) -> Script:
     script = _SCRIPTS.get((name, types))
     if script is None:
         needed = {kind_of(op).lib for op in ops}
-        libs = tuple(kind.lib for kind in registered() if kind.lib in needed)
+        # Once each, in registration order (a library may register several kinds).
+        libs = tuple(dict.fromkeys(kind.lib for kind in registered() if kind.lib in needed))
         script = _BY_LIBS.get((name, libs))
         if script is None:
             script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])

@@ -20,6 +20,7 @@ from taskguard.guards.base import Guard
 from taskguard.guards.lock import Lock
 
 from . import _bootsteps  # noqa: F401 - connects the worker bootsteps and fork handler
+from ._feedback import DeferredRun, RunGuards, kept_for_deferral
 from ._release import release_run
 from ._runs import admit_run
 from ._runtime import runtime_for
@@ -67,6 +68,22 @@ class GuardedTask(Task):  # type: ignore[misc]
         """Where this task's guard state lives (shared by the app's tasks)."""
         return runtime_for(self.app).backend
 
+    @property
+    def taskguard(self) -> RunGuards:
+        """The running task's handle on taskguard (in a bound task, ``self.taskguard``):
+        ``pause()`` a rate limit after an HTTP 429, ``observe()`` the service's
+        rate-limit headers, ``defer()`` this run without spending a retry.
+
+        Example:
+            >>> @app.task(bind=True, base=GuardedTask, guards=[partner])  # doctest: +SKIP
+            ... def push_order(self, order_id):
+            ...     response = session.post(...)
+            ...     if response.status_code == 429:
+            ...         retry_after = response.headers["Retry-After"]
+            ...         self.taskguard.pause("partner-api", seconds=retry_after, defer=True)
+        """
+        return RunGuards(self, self.request)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if request.called_directly:
@@ -82,6 +99,9 @@ class GuardedTask(Task):  # type: ignore[misc]
             return result
         except Exception as exc:
             outcome, error = _outcome_of(exc), exc
+            if isinstance(exc, DeferredRun):
+                # Ended by self.taskguard.defer(): the message comes back, with its claims.
+                run = kept_for_deferral(run)
             raise
         finally:
             release_run(self, request, run, outcome, error)

@@ -6,12 +6,13 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard._validate import count
 from taskguard._validate import name as check_name
 from taskguard._validate import rate as check_rate
-from taskguard.backend.ops import Op, RateOp
+from taskguard.backend.ops import Op, PauseOp, RateOp
 from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 from taskguard.units import MAX_BUCKET_SPAN, Rate
@@ -19,6 +20,7 @@ from taskguard.units import MAX_BUCKET_SPAN, Rate
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource, key_text
+from .pause import Pause, backend_now, observed_pause, pause_seconds, record_pause
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -137,6 +139,20 @@ class RateLimit(Guard):
             cost=cost,
         )
 
+    @property
+    def tolerance(self) -> float:
+        """Seconds a bucket's TAT may run ahead of now while a call still passes:
+        ``(burst - 1) x interval`` (a pause pushes the TAT this far past its end)."""
+        return (self.burst - 1) * self.rate.interval
+
+    def pause_op(self, keys: KeySchema, bucket: str | None, seconds: float) -> PauseOp:
+        """The op pausing ``bucket`` (None: the limiter's one bucket) for ``seconds``."""
+        return PauseOp(
+            key=keys.rate_limit(self.name or "default", bucket),
+            seconds=seconds,
+            tolerance=self.tolerance,
+        )
+
     def task_ops(
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
@@ -212,6 +228,87 @@ class RateLimiter:
                 retry_after=decision.retry_after,
             )
         raise self.spec.denied_error(decision.retry_after, key)
+
+    def pause(self, key: str | int | None, seconds: float | timedelta | str) -> Pause:
+        """Refuse every call of ``key``'s bucket for ``seconds``, in every process.
+
+        For the feedback of the service the limit protects: an HTTP 429's
+        ``Retry-After``. One call, in server time: the bucket's next call passes
+        ``seconds`` from now, or later if its backlog already reached further (a pause
+        never shortens it). Calls refused meanwhile get ``retry_after`` up to the end of
+        the pause; after it, the bucket resumes at its steady rate.
+
+        Args:
+            key: The bucket (``None``: the limiter's one bucket).
+            seconds: From 0 to 31 days: a number, a header's text, or a timedelta.
+
+        Returns:
+            What the pause did; ``retry_after`` is how long the bucket now refuses.
+
+        Raises:
+            ValueError: ``seconds`` is not a duration from 0 to 31 days.
+            TypeError: ``key`` is not a str, an int or None.
+            BackendError: Redis refused for a reason that is not an outage (an outage
+                is logged and reported as ``degraded``).
+
+        Example:
+            >>> import taskguard
+            >>> limiter = taskguard.connect("memory://").rate_limiter("partner", "10/s")
+            >>> limiter.pause("acme", 30).retry_after
+            30.0
+            >>> round(limiter.try_acquire(key="acme").retry_after)
+            30
+        """
+        bucket = None if key is None else key_text(key)
+        op = self.spec.pause_op(self.backend.keys, bucket, pause_seconds(seconds))
+        return record_pause(self.backend, op, bucket=bucket, on_outage=self.spec.on_outage)
+
+    def observe(
+        self,
+        key: str | int | None = None,
+        *,
+        remaining: int | str,
+        reset_at: float | str | datetime | None = None,
+        reset_after: float | str | timedelta | None = None,
+        pace: bool = False,
+    ) -> Pause:
+        """Follow the service's rate-limit headers for ``key``'s bucket.
+
+        With ``remaining`` 0 the bucket pauses until the reset. With calls remaining it
+        is left alone, unless ``pace``: then the next call waits
+        ``(reset - now) / remaining``, so that, observing every response, the calls left
+        spread evenly until the reset. Header text is accepted as it comes (``"0"``).
+
+        Args:
+            key: The bucket (``None``: the limiter's one bucket).
+            remaining: Calls left in the service's window (``X-RateLimit-Remaining``).
+            reset_at: When the window resets: epoch seconds (``X-RateLimit-Reset``) or an
+                aware datetime; turned into a wait with this host's clock.
+            reset_after: The same as seconds from now (``RateLimit-Reset``). One of the
+                two is needed when ``remaining`` is 0 or ``pace`` is set.
+            pace: Spread the calls remaining until the reset.
+
+        Raises:
+            ValueError: An argument is out of range; the message names it.
+
+        Example:
+            >>> import taskguard
+            >>> limiter = taskguard.connect("memory://").rate_limiter("partner", "10/s")
+            >>> limiter.observe("acme", remaining=5, reset_after=60).retry_after
+            0.0
+            >>> limiter.observe("acme", remaining=0, reset_after=60).retry_after
+            60.0
+        """
+        seconds = observed_pause(
+            remaining=remaining,
+            reset_at=reset_at,
+            reset_after=reset_after,
+            pace=pace,
+            now=backend_now(self.backend),
+        )
+        if not seconds:
+            return Pause(None if key is None else key_text(key))
+        return self.pause(key, seconds)
 
     def _op(self, key: str | None, cost: int) -> RateOp:
         # Ops are immutable values: build each (bucket, cost) once, not per decision.

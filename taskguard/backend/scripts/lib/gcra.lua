@@ -1,10 +1,19 @@
---[[ gcra.lua: the GCRA rate-limit op, used by admit.lua (concatenated before it).
+--[[ gcra.lua: the GCRA rate-limit ops, used by admit.lua (concatenated before it).
 
-Op arguments (ARGV, after the op's kind, nkeys and argc):
+Kind 'rl', take tokens. Op arguments (ARGV, after the op's kind, nkeys and argc):
   1. interval_us  emission interval: microseconds per token (may be fractional)
   2. burst        tokens an idle bucket hands out at once (integer >= cost)
   3. cost         tokens this call takes (integer >= 1)
-Op keys: 1, the bucket's theoretical arrival time (TAT) in microseconds, as a string.
+Kind 'rlp', pause the bucket (feedback from the service the limit protects). Arguments:
+  1. pause_us      microseconds from now during which no call may pass
+  2. tolerance_us  the bucket's (burst - 1) x interval_us: a bucket admits a call while its
+                   TAT is at most this far ahead, so the TAT must go this much further
+  check: never refuses (wait 0). commit: TAT = max(TAT, now + pause_us + tolerance_us),
+  so a pause never shortens a longer backlog; returns the microseconds until a call of
+  cost 1 passes again (>= pause_us). Calls refused meanwhile reserve their slots from
+  the end of the pause on, one interval apart.
+Op keys (both kinds): 1, the bucket's theoretical arrival time (TAT) in microseconds, as
+a string.
 Keys touched: SET with PX, so a bucket expires once it is full again.
 --]]
 
@@ -41,3 +50,29 @@ function gcra.parse(op, argv, i)
 end
 
 KINDS['rl'] = gcra
+
+local gcra_pause = { reservable = false }
+
+function gcra_pause.parse(op, argv, i)
+  op.pause = tonumber(argv[i])
+  op.tolerance = tonumber(argv[i + 1])
+end
+
+function gcra_pause.check(op, now)
+  return 0, 0
+end
+
+function gcra_pause.commit(op, at, now)
+  local tat = tonumber(redis.call('GET', op.key) or '0')
+  local target = now + op.pause + op.tolerance
+  if tat < target then
+    tat = target
+    local ttl_ms = math.ceil((tat - now) / 1000) + 1
+    redis.call('SET', op.key, string.format('%.3f', tat), 'PX', ttl_ms)
+  end
+  local left = math.floor(tat - op.tolerance - now + 0.5)
+  if left < 0 then left = 0 end
+  return left
+end
+
+KINDS['rlp'] = gcra_pause
