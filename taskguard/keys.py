@@ -36,7 +36,7 @@ __all__ = ["RESERVED_KINDS", "KeySchema"]
 #: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
 RESERVED_KINDS = frozenset(
     {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
-    | {"park", "parkmsg", "parkmeta", "parkdue", "parkout"}
+    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout"}
 )
 
 _PART_SPECIAL = re.compile(r"[%:{}]")
@@ -223,6 +223,11 @@ class KeySchema:
         if not guard_key.startswith(head):
             raise ValueError(f"{guard_key!r} is not a guard key of {self._head!r}")
         return f"{head}park:{guard_key[len(head) :]}"
+
+    def park_fair(self, guard_key: str) -> str:
+        """The fair-queuing state of ``guard_key``'s lot: its virtual time and each
+        group's last position (a hash; see :mod:`taskguard.guards.fairness`)."""
+        return self.park_lot(guard_key).replace(":park:", ":parkfair:", 1)
 
     def park_guard_key(self, lot: str) -> str:
         """The guard key a lot (:meth:`park_lot`) parks tasks on."""

@@ -44,7 +44,15 @@ class Parking:
         return [int(self.handoff * 1000), int(self.out_ttl * 1000)]
 
     def park(
-        self, guard_key: str, *, mode: str, limit: int, ticket: str, seq: int, payload: bytes
+        self,
+        guard_key: str,
+        *,
+        mode: str,
+        limit: int,
+        ticket: str,
+        seq: int,
+        payload: bytes,
+        group: tuple[str, float] | None = None,
     ) -> list[bytes]:
         """Park ``payload`` on ``guard_key``'s lot at FIFO position ``seq``.
 
@@ -56,6 +64,9 @@ class Parking:
             seq: Position in the lot (lower first): the first denial's time, so a
                 task parked again keeps its place.
             payload: The message to publish when it is handed back.
+            group: A fair share's ``(group, weight)``: the lot orders this task by
+                weighted fair queuing between groups instead of by ``seq``
+                (:mod:`taskguard.guards.fairness`).
 
         Returns:
             Payloads to publish now: the guard gained room since it refused, so the lot's
@@ -63,12 +74,12 @@ class Parking:
         """
         keys = self.backend.keys
         lot = keys.park_lot(guard_key)
-        return self._payloads(
-            "park",
-            [lot, *self._shared(), guard_key],
-            [ticket, seq, payload, mode, limit, *self._ms()],
-            "parking",
-        )
+        key_list = [lot, *self._shared(), guard_key]
+        args: list[object] = [ticket, seq, payload, mode, limit, *self._ms()]
+        if group is not None:
+            key_list.append(keys.park_fair(guard_key))
+            args += [group[0], repr(float(group[1]))]
+        return self._payloads("park", key_list, args, "parking")
 
     def hand_back(self, guard_key: str) -> list[bytes]:
         """After a release of ``guard_key``: the parked payloads it now has room for."""

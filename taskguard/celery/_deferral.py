@@ -211,6 +211,7 @@ def park(
     task: Any,
     *,
     op: Op,
+    group: tuple[str, float] | None,
     parking: Parking,
     state: DeferralState,
     policy: DeferralPolicy,
@@ -220,7 +221,8 @@ def park(
 ) -> None:
     """Park the running task on the guard ``op`` of, until the guard has room; then end
     this run. Returns (without ending the run) only if it could not park: the caller
-    defers by time instead.
+    defers by time instead. ``group`` is the task's fair-share group and weight, if its
+    cap has one.
 
     Raises:
         Ignore: The task is parked (or, if the guard had room again, handed back).
@@ -257,6 +259,7 @@ def park(
                 ticket=request.id,
                 seq=int(since * 1_000_000),
                 payload=payload,
+                group=group,
             )
     except (BackendUnavailable, BackendError) as exc:
         logger.warning("%s[%s]: could not park (%s); deferring by time", task.name, request.id, exc)

@@ -296,9 +296,11 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     suffix = "" if online else " (backend unavailable)"
     parking = parking_for(backend) if online and config.deferral.park else None
     if parking is not None:
+        fair_group = getattr(guard, "fair_group", None)
         park(  # ends the run, unless it could not park
             task,
             op=op,
+            group=fair_group(request.args or (), request.kwargs or {}) if fair_group else None,
             parking=parking,
             state=state,
             policy=config.deferral,

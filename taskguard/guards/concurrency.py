@@ -20,10 +20,11 @@ from taskguard import signals
 from taskguard._validate import count, seconds
 from taskguard._validate import name as check_name
 from taskguard.backend.ops import Op, SlotOp
-from taskguard.errors import ConcurrencyLimitReached
+from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
 from taskguard.keys import KeySchema
 
 from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
+from .fairness import FairShare
 from .keying import KeyFunc, KeySource
 from .leases import HeldLease, LeasedPrimitive
 
@@ -50,11 +51,18 @@ class Concurrency(Guard):
         ttl: Lease seconds; a killed worker's slot comes back within this.
         name: Cap name; tasks sharing a name share slots. Defaults to the task name.
         on_outage: ``"deny"`` (default), ``"allow"`` or ``"local"`` while Redis is down.
+        fair: Template (``"{tenant}"``) or callable naming each task's group: tasks
+            parked on a full cap are handed back by weighted fair queuing between groups
+            rather than first in, first out, so one group's backlog cannot starve another.
+        weights: Weight per ``fair`` group (default 1): its share of the slots while
+            several groups wait.
     """
 
     kind = "concurrency"
     admission_rank = 20
-    settings_fields = frozenset({"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage"})
+    settings_fields = frozenset(
+        {"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage", "fair", "weights"}
+    )
     settings_bare = "limit"
     _positional = ("limit",)
     _key_field = "concurrency.key"
@@ -65,6 +73,7 @@ class Concurrency(Guard):
     ttl: float
     name: str | None
     on_outage: str
+    fair: FairShare | None
     _signature: inspect.Signature | None
 
     def __init__(
@@ -77,9 +86,14 @@ class Concurrency(Guard):
         ttl: float = 60.0,
         name: str | None = None,
         on_outage: str = "deny",
+        fair: KeySource = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         name = None if name is None else check_name(name, "name")
+        if weights is not None and fair is None:
+            raise ConfigurationError("weights need a fair key", field="weights")
         self._set(
+            fair=None if fair is None else FairShare(fair, weights),
             limit=count(limit, "limit"),
             key=KeyFunc(key),
             wait=seconds(wait, "wait", allow_zero=True),
@@ -99,7 +113,25 @@ class Concurrency(Guard):
             "ttl": self.ttl,
             "name": self.name,
             "on_outage": self.on_outage,
+            "fair": None if self.fair is None else self.fair.key.source,
+            "weights": None if self.fair is None or not self.fair.weights else self.fair.weights,
         }
+
+    def bind(self, task_name: str, signature: inspect.Signature | None) -> Concurrency:
+        if self.fair is not None:
+            try:
+                self.fair.key.validate(signature)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    exc.reason, task=task_name, field="concurrency.fair"
+                ) from None
+        return super().bind(task_name, signature)
+
+    def fair_group(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[str, float] | None:
+        """The fair-share group of one call and its weight (None without ``fair``)."""
+        return None if self.fair is None else self.fair.group(args, kwargs, self._signature)
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         return self.key.render(args, kwargs, self._signature)

@@ -153,3 +153,82 @@ def test_a_dropped_hand_back_frees_its_slot_for_the_next_parked_task(
     assert parking.claim("b")
     assert parking.drop("a", holder.key) == (False, [])
     assert parking.counts() == {}
+
+
+def _fair_park(parking: Parking, op: SlotOp, ticket: str, group: str, weight: float = 1) -> None:
+    assert (
+        parking.park(
+            op.key,
+            mode="slot",
+            limit=op.limit,
+            ticket=ticket,
+            seq=0,
+            payload=ticket.encode(),
+            group=(group, weight),
+        )
+        == []
+    )
+
+
+def _drain_order(backend: RedisBackend, parking: Parking, op: SlotOp) -> list[str]:
+    """Hand the lot back one slot at a time: the order tasks would start in."""
+    order = []
+    while True:
+        (payload,) = parking.hand_back(op.key) or [b""]
+        if not payload:
+            return order
+        order.append(payload.decode())
+        held = dataclasses.replace(op, owner=payload.decode() + HANDOFF_OWNER_SUFFIX)
+        assert parking.claim(payload.decode())
+        assert backend.release([held]) in ([1], [2])
+
+
+def test_a_fair_share_interleaves_a_small_group_with_a_big_backlog(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    holder = slot(backend, "holder")
+    assert backend.admit([holder]).allowed
+    for i in range(6):
+        _fair_park(parking, holder, f"big-{i}", "big")
+    _fair_park(parking, holder, "small-0", "small")
+    _fair_park(parking, holder, "small-1", "small")
+    assert backend.release([holder]) == [2]
+    order = _drain_order(backend, parking, holder)
+    # Without fair shares the small group would wait behind all six.
+    assert order == ["big-0", "small-0", "big-1", "small-1", "big-2", "big-3", "big-4", "big-5"]
+
+
+def test_weights_split_the_slots_and_a_late_group_waits_one_round_at_most(
+    backend: RedisBackend,
+) -> None:
+    parking = Parking(backend)
+    holder = slot(backend, "holder")
+    assert backend.admit([holder]).allowed
+    for i in range(6):
+        _fair_park(parking, holder, f"big-{i}", "big", weight=2)
+    for i in range(3):
+        _fair_park(parking, holder, f"mid-{i}", "mid")
+    assert backend.release([holder]) == [2]
+    first = parking.hand_back(holder.key)
+    assert first == [b"big-0"]
+    # A group that had nothing parked joins at the lot's current position, not at 0.
+    _fair_park(parking, holder, "late-0", "late")
+    released = dataclasses.replace(holder, owner="big-0" + HANDOFF_OWNER_SUFFIX)
+    assert parking.claim("big-0")
+    assert backend.release([released]) == [2]
+    order = ["big-0", *_drain_order(backend, parking, holder)]
+    # Weighted fair queuing: big (weight 2) takes two slots for each one of mid, and
+    # "late" waits one round of the others (3 slots: 2 big, 1 mid), not their backlog.
+    assert order == [
+        "big-0",
+        "big-1",
+        "mid-0",
+        "big-2",
+        "late-0",
+        "big-3",
+        "mid-1",
+        "big-4",
+        "big-5",
+        "mid-2",
+    ]

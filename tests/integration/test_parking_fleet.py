@@ -103,3 +103,39 @@ def test_a_revoked_parked_task_frees_its_held_slot(fleet_factory: Callable[..., 
     finally:
         client.close()
     assert revoked.id not in {r["id"] for r in runs(fleet, "crash_slot")}
+
+
+def test_a_fair_share_starts_a_small_tenant_within_one_task_duration(
+    fleet_factory: Callable[..., Fleet],
+) -> None:
+    """Cap 3 shared by two tenants (``fair="{tenant}"``): the big one queues 30 tasks of
+    1 s (10 s of work); each task the small one sends later is handed back by the next
+    release after its arrival, so it starts within one task duration (plus the hand-off:
+    a publish and a delivery), not after the backlog (FIFO would make it wait ~9 s)."""
+    duration = 1.0
+    fleet = fleet_factory(app=APP).start(count=2, concurrency=3)
+    client = taskguard.connect(fleet.guard_url, prefix=fleet.prefix)
+    try:
+        big = [fleet.send("tenant_task", "big", i, duration) for i in range(30)]
+        wait_until(lambda: sum(client.parked().values()) >= 20, timeout=30)
+        small = []
+        for i in range(3):
+            arrival = fleet.server_time()
+            result = fleet.send("tenant_task", "small", i, duration)
+            small.append((arrival, result))
+            result.get(timeout=30)
+        for result in big:
+            result.get(timeout=60)
+    finally:
+        client.close()
+    records = runs(fleet, "tenant_task")
+    starts = {r["id"]: r["start"] for r in records}
+    big_starts = sorted(starts[r.id] for r in big)
+    for arrival, result in small:
+        started = starts[result.id]
+        # Overtaken only by the tasks handed back at the same release (one per slot).
+        overtaken = sum(arrival < t < started for t in big_starts)
+        assert overtaken <= 3, (overtaken, started - arrival)
+        assert started - arrival <= duration + 0.5, (started - arrival, overtaken)
+    assert_exactly_once(records, {r.id for r in big} | {r.id for _, r in small})
+    assert max_overlap([(r["start"], r["end"]) for r in records]) <= 3

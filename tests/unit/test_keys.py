@@ -237,6 +237,10 @@ def test_a_parking_lot_is_its_guard_key_under_the_park_kind(call: Any) -> None:
     assert lot.count("{") == 1
     assert lot.count("}") == 1
     assert lot.startswith(f"{key[: key.index('}') + 1]}:park:")
+    fair = schema.park_fair(key)
+    assert fair == lot.replace(":park:", ":parkfair:", 1)
+    assert fair.count("{") == 1
+    assert fair.count("}") == 1
 
 
 @given(calls())

@@ -81,3 +81,14 @@ def crash_slot(self: Any, i: int, seconds: float) -> int:
 def locked(self: Any, key: str, i: int, seconds: float) -> int:
     _run(self, seconds, i=i, key=key)
     return i
+
+
+@app.task(
+    shared=False,
+    bind=True,
+    base=GuardedTask,
+    guards=[Concurrency(3, fair="{tenant}", name="fair3")],
+)
+def tenant_task(self: Any, tenant: str, i: int, seconds: float) -> int:
+    _run(self, seconds, i=i, tenant=tenant)
+    return i

@@ -7,7 +7,10 @@ keys' hash tag:
 
   lot   <head>:park:<rest of the guard key>  ZSET ticket -> seq: FIFO by first denial
   msgs  <head>:parkmsg   HASH ticket -> payload (the message, opaque here)
-  meta  <head>:parkmeta  HASH lot -> JSON {mode = "slot"|"lease", key, limit}
+  meta  <head>:parkmeta  HASH lot -> JSON {mode = "slot"|"lease", key, limit, fair}
+  fair  <head>:parkfair:<rest>  HASH, for a cap with fair shares: v (the position of the
+        ticket handed back last) and g:<group> (each group's last position); a lot is
+        then ordered by weighted fair queuing, not FIFO (see park.lua)
   due   <head>:parkdue   ZSET lot -> ms: when a sweep looks at the lot again (the
                          earliest holder's expiry: the fallback when no release comes)
   out   <head>:parkout   ZSET ticket -> deadline ms: handed back, not yet arrived
@@ -71,7 +74,10 @@ local function park_take(lot, k, now_ms, handoff, deadline)
   local payloads = {}
   local free = park_free(info, now_ms)
   if free > 0 then
-    for _, ticket in ipairs(redis.call('ZRANGE', lot, 0, free - 1)) do
+    local heads = redis.call('ZRANGE', lot, 0, free - 1, 'WITHSCORES')
+    for i = 1, #heads, 2 do
+      local ticket = heads[i]
+      if info.fair then redis.call('HSET', info.fair, 'v', heads[i + 1]) end
       redis.call('ZREM', lot, ticket)
       local payload = redis.call('HGET', k.msgs, ticket)
       if payload then
@@ -84,6 +90,7 @@ local function park_take(lot, k, now_ms, handoff, deadline)
   if redis.call('EXISTS', lot) == 0 then
     redis.call('ZREM', k.due, lot)
     redis.call('HDEL', k.meta, lot)
+    if info.fair then redis.call('DEL', info.fair) end
   else
     redis.call('ZADD', k.due, park_recheck_at(info, now_ms), lot)
   end
