@@ -28,6 +28,7 @@ __all__ = [
     "guard_released",
     "lease_lost",
     "lock_conflict",
+    "shadow_denied",
     "slot_acquired",
     "slot_denied",
     "task_deferred",
@@ -45,6 +46,10 @@ guard_released = Signal(name="guard_released")
 #: A guard refused a task. Args: ``task_id``, ``guard``, ``key``, ``retry_after``,
 #: ``degraded``.
 guard_denied = Signal(name="guard_denied")
+
+#: A guard in shadow mode would have refused a run that went on (docs/observability.md,
+#: "Shadow mode"). Args: ``task_id``, ``guard``, ``key``, ``retry_after``.
+shadow_denied = Signal(name="shadow_denied")
 
 #: A denied task was re-published to run later. Args: ``task_id``, ``delay``,
 #: ``deferrals`` (count including this one), ``reserved``, ``reason``.

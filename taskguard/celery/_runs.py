@@ -30,6 +30,7 @@ from ._deferral import DeferralState, defer, park
 from ._parking import claim, handback_of, handoff_owner, parking_for, parks
 from ._run_state import Run, RunInfo, give_up_claims, holds
 from ._settings import TaskSettings
+from ._shadow import evaluate_shadow
 
 __all__ = ["admit_run"]
 
@@ -51,15 +52,19 @@ def admit_run(
     """Admit this run of ``task`` or end it (defer, skip, fail); returns what it holds."""
     state = DeferralState.from_headers(request.headers)
     if not _instrument.on:
-        return _admit_run(task, config, request, args, kwargs, state, _instrument.IDLE)
-    with _instrument.activity(
-        _instrument.ADMIT,
-        task=task.name,
-        task_id=request.id,
-        guards=config.guards,
-        deferrals=state.count,
-    ) as act:
-        return _admit_run(task, config, request, args, kwargs, state, act)
+        run = _admit_run(task, config, request, args, kwargs, state, _instrument.IDLE)
+    else:
+        with _instrument.activity(
+            _instrument.ADMIT,
+            task=task.name,
+            task_id=request.id,
+            guards=config.guards,
+            deferrals=state.count,
+        ) as act:
+            run = _admit_run(task, config, request, args, kwargs, state, act)
+    if config.shadow:
+        evaluate_shadow(task, config.shadow, request, call=(args, kwargs), run=run)
+    return run
 
 
 def _admit_run(  # noqa: PLR0917 - admit_run's arguments, with what it read and watches

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from taskguard.backend import Backend, backend_from_url
@@ -95,25 +96,13 @@ class Runtime:
 
     def task_settings(self, task: Any) -> TaskSettings:
         """Resolve (and validate) one task's effective settings."""
-        guards = task.guards
-        if not isinstance(guards, (list, tuple)):
-            raise ConfigurationError(
-                f"must be a list of guards, got {type(guards).__name__}",
-                task=task.name,
-                field="guards",
-            )
-        for guard in guards:
-            if not isinstance(guard, Guard):
-                raise ConfigurationError(
-                    f"must contain guards such as RateLimit(...), got {guard!r}",
-                    task=task.name,
-                    field="guards",
-                )
+        guards = _guard_list(task, "guards")
+        shadow = _guard_list(task, "shadow_guards")
         try:
             signature: inspect.Signature | None = inspect.signature(task.run)
         except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
             signature = None
-        return self.settings.for_task(task.name, guards, signature)
+        return self.settings.for_task(task.name, guards, signature, shadow_guards=shadow)
 
     def validate(self) -> list[TaskSettings]:
         """Validate the settings and every guarded task; raise ConfigurationError if bad."""
@@ -122,6 +111,22 @@ class Runtime:
         for pattern in self.settings.patterns_matching_nothing(names):
             logger.warning("taskguard: settings for %r match no registered task", pattern)
         return resolved
+
+
+def _guard_list(task: Any, field: str) -> Sequence[Guard]:
+    guards = getattr(task, field, ())
+    if not isinstance(guards, (list, tuple)):
+        raise ConfigurationError(
+            f"must be a list of guards, got {type(guards).__name__}", task=task.name, field=field
+        )
+    for guard in guards:
+        if not isinstance(guard, Guard):
+            raise ConfigurationError(
+                f"must contain guards such as RateLimit(...), got {guard!r}",
+                task=task.name,
+                field=field,
+            )
+    return guards
 
 
 def runtime_for(app: Any) -> Runtime:

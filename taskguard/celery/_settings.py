@@ -31,6 +31,7 @@ from taskguard.urls import redact
 
 from ._guard_settings import apply_overrides, check_breakers, check_guard_entries
 from ._metrics_settings import MetricsSettings
+from ._shadow import check_shadow_kinds, split_shadow
 
 __all__ = ["DeferralPolicy", "Settings", "TaskSettings"]
 
@@ -174,6 +175,7 @@ _TASK_FIELDS = frozenset(
         "cost",
         "on_outage",
         "enabled",
+        "shadow",
         *DeferralPolicy.SETTING_NAMES,
     }
 )
@@ -188,12 +190,14 @@ class TaskSettings:
         guards: The guards to enforce, bound to the task (keys validated).
         deferral: How denials come back.
         enabled: False turns every guard of the task off.
+        shadow: Guards evaluated and counted but never enforced (shadow mode).
     """
 
     name: str
     guards: tuple[Guard, ...]
     deferral: DeferralPolicy
     enabled: bool = True
+    shadow: tuple[Guard, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +265,8 @@ class Settings:
         name: str,
         class_guards: Sequence[Guard] = (),
         signature: inspect.Signature | None = None,
+        *,
+        shadow_guards: Sequence[Guard] = (),
     ) -> TaskSettings:
         """The effective settings of task ``name``: class guards overridden by settings.
 
@@ -271,14 +277,18 @@ class Settings:
         try:
             deferral = self.deferral.updated(raw)
             guards = apply_overrides(list(class_guards), raw, self.on_outage, self.breakers)
+            guards, shadow = split_shadow(guards, shadow_guards, raw)
             # Admission order (DESIGN): breaker, lock, concurrency, rate limit, so the
             # first refusal reported is the one that decides how the task waits.
             guards.sort(key=lambda g: g.admission_rank)
             bound = tuple(guard.bind(name, signature) for guard in guards)
+            shadowed = tuple(guard.bind(name, signature) for guard in shadow)
         except ConfigurationError as exc:
             raise exc.for_task(name) from None
         enabled = self.enabled and raw.get("enabled", True)
-        return TaskSettings(name=name, guards=bound, deferral=deferral, enabled=enabled)
+        return TaskSettings(
+            name=name, guards=bound, deferral=deferral, enabled=enabled, shadow=shadowed
+        )
 
     def _entries_for(self, name: str) -> dict[str, Any]:
         matches = [p for p in self.tasks if p == name or fnmatch.fnmatchcase(name, p)]
@@ -348,5 +358,7 @@ def _check_task_entry(entry: object) -> dict[str, Any]:
         flag(entry["enabled"], "enabled")
     if "on_outage" in entry:
         entry["on_outage"] = _outage_map(entry["on_outage"], "on_outage")
+    if "shadow" in entry:
+        entry["shadow"] = check_shadow_kinds(entry["shadow"])
     check_guard_entries(entry)
     return entry

@@ -51,6 +51,8 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     #: The task's guards, in any order; admission checks them in one call.
     guards: ClassVar[Sequence[Guard]] = ()
+    #: Guards evaluated and counted but never enforced (shadow mode, to roll a limit out).
+    shadow_guards: ClassVar[Sequence[Guard]] = ()
     #: Marks guarded tasks for the runtime (which must not import this module).
     taskguard_guarded: ClassVar[bool] = True
 
@@ -89,7 +91,7 @@ class GuardedTask(Task):  # type: ignore[misc]
         if request.called_directly:
             return super().__call__(*args, **kwargs)
         config = self.taskguard_settings
-        if not (config.enabled and config.guards):
+        if not (config.enabled and (config.guards or config.shadow)):
             return super().__call__(*args, **kwargs)
         run = admit_run(self, config, request, args, kwargs)
         outcome, error = "aborted", None

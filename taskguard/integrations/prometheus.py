@@ -19,7 +19,9 @@ metric                                            what
                                                   ``degraded`` (outage policy) count each
                                                   guard of the task; ``deferred`` and
                                                   ``denied`` (skipped, failed, duplicate)
-                                                  the guard that refused
+                                                  the guard that refused;
+                                                  ``shadow_denied`` a guard in shadow
+                                                  mode that would have refused
 ``taskguard_deferrals_total{task,reason}``        deferrals; reason: the refusing guard's
                                                   kind, or ``outage``
 ``taskguard_admission_seconds{task}``             admission time (histogram), waits incl.
@@ -168,12 +170,18 @@ class Metrics(_instrument.Hook):
     def dead_lettered(self, sender: Any = None, **kwargs: Any) -> None:
         self.drain_rows.labels(kwargs["namespace"], "dead_lettered").inc(len(kwargs["keys"]))
 
+    def shadow_denied(self, sender: Any = None, **kwargs: Any) -> None:
+        task = getattr(sender, "name", str(sender))
+        self.admissions.labels(task, guard_label(kwargs.get("guard")), "shadow_denied").inc()
+
     def connect(self) -> None:
+        signals.shadow_denied.connect(self.shadow_denied, weak=False)
         signals.circuit_state_changed.connect(self.circuit_state_changed, weak=False)
         signals.drain_batch_written.connect(self.drain_batch_written, weak=False)
         signals.dead_lettered.connect(self.dead_lettered, weak=False)
 
     def disconnect(self) -> None:
+        signals.shadow_denied.disconnect(self.shadow_denied)
         signals.circuit_state_changed.disconnect(self.circuit_state_changed)
         signals.drain_batch_written.disconnect(self.drain_batch_written)
         signals.dead_lettered.disconnect(self.dead_lettered)
