@@ -11,7 +11,9 @@ import random
 from datetime import timedelta
 from typing import Any
 
+from taskguard._validate import rate as check_rate
 from taskguard.backend import Backend, backend_from_url
+from taskguard.backend.limits import LimitOverride, clear_limit, limits_of, set_limit
 from taskguard.backend.parking import Parking
 from taskguard.backend.redis import RedisBackend
 from taskguard.cache import CacheOptions, CacheService, Sessions
@@ -54,6 +56,33 @@ class Client:
     def close(self) -> None:
         """Release the backend's connections."""
         self.backend.close()
+
+    def set_limit(
+        self, name: str, rate: str | Rate, *, burst: int = 1, key: str | None = None
+    ) -> None:
+        """Set rate limiter ``name``'s rate at run time, for bucket ``key`` or all of them.
+
+        Every worker's next admission uses it (it is read inside the admission script),
+        until :meth:`clear_limit`. A bucket's own rate wins over the all-buckets one, so
+        per-tenant limits can be kept here: ``client.set_limit("api", "100/s",
+        key="premium-customer")``. Same as ``taskguard limit set``.
+
+        Example:
+            >>> import taskguard
+            >>> client = taskguard.connect("memory://")
+            >>> client.set_limit("api", "50/s", burst=5)
+            >>> client.limits("api")[0].burst
+            5
+        """
+        set_limit(self.backend, name, check_rate(rate, "rate"), burst=burst, key=key)
+
+    def clear_limit(self, name: str, *, key: str | None = None) -> bool:
+        """Remove a rate set with :meth:`set_limit`; True if one was set."""
+        return clear_limit(self.backend, name, key=key)
+
+    def limits(self, name: str) -> list[LimitOverride]:
+        """The rates set at run time for rate limiter ``name``."""
+        return limits_of(self.backend, name)
 
     def parked(self) -> dict[str, int]:
         """Guarded tasks parked in Redis, per guard key: refused by a concurrency cap or a

@@ -36,7 +36,7 @@ __all__ = ["RESERVED_KINDS", "KeySchema"]
 #: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
 RESERVED_KINDS = frozenset(
     {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
-    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout"}
+    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout", "lim"}
 )
 
 _PART_SPECIAL = re.compile(r"[%:{}]")
@@ -138,6 +138,11 @@ class KeySchema:
     def slot_wakeup(self, name: str, key: str | None = None) -> str:
         """The list a slot release pushes to, waking blocked waiters."""
         return self._named("swake", name, key)
+
+    def limit_overrides(self, name: str) -> str:
+        """Limits of rate limiter ``name`` set at run time (a hash: ``"*"`` or
+        ``"k:<bucket>"`` -> ``"<interval_us> <burst>"``; see ``taskguard limit set``)."""
+        return self._named("lim", name, None)
 
     def breaker(self, name: str) -> str:
         """The state of circuit breaker ``name`` (a hash)."""

@@ -24,17 +24,35 @@ def _ms(seconds: float) -> int:
 # ---------------------------------------------------------------- rate limit (GCRA)
 
 
+#: Where the memory backend keeps limits set at run time: ``extra[LIMITS][hash][field]``.
+LIMITS = "limits"
+
+
+def effective_rate(state: MemoryState, op: RateOp) -> tuple[float, int]:
+    """``(interval, burst)`` of ``op`` after a limit set at run time, as gcra.lua's parse."""
+    if op.overrides is None:
+        return op.interval, op.burst
+    entries = state.extra.get(LIMITS, {}).get(op.overrides, {})
+    spec = entries.get(op.field) or entries.get("*")
+    if spec is None:
+        return op.interval, op.burst
+    interval_us, burst = spec.split()
+    return float(interval_us) / 1_000_000, max(int(burst), op.cost)
+
+
 class _Rate:
     def wait(self, state: MemoryState, op: RateOp, now: float) -> tuple[float, bool]:
+        interval, burst = effective_rate(state, op)
         tat = max(state.value(op.key, now) or 0.0, now)
-        return max(tat + (op.cost - op.burst) * op.interval - now, 0.0), False
+        return max(tat + (op.cost - burst) * interval - now, 0.0), False
 
     def commit(self, state: MemoryState, op: RateOp, at: float, now: float, flag: bool) -> int:
+        interval, burst = effective_rate(state, op)
         start = max(state.value(op.key, now) or 0.0, now, at)
-        new_tat = start + op.cost * op.interval
+        new_tat = start + op.cost * interval
         state.values[op.key] = (new_tat, new_tat + 0.001)
         # (at - start) is exactly 0 for an idle bucket; the epsilon absorbs float noise.
-        return max(math.floor((at - start) / op.interval + op.burst - op.cost + 1e-6), 0)
+        return max(math.floor((at - start) / interval + burst - op.cost + 1e-6), 0)
 
     def release(self, state: MemoryState, op: RateOp, now: float) -> int:
         return 0  # tokens are spent, never given back
@@ -44,7 +62,9 @@ class _Rate:
 
 
 def _encode_rate(op: RateOp, release: bool) -> tuple[list[str], list[Any]]:
-    return [op.key], [repr(op.interval * 1_000_000), op.burst, op.cost]
+    if op.overrides is None:
+        return [op.key], [repr(op.interval * 1_000_000), op.burst, op.cost]
+    return [op.key, op.overrides], [repr(op.interval * 1_000_000), op.burst, op.cost, op.field]
 
 
 RATE = register(OpKind(RateOp, "rl", "gcra", _encode_rate, _Rate(), bucket=True))

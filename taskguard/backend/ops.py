@@ -34,12 +34,18 @@ class RateOp:
         interval: Seconds per token (the emission interval, period / limit).
         burst: Tokens an idle bucket can hand out at once (>= cost).
         cost: Tokens this call takes.
+        overrides: When set, the hash of limits set at run time for this limiter
+            (``taskguard limit set``): an entry for ``field``, else for ``"*"``, replaces
+            ``interval`` and ``burst`` inside the admission script.
+        field: This bucket's entry in ``overrides``: ``"k:<bucket>"``, or ``"*"``.
     """
 
     key: str
     interval: float
     burst: int
     cost: int = 1
+    overrides: str | None = None
+    field: str = "*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,11 +132,14 @@ class RateLimit(Guard):
             raise ValueError(f"cost must be a positive integer, got {cost!r} for {self!r}")
         if cost > self.burst:
             raise ValueError(f"cost {cost} exceeds burst {self.burst} of {self!r}")
+        name = self.name or "default"
         return RateOp(
-            key=keys.rate_limit(self.name or "default", bucket),
+            key=keys.rate_limit(name, bucket),
             interval=self.rate.interval,
             burst=self.burst,
             cost=cost,
+            overrides=keys.limit_overrides(name),
+            field="*" if bucket is None else f"k:{bucket}",
         )
 
     @property

@@ -35,7 +35,9 @@ def test_recovers_after_redis_restart(private_redis: RedisServer) -> None:
 
 def test_scripts_reload_after_script_flush(private_redis: RedisServer) -> None:
     backend = taskguard.connect(private_redis.url).backend
-    bucket = RateLimit("1000/s", name="n").op(backend.keys)
+    # A burst, so the second call passes however soon it follows the first (at burst 1
+    # it was refused whenever the flush took less than the 1 ms interval).
+    bucket = RateLimit("1000/s", burst=10, name="n").op(backend.keys)
     assert backend.admit([bucket]).allowed
     client = redis.Redis.from_url(private_redis.url)
     client.script_flush()

@@ -38,6 +38,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "breaker": ("name",),
     "breaker_window": ("name",),
     "breaker_probes": ("name",),
+    "limit_overrides": ("name",),
     "guard": ("kind", "name", "key?"),
     "cache_value": ("namespace", "partition", "key"),
     "cache_flight": ("namespace", "partition", "key"),
@@ -145,6 +146,7 @@ _KINDS = {
     "cb": "breaker",
     "cbw": "breaker_window",
     "cbp": "breaker_probes",
+    "lim": "limit_overrides",
 }
 
 
@@ -208,7 +210,7 @@ def decode(key: str) -> tuple[Any, ...]:
         assert kind.isalnum()
         assert kind not in RESERVED_KINDS
         return (schema, "guard", kind, *args)
-    if _KINDS[kind].startswith("breaker"):
+    if _KINDS[kind].startswith("breaker") or kind == "lim":
         assert args[1] is None
         return (schema, _KINDS[kind], args[0])
     return (schema, _KINDS[kind], *args)

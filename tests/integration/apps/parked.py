@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from taskguard import Concurrency, GuardedTask, Lock
+from taskguard import Concurrency, GuardedTask, Lock, RateLimit
 
 BROKER = os.environ["TG_BROKER_URL"]
 RESULTS = os.environ.get("TG_RESULT_URL", BROKER)
@@ -91,4 +91,10 @@ def locked(self: Any, key: str, i: int, seconds: float) -> int:
 )
 def tenant_task(self: Any, tenant: str, i: int, seconds: float) -> int:
     _run(self, seconds, i=i, tenant=tenant)
+    return i
+
+
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[RateLimit("10/m", name="live")])
+def live(self: Any, i: int) -> int:
+    _run(self, 0.0, i=i)
     return i

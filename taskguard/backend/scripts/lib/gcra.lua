@@ -4,6 +4,11 @@ Kind 'rl', take tokens. Op arguments (ARGV, after the op's kind, nkeys and argc)
   1. interval_us  emission interval: microseconds per token (may be fractional)
   2. burst        tokens an idle bucket hands out at once (integer >= cost)
   3. cost         tokens this call takes (integer >= 1)
+  4. with a second key: this bucket's field in it ("k:<bucket>", or "*")
+  Optional key 2: the limiter's limits set at run time (a hash, `taskguard limit set`):
+  the entry for the bucket's field, else the "*" entry, "<interval_us> <burst>",
+  replaces arguments 1 and 2 (burst at least cost), so a change reaches every worker at
+  its next admission, within the same script.
 Kind 'rlp', pause the bucket (feedback from the service the limit protects). Arguments:
   1. pause_us      microseconds from now during which no call may pass
   2. tolerance_us  the bucket's (burst - 1) x interval_us: a bucket admits a call while its
@@ -47,6 +52,18 @@ function gcra.parse(op, argv, i)
   op.interval = tonumber(argv[i])
   op.burst = tonumber(argv[i + 1])
   op.cost = tonumber(argv[i + 2])
+  local overrides = op.keys[2]
+  if overrides then
+    local set = redis.call('HMGET', overrides, argv[i + 3], '*')
+    local spec = set[1] or set[2]
+    if spec then
+      local interval, burst = string.match(spec, '^(%S+) (%S+)$')
+      if interval then
+        op.interval = tonumber(interval)
+        op.burst = math.max(tonumber(burst), op.cost)
+      end
+    end
+  end
 end
 
 KINDS['rl'] = gcra
