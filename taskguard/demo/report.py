@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from taskguard.urls import redact
 
 from .breaker_report import BreakerResult, breaker_row, breaker_verdict
-from .stages import WARMUP, StageResult
+from .stages import StageResult
 from .tasks import PARTNER_BREAKER
 from .writebehind_report import writebehind_row, writebehind_verdict
 from .writebehind_stage import WriteBehindResult
@@ -54,7 +54,7 @@ def render_header(header: Header) -> str:
             f"  redis     {redact(header.redis_url)}  ({header.redis_note})",
             f"  database  {redact(header.db_url)}  (the write-behind stage drains into it)",
             f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
-            f" (prefetch 1), {header.seconds:g}s measured per stage after {WARMUP:g}s warm-up",
+            f" (prefetch 1), {header.seconds:g}s measured per rate-limit stage",
             f"  limit     {header.rate}/s for the task, whichever worker runs it",
             f"  breaker   CircuitBreaker({spec.name!r}, window={spec.window}, minimum_calls="
             f"{spec.minimum_calls}, failure_rate={spec.failure_rate:g},",
