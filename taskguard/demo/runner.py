@@ -17,6 +17,8 @@ from taskguard.urls import redact, scrub, secrets_of
 from .breaker_report import breaker_held, render_timeline
 from .breaker_stage import BREAKER_TITLE, CALLS_PER_SECOND, run_breaker_stage
 from .config import STAGES, DemoConfig
+from .park_report import park_held
+from .park_stage import PARK_TITLE, run_park_stage, stage_concurrency
 from .partner import PartnerStub
 from .report import Header, render_header, render_results, taskguard_held
 from .server import EmbeddedRedis
@@ -133,10 +135,11 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
             rate=options.rate,
             prefix=config.prefix,
             calls_per_second=CALLS_PER_SECOND,
+            park_concurrency=stage_concurrency(options.workers, options.concurrency),
         )
         echo(render_header(header))
         results = []
-        total = len(STAGES) + 2
+        total = len(STAGES) + 3
         for number, stage in enumerate(STAGES, start=1):
             title = {"celery": "Celery's own rate_limit", "taskguard": "taskguard RateLimit"}
             echo(f"\nStage {number}/{total}: {title[stage]} ({options.rate}/s)")
@@ -151,6 +154,10 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                     echo=echo,
                 )
             )
+        echo(f"\nStage {total - 2}/{total}: {PARK_TITLE}")
+        park = run_park_stage(
+            app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
+        )
         echo(f"\nStage {total - 1}/{total}: {BREAKER_TITLE}")
         with PartnerStub() as stub:
             breaker = run_breaker_stage(
@@ -166,8 +173,13 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
         writebehind = run_writebehind_stage(
             app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
         )
-        echo(render_results(results, breaker, writebehind))
-    held = taskguard_held(results[-1]) and breaker_held(breaker) and writebehind_held(writebehind)
+        echo(render_results(results, breaker, writebehind, park))
+    held = (
+        taskguard_held(results[-1])
+        and park_held(park)
+        and breaker_held(breaker)
+        and writebehind_held(writebehind)
+    )
     return 0 if held else 1
 
 

@@ -1,18 +1,22 @@
-"""The demo's Celery app: Celery's ``rate_limit`` next to taskguard's, and a breaker.
+"""The demo's Celery app: Celery's ``rate_limit`` next to taskguard's, a concurrency cap,
+a breaker and a write-behind cache.
 
 The two rate-limited tasks do the same thing: record when they started, by the Redis
 server's clock (so starts in different worker processes compare exactly), with the
-retries they had spent and the deferrals they went through. The third calls the partner
-stub through :data:`PARTNER_BREAKER` and records how the call went; the workers also
-record every breaker transition and every task that ended FAILURE. The fourth writes a
-batch of sensor readings through a write-behind cache; the write-behind stage's workers
-also run the drain pool that moves them into the database.
+retries they had spent and the deferrals they went through. The two capped tasks hold one
+of :data:`CAP` fleet-wide slots for a while and record when they started and ended; one
+parks when refused (the default), the other defers by time (``park: False``). The next
+calls the partner stub through :data:`PARTNER_BREAKER` and records how the call went; the
+workers also record every breaker transition and every task that ended FAILURE. The last
+writes a batch of sensor readings through a write-behind cache; the write-behind stage's
+workers also run the drain pool that moves them into the database.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -26,15 +30,19 @@ from taskguard import signals
 from taskguard.celery._deferral import DeferralState
 from taskguard.celery._task import GuardedTask
 from taskguard.errors import TaskGuardError
-from taskguard.guards import CircuitBreaker, RateLimit
+from taskguard.guards import CircuitBreaker, Concurrency, RateLimit
 
-from .config import BREAKER_STAGE, WRITEBEHIND_STAGE, DemoConfig
+from .config import BREAKER_STAGE, PARK_STAGE, WRITEBEHIND_STAGE, DemoConfig
 
 __all__ = [
     "BREAKER_TASK",
+    "BY_TIME_RECORDS",
+    "BY_TIME_TASK",
+    "CAP",
     "CELERY_TASK",
     "GUARDED_TASK",
     "NAMESPACE",
+    "PARKED_TASK",
     "PARTNER_BREAKER",
     "SENSORS",
     "WRITEBEHIND_TASK",
@@ -48,6 +56,15 @@ CELERY_TASK = "taskguard_demo.celery_rate_limited"
 GUARDED_TASK = "taskguard_demo.taskguard_rate_limited"
 BREAKER_TASK = "taskguard_demo.call_partner"
 WRITEBEHIND_TASK = "taskguard_demo.record_readings"
+PARKED_TASK = "taskguard_demo.capped_parked"
+BY_TIME_TASK = "taskguard_demo.capped_by_time"
+
+#: The parking stage's fleet-wide cap: each capped task has its own (the cap's name
+#: defaults to the task's).
+CAP = 2
+#: Where :data:`BY_TIME_TASK` records its runs (``config.starts_key(BY_TIME_RECORDS)``);
+#: :data:`PARKED_TASK` records under the stage's own name.
+BY_TIME_RECORDS = f"{PARK_STAGE}-by-time"
 
 #: The write-behind stage's cache namespace, its sensors (one key each) and the readings
 #: one task writes (one ``set_many``).
@@ -87,11 +104,14 @@ def _now(client: redis.Redis) -> float:
     return float(seconds + micros / 1e6)
 
 
-def _record_start(task: Any, config: DemoConfig, stage: str, **extra: Any) -> None:
+def _record_start(
+    task: Any, config: DemoConfig, stage: str, *, t: float | None = None, **extra: Any
+) -> None:
+    """Append one record of this run to ``stage``'s list; ``t`` defaults to now."""
     client = _client(config.redis_url)
     request = task.request
     record = {
-        "t": _now(client),
+        "t": _now(client) if t is None else t,
         "retries": int(request.retries or 0),
         "deferrals": DeferralState.from_headers(request.headers).count,
         "worker": request.hostname,
@@ -141,6 +161,8 @@ def create_app(config: DemoConfig) -> Celery:
             CELERY_TASK: {"queue": config.queue("celery")},
             GUARDED_TASK: {"queue": config.queue("taskguard")},
             BREAKER_TASK: {"queue": config.queue(BREAKER_STAGE)},
+            PARKED_TASK: {"queue": config.queue(PARK_STAGE)},
+            BY_TIME_TASK: {"queue": config.queue(PARK_STAGE)},
             WRITEBEHIND_TASK: {"queue": config.queue(WRITEBEHIND_STAGE)},
         },
         taskguard=_taskguard_settings(config),
@@ -182,6 +204,18 @@ def create_app(config: DemoConfig) -> Celery:
         reading_cache(config).set_many(readings)
         _client(config.redis_url).incr(config.done_key(WRITEBEHIND_STAGE))
 
+    def capped(records: str) -> Any:
+        def hold_a_slot(self: Any, n: int, seconds: float) -> None:
+            """Hold one of the fleet's :data:`CAP` slots for ``seconds``: task ``n`` of a batch."""
+            client = _client(config.redis_url)
+            started = _now(client)
+            time.sleep(seconds)
+            _record_start(self, config, records, t=started, end=_now(client), n=n)
+
+        return hold_a_slot
+
+    for name, records in ((PARKED_TASK, PARK_STAGE), (BY_TIME_TASK, BY_TIME_RECORDS)):
+        app.task(name=name, bind=True, base=GuardedTask, guards=[Concurrency(CAP)])(capped(records))
     app.task(name=BREAKER_TASK, bind=True, base=GuardedTask, guards=[PARTNER_BREAKER])(call_partner)
     app.task(name=WRITEBEHIND_TASK, bind=True, base=GuardedTask)(record_readings)
     _connect_signals(config)
@@ -189,7 +223,12 @@ def create_app(config: DemoConfig) -> Celery:
 
 
 def _taskguard_settings(config: DemoConfig) -> dict[str, Any]:
-    settings: dict[str, Any] = {"redis_url": config.redis_url, "key_prefix": config.prefix}
+    settings: dict[str, Any] = {
+        "redis_url": config.redis_url,
+        "key_prefix": config.prefix,
+        # Deferral by time, as every refused task was deferred before parking.
+        "tasks": {BY_TIME_TASK: {"park": False}},
+    }
     if config.drain:
         settings["drain"] = {
             "enabled": True,
