@@ -44,6 +44,7 @@ from taskguard.guards import (
     RateLimiter,
     Semaphore,
 )
+from taskguard.guards.debounce import Debounce, Superseded
 from taskguard.guards.quota import Quota, QuotaLimiter
 from taskguard.integrations import worker as _metrics_worker  # noqa: F401 - adds the step
 from taskguard.units import Rate, parse_rate
@@ -67,6 +68,7 @@ __all__ = [
     "ConcurrencyControl",
     "ConcurrencyLimitReached",
     "ConfigurationError",
+    "Debounce",
     "Decision",
     "DeferralExhausted",
     "DistributedLock",
@@ -91,6 +93,7 @@ __all__ = [
     "Semaphore",
     "Sessions",
     "StoreError",
+    "Superseded",
     "TaskGuardError",
     "UnstorableValue",
     "WriteBehindFull",

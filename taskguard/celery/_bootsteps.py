@@ -12,6 +12,8 @@
 - :class:`SweepStep` makes the worker consume the deferral lane of each of its queues and
   runs the parked-task sweeper in the worker's parent process (see :mod:`._parking`).
 - A ``worker_process_init`` handler rebuilds connections in each forked pool process.
+- A ``before_task_publish`` handler stamps each new message with its publish time
+  (``taskguard-published-at``), by which :class:`~taskguard.Debounce` tells the newest call.
 
 Importing this module connects the handlers; :mod:`._task` imports it.
 """
@@ -22,13 +24,14 @@ import logging
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_revoked, worker_init, worker_process_init
+from celery.signals import before_task_publish, task_revoked, worker_init, worker_process_init
 
 from taskguard.backend.acl import acl_rules, missing_permissions
 from taskguard.backend.base import Backend
 from taskguard.backend.redis import RedisBackend
 from taskguard.drain import DrainPool, DrainSettings, pool_from_settings
 from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.guards.debounce import stamp_publish
 from taskguard.urls import redact
 
 from ._parking import Sweeper, add_lanes, drop_revoked
@@ -176,4 +179,6 @@ def _revoked(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
 
 worker_init.connect(_install_worker_steps, weak=False)
 task_revoked.connect(_revoked, weak=False)
+# Debounce tells the newer of two calls by when they were published, not delivered.
+before_task_publish.connect(stamp_publish, weak=False)
 worker_process_init.connect(_reset_after_fork, weak=False)

@@ -137,6 +137,7 @@ def defer(
     reason: str,
     cause: str = "",
     on_give_up: Callable[[], None] | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> NoReturn:
     """Re-publish the running task to run after ``retry_after``, then end this run.
 
@@ -155,6 +156,7 @@ def defer(
             ``outage`` (low-cardinality, unlike ``reason``).
         on_give_up: Called when the cap is hit, before failing, dropping or
             dead-lettering (the run frees its uniqueness claims there).
+        headers: Added to the deferred message's headers (a guard's own state).
 
     Raises:
         Ignore: Always, after the task was re-published (or dropped / dead-lettered).
@@ -163,7 +165,8 @@ def defer(
     request = task.request
     now = time.time()
     count, since = next_deferral(task, state, policy, reason, on_give_up)
-    headers = {**carried_headers(request), HEADER_COUNT: count, HEADER_SINCE: since}
+    extra = dict(headers or {})
+    headers = {**carried_headers(request), **extra, HEADER_COUNT: count, HEADER_SINCE: since}
     if reserved:
         # Sent a little ahead, into the worker's ETA timer, then waited out on admission:
         # a pool process busy for a few ms at the slot would otherwise start it late.

@@ -40,7 +40,7 @@ logger = logging.getLogger("taskguard.task")
 def _pairs(task: Any, config: TaskSettings, request: Any, args: Any, kwargs: Any) -> Any:
     backend: Backend = task.taskguard_backend
     return [
-        (guard, op)
+        (guard, guard.for_request(op, request) if guard.reads_request else op)
         for guard in config.guards
         for op in guard.task_ops(backend.keys, args, kwargs, request.id)
     ]
@@ -294,6 +294,14 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
     if verdict.action == "fail":
         give_up_claims(backend, ops)
         raise guard.denied_error(retry_after, op.key)
+    if verdict.action == "superseded":
+        give_up_claims(backend, ops)
+        try:  # the result says so, where there is a result backend
+            task.update_state(task_id=request.id, state=SUPERSEDED, meta=dict(verdict.meta or {}))
+        except Exception as exc:  # no result backend, or it is down: the log says it
+            logger.debug("%s[%s]: result state not stored: %r", task.name, request.id, exc)
+        logger.info("%s[%s] %s", task.name, request.id, verdict.reason)
+        raise Ignore(verdict.reason)
     if eager:
         give_up_claims(backend, ops)
         raise guard.denied_error(retry_after, op.key)
@@ -324,8 +332,17 @@ def _denied(  # noqa: PLR0917 - one call site; these are the facts of the denial
         reason=f"{guard!r} on {op.key}{suffix}",
         cause=guard.kind if online else "outage",
         on_give_up=lambda: give_up_claims(backend, ops),
+        headers=verdict.headers,
     )
 
 
 #: A refusing guard's verdict -> the admission's decision, as instrumentation reports it.
-_DECISIONS = {"defer": "deferred", "skip": "skipped", "duplicate": "duplicate", "fail": "failed"}
+_DECISIONS = {
+    "defer": "deferred",
+    "skip": "skipped",
+    "duplicate": "duplicate",
+    "fail": "failed",
+    "superseded": "skipped",
+}
+#: The result state of a debounced call a newer one superseded (it never runs).
+SUPERSEDED = "SUPERSEDED"

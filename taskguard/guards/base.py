@@ -116,10 +116,15 @@ class Verdict:
             its publish-time claims), ``"duplicate"`` (drop it as a duplicate, keeping the
             claims: they belong to the original) or ``"fail"`` (raise the guard's error).
         reason: Why, for the log and the ``Ignore`` message of a skip.
+        headers: With ``defer``: headers added to the deferred message.
+        meta: With ``superseded`` (drop the run, its result state ``SUPERSEDED`` with
+            this meta): what superseded it.
     """
 
     action: str
     reason: str = ""
+    headers: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] | None = None
 
 
 DEFER = Verdict("defer")
@@ -164,6 +169,13 @@ class Guard(ABC):
 
     #: True for a guard whose ops record the run's outcome at release (a breaker).
     records_outcome: ClassVar[bool] = False
+    #: True for a guard whose ops depend on the message (see :meth:`for_request`).
+    reads_request: ClassVar[bool] = False
+
+    def for_request(self, op: Op, request: Any) -> Op:
+        """Hook (when :attr:`reads_request`): ``op`` adjusted for the task message being
+        run (its headers, id, eagerness)."""
+        return op
 
     def conflict_delay(self, retry_after: float) -> float:
         """How long to defer a task this guard refused, given the backend's estimate."""

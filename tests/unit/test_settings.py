@@ -76,7 +76,8 @@ def test_global_values_are_validated_and_converted() -> None:
         "lock": "deny",
         "concurrency": "deny",
         "circuit_breaker": "deny",
-        "quota": "deny",  # every registered guard kind
+        "quota": "deny",
+        "debounce": "deny",  # every registered guard kind
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from taskguard import Concurrency, GuardedTask, Lock, RateLimit
+from taskguard import Concurrency, Debounce, GuardedTask, Lock, RateLimit
 
 BROKER = os.environ["TG_BROKER_URL"]
 RESULTS = os.environ.get("TG_RESULT_URL", BROKER)
@@ -98,3 +98,9 @@ def tenant_task(self: Any, tenant: str, i: int, seconds: float) -> int:
 def live(self: Any, i: int) -> int:
     _run(self, 0.0, i=i)
     return i
+
+
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Debounce(1.0, key="{doc}")])
+def reindex(self: Any, doc: str, version: int) -> int:
+    _run(self, 0.0, doc=doc, version=version)
+    return version
