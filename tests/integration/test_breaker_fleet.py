@@ -92,6 +92,7 @@ def settle(results: list[AsyncResult]) -> None:
         result.get(timeout=60, propagate=False)
 
 
+@pytest.mark.both_brokers
 def test_fleet_wide_trip_probes_and_recovery(fleet: Fleet, stub: Stub) -> None:
     settle([fleet.send("call_partner", stub.url) for _ in range(2)])
     stub.mode = "fail"

@@ -76,6 +76,7 @@ def test_throughput_near_the_cap(fleet: Fleet) -> None:
     assert achieved >= 0.9 * 2
 
 
+@pytest.mark.both_brokers
 def test_bounded_wait_wakes_on_release_then_defers(fleet: Fleet) -> None:
     """A waiter takes the slot at the holder's release; past `wait` it defers instead."""
     holder = fleet.send("short_wait_slot", 1, 0.3)

@@ -24,6 +24,7 @@ def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
     return fleet_factory(settings=settings).start(count=2, concurrency=2)
 
 
+@pytest.mark.both_brokers
 def test_exactly_the_quota_runs_across_workers(fleet: Fleet) -> None:
     sent = [("big", i) for i in range(60)] + [("small", i) for i in range(10)]
     for tenant, i in sent:

@@ -78,6 +78,7 @@ def steady(fleet: Fleet) -> Batch:
     return Batch(runs, deferrals)
 
 
+@pytest.mark.both_brokers
 def test_global_rate_holds_across_workers(steady: Batch) -> None:
     runs = steady.runs
     assert len(runs) == 100  # each task ran exactly once
@@ -116,6 +117,7 @@ def test_global_rate_holds_across_workers(steady: Batch) -> None:
     assert len(pids) >= 2
 
 
+@pytest.mark.both_brokers
 def test_deferral_keeps_task_id_and_retries(steady: Batch) -> None:
     runs = steady.runs
     assert {r["retries"] for r in runs} == {0}

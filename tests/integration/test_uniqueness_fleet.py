@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
 
-from taskguard import AlreadyQueued
+from taskguard import AlreadyQueued, signals
 
 from .conftest import Fleet
 
 APP = "tests.integration.apps.unique"
+# What APP imports, configured from the environment when imported: its broker, queue, prefix.
+CONFIGURED = (APP, "tests.integration.apps.guarded")
+SIGNALS = [getattr(signals, n) for n in signals.__all__ if hasattr(getattr(signals, n), "send")]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +27,16 @@ def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
 
 @pytest.fixture(scope="module")
 def tasks(fleet: Fleet) -> Iterator[ModuleType]:
-    """The task module in this process, configured like the fleet, to publish with."""
+    """The task module in this process, configured like the fleet, to publish with.
+
+    Imported afresh for each fleet (each broker), and forgotten after it: its modules, its
+    connections and the signal receivers they connected (they record under the fleet's
+    prefix).
+    """
     saved = dict(os.environ)
+    receivers = {signal: list(signal.receivers) for signal in SIGNALS}
+    for name in CONFIGURED:
+        sys.modules.pop(name, None)
     os.environ.update(fleet.env())
     try:
         module = importlib.import_module(APP)
@@ -32,6 +44,16 @@ def tasks(fleet: Fleet) -> Iterator[ModuleType]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        for signal, saved_receivers in receivers.items():
+            signal.receivers[:] = saved_receivers
+            signal.sender_receivers_cache.clear()
+        configured = [sys.modules.pop(name, None) for name in CONFIGURED]
+        for loaded in configured:
+            if loaded is not None:
+                loaded.app.close()
+        guarded = configured[-1]
+        if guarded is not None:
+            guarded._records.close()
 
 
 def started(fleet: Fleet, task_id: str) -> None:
@@ -52,6 +74,7 @@ def test_until_executing(fleet: Fleet, tasks: ModuleType) -> None:
     assert first.get(timeout=30) == first.id
 
 
+@pytest.mark.both_brokers
 def test_until_executed(fleet: Fleet, tasks: ModuleType) -> None:
     first = tasks.until_executed.apply_async(("b",), {"seconds": 3})
     started(fleet, first.id)
@@ -64,6 +87,7 @@ def test_until_executed(fleet: Fleet, tasks: ModuleType) -> None:
     assert after.get(timeout=30) == after.id
 
 
+@pytest.mark.both_brokers
 def test_send_task_duplicate_is_caught_at_run_time(fleet: Fleet, tasks: ModuleType) -> None:
     """send_task skips apply_async, so only the run-time check can catch it."""
     first = tasks.until_executed.apply_async(("c",), {"seconds": 4})

@@ -14,9 +14,9 @@ from celery import Celery
 
 from taskguard import CircuitBreaker, GuardedTask, signals
 
-from .guarded import BROKER, PREFIX, record
+from .guarded import BROKER, PREFIX, RESULTS, record
 
-app = Celery("breakers", broker=BROKER, backend=BROKER, set_as_current=False)
+app = Celery("breakers", broker=BROKER, backend=RESULTS, set_as_current=False)
 app.conf.update(task_default_queue=os.environ["TG_QUEUE"], result_expires=600)
 app.conf.taskguard = {"key_prefix": PREFIX, "deferral_jitter": 0.05}
 

@@ -2,7 +2,9 @@
 
 Configured entirely from the environment the test passes to the worker:
 
-* ``TG_BROKER_URL``: broker and result backend (also where tasks record what they saw);
+* ``TG_BROKER_URL``: the broker (Redis or RabbitMQ);
+* ``TG_RESULT_URL``: the result backend (Redis), also where tasks record what they saw;
+  the broker's URL when unset (a Redis broker);
 * ``TASKGUARD_REDIS_URL``: where guard state lives (may be a server the test stops);
 * ``TG_PREFIX`` / ``TG_QUEUE``: key prefix and queue, unique per test module;
 * ``TG_SETTINGS``: JSON merged into ``app.conf.taskguard``.
@@ -23,9 +25,10 @@ from celery.exceptions import Ignore, Reject
 from taskguard import Concurrency, GuardedTask, Lock, Quota, RateLimit, signals
 
 BROKER = os.environ["TG_BROKER_URL"]
+RESULTS = os.environ.get("TG_RESULT_URL") or BROKER
 PREFIX = os.environ["TG_PREFIX"]
 
-app = Celery("guarded", broker=BROKER, backend=BROKER, set_as_current=False)
+app = Celery("guarded", broker=BROKER, backend=RESULTS, set_as_current=False)
 app.conf.update(
     task_default_queue=os.environ["TG_QUEUE"],
     result_expires=600,
@@ -34,7 +37,7 @@ app.conf.update(
 )
 app.conf.taskguard = {"key_prefix": PREFIX, **json.loads(os.environ.get("TG_SETTINGS", "{}"))}
 
-_records = redis.Redis.from_url(BROKER)
+_records = redis.Redis.from_url(RESULTS)
 
 
 def record(stream: str, **fields: Any) -> None:

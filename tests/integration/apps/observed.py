@@ -1,9 +1,9 @@
 """A worker app with Sentry (recording transport) and Prometheus (``metrics`` setting) on.
 
-Configured like guarded.py (``TG_BROKER_URL``, ``TG_PREFIX``, ``TG_QUEUE``,
-``TG_SETTINGS``). Sentry is initialised with a real ``sentry_sdk.init`` whose transport
-writes each recorded event, reduced to what the test checks, to the Redis list
-``<prefix>:sentry``: nothing leaves the machine.
+Configured like guarded.py (``TG_BROKER_URL``, ``TG_RESULT_URL``, ``TG_PREFIX``,
+``TG_QUEUE``, ``TG_SETTINGS``). Sentry is initialised with a real ``sentry_sdk.init``
+whose transport writes each recorded event, reduced to what the test checks, to the Redis
+list ``<prefix>:sentry``: nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from taskguard.sentry import TaskguardIntegration
 from tests.sentry_transport import DSN, Recording
 
 BROKER = os.environ["TG_BROKER_URL"]
+RESULTS = os.environ.get("TG_RESULT_URL") or BROKER
 PREFIX = os.environ["TG_PREFIX"]
 
-app = Celery("observed", broker=BROKER, backend=BROKER, set_as_current=False)
+app = Celery("observed", broker=BROKER, backend=RESULTS, set_as_current=False)
 app.conf.update(
     task_default_queue=os.environ["TG_QUEUE"],
     result_expires=600,
@@ -39,7 +40,7 @@ _clients: dict[int, redis.Redis] = {}
 def _client() -> redis.Redis:
     pid = os.getpid()  # one connection per pool process (never shared across a fork)
     if pid not in _clients:
-        _clients[pid] = redis.Redis.from_url(BROKER)
+        _clients[pid] = redis.Redis.from_url(RESULTS)
     return _clients[pid]
 
 
