@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from taskguard.testing import wait_until
 
 from .conftest import Fleet
@@ -11,6 +13,7 @@ from .conftest import Fleet
 APP = "tests.integration.apps.parked"
 
 
+@pytest.mark.both_brokers
 def test_only_the_newest_of_a_burst_runs_and_the_rest_say_superseded(
     fleet_factory: Callable[..., Fleet],
 ) -> None:

@@ -1,7 +1,8 @@
 """Work-conserving deferral across real workers: tasks refused by a cap or a lock park in
 Redis and are handed back on release (issue 12).
 
-Invariants only (the figures: ``python -m benchmarks --only workconserving``): every task
+On the Redis and the RabbitMQ broker (``both_brokers``: parking re-publishes and claims
+tasks). Invariants only (the figures: ``python -m benchmarks --only workconserving``): every task
 runs exactly once, with ``request.retries`` 0, the cap is never exceeded, a task is parked
 at most twice, and parked work survives the ``kill -9`` of the worker that parked it.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+
+import pytest
 
 import taskguard
 from taskguard.testing import wait_until
@@ -31,6 +34,7 @@ def assert_exactly_once(records: list[dict], ids: set[str]) -> None:
     assert {r["retries"] for r in records} == {0}
 
 
+@pytest.mark.both_brokers
 def test_capped_work_parks_and_runs_exactly_once(fleet_factory: Callable[..., Fleet]) -> None:
     """Cap 2 on 6 processes, 40 tasks at once, default settings: each parks (at most
     twice), is handed back on a release, runs once; never more than 2 at a time."""
@@ -61,6 +65,7 @@ def test_lock_conflicts_park_and_run_one_at_a_time(fleet_factory: Callable[..., 
     assert max(r["deferrals"] for r in records) <= 2
 
 
+@pytest.mark.both_brokers
 def test_parked_work_survives_the_kill_of_the_worker_that_parked_it(
     fleet_factory: Callable[..., Fleet],
 ) -> None:
