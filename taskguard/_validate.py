@@ -17,6 +17,7 @@ The messages are those docs/settings.md lists; keep the two in step.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ __all__ = [
     "choice",
     "count",
     "flag",
+    "import_path",
     "key_prefix",
     "name",
     "number",
@@ -122,6 +124,24 @@ def text(value: object, field: str, *, task: str | None = None) -> str:
             f"must be a non-empty string, got {value!r}", field=field, task=task
         )
     return value
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def import_path(value: object, field: str, *, task: str | None = None) -> str:
+    """Where to import an object from: ``"package.module:attribute"`` (or, as Django
+    writes them, ``"package.module.attribute"``)."""
+    path = text(value, field, task=task)
+    module, colon, attribute = path.partition(":")
+    parts_ok = all(_IMPORT_PATH.fullmatch(part) for part in (module, attribute) if part or colon)
+    if not parts_ok or not (colon or "." in module):
+        raise ConfigurationError(
+            f"must be an import path such as 'proj.celery:app', got {path!r}",
+            field=field,
+            task=task,
+        )
+    return path
 
 
 def name(value: object, field: str, *, task: str | None = None) -> str:

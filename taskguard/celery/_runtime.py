@@ -10,7 +10,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from taskguard.backend import Backend, backend_from_url
@@ -55,6 +56,17 @@ class Runtime:
     @backend.setter
     def backend(self, backend: Backend) -> None:
         self._backend = backend
+
+    @contextmanager
+    def using_backend(self, backend: Backend) -> Iterator[Backend]:
+        """Keep the app's guard state in ``backend`` inside the block (a test's memory
+        backend); the backend before it, connected or not yet, comes back after it."""
+        previous = self._backend
+        self._backend = backend
+        try:
+            yield backend
+        finally:
+            self._backend = previous
 
     def redis_url(self) -> str:
         """Where guard state lives: the setting, ``$TASKGUARD_REDIS_URL``, a Redis broker

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from taskguard._validate import choice, count, flag, seconds, text
+from taskguard._validate import choice, count, flag, import_path, seconds, text
 from taskguard._validate import key_prefix as check_prefix
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
@@ -52,6 +52,16 @@ def _url(value: object) -> str:
             field="redis_url",
         )
     return url
+
+
+def _locations(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The settings saying where things are, when set: ``redis_url``, ``celery_app``."""
+    found = {}
+    if raw.get("redis_url") is not None:
+        found["redis_url"] = _url(raw["redis_url"])
+    if raw.get("celery_app") is not None:
+        found["celery_app"] = import_path(raw["celery_app"], "celery_app")
+    return found
 
 
 def _outage_map(value: object, field_name: str) -> dict[str, str]:
@@ -165,6 +175,7 @@ _GLOBAL_FIELDS = frozenset(
         "enabled",
         "drain",
         "metrics",  # _metrics_settings.py
+        "celery_app",  # read by the Django system check (taskguard.contrib.django)
         *DeferralPolicy.SETTING_NAMES,
     }
 )
@@ -217,6 +228,7 @@ class Settings:
     enabled: bool = True
     drain: DrainSettings = field(default_factory=DrainSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    celery_app: str | None = None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
@@ -232,8 +244,7 @@ class Settings:
                 field=unknown[0],
             )
         values: dict[str, Any] = {"deferral": DeferralPolicy().updated(raw)}
-        if raw.get("redis_url") is not None:
-            values["redis_url"] = _url(raw["redis_url"])
+        values.update(_locations(raw))
         if "key_prefix" in raw:
             values["key_prefix"] = check_prefix(raw["key_prefix"])
         for name in ("socket_timeout", "socket_connect_timeout", "outage_cooldown"):
@@ -258,7 +269,13 @@ class Settings:
     @classmethod
     def from_app(cls, app: Any) -> Settings:
         """Read and validate the settings of a Celery app."""
-        return cls.from_mapping(read_app_config(app.conf))
+        return cls.from_conf(app.conf)
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
+        """Read and validate the taskguard settings in a configuration mapping, in any of
+        the spellings :func:`read_app_config` reads (``app.conf``, or Django's settings)."""
+        return cls.from_mapping(read_app_config(conf))
 
     def for_task(
         self,

@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("cache", "drain", "status"),
     ("client",),
     ("celery",),
-    ("cli", "demo", "testing", "integrations", "sentry"),
+    ("cli", "demo", "testing", "integrations", "sentry", "contrib", "pytest"),
 ]
 
 

@@ -122,9 +122,20 @@ def test_rate() -> None:
         check.rate(10, "rate_limit")
 
 
+def test_import_path() -> None:
+    for good in ("proj.celery:app", "proj.celery.app", "proj:app", "a.b:c.d", "_p.c:App"):
+        assert check.import_path(good, "celery_app") == good
+    for bad in ("proj", "proj:", ":app", "proj.:app", "a..b", "a b.c", "a:b:c", "1p.c"):
+        with pytest.raises(ConfigurationError, match="must be an import path such as"):
+            check.import_path(bad, "celery_app")
+    with pytest.raises(ConfigurationError, match="must be a non-empty string"):
+        check.import_path(None, "celery_app")
+
+
 @pytest.mark.parametrize(
     "call",
     [
+        lambda: check.import_path("x", "f", task="proj.t"),
         lambda: check.seconds(-1, "f", task="proj.t"),
         lambda: check.count(0, "f", task="proj.t"),
         lambda: check.number(-1, "f", 0.0, task="proj.t"),

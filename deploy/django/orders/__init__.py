@@ -1,0 +1,1 @@
+"""A Django app with guarded Celery tasks (``orders/tasks.py``)."""
