@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from datetime import timedelta
 from typing import Any
 
 from taskguard.backend import resolve_target
 from taskguard.backend.memory import MemoryBackend
+from taskguard.cache.config import CacheOptions
 from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.guards.keying import KeySource
 from taskguard.guards.ratelimit import RateLimit
@@ -15,6 +18,7 @@ from taskguard.urls import redact
 
 from .base import AsyncBackend, AsyncMemoryBackend
 from .breaker import AsyncBreaker
+from .cache import AsyncCache
 from .locks import AsyncLock, AsyncSemaphore
 from .ratelimit import AsyncRateLimiter
 from .redis import AsyncRedisBackend
@@ -88,6 +92,31 @@ class AsyncClient:
         """Build a fleet-wide circuit breaker named ``name`` with the
         :class:`~taskguard.CircuitBreaker` options (``failure_rate``, ``window``...)."""
         return AsyncBreaker(self.backend, CircuitBreaker(name, **options))
+
+    def cache(
+        self,
+        namespace: str,
+        *,
+        ttl: float | timedelta,
+        rng: random.Random | None = None,
+        **options: Any,
+    ) -> AsyncCache:
+        """Build a cache-aside cache for ``namespace`` (needs Redis), sharing its copies
+        with sync caches of the same namespace.
+
+        Args:
+            namespace: The namespace, ``[A-Za-z0-9_.-]+``.
+            ttl: Seconds (or a timedelta) a cached copy lives. Mandatory.
+            rng: Randomness for TTL jitter and early refresh (injectable for tests).
+            **options: :class:`~taskguard.cache.CacheOptions` (``codec``, ``jitter``,
+                ``negative_ttl``, ``early_refresh``, ``flight_ttl``, ``flight_wait``...);
+                the strategy must stay ``"cache-aside"``, without a store.
+
+        Raises:
+            ConfigurationError: An invalid option, another strategy or a store, or a
+                backend that is not Redis.
+        """
+        return AsyncCache(self.backend, namespace, CacheOptions(ttl=ttl, **options), rng=rng)
 
 
 def connect(

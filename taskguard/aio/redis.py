@@ -138,6 +138,22 @@ class AsyncRedisBackend(AsyncBackend):
         """The port for scripts: ``scripts/<name>.lua`` by EVALSHA (``RedisBackend.run_script``)."""
         return await self._run(named_script(name, libs), keys, args, what)
 
+    async def run_script_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *, what: str
+    ) -> list[Any]:
+        """The port for batches: ``scripts/<name>.lua`` once per ``(keys, args)``,
+        pipelined in one round trip (``RedisBackend.run_script_many``)."""
+        if not calls:
+            return []
+        script = named_script(name, ())
+        async with self.commands(what) as client:
+            try:
+                return await _send(client, script, calls)
+            except redis.exceptions.NoScriptError:
+                # Nothing ran: every call of the batch failed the same way.
+                await client.script_load(script.source)
+                return await _send(client, script, calls)
+
     async def _run(
         self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str
     ) -> Any:
@@ -213,3 +229,14 @@ class AsyncRedisBackend(AsyncBackend):
         await super().aclose()
         close = getattr(self.client, "aclose", None)  # redis-py >= 5.0.1
         await (close() if close is not None else self.client.close())
+
+
+async def _send(
+    client: redis.asyncio.Redis,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(await pipe.execute())
