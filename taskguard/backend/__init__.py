@@ -21,6 +21,7 @@ __all__ = [
     "RateOp",
     "RedisBackend",
     "backend_from_url",
+    "resolve_target",
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -42,8 +43,7 @@ def backend_from_url(
     Raises:
         ValueError: An unsupported URL scheme.
     """
-    url = url or os.environ.get("TASKGUARD_REDIS_URL") or DEFAULT_URL
-    keys = KeySchema(prefix=prefix or os.environ.get("TASKGUARD_PREFIX") or "tg")
+    url, keys = resolve_target(url, prefix)
     if url.startswith("memory://"):
         return MemoryBackend(keys=keys, **options)
     if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
@@ -51,3 +51,11 @@ def backend_from_url(
     raise ValueError(
         f"unsupported backend URL {redact(url)!r}: use redis://, rediss://, unix:// or memory://"
     )
+
+
+def resolve_target(url: str | None, prefix: str | None) -> tuple[str, KeySchema]:
+    """The URL and key schema a client connects to: the arguments, else
+    ``$TASKGUARD_REDIS_URL`` / ``$TASKGUARD_PREFIX``, else ``redis://localhost:6379/0`` and
+    ``"tg"`` (the sync and the asyncio ``connect()`` both resolve them here)."""
+    url = url or os.environ.get("TASKGUARD_REDIS_URL") or DEFAULT_URL
+    return url, KeySchema(prefix=prefix or os.environ.get("TASKGUARD_PREFIX") or "tg")

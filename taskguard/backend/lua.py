@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
 
 __all__ = ["Script", "load_script"]
 
@@ -53,6 +54,16 @@ class Script:
         except redis.exceptions.NoScriptError:
             client.script_load(self.source)
             return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def call_async(
+        self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """:meth:`__call__` on an asyncio client: the same EVALSHA, the same reload."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _read(relative: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -14,52 +13,34 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError, TaskGuardError
+from taskguard.errors import ConfigurationError, TaskGuardError
 from taskguard.keys import KeySchema
-from taskguard.urls import redact, scrub, secrets_of
+from taskguard.urls import redact, secrets_of
 
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
-from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
-from .lua import Script, load_script
-from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, granted
+from .lua import Script
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
 from .outage import OutageBreaker
-from .redis_errors import classify
-from .registry import kind_of, registered
+from .wire import (
+    REDIS_ERRORS,
+    admission_from,
+    admit_call,
+    blpop_slice,
+    blpop_timeout,
+    breaker_state_from,
+    client_options,
+    encode,
+    failure,
+    named_script,
+    queue_breaker_action,
+    queue_breaker_read,
+    script_for,
+)
 
 __all__ = ["RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
-
-_SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
-_BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
-_NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
-
-
-def _script(name: str, ops: Sequence[Op]) -> Script:
-    """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call."""
-    types = tuple(type(op) for op in ops)
-    script = _SCRIPTS.get((name, types))
-    if script is None:
-        needed = {kind_of(op).lib for op in ops}
-        # Once each, in registration order (a library may register several kinds).
-        libs = tuple(dict.fromkeys(kind.lib for kind in registered() if kind.lib in needed))
-        script = _BY_LIBS.get((name, libs))
-        if script is None:
-            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
-        _SCRIPTS[name, types] = script
-    return script
-
-
-def _named(name: str, libs: Sequence[str]) -> Script:
-    script = _NAMED.get((name, tuple(libs)))
-    if script is None:
-        script = _NAMED[name, tuple(libs)] = load_script(name, libs=libs)
-    return script
-
-
-# What a call to Redis can raise; redis_errors.classify sorts outages from errors.
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class RedisBackend(Backend):
@@ -92,15 +73,9 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(keys=keys)
         self.url = url
-        self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            # One quick retry heals a pooled connection broken by a server restart;
-            # anything more would turn an outage into seconds of waiting per task.
-            "retry": Retry(NoBackoff(), 1),
-            "health_check_interval": 0,
-            **(redis_options or {}),
-        }
+        self._options = client_options(
+            socket_timeout, socket_connect_timeout, Retry(NoBackoff(), 1), redis_options
+        )
         self._given_client = client
         # Taken out of any error text that reaches a log or an exception.
         self._secrets = secrets_of(url, self._options.get("password"))
@@ -133,24 +108,9 @@ class RedisBackend(Backend):
         return f"RedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
 
     def _failure(self, exc: BaseException, what: str) -> TaskGuardError:
-        """The taskguard error for ``exc``; an outage opens the outage breaker.
-
-        Only outages (see :mod:`.redis_errors`) become :class:`BackendUnavailable`, for the
-        outage policies to decide; anything else is a :class:`BackendError`.
-        """
-        found = classify(exc)
-        text = scrub(found.text, self._secrets)
-        if found.kind == "error":
-            return BackendError(f"redis error during {what}: {text}", code=found.code, what=what)
-        if found.kind == "refused":  # answering, so no fail-fast: each call tries again
-            return BackendUnavailable(
-                f"redis refuses writes during {what}: {text}", code=found.code
-            )
-        cooldown = self.breaker.record_failure()
-        state = "unreachable" if found.code is None else "unavailable"
-        return BackendUnavailable(
-            f"redis {state} during {what}: {text}", retry_after=cooldown, code=found.code
-        )
+        """The taskguard error for ``exc``; an outage opens the outage breaker
+        (see :func:`taskguard.backend.wire.failure`)."""
+        return failure(exc, what, self._secrets, self.breaker)
 
     @contextmanager
     def commands(self, what: str) -> Iterator[redis.Redis]:
@@ -173,7 +133,7 @@ class RedisBackend(Backend):
         self.breaker.before_call()
         try:
             yield self.client
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failure(exc, what) from exc
         else:
             self.breaker.record_success()
@@ -200,7 +160,7 @@ class RedisBackend(Backend):
             BackendUnavailable: An outage (see :meth:`commands`).
             BackendError: Redis refused: a permission, authentication or script error.
         """
-        return self._run(_named(name, libs), keys, args, what)
+        return self._run(named_script(name, libs), keys, args, what)
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
         # The hot path: a plain try/except (no context manager) around one EVALSHA.
@@ -208,7 +168,7 @@ class RedisBackend(Backend):
         breaker.before_call()
         try:
             reply = script(self.client, keys, args)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failure(exc, what) from exc
         breaker.record_success()
         return reply
@@ -229,7 +189,7 @@ class RedisBackend(Backend):
         in one round trip (each call atomic on its own, the batch not)."""
         if not calls:
             return []
-        script = _named(name, ())
+        script = named_script(name, ())
         with self.commands(what) as client:
             try:
                 return _send(client, script, calls)
@@ -241,51 +201,32 @@ class RedisBackend(Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        keys, args = _encode(ops, release=False)
-        args[0:0] = [int(reserve_within * 1_000_000)]
-        reply = self._run(_script("admit", ops), keys, args, "admission")
-        allowed, wait_us, denied, reserved = reply[:4]
-        if not allowed:
-            return Admission(
-                False,
-                retry_after=wait_us / 1_000_000,
-                denied=denied - 1,
-                reserved=bool(reserved),
-                remaining=0,
-            )
-        return granted(ops, reply[4:])
+        script, keys, args = admit_call(ops, reserve_within)
+        return admission_from(ops, self._run(script, keys, args, "admission"))
 
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
-        keys, args = _encode(ops, release=True)
-        return [int(r) for r in self._run(_script("release", ops), keys, args, "release")]
+        keys, args = encode(ops, release=True)
+        return [int(r) for r in self._run(script_for("release", ops), keys, args, "release")]
 
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
-        keys, args = _encode(ops, release=False)
-        return [bool(r) for r in self._run(_script("renew", ops), keys, args, "renewal")]
+        keys, args = encode(ops, release=False)
+        return [bool(r) for r in self._run(script_for("renew", ops), keys, args, "renewal")]
 
     def breaker_state(self, op: BreakerOp) -> str:
         with self.commands("breaker state"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.time()
-            pipe.hmget(op.key, "state", "until", "forced")
-            (seconds, micros), (state, until, forced) = pipe.execute()
-        return effective_state(state, until, forced, seconds * 1000 + micros // 1000)
+            queue_breaker_read(pipe, op)
+            replies = pipe.execute()
+        return breaker_state_from(replies)
 
     def set_breaker(self, op: BreakerOp, action: str) -> None:
         with self.commands(f"breaker {action}"):
             pipe = self.client.pipeline(transaction=True)
-            if action == "reset":
-                pipe.delete(op.key, op.window_key, op.probes_key)
-            elif action == "force_close":
-                pipe.delete(op.window_key, op.probes_key)
-                pipe.hset(op.key, items=[x for pair in CLOSED_FIELDS.items() for x in pair])
-            else:
-                pipe.hset(op.key, "forced", FORCED[action])
-            pipe.pexpire(op.key, BREAKER_IDLE_MS)
+            queue_breaker_action(pipe, op, action)
             pipe.execute()
 
     def owner(self, key: str) -> str | None:
@@ -297,12 +238,10 @@ class RedisBackend(Backend):
         # BLPOP in slices shorter than the socket timeout, so a wait never looks like a
         # dead server; a release pushes to the list and ends the wait at once.
         deadline = time.monotonic() + timeout
-        slice_ = max(self._options["socket_timeout"] * 0.8, 0.05)
+        slice_ = blpop_slice(self._options["socket_timeout"])
         while (left := deadline - time.monotonic()) > 0:
-            # Redis 6.2 reads a timeout under 1 ms as 0, "block forever": never ask for it.
-            wait = max(math.ceil(min(left, slice_) * 1000) / 1000, 0.01)
             with self.commands("BLPOP"):
-                if self.client.blpop([key], timeout=wait):
+                if self.client.blpop([key], timeout=blpop_timeout(left, slice_)):
                     return True
         return False
 
@@ -337,21 +276,6 @@ def _send(
     for keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
     return list(pipe.execute())
-
-
-def _encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for lib/ops.lua: n, then per op its kind's code, nkeys, argc, args."""
-    keys: list[str] = []
-    args: list[Any] = [len(ops)]
-    for op in ops:
-        kind = kind_of(op)
-        op_keys, op_args = kind.encode(op, release)
-        keys += op_keys
-        args.append(kind.code)
-        args.append(len(op_keys))
-        args.append(len(op_args))
-        args += op_args
-    return keys, args
 
 
 class HasBackend(Protocol):

@@ -14,38 +14,14 @@ from typing import TYPE_CHECKING, Any
 from taskguard import _instrument
 from taskguard.errors import ConfigurationError
 
-from .codec import Codec, get_codec
-from .entry import decode
-from .records import VERSION_SCALE, partition_of
+from .calls import MISS, CacheCalls, Lookup, text
+from .codec import Codec
+from .records import VERSION_SCALE
 
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
 
-__all__ = ["CacheOps", "Lookup", "WriteReply"]
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """What Redis knows about a key.
-
-    Attributes:
-        kind: ``"cached"`` (a cached copy), ``"queued"`` (no copy, but the newest write is
-            still in the write-behind queue) or ``"miss"``.
-        found: True when there is a value (False for a negative entry, a queued delete
-            and a miss).
-        value: The value when ``found``.
-        delta: Seconds the cached copy's load took (for early refresh).
-        remaining: Seconds the cached copy has left to live.
-    """
-
-    kind: str
-    found: bool = False
-    value: Any = None
-    delta: float = 0.0
-    remaining: float = 0.0
-
-
-MISS = Lookup("miss")
+__all__ = ["MISS", "CacheOps", "Lookup", "WriteReply"]
 
 
 @dataclass(frozen=True)
@@ -75,12 +51,6 @@ def _found_size(reply: list[Any]) -> int:
     return _size(reply[1]) if len(reply) > 1 else 0
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class CacheOps:
     """Keys and script calls of namespace ``namespace`` on a Redis backend.
 
@@ -100,38 +70,13 @@ class CacheOps:
         self.partitions = partitions
         self.codec = codec
         self.queued = queued
+        self.calls = CacheCalls(backend.keys, namespace, partitions, codec, queued=queued)
 
     # ------------------------------------------------------------------ keys
 
     def value_key(self, key: str) -> str:
         """The key holding ``key``'s cached copy."""
-        return self.backend.keys.cache_value(self.namespace, self._partition(key), key)
-
-    def _partition(self, key: str) -> int:
-        return partition_of(key, self.partitions)
-
-    def _read_keys(self, key: str) -> list[str]:
-        p, keys = self._partition(key), self.backend.keys
-        value = keys.cache_value(self.namespace, p, key)
-        if not self.queued:
-            return [value]
-        return [value, keys.cache_dirty(self.namespace, p), keys.cache_stream(self.namespace, p)]
-
-    def _fill_keys(self, key: str) -> list[str]:
-        p, keys = self._partition(key), self.backend.keys
-        return [
-            keys.cache_value(self.namespace, p, key),
-            keys.cache_dirty(self.namespace, p),
-            keys.cache_flight(self.namespace, p, key),
-        ]
-
-    def _queue_keys(self, key: str) -> list[str]:
-        p, keys = self._partition(key), self.backend.keys
-        return [
-            keys.cache_value(self.namespace, p, key),
-            keys.cache_stream(self.namespace, p),
-            keys.cache_dirty(self.namespace, p),
-        ]
+        return self.calls.value_key(key)
 
     # ------------------------------------------------------------------ reads
 
@@ -139,35 +84,21 @@ class CacheOps:
         """Look ``key`` up: its cached copy, else (write-behind) its queued write."""
         with self._watch(_instrument.CACHE_GET, (key,)) as act:
             reply = self.backend.run_script(
-                "cache_read", self._read_keys(key), [key], what="cache read"
+                "cache_read", self.calls.read_keys(key), [key], what="cache read"
             )
             act.note(hit=int(reply[0]) != 0, size=_found_size(reply))
         return self._lookup(reply)
 
     def read_many(self, keys: Sequence[str]) -> list[Lookup]:
         """:meth:`read` for each of ``keys``, pipelined."""
-        calls = [(self._read_keys(key), [key]) for key in keys]
+        calls = [(self.calls.read_keys(key), [key]) for key in keys]
         with self._watch(_instrument.CACHE_GET, keys) as act:
             replies = self.backend.run_script_many("cache_read", calls, what="cache read_many")
             act.note(hit=any(int(r[0]) for r in replies), size=sum(map(_found_size, replies)))
         return [self._lookup(r) for r in replies]
 
     def _lookup(self, reply: list[Any]) -> Lookup:
-        kind = int(reply[0])
-        if kind == 1:
-            cached = decode(self.codec, reply[1])
-            return Lookup(
-                "cached",
-                found=not cached.negative,
-                value=cached.value,
-                delta=cached.delta,
-                remaining=max(int(reply[2]), 0) / 1000,
-            )
-        if kind == 2:
-            if int(reply[2]) or reply[1] is None:
-                return Lookup("queued")
-            return Lookup("queued", found=True, value=get_codec(_text(reply[3])).loads(reply[1]))
-        return MISS
+        return self.calls.lookup(reply)
 
     # ------------------------------------------------------------------ writes
 
@@ -202,16 +133,21 @@ class CacheOps:
         With ``only_if_absent`` an existing copy is kept; in a write-behind namespace
         nothing is stored while a write of the key is queued.
         """
-        args = [key, cached, ttl_ms, int(only_if_absent), int(self.queued), token]
+        args = self.calls.fill_args(key, cached, ttl_ms, only_if_absent=only_if_absent, token=token)
         with self._watch(_instrument.CACHE_PUT, (key,), [(key, cached, ttl_ms)]):
             return bool(
-                self.backend.run_script("cache_fill", self._fill_keys(key), args, what="cache fill")
+                self.backend.run_script(
+                    "cache_fill", self.calls.fill_keys(key), args, what="cache fill"
+                )
             )
 
     def fill_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """:meth:`fill` each ``(key, cached copy, ttl_ms)`` only if absent, pipelined."""
         calls = [
-            (self._fill_keys(key), [key, cached, ttl_ms, 1, int(self.queued), ""])
+            (
+                self.calls.fill_keys(key),
+                self.calls.fill_args(key, cached, ttl_ms, only_if_absent=True, token=""),
+            )
             for key, cached, ttl_ms in items
         ]
         if calls:
@@ -227,15 +163,9 @@ class CacheOps:
             ``(True, MISS)`` when the lock is ours; ``(False, lookup)`` otherwise, with the
             cached copy if there is one (a ``"miss"`` lookup while another caller loads).
         """
-        keys = self._fill_keys(key)
-        reply = self.backend.run_script(
-            "cache_flight", [keys[0], keys[2]], [token, ttl_ms, int(force)], what="cache flight"
-        )
-        if int(reply[0]) == 1:
-            return True, MISS
-        if reply[1] is None:
-            return False, MISS
-        return False, self._lookup([1, reply[1], reply[2]])
+        keys, args = self.calls.flight_call(key, token, ttl_ms, force=force)
+        reply = self.backend.run_script("cache_flight", keys, args, what="cache flight")
+        return self.calls.flight_result(reply)
 
     def queue_write(
         self,
@@ -250,7 +180,7 @@ class CacheOps:
         args = self._queue_args(key, payload, ttl_ms, header, capacity)
         with self._watch(_instrument.CACHE_PUT, (key,), [(key, payload, ttl_ms)]):
             reply = self.backend.run_script(
-                "cache_wb_write", self._queue_keys(key), args, what="write-behind write"
+                "cache_wb_write", self.calls.queue_keys(key), args, what="write-behind write"
             )
         return self._write_reply(reply)
 
@@ -263,7 +193,7 @@ class CacheOps:
     ) -> list[WriteReply]:
         """:meth:`queue_write` each ``(key, payload, ttl_ms)``, pipelined (not atomically)."""
         calls = [
-            (self._queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
+            (self.calls.queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
             for key, payload, ttl_ms in items
         ]
         with self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items):
@@ -291,8 +221,8 @@ class CacheOps:
     @staticmethod
     def _write_reply(reply: list[Any]) -> WriteReply:
         if int(reply[0]) == 1:
-            return WriteReply(True, stream_id=_text(reply[1]))
-        return WriteReply(False, backlog=int(reply[1]), dirty_id=_text(reply[2]))
+            return WriteReply(True, stream_id=text(reply[1]))
+        return WriteReply(False, backlog=int(reply[1]), dirty_id=text(reply[2]))
 
     def settle(self, key: str, version: int) -> bool:
         """After a direct store write of ``key`` at ``version``: drop the cached copy and
@@ -302,13 +232,9 @@ class CacheOps:
 
     def settle_many(self, writes: Sequence[tuple[str, int]]) -> list[bool]:
         """:meth:`settle` each ``(key, version)``, pipelined."""
-        calls = [(self._settle_keys(key), _settle_args(key, version)) for key, version in writes]
+        calls = [(self.calls.settle_keys(k), _settle_args(k, version)) for k, version in writes]
         replies = self.backend.run_script_many("cache_wb_settle", calls, what="cache settle")
         return [bool(reply) for reply in replies]
-
-    def _settle_keys(self, key: str) -> list[str]:
-        p, keys = self._partition(key), self.backend.keys
-        return [keys.cache_value(self.namespace, p, key), keys.cache_dirty(self.namespace, p)]
 
     def queued_ids(self, keys: Sequence[str]) -> list[str]:
         """The stream id of each key's newest queued write ("" = none), pipelined. Reads
@@ -318,8 +244,8 @@ class CacheOps:
         with self.backend.commands("write-behind dirty lookup") as client:
             pipe = client.pipeline(transaction=False)
             for key in keys:
-                pipe.hget(self._settle_keys(key)[1], key)
-            return [_text(found) for found in pipe.execute()]
+                pipe.hget(self.calls.settle_keys(key)[1], key)
+            return [text(found) for found in pipe.execute()]
 
     def register(self) -> int:
         """Record this write-behind namespace (HSETNX); the partition count on record."""

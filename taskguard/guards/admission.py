@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from taskguard.backend.base import Backend
-from taskguard.backend.memory import local_backend
+from taskguard.backend.memory import MemoryBackend, local_backend
 from taskguard.backend.ops import ALLOWED_EMPTY, Admission, Op
 from taskguard.errors import BackendError, BackendUnavailable
 
 from .base import Guard
 
-__all__ = ["Outcome", "admit"]
+__all__ = ["Outcome", "admit", "decide_offline", "log_outage"]
 
 logger = logging.getLogger("taskguard.admission")
 
@@ -40,7 +40,8 @@ class Outcome:
     local: tuple[int, ...] = ()
 
 
-def _log_outage(exc: BackendUnavailable) -> None:
+def log_outage(exc: BackendUnavailable) -> None:
+    """Log that the outage policies decide (at most every few seconds per kind)."""
     # Logged at most every few seconds per process and kind: an outage must be visible,
     # but not one line per task.
     now = time.monotonic()
@@ -82,19 +83,24 @@ def admit(
     try:
         return Outcome(backend.admit(ops, reserve_within=reserve_within))
     except BackendUnavailable as exc:
-        _log_outage(exc)
-        return _decide_offline(backend, guards, ops, exc)
+        log_outage(exc)
+        return decide_offline(lambda: local_backend(backend), guards, ops, exc)
     except BackendError as exc:
         # The redis-py error stays the cause; this one only adds the guards' names.
         raise exc.naming(tuple(repr(guard) for guard in guards)) from exc.__cause__
 
 
-def _decide_offline(
-    backend: Backend,
+def decide_offline(
+    offline_backend: Callable[[], MemoryBackend],
     guards: Sequence[Guard],
     ops: Sequence[Op],
     exc: BackendUnavailable,
 ) -> Outcome:
+    """What the guards' outage policies decide for ``ops`` while the backend is down.
+
+    Any ``deny`` refuses; ``local`` guards are admitted by ``offline_backend()``, the
+    process-local backend (built only when needed); ``allow`` guards pass.
+    """
     for index, guard in enumerate(guards):
         if guard.on_outage == "deny":
             retry_after = exc.retry_after or OUTAGE_RETRY_AFTER
@@ -103,7 +109,7 @@ def _decide_offline(
     if not local:
         return Outcome(ALLOWED_EMPTY, degraded=True)
     # No reservations offline: a local slot must not mark the shared buckets as paid.
-    result = local_backend(backend).admit([ops[i] for i in local])
+    result = offline_backend().admit([ops[i] for i in local])
     if result.denied is not None:
         denied = Admission(False, retry_after=result.retry_after, denied=local[result.denied])
         return Outcome(denied, degraded=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,7 +26,15 @@ from taskguard.backend.memory import local_backend
 from taskguard.backend.ops import PauseOp
 from taskguard.errors import BackendError, BackendUnavailable
 
-__all__ = ["MAX_PAUSE", "Pause", "backend_now", "observed_pause", "pause_seconds", "record_pause"]
+__all__ = [
+    "MAX_PAUSE",
+    "Pause",
+    "backend_now",
+    "observed_pause",
+    "pause_offline",
+    "pause_seconds",
+    "record_pause",
+]
 
 logger = logging.getLogger("taskguard.pause")
 
@@ -202,10 +211,22 @@ def record_pause(backend: Backend, op: PauseOp, *, bucket: str | None, on_outage
     try:
         admission = backend.admit([op])
     except BackendUnavailable as exc:
-        logger.warning("taskguard: could not pause %s for %.3f s: %s", op.key, op.seconds, exc)
-        if on_outage == "local":
-            local_backend(backend).admit([op])
-        return Pause(bucket, op.seconds, degraded=True)
+        return pause_offline(lambda: local_backend(backend), op, exc, bucket, on_outage)
     except BackendError as exc:
         raise exc.naming((f"pause of {op.key}",)) from exc.__cause__
     return Pause(bucket, admission.tokens[0] / 1_000_000)
+
+
+def pause_offline(
+    offline_backend: Callable[[], Backend],
+    op: PauseOp,
+    exc: BackendUnavailable,
+    bucket: str | None,
+    on_outage: str,
+) -> Pause:
+    """What a pause the backend could not record did (see :func:`record_pause`): logged,
+    kept by ``offline_backend()`` under ``on_outage="local"``, reported ``degraded``."""
+    logger.warning("taskguard: could not pause %s for %.3f s: %s", op.key, op.seconds, exc)
+    if on_outage == "local":
+        offline_backend().admit([op])
+    return Pause(bucket, op.seconds, degraded=True)

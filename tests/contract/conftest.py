@@ -18,6 +18,7 @@ import taskguard
 from taskguard.clock import FakeClock
 from taskguard.heartbeat import heartbeat_for
 
+from .aio_support import Pair
 from .harness import Contract, real_time
 
 
@@ -43,3 +44,14 @@ def contract(request: pytest.FixtureRequest) -> Iterator[Contract]:
         heartbeat_for(backend).stop()
         client.close()
         backend.close()
+
+
+@pytest.fixture
+def pair(redis_url: str, tg_prefix: str) -> Iterator[Pair]:
+    """A sync client on the test Redis under ``tg_prefix``, and asyncio ones on demand."""
+    sync = taskguard.connect(redis_url, prefix=tg_prefix, redis_options={"client_name": tg_prefix})
+    found = Pair(redis_url, tg_prefix, sync, redis.Redis.from_url(redis_url))
+    try:
+        yield found
+    finally:
+        found.close()

@@ -20,7 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("backend",),
     ("heartbeat", "guards", "sinks"),
     ("cache", "drain", "status"),
-    ("client",),
+    ("client", "aio"),
     ("celery",),
     ("cli", "demo", "testing", "integrations", "sentry", "contrib", "pytest"),
 ]

@@ -1,0 +1,186 @@
+"""What the Redis backends (``RedisBackend`` and ``taskguard.aio``'s) share, free of I/O.
+
+Which script an op list runs and its KEYS/ARGV, how an admission reply reads, how a
+redis-py exception becomes taskguard's, the client options, the commands of a breaker's
+state and admin actions, and the slices a ``BLPOP`` wait is cut into. Both backends call
+these, so a Celery worker and an asyncio service send the same bytes for the same guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from taskguard.errors import BackendError, BackendUnavailable, TaskGuardError
+from taskguard.urls import scrub
+
+from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
+from .cooldown import CooldownBreaker
+from .lua import Script, load_script
+from .ops import Admission, BreakerOp, Op, granted
+from .redis_errors import classify
+from .registry import kind_of, registered
+
+__all__ = [
+    "REDIS_ERRORS",
+    "admission_from",
+    "admit_call",
+    "blpop_slice",
+    "blpop_timeout",
+    "breaker_state_from",
+    "client_options",
+    "encode",
+    "failure",
+    "named_script",
+    "queue_breaker_action",
+    "queue_breaker_read",
+    "script_for",
+]
+
+#: What a call to Redis can raise; :func:`failure` sorts outages from errors.
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+_SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
+_BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
+_NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
+
+
+def script_for(name: str, ops: Sequence[Op]) -> Script:
+    """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call."""
+    types = tuple(type(op) for op in ops)
+    script = _SCRIPTS.get((name, types))
+    if script is None:
+        needed = {kind_of(op).lib for op in ops}
+        # Once each, in registration order (a library may register several kinds).
+        libs = tuple(dict.fromkeys(kind.lib for kind in registered() if kind.lib in needed))
+        script = _BY_LIBS.get((name, libs))
+        if script is None:
+            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
+        _SCRIPTS[name, types] = script
+    return script
+
+
+def named_script(name: str, libs: Sequence[str]) -> Script:
+    """``scripts/<name>.lua`` with ``libs`` in front, built once per process."""
+    script = _NAMED.get((name, tuple(libs)))
+    if script is None:
+        script = _NAMED[name, tuple(libs)] = load_script(name, libs=libs)
+    return script
+
+
+def encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for lib/ops.lua: n, then per op its kind's code, nkeys, argc, args."""
+    keys: list[str] = []
+    args: list[Any] = [len(ops)]
+    for op in ops:
+        kind = kind_of(op)
+        op_keys, op_args = kind.encode(op, release)
+        keys += op_keys
+        args.append(kind.code)
+        args.append(len(op_keys))
+        args.append(len(op_args))
+        args += op_args
+    return keys, args
+
+
+def admit_call(ops: Sequence[Op], reserve_within: float) -> tuple[Script, list[str], list[Any]]:
+    """The script, KEYS and ARGV admitting ``ops`` (``ops`` must not be empty)."""
+    keys, args = encode(ops, release=False)
+    args[0:0] = [int(reserve_within * 1_000_000)]
+    return script_for("admit", ops), keys, args
+
+
+def admission_from(ops: Sequence[Op], reply: Sequence[Any]) -> Admission:
+    """The :class:`Admission` that ``admit.lua``'s ``reply`` reports for ``ops``."""
+    allowed, wait_us, denied, reserved = reply[:4]
+    if not allowed:
+        return Admission(
+            False,
+            retry_after=wait_us / 1_000_000,
+            denied=denied - 1,
+            reserved=bool(reserved),
+            remaining=0,
+        )
+    return granted(ops, reply[4:])
+
+
+def failure(
+    exc: BaseException, what: str, secrets: tuple[str, ...], breaker: CooldownBreaker
+) -> TaskGuardError:
+    """The taskguard error for ``exc``; an outage opens ``breaker``.
+
+    Only outages (see :mod:`.redis_errors`) become :class:`BackendUnavailable`, for the
+    outage policies to decide; anything else is a :class:`BackendError`. ``secrets`` are
+    taken out of the error text.
+    """
+    found = classify(exc)
+    text = scrub(found.text, secrets)
+    if found.kind == "error":
+        return BackendError(f"redis error during {what}: {text}", code=found.code, what=what)
+    if found.kind == "refused":  # answering, so no fail-fast: each call tries again
+        return BackendUnavailable(f"redis refuses writes during {what}: {text}", code=found.code)
+    cooldown = breaker.record_failure()
+    state = "unreachable" if found.code is None else "unavailable"
+    return BackendUnavailable(
+        f"redis {state} during {what}: {text}", retry_after=cooldown, code=found.code
+    )
+
+
+def client_options(
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    retry: object,
+    redis_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The client's keyword arguments: short timeouts, one quick retry, no health checks.
+
+    ``retry`` is redis-py's ``Retry(NoBackoff(), 1)``, of the sync or the asyncio kind.
+    """
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+        # One quick retry heals a pooled connection broken by a server restart;
+        # anything more would turn an outage into seconds of waiting per task.
+        "retry": retry,
+        "health_check_interval": 0,
+        **(redis_options or {}),
+    }
+
+
+def queue_breaker_read(pipe: Any, op: BreakerOp) -> None:
+    """Queue on ``pipe`` what :func:`breaker_state_from` reads: ``TIME`` and the state."""
+    pipe.time()
+    pipe.hmget(op.key, "state", "until", "forced")
+
+
+def breaker_state_from(replies: Sequence[Any]) -> str:
+    """The effective breaker state from the replies of :func:`queue_breaker_read`."""
+    (seconds, micros), (state, until, forced) = replies
+    return effective_state(state, until, forced, seconds * 1000 + micros // 1000)
+
+
+def queue_breaker_action(pipe: Any, op: BreakerOp, action: str) -> None:
+    """Queue on ``pipe`` (a MULTI pipeline) the commands of an admin ``action``."""
+    if action == "reset":
+        pipe.delete(op.key, op.window_key, op.probes_key)
+    elif action == "force_close":
+        pipe.delete(op.window_key, op.probes_key)
+        pipe.hset(op.key, items=[x for pair in CLOSED_FIELDS.items() for x in pair])
+    else:
+        pipe.hset(op.key, "forced", FORCED[action])
+    pipe.pexpire(op.key, BREAKER_IDLE_MS)
+
+
+def blpop_slice(socket_timeout: float) -> float:
+    """The longest one ``BLPOP`` of a wait may block: 80 % of the socket timeout, so a
+    wait never looks like a dead server."""
+    return max(socket_timeout * 0.8, 0.05)
+
+
+def blpop_timeout(left: float, slice_: float) -> float:
+    """The ``BLPOP`` timeout for a wait with ``left`` seconds to go."""
+    # Redis 6.2 reads a timeout under 1 ms as 0, "block forever": never ask for it.
+    return max(math.ceil(min(left, slice_) * 1000) / 1000, 0.01)
