@@ -27,6 +27,7 @@ from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_poli
 from .fairness import FairShare
 from .keying import KeyFunc, KeySource
 from .leases import HeldLease, LeasedPrimitive
+from .perkey import PerKey
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -56,12 +57,26 @@ class Concurrency(Guard):
             rather than first in, first out, so one group's backlog cannot starve another.
         weights: Weight per ``fair`` group (default 1): its share of the slots while
             several groups wait.
+        per_key: Slot counts for some keys: a mapping of rendered key to limit
+            (``{"acme": 10}``) or a callable taking the key and returning a limit or
+            ``None`` (this cap's own ``limit``).
     """
 
     kind = "concurrency"
     admission_rank = 20
     settings_fields = frozenset(
-        {"limit", "key", "wait", "retry_delay", "ttl", "name", "on_outage", "fair", "weights"}
+        {
+            "limit",
+            "key",
+            "wait",
+            "retry_delay",
+            "ttl",
+            "name",
+            "on_outage",
+            "fair",
+            "weights",
+            "per_key",
+        }
     )
     settings_bare = "limit"
     _positional = ("limit",)
@@ -74,6 +89,7 @@ class Concurrency(Guard):
     name: str | None
     on_outage: str
     fair: FairShare | None
+    per_key: PerKey[int] | None
     _signature: inspect.Signature | None
 
     def __init__(
@@ -88,12 +104,14 @@ class Concurrency(Guard):
         on_outage: str = "deny",
         fair: KeySource = None,
         weights: Mapping[str, float] | None = None,
+        per_key: Mapping[str, int] | Callable[[str | None], Any] | None = None,
     ) -> None:
         name = None if name is None else check_name(name, "name")
         if weights is not None and fair is None:
             raise ConfigurationError("weights need a fair key", field="weights")
         self._set(
             fair=None if fair is None else FairShare(fair, weights),
+            per_key=None if per_key is None else PerKey(per_key, count, "per_key"),
             limit=count(limit, "limit"),
             key=KeyFunc(key),
             wait=seconds(wait, "wait", allow_zero=True),
@@ -115,6 +133,7 @@ class Concurrency(Guard):
             "on_outage": self.on_outage,
             "fair": None if self.fair is None else self.fair.key.source,
             "weights": None if self.fair is None or not self.fair.weights else self.fair.weights,
+            "per_key": None if self.per_key is None else self.per_key.source,
         }
 
     def bind(self, task_name: str, signature: inspect.Signature | None) -> Concurrency:
@@ -147,7 +166,7 @@ class Concurrency(Guard):
             slots,
             owner=owner,
             ttl=self.ttl,
-            limit=self.limit,
+            limit=self.limit if self.per_key is None else self.per_key.get(bucket, self.limit),
             wakeup_key=keys.slot_wakeup(name, bucket),
             park_key=keys.park_lot(slots) if park else None,
             park_due=keys.park_due() if park else None,

@@ -21,6 +21,7 @@ from .admission import admit
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource, key_text
 from .pause import Pause, backend_now, observed_pause, pause_seconds, record_pause
+from .perkey import PerKey
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
@@ -46,6 +47,9 @@ class RateLimit(Guard):
         name: The limiter's name; tasks using one name share its buckets. Defaults to
             the task name.
         on_outage: ``"allow"`` (default), ``"deny"`` or ``"local"`` while Redis is down.
+        per_key: Rates for some buckets: a mapping of rendered key to rate
+            (``{"acme": "100/s"}``) or a callable taking the key and returning a rate or
+            ``None`` (this limit's own ``rate``).
 
     Example:
         >>> RateLimit("100/m", key="{customer_id}", burst=10)
@@ -61,6 +65,7 @@ class RateLimit(Guard):
     cost: int | Callable[..., int]
     name: str | None
     on_outage: str
+    per_key: PerKey[Rate] | None
     _signature: inspect.Signature | None
 
     def __init__(
@@ -72,6 +77,7 @@ class RateLimit(Guard):
         cost: int | Callable[..., int] = 1,
         name: str | None = None,
         on_outage: str = "allow",
+        per_key: Mapping[str, str | Rate] | Callable[[str | None], Any] | None = None,
     ) -> None:
         parsed = check_rate(rate, "rate_limit")
         burst = 1 if burst is None else count(burst, "burst")
@@ -95,6 +101,7 @@ class RateLimit(Guard):
             cost=cost,
             name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
+            per_key=None if per_key is None else PerKey(per_key, check_rate, "per_key"),
             _signature=None,
         )
 
@@ -106,6 +113,7 @@ class RateLimit(Guard):
             "cost": self.cost,
             "name": self.name,
             "on_outage": self.on_outage,
+            "per_key": None if self.per_key is None else self.per_key.source,
         }
 
     def __repr__(self) -> str:
@@ -120,6 +128,8 @@ class RateLimit(Guard):
             parts.append(f"name={self.name!r}")
         if self.on_outage != "allow":
             parts.append(f"on_outage={self.on_outage!r}")
+        if self.per_key is not None:
+            parts.append(f"per_key={self.per_key!r}")
         return f"RateLimit({', '.join(parts)})"
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
@@ -133,9 +143,10 @@ class RateLimit(Guard):
         if cost > self.burst:
             raise ValueError(f"cost {cost} exceeds burst {self.burst} of {self!r}")
         name = self.name or "default"
+        rate = self.rate if self.per_key is None else self.per_key.get(bucket, self.rate)
         return RateOp(
             key=keys.rate_limit(name, bucket),
-            interval=self.rate.interval,
+            interval=rate.interval,
             burst=self.burst,
             cost=cost,
             overrides=keys.limit_overrides(name),
@@ -159,7 +170,7 @@ class RateLimit(Guard):
     def task_ops(
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
-        if self.key.source is None and not callable(self.cost):
+        if self.key.source is None and not callable(self.cost) and self.per_key is None:
             # One bucket, fixed cost: the same op for every run (built once per schema).
             cached = self.__dict__.get("_static_op")
             if cached is None or cached[0] is not keys:
@@ -315,6 +326,9 @@ class RateLimiter:
 
     def _op(self, key: str | None, cost: int) -> RateOp:
         # Ops are immutable values: build each (bucket, cost) once, not per decision.
+        per_key = self.spec.per_key
+        if per_key is not None and per_key.values is None:  # a callable: ask it each time
+            return self.spec.op(self.backend.keys, key, cost)
         op = self._ops.get((key, cost))
         if op is None:
             if len(self._ops) >= _OP_CACHE_SIZE:
