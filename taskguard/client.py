@@ -8,6 +8,7 @@ client puts them together. Every primitive is also constructible directly from a
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from taskguard.backend import Backend, backend_from_url
 from taskguard.backend.parking import Parking
 from taskguard.backend.redis import RedisBackend
 from taskguard.cache import CacheOptions, CacheService, Sessions
+from taskguard.events import EventStream, subscribe
 from taskguard.guards.breaker import Breaker, CircuitBreaker
 from taskguard.guards.breaker_hotpath import hot_path_breaker
 from taskguard.guards.concurrency import Semaphore
@@ -68,6 +70,26 @@ class Client:
         if not isinstance(self.backend, RedisBackend):
             return {}
         return Parking(self.backend).counts()
+
+    def events(
+        self, *, types: Iterable[str] | None = None, timeout: float | None = None
+    ) -> EventStream:
+        """Subscribe to the guard events of this client's prefix, from every process
+        (docs/observability.md, "Guard events"): :func:`taskguard.events.subscribe`.
+
+        Args:
+            types: Receive only these event types (default: every type).
+            timeout: Iteration ends when no event came for this many seconds (default:
+                it goes on until the stream is closed).
+
+        Example:
+            >>> import taskguard
+            >>> client = taskguard.connect("memory://")
+            >>> with client.events(types=["circuit_state_changed"], timeout=0.1) as stream:
+            ...     list(stream)
+            []
+        """
+        return subscribe(self, types=types, timeout=timeout)
 
     def lock(self, name: str, *, ttl: float = 30.0, renew: bool = True) -> DistributedLock:
         """Build a standalone distributed lock on resource ``name``.

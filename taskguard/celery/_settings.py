@@ -164,6 +164,7 @@ _GLOBAL_FIELDS = frozenset(
         "enabled",
         "drain",
         "metrics",  # _metrics_settings.py
+        "events",  # _events_settings.py
         *DeferralPolicy.SETTING_NAMES,
     }
 )
