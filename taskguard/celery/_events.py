@@ -49,6 +49,9 @@ class EventsStep(bootsteps.StartStopStep):  # type: ignore[misc]
         logger.info("taskguard: publishing guard events on %s", backend.keys.events())
         return self
 
+    def start(self, worker: Any) -> None:
+        pass  # publishing began in create(), before the pool forked
+
     def stop(self, worker: Any) -> None:
         if self.installed:
             events.uninstall()

@@ -355,6 +355,7 @@ def test_the_worker_step_installs_publishing_when_on(enabled: bool) -> None:
         assert step.include_if(worker) is enabled
         if enabled:
             step.create(worker)
+            step.start(worker)  # what the blueprint calls next; publishing is on already
             assert events.installed() is runtime_for(app).backend
             step.stop(worker)
         assert events.installed() is None
