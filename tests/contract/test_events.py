@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,12 @@ from click.testing import CliRunner
 import taskguard
 from taskguard import events
 from taskguard.cli import taskguard as cli
+from taskguard.drain import DrainPool
+from taskguard.errors import StoreError
 from taskguard.events import publish_event
+from taskguard.sinks.base import Record
 from taskguard.testing import wait_until
+from tests.unit.test_cache_fakes import MemoryStore
 
 from .harness import REDIS_ONLY, Contract
 
@@ -69,6 +73,34 @@ def test_events_of_an_installed_process_reach_a_subscriber(client: taskguard.Cli
 
 def _refused() -> None:
     raise ConnectionError("refused")
+
+
+class PoisonStore(MemoryStore):
+    """Refuses key ``bad`` for good: the drain dead-letters it."""
+
+    def write(self, namespace: str, records: Sequence[Record]) -> None:
+        if any(record.key == "bad" for record in records):
+            raise StoreError("key 'bad' refused", transient=False)
+        super().write(namespace, records)
+
+
+@REDIS_ONLY
+def test_a_drain_pool_publishes_its_dead_letters(client: taskguard.Client) -> None:
+    store = PoisonStore()
+    cache = client.cache("orders", ttl=60, strategy="write-behind", store=store, partitions=1)
+    cache.set("good", 1)
+    cache.set("bad", 2)
+    events.install(client)
+    try:
+        with client.events(types=["dead_lettered"], timeout=2) as stream:
+            with DrainPool(client, store, namespaces=["orders"]) as pool:
+                assert pool.wait_idle(timeout=20)
+            event = stream.get(timeout=5)
+    finally:
+        events.uninstall()
+    assert event is not None
+    assert (event["namespace"], event["keys"], event["attempts"]) == ("orders", ["bad"], 1)
+    assert "key 'bad' refused" in event["error"]
 
 
 # ---------------------------------------------------------------- another process
