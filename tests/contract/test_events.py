@@ -24,9 +24,9 @@ from taskguard import events
 from taskguard.cli import taskguard as cli
 from taskguard.drain import DrainPool
 from taskguard.errors import StoreError
-from taskguard.events import publish_event
+from taskguard.events import Event, publish_event
 from taskguard.sinks.base import Record
-from taskguard.testing import wait_until
+from taskguard.testing import RedisServer, wait_until
 from tests.unit.test_cache_fakes import MemoryStore
 
 from .harness import REDIS_ONLY, Contract
@@ -138,6 +138,31 @@ def test_a_subscriber_receives_the_breaker_event_of_another_process(
     assert event is not None
     assert event.pid == child.pid
     assert (event["name"], event["new"], event["task_id"]) == ("partner", "open", None)
+
+
+def test_a_stream_subscribes_again_after_redis_restarts(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = taskguard.connect(private_redis.url, prefix="tgt-restart")
+    with client.events() as stream:
+        private_redis.stop()  # longer than redis-py's own reconnection tries
+
+        def noticed() -> bool:
+            stream.get(timeout=0.05)
+            return "events: lost the subscription" in caplog.text
+
+        wait_until(noticed, timeout=15, message="the stream noticing the outage")
+        private_redis.restart()  # the same port
+
+        def delivered() -> Event | None:
+            publish_event(client, "admin", action="breaker_reset", name="geo")
+            return stream.get(timeout=0.1)
+
+        event = wait_until(delivered, timeout=15, interval=0.05, message="an event after")
+    client.close()
+    assert (event.type, event["name"]) == ("admin", "geo")
+    assert "events: lost the subscription to tgt-restart:events" in caplog.text
+    assert "events: subscribed to tgt-restart:events again" in caplog.text
 
 
 # ---------------------------------------------------------------- the CLI
