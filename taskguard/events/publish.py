@@ -10,7 +10,6 @@ an operator's action): admission and release never do.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -27,8 +26,6 @@ from .schema import EVENT_TYPES, Event
 from .transport import send
 
 __all__ = ["install", "installed", "publish_event", "uninstall"]
-
-logger = logging.getLogger("taskguard.events")
 
 #: Seconds between two log lines about events that could not be published.
 LOG_EVERY = 60.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -17,8 +16,6 @@ from .schema import EVENT_TYPES, Event
 from .transport import Listener, listen
 
 __all__ = ["EventStream", "subscribe"]
-
-logger = logging.getLogger("taskguard.events")
 
 #: Longest single wait on the connection: how soon :meth:`EventStream.close` from
 #: another thread ends an iteration.
