@@ -7,7 +7,9 @@ client puts them together. Every primitive is also constructible directly from a
 
 from __future__ import annotations
 
+import getpass
 import random
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ from taskguard.backend.limits import LimitOverride, clear_limit, limits_of, set_
 from taskguard.backend.parking import Parking
 from taskguard.backend.redis import RedisBackend
 from taskguard.cache import CacheOptions, CacheService, Sessions
+from taskguard.events import EventStream, publish_event, subscribe
 from taskguard.guards.breaker import Breaker, CircuitBreaker
 from taskguard.guards.breaker_hotpath import hot_path_breaker
 from taskguard.guards.concurrency import Semaphore
@@ -74,11 +77,27 @@ class Client:
             >>> client.limits("api")[0].burst
             5
         """
-        set_limit(self.backend, name, check_rate(rate, "rate"), burst=burst, key=key)
+        parsed = check_rate(rate, "rate")
+        set_limit(self.backend, name, parsed, burst=burst, key=key)
+        publish_event(
+            self.backend,
+            "limit_changed",
+            name=name,
+            action="set",
+            key=key,
+            rate=str(parsed),
+            burst=burst,
+            user=_user(),
+        )
 
     def clear_limit(self, name: str, *, key: str | None = None) -> bool:
         """Remove a rate set with :meth:`set_limit`; True if one was set."""
-        return clear_limit(self.backend, name, key=key)
+        removed = clear_limit(self.backend, name, key=key)
+        if removed:
+            publish_event(
+                self.backend, "limit_changed", name=name, action="clear", key=key, user=_user()
+            )
+        return removed
 
     def limits(self, name: str) -> list[LimitOverride]:
         """The rates set at run time for rate limiter ``name``."""
@@ -97,6 +116,26 @@ class Client:
         if not isinstance(self.backend, RedisBackend):
             return {}
         return Parking(self.backend).counts()
+
+    def events(
+        self, *, types: Iterable[str] | None = None, timeout: float | None = None
+    ) -> EventStream:
+        """Subscribe to the guard events of this client's prefix, from every process
+        (docs/observability.md, "Guard events"): :func:`taskguard.events.subscribe`.
+
+        Args:
+            types: Receive only these event types (default: every type).
+            timeout: Iteration ends when no event came for this many seconds (default:
+                it goes on until the stream is closed).
+
+        Example:
+            >>> import taskguard
+            >>> client = taskguard.connect("memory://")
+            >>> with client.events(types=["circuit_state_changed"], timeout=0.1) as stream:
+            ...     list(stream)
+            []
+        """
+        return subscribe(self, types=types, timeout=timeout)
 
     def lock(self, name: str, *, ttl: float = 30.0, renew: bool = True) -> DistributedLock:
         """Build a standalone distributed lock on resource ``name``.
@@ -249,6 +288,13 @@ class Client:
 
         spec = RateLimit(rate, burst=burst, key=key, name=name, on_outage=on_outage)
         return RateLimiter(self.backend, spec)
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment
+        return None
 
 
 def connect(

@@ -261,6 +261,17 @@ class KeySchema:
         """The pub/sub channel every hot-path breaker of this prefix listens on."""
         return f"{self.prefix}:breaker-events"
 
+    def events(self) -> str:
+        """The pub/sub channel of this prefix's guard events (JSON; see
+        :mod:`taskguard.events`). Channels have no hash tag: Redis Cluster sends a
+        ``PUBLISH`` to every node, and the ACL rule ``&<prefix>:*`` covers it.
+
+        Example:
+            >>> KeySchema("tg").events()
+            'tg:events'
+        """
+        return f"{self.prefix}:events"
+
     def _named(self, kind: str, name: str, key: str | None) -> str:
         base = f"{self._head}:{kind}:{_part(name, 'name')}"
         return base if key is None else f"{base}:{_key(key)}"

@@ -5,6 +5,7 @@ worker bootsteps); the layers below it (guards, backend, cache, drain) know noth
 Celery.
 """
 
+from . import _events  # noqa: F401 - adds the worker step that publishes guard events
 from ._runtime import Runtime, runtime_for
 from ._settings import DeferralPolicy, Settings, TaskSettings
 from ._task import GuardedTask

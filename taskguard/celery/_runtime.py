@@ -18,6 +18,7 @@ from taskguard.backend import Backend, backend_from_url
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import Guard
 
+from ._events_settings import EventsSettings
 from ._settings import Settings, TaskSettings
 
 __all__ = ["Runtime", "runtime_for"]
@@ -119,6 +120,7 @@ class Runtime:
     def validate(self) -> list[TaskSettings]:
         """Validate the settings and every guarded task; raise ConfigurationError if bad."""
         resolved = [task.taskguard_settings for task in self.guarded_tasks()]
+        EventsSettings.from_app(self.app)  # read by the events step; checked with the rest
         names = [name for name in self.app.tasks if not name.startswith("celery.")]
         for pattern in self.settings.patterns_matching_nothing(names):
             logger.warning("taskguard: settings for %r match no registered task", pattern)

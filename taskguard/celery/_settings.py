@@ -176,6 +176,7 @@ _GLOBAL_FIELDS = frozenset(
         "drain",
         "metrics",  # _metrics_settings.py
         "celery_app",  # read by the Django system check (taskguard.contrib.django)
+        "events",  # _events_settings.py
         *DeferralPolicy.SETTING_NAMES,
     }
 )

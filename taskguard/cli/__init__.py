@@ -13,6 +13,7 @@ import click
 from .admin import breaker, lock
 from .demo import demo
 from .drain import drain, requeue_dead_letters
+from .events import events
 from .limits import limit
 from .status import status
 from .version import version, version_string
@@ -29,6 +30,7 @@ def taskguard() -> None:
 taskguard.add_command(breaker)
 taskguard.add_command(demo)
 taskguard.add_command(drain)
+taskguard.add_command(events)
 taskguard.add_command(limit)
 taskguard.add_command(lock)
 taskguard.add_command(requeue_dead_letters)

@@ -1,10 +1,15 @@
 """``taskguard lock release`` and ``taskguard breaker open|close|reset``: operator actions.
 
 The actions are :func:`taskguard.status.release_lock` and
-:func:`taskguard.status.force_breaker`; this module parses, confirms and reports.
+:func:`taskguard.status.force_breaker`; this module parses, confirms and reports, and
+publishes an ``admin`` guard event for each action done (the audit trail
+``taskguard events`` shows, fleet-wide).
 """
 
 from __future__ import annotations
+
+import getpass
+from typing import Any
 
 import click
 
@@ -20,6 +25,22 @@ def lock() -> None:
 
 def _shown(key: str | None) -> str:
     return "no key" if key is None else f"key {key!r}"
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in this environment: the event says null
+        return None
+
+
+def _audit(backend: Any, action: str, name: str, **fields: Any) -> None:
+    """Publish the ``admin`` event of an action done; a failure is a note, not an error
+    (the action itself succeeded)."""
+    from taskguard.events import publish_event
+
+    if not publish_event(backend, "admin", action=action, name=name, user=_user(), **fields):
+        click.echo("note: the admin event was not published (see the warning)", err=True)
 
 
 @lock.command(short_help="Release a held lock, whoever holds it (needs --force).")
@@ -60,6 +81,9 @@ def release(
             click.echo(f"lock {name!r} ({_shown(key)}) is held by {holder}")
             raise click.ClickException("not released: add --force to release it")
         done = release_lock(backend, name, key)
+        if done.released:
+            fence = done.fencing_token
+            _audit(backend, "lock_release", name, key=key, owner=done.owner, fencing_token=fence)
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -98,6 +122,7 @@ def _breaker_command(action: str, summary: str, doc: str) -> click.Command:
         backend = connect_redis(ctx, redis_url, prefix)
         try:
             change = force_breaker(backend, name, action)
+            _audit(backend, f"breaker_{action}", name, before=change.before, after=change.after)
         except TaskGuardError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

@@ -143,6 +143,13 @@ _prefix = click.option(
 @click.option(
     "--metrics-address", default="0.0.0.0", show_default=True, help="Address of the metrics port."
 )
+@click.option(
+    "--events/--no-events",
+    "publish_events",
+    default=True,
+    show_default=True,
+    help="Publish dead letters as guard events on <prefix>:events (`taskguard events`).",
+)
 def drain(
     *,
     redis_url: str | None,
@@ -154,6 +161,7 @@ def drain(
     log_level: str,
     metrics_port: int | None,
     metrics_address: str,
+    publish_events: bool,
     **tunables: Any,
 ) -> None:
     """Run a drain pool until SIGTERM or SIGINT, then stop cleanly: the in-flight batches
@@ -161,6 +169,7 @@ def drain(
 
     Run as many as you like, on as many hosts: each takes its share of the partitions.
     """
+    from taskguard import events
     from taskguard.backend import RedisBackend, backend_from_url
     from taskguard.drain import pool_from_settings, store_from_settings
 
@@ -187,6 +196,8 @@ def drain(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server = _serve_metrics(metrics, backend, settings.namespaces)
+    if publish_events:
+        events.install(backend)
     pool.start()
     try:
         while not stopping.wait(status_interval):
@@ -198,6 +209,8 @@ def drain(
         store.close()
         if server is not None:
             server.shutdown()
+        if publish_events:
+            events.uninstall()
         backend.close()
 
 

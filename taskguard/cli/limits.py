@@ -2,6 +2,7 @@
 
 The rate is stored in Redis (:mod:`taskguard.backend.limits`) and read by the admission
 script, so every worker applies it from its next admission on; no restart, no deploy.
+Each change is published as a ``limit_changed`` guard event (``taskguard events``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def set_(
     all-buckets one.
     """
     from taskguard._validate import rate as check_rate
-    from taskguard.backend.limits import set_limit
+    from taskguard.client import Client
     from taskguard.errors import TaskGuardError
 
     try:
@@ -56,7 +57,7 @@ def set_(
         raise click.BadParameter(str(exc), param_hint="RATE") from None
     backend = connect_redis(ctx, redis_url, prefix)
     try:
-        set_limit(backend, name, parsed, burst=burst, key=key)
+        Client(backend).set_limit(name, parsed, burst=burst, key=key)
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -77,12 +78,12 @@ def clear(
 
     Exits with 1 if none was set.
     """
-    from taskguard.backend.limits import clear_limit
+    from taskguard.client import Client
     from taskguard.errors import TaskGuardError
 
     backend = connect_redis(ctx, redis_url, prefix)
     try:
-        removed = clear_limit(backend, name, key=key)
+        removed = Client(backend).clear_limit(name, key=key)
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -23,6 +23,7 @@ from taskguard.backend.acl import acl_rules, missing_permissions
 from taskguard.celery._bootsteps import check_backend
 from taskguard.drain import DrainPool
 from taskguard.drain.persistence import check_persistence
+from taskguard.events import publish_event
 from taskguard.guards import admission
 from taskguard.guards.admission import admit
 from taskguard.sinks.sql import SQLStore
@@ -118,6 +119,10 @@ def test_the_least_privilege_user_runs_everything_taskguard_runs(
     listener.subscribe(backend.keys.breaker_events())
     listener.get_message(timeout=1)  # a refused SUBSCRIBE would raise here
     listener.close()
+    # guard events: SUBSCRIBE (confirmed by a PING) and PUBLISH on <prefix>:events
+    with client.events(timeout=1) as stream:
+        assert publish_event(client, "admin", action="breaker_reset", name="geo")
+        assert [event.type for event in stream] == ["admin"]
     # caches: cache-aside, sessions, write-behind drained by a pool
     users = client.cache("users", ttl=60)
     assert users.get_or_load("1", lambda: {"n": 1}) == {"n": 1}

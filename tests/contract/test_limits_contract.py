@@ -80,3 +80,23 @@ def test_the_cli_sets_shows_and_clears_a_limit(contract: Contract) -> None:
     bad = run.invoke(cli, ["limit", "set", *base, name, "fast"])
     assert bad.exit_code == 2
     assert "expected 'N/s'" in bad.output
+
+
+def test_every_change_is_published_as_a_limit_changed_event(client: taskguard.Client) -> None:
+    from taskguard import events
+
+    name = f"audit-{uuid.uuid4().hex[:6]}"
+    with events.subscribe(client, types=["limit_changed"], timeout=5) as stream:
+        client.set_limit(name, "20/s", burst=2, key="acme")
+        client.clear_limit(name, key="acme")
+        set_, cleared = stream.get(5), stream.get(5)
+    assert set_ is not None
+    assert cleared is not None
+    assert (set_["name"], set_["action"], set_["key"], set_["rate"], set_["burst"]) == (
+        name,
+        "set",
+        "acme",
+        "20/s",
+        2,
+    )
+    assert (cleared["action"], cleared["rate"]) == ("clear", None)

@@ -53,8 +53,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "park_due": (),
     "park_out": (),
 }
-#: Public methods that build no key: a pub/sub channel, and the SCAN pattern.
-NOT_KEYS = {"breaker_events", "cache_stream_pattern", "guard_pattern", "pattern"}
+#: Public methods that build no key: the pub/sub channels, and the SCAN patterns.
+NOT_KEYS = {"breaker_events", "events", "cache_stream_pattern", "guard_pattern", "pattern"}
 #: Keys derived from another key (a parking lot from its guard key), and the inverses
 #: (a lot's guard key; a guard key's kind, name and key).
 DERIVED = {"park_lot", "park_fair", "park_guard_key", "guard_parts"}

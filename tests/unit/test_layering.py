@@ -19,7 +19,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("errors", "units", "keys", "clock", "urls", "_validate", "signals", "_instrument"),
     ("backend",),
     ("heartbeat", "guards", "sinks"),
-    ("cache", "drain", "status"),
+    ("cache", "drain", "status", "events"),
     ("client", "aio"),
     ("celery",),
     ("cli", "demo", "testing", "integrations", "sentry", "contrib", "pytest"),
