@@ -19,7 +19,7 @@ import itertools
 import re
 import time as _time
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as clock_time
@@ -37,6 +37,7 @@ from taskguard.keys import KeySchema
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
 from .keying import KeyFunc, KeySource, key_text
+from .perkey import PerKey
 
 __all__ = ["QUOTA_GRACE_MS", "QUOTA_KEY_KIND", "Quota", "QuotaLimiter", "QuotaOp", "window_starts"]
 
@@ -176,6 +177,9 @@ class Quota(Guard):
         cost: Calls one run takes.
         name: The quota's name; tasks using one name share it. Defaults to the task name.
         on_outage: ``"allow"`` (default), ``"deny"`` or ``"local"`` while Redis is down.
+        per_key: Calls per period for some keys: a mapping of rendered key to a count
+            (``{"acme": 50000}``) or a callable taking the key and returning a count or
+            ``None`` (this quota's own).
 
     A refused task defers until the reset (in steps of at most ``max_deferral_delay``;
     raise ``max_deferral_age`` above the period for long waits).
@@ -187,7 +191,9 @@ class Quota(Guard):
 
     kind = "quota"
     admission_rank = 25
-    settings_fields = frozenset({"limit", "reset", "tz", "day", "key", "cost", "name", "on_outage"})
+    settings_fields = frozenset(
+        {"limit", "reset", "tz", "day", "key", "cost", "name", "on_outage", "per_key"}
+    )
     settings_bare = "limit"
     _positional = ("limit",)
     limit: str
@@ -200,6 +206,7 @@ class Quota(Guard):
     cost: int
     name: str | None
     on_outage: str
+    per_key: PerKey[int] | None
     _signature: inspect.Signature | None
 
     def __init__(
@@ -213,6 +220,7 @@ class Quota(Guard):
         cost: int = 1,
         name: str | None = None,
         on_outage: str = "allow",
+        per_key: Mapping[str, int] | Callable[[str | None], Any] | None = None,
     ) -> None:
         match = _LIMIT.fullmatch(limit) if isinstance(limit, str) else None
         if match is None:
@@ -247,6 +255,7 @@ class Quota(Guard):
             cost=cost,
             name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
+            per_key=None if per_key is None else PerKey(per_key, count, "per_key"),
             _signature=None,
         )
 
@@ -260,6 +269,7 @@ class Quota(Guard):
             "cost": self.cost,
             "name": self.name,
             "on_outage": self.on_outage,
+            "per_key": None if self.per_key is None else self.per_key.source,
         }
 
     def starts(self, now: float | None = None) -> tuple[int, ...]:
@@ -285,7 +295,7 @@ class Quota(Guard):
         the window starts around ``now`` (default: this host's clock)."""
         return QuotaOp(
             key=keys.guard(QUOTA_KEY_KIND, self.name or "default", bucket),
-            limit=self.calls,
+            limit=self.calls if self.per_key is None else self.per_key.get(bucket, self.calls),
             cost=self.cost if cost is None else cost,
             starts=self.starts(now),
         )

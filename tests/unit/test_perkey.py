@@ -57,3 +57,11 @@ def test_a_callable_s_bad_value_is_reported_when_it_is_used() -> None:
     spec = Concurrency(2, key="{t}", per_key=lambda t: "ten")
     with pytest.raises(ConfigurationError, match=r"per_key\('x'\)"):
         spec.slot_op(KEYS, "x", "o")
+
+
+def test_a_quota_takes_each_key_s_allowance_from_the_table() -> None:
+    from taskguard import Quota
+
+    spec = Quota("100/day", key="{tenant}", per_key={"acme": 5000}, name="exports")
+    assert spec.op(KEYS, "acme").limit == 5000
+    assert spec.op(KEYS, "globex").limit == 100
