@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 
 from taskguard import Backend, signals
-from taskguard.celery._parking import LANE_SUFFIX
+from taskguard.celery._parking import lane_name
 from taskguard.celery._runtime import runtime_for
 from taskguard.heartbeat import heartbeat_for
 
@@ -31,15 +31,22 @@ def celery_app(backend: Backend, **config: Any) -> Iterator[Celery]:
         app.close()
 
 
-def run_as_worker(task: Any, *args: Any, task_id: str = "tid-1", **kwargs: Any) -> Any:
-    """Call the task the way the worker's tracer does: request pushed, not called directly."""
+def run_as_worker(
+    task: Any,
+    *args: Any,
+    task_id: str = "tid-1",
+    headers: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call the task the way the worker's tracer does: request pushed (with the message's
+    ``headers``), not called directly."""
     task.push_request(
         id=task_id,
         args=args,
         kwargs=kwargs,
         called_directly=False,
         is_eager=False,
-        headers=None,
+        headers=headers,
         retries=0,
         delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
     )
@@ -49,12 +56,12 @@ def run_as_worker(task: Any, *args: Any, task_id: str = "tid-1", **kwargs: Any) 
         task.pop_request()
 
 
-def published(app: Celery) -> list[Any]:
-    """Take every message waiting in the app's default queue and its deferral lane."""
+def published(app: Celery, queue: str | None = None) -> list[Any]:
+    """Take every message waiting in ``queue`` (default: the app's) and its deferral lane."""
+    queue = queue or app.conf.task_default_queue
     messages = []
-    queue = app.conf.task_default_queue
     with app.connection_for_read() as conn:
-        for name in (queue, queue + LANE_SUFFIX):
+        for name in dict.fromkeys((queue, lane_name(queue))):
             simple = conn.SimpleQueue(name)
             while True:
                 try:

@@ -15,27 +15,7 @@ from taskguard import ConfigurationError, Debounce, GuardedTask
 from taskguard.clock import FakeClock
 from taskguard.guards.debounce import HEADER_DEBOUNCE
 
-from .celery_harness import celery_app, of, published, recorded
-
-
-def run_as_worker(
-    task: Any, *args: Any, task_id: str, headers: dict[str, Any] | None = None
-) -> Any:
-    """Run the task as the worker's tracer does, with the message's headers."""
-    task.push_request(
-        id=task_id,
-        args=args,
-        kwargs={},
-        called_directly=False,
-        is_eager=False,
-        headers=headers,
-        retries=0,
-        delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
-    )
-    try:
-        return task(*args)
-    finally:
-        task.pop_request()
+from .celery_harness import celery_app, of, published, recorded, run_as_worker
 
 
 @pytest.fixture

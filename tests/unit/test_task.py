@@ -16,9 +16,10 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from taskguard import DeferralExhausted, GuardedTask, MemoryBackend, RateLimit, RateLimited, signals
 from taskguard.celery._deferral import HEADER_COUNT, HEADER_RESERVATION, HEADER_SINCE, DeferralState
-from taskguard.celery._parking import lane_name
 from taskguard.celery._runtime import runtime_for
 from taskguard.clock import FakeClock
+
+from .celery_harness import published
 
 
 @pytest.fixture
@@ -82,24 +83,6 @@ def run_as_worker(
         return task(*args, **kwargs)
     finally:
         task.pop_request()
-
-
-def published(app: Celery, queue: str | None = None) -> list[Any]:
-    """Take every message waiting in ``queue`` (default: the app's) and its deferral lane."""
-    queue = queue or app.conf.task_default_queue
-    messages = []
-    with app.connection_for_read() as conn:
-        for name in dict.fromkeys((queue, lane_name(queue))):
-            simple = conn.SimpleQueue(name)
-            while True:
-                try:
-                    message = simple.get(block=False)
-                except simple.Empty:
-                    break
-                message.ack()
-                messages.append(message)
-            simple.close()
-    return messages
 
 
 def test_admitted_task_runs_and_releases(app: Celery, events: list[Any]) -> None:

@@ -20,7 +20,7 @@ from taskguard.celery._runtime import runtime_for
 from taskguard.clock import FakeClock
 from taskguard.guards.pause import Pause
 
-from .celery_harness import celery_app, of, published, recorded
+from .celery_harness import celery_app, of, published, recorded, run_as_worker
 
 PARTNER = RateLimit("10/s", burst=10, key="{customer}", name="partner-api")
 
@@ -35,30 +35,6 @@ def app(backend: taskguard.MemoryBackend) -> Iterator[Celery]:
 def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     with recorded("task_deferred", "guard_released", "deferral_exhausted") as seen:
         yield seen
-
-
-def run_as_worker(
-    task: Any,
-    *args: Any,
-    task_id: str = "tid-1",
-    headers: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Call the task the way the worker's tracer does, with the message's headers."""
-    task.push_request(
-        id=task_id,
-        args=args,
-        kwargs=kwargs,
-        called_directly=False,
-        is_eager=False,
-        headers=headers,
-        retries=0,
-        delivery_info={"exchange": "", "routing_key": task.app.conf.task_default_queue},
-    )
-    try:
-        return task(*args, **kwargs)
-    finally:
-        task.pop_request()
 
 
 def partner(backend: taskguard.Backend) -> taskguard.RateLimiter:
