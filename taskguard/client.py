@@ -303,7 +303,8 @@ def connect(
     """Return a :class:`Client` for ``url``.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
+        url: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+            ``redis+sentinel://`` for Redis; ``memory://`` for a
             process-local backend; an existing :class:`Backend` is wrapped, a
             :class:`Client` returned as is. Defaults to ``$TASKGUARD_REDIS_URL``, then
             ``redis://localhost:6379/0``.

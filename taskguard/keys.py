@@ -257,8 +257,18 @@ class KeySchema:
         """Tickets handed back whose message has not arrived yet (ticket -> deadline ms)."""
         return f"{self._head}:parkout"
 
-    def breaker_events(self) -> str:
-        """The pub/sub channel every hot-path breaker of this prefix listens on."""
+    def breaker_events(self, *, sharded: bool = False) -> str:
+        """The pub/sub channel every hot-path breaker of this prefix listens on.
+
+        ``sharded`` (Redis Cluster with ``SPUBLISH``): the channel carries the guard hash
+        tag, so a script running on the breakers' slot may ``SPUBLISH`` to it.
+
+        Example:
+            >>> KeySchema("tg").breaker_events(), KeySchema("tg").breaker_events(sharded=True)
+            ('tg:breaker-events', 'tg:{tg}:breaker-events')
+        """
+        if sharded:
+            return f"{self._head}:breaker-events"
         return f"{self.prefix}:breaker-events"
 
     def events(self) -> str:

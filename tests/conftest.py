@@ -35,6 +35,7 @@ from taskguard.testing.servers import (
     postgres_available,
     redis_available,
 )
+from taskguard.testing.topologies import RedisCluster, RedisSentinel
 
 # ``pytester`` runs a pytest session inside a test: tests/test_servers.py uses it to check
 # what a fixture's teardown leaves behind.
@@ -106,6 +107,30 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` URL: ``$TASKGUARD_TEST_CLUSTER_URL``, else a 3-master cluster
+    (1 replica each) started on loopback for the session and stopped after it."""
+    configured = os.environ.get("TASKGUARD_TEST_CLUSTER_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    with RedisCluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """A ``redis+sentinel://`` URL: ``$TASKGUARD_TEST_SENTINEL_URL``, else a master, a
+    replica and 3 sentinels started on loopback for the session and stopped after it."""
+    configured = os.environ.get("TASKGUARD_TEST_SENTINEL_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    with RedisSentinel() as sentinel:
+        yield sentinel.url
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 
 from taskguard.backend import resolve_target
 from taskguard.backend.memory import MemoryBackend
+from taskguard.backend.topology import REDIS_SCHEMES
 from taskguard.cache.config import CacheOptions
 from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.guards.keying import KeySource
@@ -132,7 +133,8 @@ def connect(
     to the loop that opened them).
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
+        url: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+            ``redis+sentinel://`` for Redis; ``memory://`` for a
             process-local backend; a sync :class:`~taskguard.MemoryBackend` to share
             (``taskguard.connect("memory://").backend``), or an :class:`AsyncBackend`.
             Defaults to ``$TASKGUARD_REDIS_URL``, then ``redis://localhost:6379/0``.
@@ -152,8 +154,9 @@ def connect(
     target, keys = resolve_target(url, prefix)
     if target.startswith("memory://"):
         return AsyncClient(AsyncMemoryBackend(keys=keys, **options))
-    if target.split("://", 1)[0] in ("redis", "rediss", "unix"):
+    if target.split("://", 1)[0].lower() in REDIS_SCHEMES:
         return AsyncClient(AsyncRedisBackend(target, keys=keys, **options))
     raise ValueError(
-        f"unsupported backend URL {redact(target)!r}: use redis://, rediss://, unix:// or memory://"
+        f"unsupported backend URL {redact(target)!r}: use a Redis URL "
+        "(redis://, rediss://, unix://, redis+cluster://, redis+sentinel://) or memory://"
     )

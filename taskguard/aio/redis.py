@@ -24,19 +24,20 @@ from taskguard.backend.lua import Script
 from taskguard.backend.memory import MemoryBackend
 from taskguard.backend.ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
 from taskguard.backend.outage import OutageBreaker
+from taskguard.backend.topology import async_client_for
 from taskguard.backend.wire import (
     REDIS_ERRORS,
     admission_from,
     admit_call,
     blpop_slice,
     blpop_timeout,
+    breaker_read_call,
     breaker_state_from,
     client_options,
     encode,
     failure,
     named_script,
     queue_breaker_action,
-    queue_breaker_read,
     script_for,
 )
 from taskguard.errors import TaskGuardError
@@ -59,7 +60,8 @@ class AsyncRedisBackend(AsyncBackend):
     immediate retry, and a per-process outage breaker that fails fast while Redis is down.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://``.
+        url: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+            ``redis+sentinel://`` (see :mod:`taskguard.backend.topology`).
         keys: The key schema (prefix and hash tag).
         socket_timeout: Seconds before a read gives up.
         socket_connect_timeout: Seconds before a connect gives up.
@@ -86,9 +88,7 @@ class AsyncRedisBackend(AsyncBackend):
         )
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
-        self.client: redis.asyncio.Redis = client or redis.asyncio.Redis.from_url(
-            url, **self._options
-        )
+        self.client: redis.asyncio.Redis = client or async_client_for(url, self._options)
 
     def __repr__(self) -> str:
         return f"AsyncRedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
@@ -96,7 +96,9 @@ class AsyncRedisBackend(AsyncBackend):
     @property
     def socket_timeout(self) -> float | None:
         """Seconds a read waits for a reply (a blocking command must ask for less)."""
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        pool = getattr(self.client, "connection_pool", None)  # none on RedisCluster
+        kwargs = pool.connection_kwargs if pool is not None else self._options
+        timeout = kwargs.get("socket_timeout")
         return float(timeout) if timeout is not None else None
 
     @functools.cached_property
@@ -187,11 +189,8 @@ class AsyncRedisBackend(AsyncBackend):
         return [bool(r) for r in replies]
 
     async def breaker_state(self, op: BreakerOp) -> str:
-        async with self.commands("breaker state") as client:
-            pipe = client.pipeline(transaction=False)
-            queue_breaker_read(pipe, op)
-            replies = await pipe.execute()
-        return breaker_state_from(replies)
+        script, keys, args = breaker_read_call(op)
+        return breaker_state_from(await self._run(script, keys, args, "breaker state"))
 
     async def set_breaker(self, op: BreakerOp, action: str) -> None:
         async with self.commands(f"breaker {action}") as client:

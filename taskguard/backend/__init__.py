@@ -12,6 +12,7 @@ from .base import Backend
 from .memory import MemoryBackend
 from .ops import Admission, Op, RateOp
 from .redis import RedisBackend
+from .topology import REDIS_SCHEMES
 
 __all__ = [
     "Admission",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"
+_SCHEMES = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
 
 
 def backend_from_url(
@@ -33,7 +35,8 @@ def backend_from_url(
     """Return the backend for ``url``.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` for Redis; ``memory://`` for a
+        url: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+            ``redis+sentinel://`` for Redis (see :mod:`.topology`); ``memory://`` for a
             process-local backend. Defaults to ``$TASKGUARD_REDIS_URL``, then
             ``redis://localhost:6379/0``.
         prefix: Key prefix for every key this backend writes. Defaults to
@@ -46,11 +49,9 @@ def backend_from_url(
     url, keys = resolve_target(url, prefix)
     if url.startswith("memory://"):
         return MemoryBackend(keys=keys, **options)
-    if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+    if url.split("://", 1)[0].lower() in REDIS_SCHEMES:
         return RedisBackend(url, keys=keys, **options)
-    raise ValueError(
-        f"unsupported backend URL {redact(url)!r}: use redis://, rediss://, unix:// or memory://"
-    )
+    raise ValueError(f"unsupported backend URL {redact(url)!r}: use {_SCHEMES} or memory://")
 
 
 def resolve_target(url: str | None, prefix: str | None) -> tuple[str, KeySchema]:

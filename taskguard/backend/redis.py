@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,23 +24,27 @@ from .base import Backend
 from .lua import Script
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
 from .outage import OutageBreaker
+from .topology import client_for, is_cluster, parse_target
 from .wire import (
     REDIS_ERRORS,
     admission_from,
     admit_call,
     blpop_slice,
     blpop_timeout,
+    breaker_read_call,
     breaker_state_from,
     client_options,
     encode,
     failure,
     named_script,
     queue_breaker_action,
-    queue_breaker_read,
     script_for,
 )
 
-__all__ = ["RedisBackend", "require_redis"]
+__all__ = ["MESSAGE_TYPES", "RedisBackend", "require_redis"]
+
+#: The types of a pub/sub message delivered to a subscriber (not a confirmation).
+MESSAGE_TYPES = frozenset({"message", "smessage"})
 
 logger = logging.getLogger("taskguard.backend")
 
@@ -48,7 +54,10 @@ class RedisBackend(Backend):
 
     Args:
         url: ``redis://[:password@]host[:port][/db]``, ``rediss://`` (TLS; pass ``ssl_*``
-            options in ``redis_options`` or the URL query), or ``unix:///path?db=N``.
+            options in ``redis_options`` or the URL query), ``unix:///path?db=N``,
+            ``redis+cluster://h1:p1,h2:p2/`` (Redis Cluster) or
+            ``redis+sentinel://h1:p1,h2:p2/<service>/<db>`` (Sentinel); see
+            :mod:`taskguard.backend.topology`.
         keys: The key schema (prefix and hash tag).
         socket_timeout: Seconds before a read gives up. Keep it short: while Redis is down,
             the outage policy decides, and a long timeout only slows every task.
@@ -80,18 +89,52 @@ class RedisBackend(Backend):
         # Taken out of any error text that reaches a log or an exception.
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
-        self._client = client or self._make_client()
+        # Built on first use: a RedisCluster client connects as it is made, and a backend
+        # made while Redis is down must still work (its calls fail as outages).
+        self._client: redis.Redis | None = client
+        self._client_lock = threading.Lock()
         self._pid = os.getpid()
 
     def _make_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, **self._options)
+        return client_for(self.url, self._options)
+
+    @functools.cached_property
+    def topology(self) -> str:
+        """``"single"``, ``"cluster"`` or ``"sentinel"``: what :attr:`url` names."""
+        if self._given_client is not None and is_cluster(self._given_client):
+            return "cluster"
+        return parse_target(self.url).topology
+
+    @functools.cached_property
+    def sharded_pubsub(self) -> bool:
+        """True on a Redis Cluster of Redis >= 7: channels are then sharded (``SPUBLISH``
+        and ``SSUBSCRIBE`` reach only the node that owns the channel's slot, instead of a
+        ``PUBLISH`` sent to every node)."""
+        if self.topology != "cluster":
+            return False
+        try:
+            with self.commands("INFO server"):
+                info = self.client.info("server")
+        except TaskGuardError:
+            return True  # not known now: assume a current Redis (7.0 came out in 2022)
+        # RedisCluster answers per node ({node: info}) or merged, by version: read either.
+        found = info.get("redis_version") or next(
+            (v.get("redis_version") for v in info.values() if isinstance(v, dict)), "0"
+        )
+        return int(str(found).split(".")[0]) >= 7
 
     @property
     def client(self) -> redis.Redis:
         """The redis-py client (rebuilt in a forked child)."""
         if self._pid != os.getpid():
             self.reset_after_fork()
-        return self._client
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._make_client()
+                client = self._client
+        return client
 
     @property
     def socket_timeout(self) -> float | None:
@@ -101,7 +144,9 @@ class RedisBackend(Backend):
         must ask to block for less than this, or an empty wait ends in a timeout, which
         counts as an outage.
         """
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        pool = getattr(self._given_client, "connection_pool", None)
+        kwargs = pool.connection_kwargs if pool is not None else self._options
+        timeout = kwargs.get("socket_timeout")
         return float(timeout) if timeout is not None else None
 
     def __repr__(self) -> str:
@@ -174,13 +219,49 @@ class RedisBackend(Backend):
         return reply
 
     def publish(self, channel: str, message: str, *, what: str = "PUBLISH") -> int:
-        """Publish ``message`` on ``channel``; returns how many subscribers got it."""
+        """Publish ``message`` on ``channel``; returns how many subscribers got it.
+
+        ``SPUBLISH`` when :attr:`sharded_pubsub`, else ``PUBLISH``."""
+        sharded = self.sharded_pubsub
         with self.commands(what) as client:
+            if sharded:
+                return int(client.spublish(channel, message))
             return int(client.publish(channel, message))
 
-    def pubsub(self) -> redis.client.PubSub:
-        """A new pub/sub connection (subscription confirmations are not delivered)."""
-        return self.client.pubsub(ignore_subscribe_messages=True)
+    def pubsub(self, channel: str | None = None) -> redis.client.PubSub:
+        """A new pub/sub connection (subscription confirmations are not delivered).
+
+        On Redis Cluster it is a connection to the node that owns ``channel``'s slot:
+        that node gets every ``SPUBLISH`` to it, and every node gets a ``PUBLISH``.
+        Subscribe with :meth:`subscribe`, which picks ``SSUBSCRIBE`` or ``SUBSCRIBE``.
+        """
+        with self.commands("pub/sub connection") as client:
+            if self.topology != "cluster":
+                return client.pubsub(ignore_subscribe_messages=True)
+            if channel is None:
+                raise ValueError("on Redis Cluster, pubsub() needs the channel")
+            cluster: Any = client
+            node: redis.Redis = cluster.get_redis_connection(cluster.get_node_from_key(channel))
+            return node.pubsub(ignore_subscribe_messages=True)
+
+    def subscribe(self, pubsub: redis.client.PubSub, channel: str) -> None:
+        """Subscribe ``pubsub`` (from :meth:`pubsub`) to ``channel``: ``SSUBSCRIBE`` when
+        :attr:`sharded_pubsub`, else ``SUBSCRIBE``. Its messages have the type
+        ``"smessage"`` or ``"message"`` (see :data:`MESSAGE_TYPES`)."""
+        if self.sharded_pubsub:
+            pubsub.ssubscribe(channel)
+        else:
+            pubsub.subscribe(channel)
+
+    def breaker_channel(self) -> str:
+        """The channel the hot-path breakers of this prefix announce state changes on
+        (:meth:`KeySchema.breaker_events`). With sharded pub/sub, a script ``SPUBLISH``-es
+        to it, so it carries the breakers' hash tag (their keys' slot)."""
+        return self.keys.breaker_events(sharded=self.sharded_pubsub)
+
+    def publish_command(self) -> str:
+        """``"SPUBLISH"`` or ``"PUBLISH"``: what a script publishes with."""
+        return "SPUBLISH" if self.sharded_pubsub else "PUBLISH"
 
     def run_script_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *, what: str
@@ -217,11 +298,8 @@ class RedisBackend(Backend):
         return [bool(r) for r in self._run(script_for("renew", ops), keys, args, "renewal")]
 
     def breaker_state(self, op: BreakerOp) -> str:
-        with self.commands("breaker state"):
-            pipe = self.client.pipeline(transaction=False)
-            queue_breaker_read(pipe, op)
-            replies = pipe.execute()
-        return breaker_state_from(replies)
+        script, keys, args = breaker_read_call(op)
+        return breaker_state_from(self._run(script, keys, args, "breaker state"))
 
     def set_breaker(self, op: BreakerOp, action: str) -> None:
         with self.commands(f"breaker {action}"):
@@ -255,18 +333,23 @@ class RedisBackend(Backend):
             self.client.ping()
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def reset_after_fork(self) -> None:
         # The parent's sockets must not be shared: build a fresh pool and forget the
         # parent's outage state. The scripts stay cached server-side.
         self._pid = os.getpid()
         self.breaker.reset()
+        self._client_lock = threading.Lock()  # another thread may have held it at fork
         if self._given_client is not None:
-            self._given_client.connection_pool.reset()
+            # A RedisCluster has no single pool: its node pools check the pid themselves.
+            pool = getattr(self._given_client, "connection_pool", None)
+            if pool is not None:
+                pool.reset()
             self._client = self._given_client
         else:
-            self._client = self._make_client()
+            self._client = None  # made again on first use
 
 
 def _send(

@@ -2,7 +2,9 @@
 
 Only what passes by itself is an outage, decided by the guards' outage policies:
 
-- ``outage``: a connection lost or refused, a timeout, and the server states ``LOADING``,
+- ``outage``: a connection lost or refused, a timeout, no reachable Redis Cluster node or
+  no master for a slot (a cluster in failover), a Sentinel that knows no master, and the
+  server states ``LOADING``,
   ``READONLY``, ``MASTERDOWN``, ``TRYAGAIN``, ``CLUSTERDOWN``, ``BUSY``, ``NOREPLICAS``,
   ``UNBLOCKED``. Raised as ``BackendUnavailable``; the outage breaker opens.
 - ``refused``: ``OOM`` and ``MISCONF``, a server that answers but refuses writes. Raised
@@ -67,6 +69,14 @@ _AUTH_ERRORS: tuple[type[BaseException], ...] = tuple(
     )
     if isinstance(cls := getattr(_E, name, None), type)
 )
+# Redis Cluster clients raise these (not RedisError subclasses) when no node answers or a
+# slot has no master: a cluster in failover or down. A key-routing mistake (keys of one
+# call in several slots) is a RedisClusterException too, and stays an error.
+_CLUSTER_OUTAGES: tuple[type[BaseException], ...] = tuple(
+    cls
+    for name in ("RedisClusterUnreachableError", "SlotNotCoveredError")
+    if isinstance(cls := getattr(_E, name, None), type)
+)
 _CODE = re.compile(r"[A-Z][A-Z_]+")
 # Redis 6.2 wraps the error of a command a script called: "ERR Error running script (call
 # to f_...): @user_script:1: @user_script: 1: -OOM command not allowed ..." or "...
@@ -113,6 +123,8 @@ def classify(exc: BaseException) -> Classified:
     if isinstance(exc, _E.ResponseError):
         return Classified("error", code, text)
     if isinstance(exc, (_E.ConnectionError, _E.TimeoutError, _E.ClusterError, OSError)):
+        return Classified("outage", None, text)
+    if isinstance(exc, _CLUSTER_OUTAGES):  # no node reachable, a slot no node serves
         return Classified("outage", None, text)
     # DataError, InvalidResponse (not a Redis server), PubSubError...: not an outage.
     return Classified("error", code, text)

@@ -30,18 +30,20 @@ __all__ = [
     "admit_call",
     "blpop_slice",
     "blpop_timeout",
+    "breaker_read_call",
     "breaker_state_from",
     "client_options",
     "encode",
     "failure",
     "named_script",
     "queue_breaker_action",
-    "queue_breaker_read",
     "script_for",
 ]
 
-#: What a call to Redis can raise; :func:`failure` sorts outages from errors.
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+#: What a call to Redis can raise; :func:`failure` sorts outages from errors. A Redis
+#: Cluster client's own errors (no reachable node, keys in several slots) are no
+#: ``RedisError``.
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 _SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
 _BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
@@ -150,15 +152,16 @@ def client_options(
     }
 
 
-def queue_breaker_read(pipe: Any, op: BreakerOp) -> None:
-    """Queue on ``pipe`` what :func:`breaker_state_from` reads: ``TIME`` and the state."""
-    pipe.time()
-    pipe.hmget(op.key, "state", "until", "forced")
+def breaker_read_call(op: BreakerOp) -> tuple[Script, list[str], list[Any]]:
+    """The script, KEYS and ARGV reading breaker ``op``'s state and the server's time
+    (``breaker_read.lua``; :func:`breaker_state_from` reads its reply)."""
+    return named_script("breaker_read", ()), [op.key], []
 
 
-def breaker_state_from(replies: Sequence[Any]) -> str:
-    """The effective breaker state from the replies of :func:`queue_breaker_read`."""
-    (seconds, micros), (state, until, forced) = replies
+def breaker_state_from(reply: Sequence[Any]) -> str:
+    """The effective breaker state from the reply of :func:`breaker_read_call`."""
+    seconds, micros, *fields = [*reply, None, None, None][:5]
+    state, until, forced = fields
     return effective_state(state, until, forced, seconds * 1000 + micros // 1000)
 
 

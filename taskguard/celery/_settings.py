@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from taskguard._validate import choice, count, flag, import_path, seconds, text
 from taskguard._validate import key_prefix as check_prefix
+from taskguard.backend.topology import REDIS_SCHEMES
 from taskguard.drain.config import DrainSettings
 from taskguard.errors import ConfigurationError
 from taskguard.guards.base import OUTAGE_POLICIES, Guard, check_outage_policy, guard_classes
@@ -46,9 +47,10 @@ def guard_kinds() -> tuple[str, ...]:
 
 def _url(value: object) -> str:
     url = text(value, "redis_url")
-    if url.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
+    if url.split("://", 1)[0].lower() not in (*REDIS_SCHEMES, "memory"):
         raise ConfigurationError(
-            f"must be a redis://, rediss://, unix:// or memory:// URL, got {redact(url)!r}",
+            "must be a redis://, rediss://, unix://, redis+cluster://, redis+sentinel:// "
+            f"or memory:// URL, got {redact(url)!r}",
             field="redis_url",
         )
     return url

@@ -27,7 +27,7 @@ __all__ = [
 #: reply, and an operator would rather wait than see a timeout (a worker's is 0.5 s).
 SOCKET_TIMEOUT = 5.0
 
-_NOT_REDIS = "must be a redis://, rediss:// or unix:// URL"
+_NOT_REDIS = "must be a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL"
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 

@@ -24,7 +24,7 @@ logger = logging.getLogger("taskguard.drain")
 
 T = TypeVar("T")
 
-_NOT_REDIS = "must be a redis://, rediss:// or unix:// URL"
+_NOT_REDIS = "must be a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL"
 
 _redis_url = click.option(
     "--redis-url",
@@ -177,9 +177,7 @@ def drain(
     settings = _settings(raw | tunables)
     backend = _checked(lambda p: backend_from_url(redis_url, prefix=p), prefix)
     if not isinstance(backend, RedisBackend):
-        raise click.BadParameter(
-            "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
-        )
+        raise click.BadParameter(_NOT_REDIS, param_hint="--redis-url")
     store = _checked(store_from_settings, settings)
     metrics = _checked(
         MetricsSettings.from_mapping, {"port": metrics_port, "address": metrics_address}
@@ -287,8 +285,6 @@ def requeue_dead_letters(
 
     backend = _checked(lambda p: backend_from_url(redis_url, prefix=p), prefix)
     if not isinstance(backend, RedisBackend):
-        raise click.BadParameter(
-            "must be a redis://, rediss:// or unix:// URL", param_hint="--redis-url"
-        )
+        raise click.BadParameter(_NOT_REDIS, param_hint="--redis-url")
     count = requeue(backend, namespace, limit=limit)
     click.echo(f"re-queued {count} dead letter(s) of {namespace!r}")

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import redis
-
 from taskguard import _instrument, signals
 from taskguard.backend.redis import RedisBackend
+from taskguard.backend.wire import REDIS_ERRORS as WIRE_ERRORS
 from taskguard.errors import BackendError, BackendUnavailable, StoreError
 from taskguard.sinks.base import Record, Store, accepts_json_text
 
@@ -46,7 +45,7 @@ T = TypeVar("T")
 
 #: Errors that mean Redis is not answering (the batch waits for it). A BackendError (a
 #: permission, a script error) waits too, logged: the records are safe in their stream.
-REDIS_ERRORS = (redis.RedisError, OSError, BackendUnavailable, BackendError)
+REDIS_ERRORS = (*WIRE_ERRORS, BackendUnavailable, BackendError)
 
 
 class Abandoned(Exception):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from taskguard.backend.redis import RedisBackend
+from taskguard.backend.topology import scan_page
 from taskguard.cache.records import MAX_PARTITIONS
 from taskguard.keys import KeySchema
 
@@ -153,8 +154,7 @@ class StreamScan:
                     return found
 
     def _scan(self, client: Any, cursor: int) -> tuple[int, list[Any]]:
-        reply = client.scan(cursor, match=self.pattern, count=SCAN_COUNT, _type="stream")
-        return int(reply[0]), list(reply[1])
+        return scan_page(client, cursor, match=self.pattern, count=SCAN_COUNT, _type="stream")
 
     def _parse(self, names: Iterable[bytes | str]) -> Found:
         found: Found = {}

@@ -69,8 +69,9 @@ def queue_metrics(backend: RedisBackend, partitions: Sequence[Partition]) -> Dra
         return DrainMetrics()
     dead_letter_keys = sorted({p.dead_letters for p in partitions})
     with backend.commands("drain metrics") as client:
+        # TIME on its own: a Redis Cluster pipeline cannot carry a key-less command.
+        seconds, micros = client.time()
         pipe = client.pipeline(transaction=False)
-        pipe.time()
         for partition in partitions:
             pipe.xlen(partition.stream)
             pipe.xrange(partition.stream, "-", "+", count=1)
@@ -78,19 +79,18 @@ def queue_metrics(backend: RedisBackend, partitions: Sequence[Partition]) -> Dra
         for key in dead_letter_keys:
             pipe.xlen(key)
         replies = pipe.execute(raise_on_error=False)
-    seconds, micros = replies[0]
     now_ms = seconds * 1000 + micros // 1000
     backlog = pending = 0
     oldest_ms: int | None = None
     for i in range(len(partitions)):
-        length, first, summary = replies[1 + 3 * i : 4 + 3 * i]
+        length, first, summary = replies[3 * i : 3 + 3 * i]
         backlog += int(length)
         if first and not isinstance(first, Exception):
             ms = int(first[0][0].split(b"-")[0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
         if isinstance(summary, dict):  # an error (no group yet) counts as none pending
             pending += int(summary["pending"])
-    dead = sum(int(n) for n in replies[1 + 3 * len(partitions) :])
+    dead = sum(int(n) for n in replies[3 * len(partitions) :])
     age = max(now_ms - oldest_ms, 0) / 1000 if oldest_ms is not None else 0.0
     return DrainMetrics(backlog=backlog, oldest_age=age, pending=pending, dead_letters=dead)
 

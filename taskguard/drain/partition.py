@@ -8,12 +8,14 @@ Redis is reached only through the backend's port (``run_script``, ``run_script_m
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from taskguard.backend.redis import RedisBackend
 from taskguard.cache.records import version_of
@@ -177,12 +179,19 @@ def read_new(
     is there; only when that finds nothing does one blocking XREADGROUP over every
     partition wait for the next write. ``block`` must be shorter than the backend's
     :attr:`~taskguard.backend.redis.RedisBackend.socket_timeout`.
+
+    On Redis Cluster the partitions' streams live in different slots, and one command
+    reads one slot: the blocking read then waits on the partitions of one slot (in turn)
+    for at most :data:`CLUSTER_BLOCK` seconds, so a write to another slot waits that long
+    at most before the next pipelined read finds it.
     """
     calls = [([p.stream], [GROUP, consumer, count]) for p in partitions]
     replies = backend.run_script_many("drain_read", calls, what="drain read")
     result = {p: reply for p, reply in zip(partitions, replies, strict=True) if reply}
     if result or not block:
         return result
+    if backend.topology == "cluster":
+        partitions, block = _one_slot(partitions), min(block, CLUSTER_BLOCK)
     by_stream = {p.stream: p for p in partitions}
     with backend.commands("drain XREADGROUP") as client:
         reply: Any = client.xreadgroup(
@@ -201,6 +210,20 @@ def read_new(
         if entries:
             result[by_stream[_text(stream)]] = entries
     return result
+
+
+#: The longest a drain thread on Redis Cluster blocks on one slot's partitions.
+CLUSTER_BLOCK = 0.05
+_turn = itertools.count()
+
+
+def _one_slot(partitions: Sequence[Partition]) -> list[Partition]:
+    """The partitions of one slot among ``partitions``, a different slot each call."""
+    by_slot: dict[int, list[Partition]] = {}
+    for partition in partitions:
+        by_slot.setdefault(key_slot(partition.stream.encode()), []).append(partition)
+    slots = sorted(by_slot)
+    return by_slot[slots[next(_turn) % len(slots)]]
 
 
 def _bytes(value: bytes | str) -> bytes:

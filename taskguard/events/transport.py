@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import redis
 
 from taskguard.backend.base import Backend
-from taskguard.backend.redis import RedisBackend
+from taskguard.backend.redis import MESSAGE_TYPES, RedisBackend
 from taskguard.errors import BackendUnavailable
 
 __all__ = ["Listener", "listen", "send"]
@@ -86,11 +86,11 @@ class _RedisListener:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        pubsub = self.backend.pubsub()
+        pubsub = self.backend.pubsub(self.channel)
         wait = max(self.backend.socket_timeout or 0.0, CONFIRM_TIMEOUT)
         try:
             with self.backend.commands("events subscribe"):
-                pubsub.subscribe(self.channel)
+                self.backend.subscribe(pubsub, self.channel)
                 # Replies come in order: the PONG follows the SUBSCRIBE's confirmation, so
                 # once it is here the server delivers every later PUBLISH to us.
                 pubsub.ping()
@@ -104,7 +104,7 @@ class _RedisListener:
                         continue
                     if message["type"] == "pong":
                         break
-                    if message["type"] == "message":
+                    if message["type"] in MESSAGE_TYPES:
                         self._pending.append(_text(message["data"]))
         except BaseException:
             pubsub.close()
@@ -133,7 +133,7 @@ class _RedisListener:
                 self._drop()
                 self._retry_at = time.monotonic() + RESUBSCRIBE_EVERY
                 return None
-        if message is None or message["type"] != "message":
+        if message is None or message["type"] not in MESSAGE_TYPES:
             return None
         return _text(message["data"])
 

@@ -22,6 +22,10 @@ from .breaker_spec import CircuitBreaker
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
 
+#: The types of a delivered pub/sub message (``smessage``: sharded pub/sub on Cluster);
+#: :data:`taskguard.backend.redis.MESSAGE_TYPES`, not imported at run time.
+MESSAGE_TYPES = frozenset({"message", "smessage"})
+
 __all__ = ["FlushedBreaker", "agent_for"]
 
 logger = logging.getLogger("taskguard.breaker")
@@ -59,7 +63,7 @@ class _Agent:
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self.pid = os.getpid()
-        self.channel = backend.keys.breaker_events()
+        self.channel = backend.breaker_channel()
         self._breakers: dict[str, weakref.WeakSet[FlushedBreaker]] = {}
         self._lock = threading.Lock()
         self._pubsub: Any = None
@@ -83,9 +87,9 @@ class _Agent:
             return list(self._breakers.get(name, ()))
 
     def _subscribe(self) -> None:
-        pubsub = self.backend.pubsub()
+        pubsub = self.backend.pubsub(self.channel)
         try:
-            pubsub.subscribe(self.channel)
+            self.backend.subscribe(pubsub, self.channel)
         except BaseException:
             pubsub.close()
             raise
@@ -157,7 +161,7 @@ class _Agent:
             except Exception:
                 self._drop_pubsub()
                 return
-            if message is not None and message.get("type") == "message":
+            if message is not None and message.get("type") in MESSAGE_TYPES:
                 self._apply(_text(message["data"]))
             if time.monotonic() >= deadline:
                 return

@@ -78,7 +78,7 @@ def publish_refresh(backend: RedisBackend, name: str) -> None:
     when Redis cannot be reached: the flush replies catch up within an interval anyway."""
     # The new state's open time is not known here: the subscribers read it themselves.
     try:
-        backend.publish(backend.keys.breaker_events(), f"{name}|refresh|0", what="breaker publish")
+        backend.publish(backend.breaker_channel(), f"{name}|refresh|0", what="breaker publish")
     except BackendUnavailable as exc:
         logger.warning("circuit %r: state change not published: %s", name, exc)
 
@@ -223,11 +223,12 @@ class HotPathBreaker(Breaker):
             batch, self._batch = self._batch, _Batch(self.spec.window)
         op = self.spec.call_op(self.backend.keys, "-")
         keys = [op.key, op.window_key, op.probes_key]
-        channel = self.backend.keys.breaker_events()
+        channel = self.redis_backend.breaker_channel()
         args = [
             *batch.args(),
             channel,
             self.spec.name,
+            self.redis_backend.publish_command(),
             1,
             "cb",
             3,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from taskguard.backend.redis import RedisBackend
+from taskguard.backend.topology import scan_page
 from taskguard.guards.quota import QUOTA_KEY_KIND
 from taskguard.keys import KeySchema
 
@@ -65,7 +66,7 @@ def scan_guards(client: Any, keys: KeySchema) -> dict[str, list[Ref]]:
     cursor = 0
     pattern = keys.guard_pattern()
     while True:
-        cursor, names = client.scan(cursor, match=pattern, count=SCAN_COUNT)
+        cursor, names = scan_page(client, cursor, match=pattern, count=SCAN_COUNT)
         for raw in names:
             name = text(raw)
             if name in seen:  # SCAN may return a key twice

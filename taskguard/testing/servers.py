@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -120,6 +121,8 @@ class RedisServer:
         directory: Working directory (log, append-only file); a temporary directory
             removed on exit by default.
         appendonly: Keep an append-only file, so data survives :meth:`restart`.
+        extra_args: More ``redis-server`` arguments (``["--replicaof", "127.0.0.1",
+            "7000"]``); see :mod:`taskguard.testing.topologies` for clusters and sentinels.
 
     Attributes:
         port: The port it listens on.
@@ -133,7 +136,9 @@ class RedisServer:
         binary: str | None = None,
         directory: str | None = None,
         appendonly: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        self.extra_args = tuple(extra_args)
         self._fixed_port = port is not None
         self.port: int = port if port is not None else free_port()
         self.binary = binary or find_redis_server()
@@ -172,6 +177,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--dir", str(self.directory),
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -262,6 +268,14 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 kill(process)
         self._forget()
+
+    def crash(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash or a lost machine would: no
+        shutdown, no final save. :meth:`start` brings it back on the same port."""
+        if self._process is not None:
+            kill(self._process)
+        self._forget()
+        self._fixed_port = True
 
     def restart(self, timeout: float = 10.0) -> None:
         """Stop the server, then start it again on the same port."""

@@ -9,7 +9,9 @@ import pytest
 import taskguard
 from taskguard.backend.ops import RateOp
 
-from .harness import REDIS_ONLY, Contract
+from .harness import REDIS_ONLY, TOPOLOGIES, Contract
+
+pytestmark = TOPOLOGIES
 
 
 @pytest.fixture

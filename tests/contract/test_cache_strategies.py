@@ -24,14 +24,21 @@ from taskguard.sinks import Loaded, Record
 from taskguard.testing import wait_until
 from tests.unit.test_cache_fakes import MemoryStore
 
-from .harness import REDIS_ONLY, Contract
+from .harness import REDIS_ONLY, TOPOLOGIES, Contract
 
-pytestmark = REDIS_ONLY
+pytestmark = [REDIS_ONLY, TOPOLOGIES]
 
 
 @pytest.fixture
 def backend(contract: Contract) -> Backend:
     return contract.backend
+
+
+@pytest.fixture
+def redis_client(contract: Contract) -> Any:
+    """The contract's own client: under Cluster and Sentinel, the root fixture's server is
+    not the one under test."""
+    return contract.client
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import taskguard
 from taskguard.errors import LockHeld, LockLost
 from taskguard.guards.lock import HeldLock
 
-from .harness import REDIS_ONLY, Contract
+from .harness import REDIS_ONLY, TOPOLOGIES, Contract
+
+pytestmark = TOPOLOGIES
 
 
 def release_later(held: HeldLock, delay: float = 0.2) -> threading.Timer:

@@ -10,7 +10,9 @@ import pytest
 import taskguard
 from taskguard import ConcurrencyLimitReached
 
-from .harness import REDIS_ONLY, Contract
+from .harness import REDIS_ONLY, TOPOLOGIES, Contract
+
+pytestmark = TOPOLOGIES
 
 
 def test_acquire_is_woken_by_a_release_from_another_thread(contract: Contract) -> None:

@@ -19,7 +19,9 @@ import taskguard
 from taskguard.backend.ops import RateOp, SlotOp
 from taskguard.testing import wait_until
 
-from .harness import REDIS_ONLY, Contract
+from .harness import CLUSTER_TOO, REDIS_ONLY, Contract
+
+pytestmark = CLUSTER_TOO
 
 
 @dataclass

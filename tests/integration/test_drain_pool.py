@@ -71,11 +71,22 @@ def stored(store: SQLStore, keys: list[str], namespace: str = NS) -> dict[str, A
     return {k: (None if row.deleted else row.value) for k, row in rows.items()}
 
 
+#: Runs a test on one Redis server, on Redis Cluster (partitions spread over the masters,
+#: found by a SCAN of each) and on a master found through Sentinel.
+TOPOLOGIES = pytest.mark.parametrize("backend", ["cluster", "sentinel"], indirect=True)
+_TOPOLOGY_URLS = {"cluster": "redis_cluster_url", "sentinel": "redis_sentinel_url"}
+
+
 @pytest.fixture
-def backend(redis_url: str, tg_prefix: str) -> Iterator[RedisBackend]:
-    found = taskguard.connect(redis_url, prefix=tg_prefix).backend
+def backend(request: pytest.FixtureRequest, tg_prefix: str) -> Iterator[RedisBackend]:
+    topology = getattr(request, "param", "single")
+    url: str = request.getfixturevalue(_TOPOLOGY_URLS.get(topology, "redis_url"))
+    found = taskguard.connect(url, prefix=tg_prefix).backend
     assert isinstance(found, RedisBackend)
     yield found
+    if topology != "single":  # tg_prefix cleans the single server only
+        for key in found.client.scan_iter(match=f"{tg_prefix}:*", count=500):
+            found.client.unlink(key)
     found.close()
 
 
@@ -126,6 +137,25 @@ def test_everything_is_written_with_the_latest_value_and_dirty_marks_cleared(
     assert found.rows_written <= found.records_acked
     assert found.coalescing_ratio >= 1.0
     assert found.dead_letters == 0
+
+
+@TOPOLOGIES
+def test_on_cluster_and_sentinel_everything_is_written(
+    backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
+) -> None:
+    # On Cluster the 8 partitions' streams sit in 8 slots, over the masters: discovery
+    # scans every master, and each read or ack goes to its partition's node.
+    for i in range(1000):
+        producer.put(f"user:{i % 200}", {"n": i})
+    for i in range(0, 200, 7):
+        producer.delete(f"user:{i}")
+    with DrainPool(backend, sqlite_store, workers=3, batch_size=250) as pool:
+        assert pool.wait_idle(60)
+        found = pool.metrics()
+    assert stored(sqlite_store, sorted(producer.expected)) == producer.expected
+    assert producer.dirty() == {}
+    assert (found.backlog, found.pending, found.dead_letters) == (0, 0, 0)
+    assert found.records_acked == 1000 + len(range(0, 200, 7))
 
 
 def test_the_ack_keeps_a_dirty_mark_that_names_a_newer_write(
@@ -265,6 +295,7 @@ def test_a_record_delivered_too_often_is_dead_lettered(
     assert stored(sqlite_store, ["fine"]) == {"fine": 2}
 
 
+@TOPOLOGIES
 def test_what_a_dead_consumer_left_pending_is_redelivered(
     backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
 ) -> None:

@@ -398,7 +398,7 @@ def test_an_outage_is_an_error_once_and_a_line_under_watch(
 def test_the_commands_need_a_redis_url(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--redis-url", "memory://"])
     assert result.exit_code == 2
-    assert "must be a redis://, rediss:// or unix:// URL" in result.output
+    assert "must be a redis://, rediss://, unix://, redis+cluster:// or" in result.output
     bad = CliRunner().invoke(cli, [*command, "--redis-url", "http://h/"])
     assert bad.exit_code == 2
     assert "unsupported backend URL" in bad.output

@@ -197,7 +197,8 @@ end
 --[[ flush: fold one process's aggregated outcomes into a closed breaker (hot-path mode).
   c: ARGV of breaker_flush.lua, read by the script: calls, failures, slow calls, the
   batch's trailing failures, 1 if every call of the batch failed, the codes of its last
-  (at most window) calls in order, the channel to announce a trip on, the breaker's name.
+  (at most window) calls in order, the channel to announce a trip on, the breaker's name,
+  the command to announce it with (PUBLISH or SPUBLISH).
   Counts are folded only while closed and not forced (as a release would: outcomes of calls
   admitted before a trip are not counted); the window is evaluated once, after the fold.
   Returns {transition (0 or 1), effective state, ms left open, calls flushed in total}. ]]
@@ -238,7 +239,7 @@ function breaker.flush(op, c)
     if left <= 0 then now_state, left = 'half_open', 0 end
   end
   if result == 1 then
-    redis.call('PUBLISH', c.channel, c.name .. '|open|' .. left)
+    redis.call(c.publish, c.channel, c.name .. '|open|' .. left)
   end
   return {result, now_state, left, tonumber(f[4] or '0')}
 end
