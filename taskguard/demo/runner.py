@@ -83,6 +83,14 @@ def _check_redis_transport() -> None:
 
 
 def _server_version(url: str) -> str:
+    if url.split("://", 1)[0].lower().endswith(("+cluster", "+sentinel")):
+        # Celery's Redis broker (kombu) speaks to one server: it has no Cluster client.
+        raise DemoError(
+            f"the demo runs its Celery broker on the Redis it is given, so it needs one "
+            f"server (redis://, rediss:// or unix://), not {redact(url)}; Redis Cluster "
+            "and Sentinel hold guard state (redis_url, taskguard.connect), see "
+            "docs/topologies.md"
+        )
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
         info: dict[str, Any] = client.info("server")
