@@ -12,18 +12,28 @@ Then 1000 keys of one keyed rate limit are admitted once each on the cluster, an
 ``INFO commandstats`` on every master says which served the ``EVALSHA`` calls. Today all
 guard state of a prefix is one hash slot, so one master serves them all: the baseline
 for spreading keyed guard state over the slots (issue 14, part 2, not built).
+
+A second result, ``clusternoop``, is the issue's goal as stated: guarded no-op throughput
+with guard state on the cluster ÷ the same with guard state on one server. Two idle
+workers (prefork, ``-c 2``) share the run's broker; one keeps its guard state on that
+server, as in (b), the other on the cluster. Rounds alternate between them as (b)'s do
+between plain and guarded tasks, and the headline is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import redis
 
 import taskguard
+from taskguard.testing import WorkerProcess
 from taskguard.testing.topologies import RedisCluster, RedisSentinel
 
+from .celeryrun import APP, client_app, worker_options
 from .harness import BenchResult, Context, Goal, Row, interleaved_call_times, median
+from .overhead import GUARDED, WARM_UP, _Rounds
 
 NAME = "topologies"
 TITLE = "rate-limit decisions/s on one server, Redis Cluster and Sentinel; admissions per master"
@@ -42,7 +52,65 @@ def _evalsha_calls(port: int) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-def run(context: Context) -> BenchResult:
+def run(context: Context) -> list[BenchResult]:
+    return [_decisions(context), _celery_noop(context)]
+
+
+def _celery_noop(context: Context) -> BenchResult:
+    pairs, tasks = (2, 800) if context.quick else (5, 3000)
+    url = context.server.url
+    app = client_app(url)
+    ratios: list[float] = []
+    rates: dict[str, list[float]] = {"one server": [], "cluster": []}
+    try:
+        with RedisCluster() as cluster:
+            states = {"one server": url, "cluster": cluster.url}
+            runners: dict[str, _Rounds] = {}
+            with ExitStack() as workers:
+                for name, state in states.items():
+                    hostname = f"{context.unique(f'{NAME}-{len(runners)}')}@localhost"
+                    options = worker_options(
+                        url, prefix=context.unique(f"{NAME}-w{len(runners)}"), state_url=state
+                    )
+                    idle = context.unique(f"{NAME}-idle-{len(runners)}")
+                    workers.enter_context(
+                        WorkerProcess(APP, concurrency=2, queues=[idle], hostname=hostname,
+                                      **options)
+                    )  # fmt: skip
+                    runner = _Rounds(context, app, hostname)
+                    runner.queues = 10_000 * len(runners)  # its queue names, apart
+                    runners[name] = runner
+                for runner in runners.values():  # warm-up: connections, script load
+                    runner.throughput(GUARDED, min(tasks, WARM_UP))
+                for pair in range(pairs):
+                    order = list(states) if pair % 2 == 0 else list(reversed(states))
+                    got = {name: runners[name].throughput(GUARDED, tasks) for name in order}
+                    for name, value in got.items():
+                        rates[name].append(value)
+                    ratios.append(got["cluster"] / got["one server"])
+                for runner in runners.values():
+                    runner.client.close()
+    finally:
+        app.close()
+    ratio = median(ratios)
+    rows = [
+        Row("guarded no-op: cluster ÷ one server", ratio, "x",
+            f"pairs {min(ratios):.3f}-{max(ratios):.3f}"),
+        Row("state on one server", median(rates["one server"]), "tasks/s"),
+        Row("state on the cluster", median(rates["cluster"]), "tasks/s"),
+    ]  # fmt: skip
+    goal = Goal(f"guarded no-op on the cluster >= {GOAL_RATIO}x one server", ratio >= GOAL_RATIO,
+                ratio)  # fmt: skip
+    return BenchResult(
+        "clusternoop",
+        "guarded no-op throughput, guard state on a 3-master cluster ÷ on one server",
+        rows,
+        goal,
+        details={"ratios": ratios, "rates": rates, "tasks": tasks},
+    )
+
+
+def _decisions(context: Context) -> BenchResult:
     seconds = 2.0 if context.quick else 8.0
     with RedisCluster() as cluster, RedisSentinel() as sentinel:
         urls = {"one server": context.server.url, "cluster": cluster.url}

@@ -11,6 +11,9 @@ docs/security.md has the least-privilege ACL line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import redis
 
 from taskguard.errors import BackendError
@@ -30,17 +33,22 @@ ACL_CATEGORIES = (
 )
 
 
-def acl_rules(prefix: str) -> list[str]:
+def acl_rules(prefix: str, *, cluster: bool = False) -> list[str]:
     """The ``ACL SETUSER`` rules of the least-privilege user for keys under ``prefix``.
 
     ``resetchannels`` comes first: Redis 6.2 gives a new user every channel
-    (``acl-pubsub-default allchannels``) and then refuses a channel pattern.
+    (``acl-pubsub-default allchannels``) and then refuses a channel pattern. On Redis
+    Cluster (``cluster=True``) the client also reads the slot map (``CLUSTER SLOTS``);
+    set the user on every node.
 
     Example:
         >>> " ".join(acl_rules("tg"))[:40]
         'resetchannels ~tg:* &tg:* +@read +@write'
+        >>> acl_rules("tg", cluster=True)[-1]
+        '+cluster|slots'
     """
-    return ["resetchannels", f"~{prefix}:*", f"&{prefix}:*", *ACL_CATEGORIES.split()]
+    rules = ["resetchannels", f"~{prefix}:*", f"&{prefix}:*", *ACL_CATEGORIES.split()]
+    return [*rules, "+cluster|slots"] if cluster else rules
 
 
 def missing_permissions(backend: RedisBackend, *, streams: bool = False) -> list[str]:
@@ -62,16 +70,23 @@ def missing_permissions(backend: RedisBackend, *, streams: bool = False) -> list
     """
     keys = backend.keys
     names = [keys.guard("aclprobe", "probe", part) for part in ("s", "h", "z", "l", "x")]
-    args = ["1" if streams else "0", keys.guard("aclprobe", "channel"), keys.pattern()]
+    # The channel is in the probe keys' slot: on Redis Cluster the script SPUBLISHes.
+    channel = keys.guard("aclprobe", "channel")
+    args = ["1" if streams else "0", channel, keys.pattern(), backend.publish_command()]
     script = load_script("acl_probe")
     try:
         with backend.commands("the ACL probe") as client:
             # SCRIPT LOAD every time: the scripts may be cached already, and still be
             # lost by a restart, when the user must load them again.
-            pipe = client.pipeline(transaction=False)
-            pipe.script_load(script.source)
-            pipe.evalsha(script.sha, len(names), *names, *args)
-            loaded, refused = pipe.execute(raise_on_error=False)
+            if backend.topology == "cluster":
+                # A cluster pipeline cannot carry SCRIPT LOAD (it goes to every master).
+                loaded = _refusal(lambda: client.script_load(script.source))
+                refused = _refusal(lambda: client.evalsha(script.sha, len(names), *names, *args))
+            else:
+                pipe = client.pipeline(transaction=False)
+                pipe.script_load(script.source)
+                pipe.evalsha(script.sha, len(names), *names, *args)
+                loaded, refused = pipe.execute(raise_on_error=False)
     except BackendError as exc:  # at connect: a wrong password, a disabled user
         return [f"authentication: {exc.reason.partition(': ')[2]}"]
     missing = []
@@ -92,6 +107,15 @@ def missing_permissions(backend: RedisBackend, *, streams: bool = False) -> list
     except BackendError as exc:
         missing.append(f"MULTI/EXEC with BLPOP: {exc.reason.partition(': ')[2]}")
     return missing
+
+
+def _refusal(call: Callable[[], Any]) -> Any:
+    """``call()``'s reply, or the server's refusal (a ``ResponseError``) as the reply, as a
+    pipeline with ``raise_on_error=False`` gives it."""
+    try:
+        return call()
+    except redis.exceptions.ResponseError as exc:
+        return exc
 
 
 def _text(value: object) -> str:

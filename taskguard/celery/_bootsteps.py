@@ -81,7 +81,8 @@ def check_backend(backend: Backend, where: str, *, streams: bool) -> None:
         )
         return
     if missing:
-        rules = " ".join(acl_rules(backend.keys.prefix))
+        cluster = getattr(backend, "topology", "single") == "cluster"
+        rules = " ".join(acl_rules(backend.keys.prefix, cluster=cluster))
         raise ConfigurationError(
             f"the Redis user of {where} may not run what taskguard needs: "
             f"{'; '.join(missing)}. Grant it (docs/security.md): "

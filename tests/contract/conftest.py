@@ -39,6 +39,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         kinds.remove("memory")
     topologies = metafunc.definition.get_closest_marker("topologies")
     if topologies is not None:
+        if topologies.kwargs.get("only"):
+            kinds = []
         kinds += topologies.args or ["cluster", "sentinel"]
     metafunc.parametrize("contract", kinds, indirect=True)
 

@@ -25,6 +25,8 @@ TOPOLOGIES = pytest.mark.topologies("cluster", "sentinel")
 #: per-node scripts, sharded pub/sub); the Sentinel topology changes only how the one
 #: master is found, which the TOPOLOGIES modules prove.
 CLUSTER_TOO = pytest.mark.topologies("cluster")
+#: Runs a module on Redis Cluster and Sentinel only (what one server cannot show).
+TOPOLOGIES_ONLY = pytest.mark.topologies("cluster", "sentinel", only=True)
 
 
 def real_time(seconds: float) -> None:

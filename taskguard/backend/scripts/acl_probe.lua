@@ -9,7 +9,8 @@ KEYS: [1] a string, [2] a hash, [3] a sorted set, [4] a list, [5] a stream; all 
       the prefix, made here and deleted again (the list keeps one element for BLPOP,
       which is checked outside: blocking commands cannot run in scripts; it expires).
 ARGV: [1] "1" to also try the stream commands of write-behind and the drain pool,
-      [2] a pub/sub channel under the prefix (nobody listens), [3] a SCAN pattern.
+      [2] a pub/sub channel under the prefix (nobody listens), [3] a SCAN pattern,
+      [4] PUBLISH, or SPUBLISH on Redis Cluster (the channel is then in KEYS' slot).
 Returns: one "COMMAND<tab>error" string per refused command (empty: all allowed).
 Touches: only its KEYS, each gone (or expiring within 10 s) when it returns.
 --]]
@@ -55,7 +56,7 @@ try('LTRIM', l, 0, 0)
 try('LPOP', l)
 try('LPUSH', l, '1')  -- left for the BLPOP checked next, outside the script
 try('PEXPIRE', l, 10000)
-try('PUBLISH', ARGV[2], '')
+try(ARGV[4] or 'PUBLISH', ARGV[2], '')
 try('SCAN', '0', 'MATCH', ARGV[3], 'COUNT', 1)
 if ARGV[1] == '1' then
   local id = try('XADD', x, 'MAXLEN', '~', 10, '*', 'probe', '1')
