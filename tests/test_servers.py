@@ -20,6 +20,7 @@ from taskguard.testing.servers import (
     postgres_available,
     redis_available,
 )
+from taskguard.testing.topologies import RedisCluster, RedisSentinel
 
 
 def _bundled_redis_server() -> str | None:
@@ -134,6 +135,25 @@ def test_redis_server_start_stop_restart() -> None:
         server.close()
     assert not server.is_running()
     assert not server.directory.exists()
+
+
+def test_a_cluster_and_a_sentinel_stop_exactly_what_they_started() -> None:
+    with RedisCluster() as cluster:
+        assert cluster.url.startswith("redis+cluster://127.0.0.1:")
+        assert len(cluster.master_ports()) == 3
+        servers = list(cluster.servers)
+        assert all(server.is_running() for server in servers)
+    assert not any(server.is_running() for server in servers)
+    assert not any(server.directory.exists() for server in servers)
+
+    with RedisSentinel() as sentinel:
+        assert sentinel.master_port() == sentinel.master.port
+        servers = list(sentinel.servers)
+        assert len(servers) == 5  # master, replica, 3 sentinels
+        sentinel.master.crash()  # SIGKILL: no shutdown
+        assert not sentinel.master.is_running()
+    assert not any(server.is_running() for server in servers)
+    assert not any(server.directory.exists() for server in servers)
 
 
 def test_redis_server_with_appendonly_keeps_data_across_restart(tmp_path: Path) -> None:
