@@ -18,9 +18,7 @@ import taskguard
 from taskguard.backend.ops import LeaseOp, RateOp
 from taskguard.testing.servers import RedisServer
 
-from .harness import CLUSTER_TOO, REDIS_ONLY, Contract
-
-pytestmark = CLUSTER_TOO
+from .harness import REDIS_ONLY, Contract
 
 
 @dataclass
