@@ -29,6 +29,7 @@ from taskguard.backend.wire import (
     REDIS_ERRORS,
     admission_from,
     admit_call,
+    batch_replies,
     blpop_slice,
     blpop_timeout,
     breaker_read_call,
@@ -37,6 +38,7 @@ from taskguard.backend.wire import (
     encode,
     failure,
     named_script,
+    not_loaded,
     queue_breaker_action,
     script_for,
 )
@@ -149,12 +151,12 @@ class AsyncRedisBackend(AsyncBackend):
             return []
         script = named_script(name, ())
         async with self.commands(what) as client:
-            try:
-                return await _send(client, script, calls)
-            except redis.exceptions.NoScriptError:
-                # Nothing ran: every call of the batch failed the same way.
-                await client.script_load(script.source)
-                return await _send(client, script, calls)
+            replies = await _send(client, script, calls)
+            if missing := not_loaded(replies):
+                await client.script_load(script.source)  # every master, on Redis Cluster
+                again = await _send(client, script, [calls[i] for i in missing])
+                return batch_replies(replies, missing, again)
+            return batch_replies(replies, (), ())
 
     async def _run(
         self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str
@@ -238,4 +240,4 @@ async def _send(
     pipe = client.pipeline(transaction=False)
     for keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return list(await pipe.execute())
+    return list(await pipe.execute(raise_on_error=False))

@@ -24,11 +24,12 @@ from .base import Backend
 from .lua import Script
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
 from .outage import OutageBreaker
-from .topology import client_for, is_cluster, parse_target
+from .topology import SlotRoutes, client_for, is_cluster, parse_target
 from .wire import (
     REDIS_ERRORS,
     admission_from,
     admit_call,
+    batch_replies,
     blpop_slice,
     blpop_timeout,
     breaker_read_call,
@@ -37,6 +38,7 @@ from .wire import (
     encode,
     failure,
     named_script,
+    not_loaded,
     queue_breaker_action,
     script_for,
 )
@@ -92,6 +94,7 @@ class RedisBackend(Backend):
         # Built on first use: a RedisCluster client connects as it is made, and a backend
         # made while Redis is down must still work (its calls fail as outages).
         self._client: redis.Redis | None = client
+        self._routes = SlotRoutes(client) if client is not None and is_cluster(client) else None
         self._client_lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -108,8 +111,7 @@ class RedisBackend(Backend):
     @functools.cached_property
     def sharded_pubsub(self) -> bool:
         """True on a Redis Cluster of Redis >= 7: channels are then sharded (``SPUBLISH``
-        and ``SSUBSCRIBE`` reach only the node that owns the channel's slot, instead of a
-        ``PUBLISH`` sent to every node)."""
+        and ``SSUBSCRIBE``: only the node of the channel's slot, not every node)."""
         if self.topology != "cluster":
             return False
         try:
@@ -117,7 +119,6 @@ class RedisBackend(Backend):
                 info = self.client.info("server")
         except TaskGuardError:
             return True  # not known now: assume a current Redis (7.0 came out in 2022)
-        # RedisCluster answers per node ({node: info}) or merged, by version: read either.
         found = info.get("redis_version") or next(
             (v.get("redis_version") for v in info.values() if isinstance(v, dict)), "0"
         )
@@ -133,6 +134,7 @@ class RedisBackend(Backend):
             with self._client_lock:
                 if self._client is None:
                     self._client = self._make_client()
+                    self._routes = SlotRoutes(self._client) if is_cluster(self._client) else None
                 client = self._client
         return client
 
@@ -211,9 +213,19 @@ class RedisBackend(Backend):
         # The hot path: a plain try/except (no context manager) around one EVALSHA.
         breaker = self.breaker
         breaker.before_call()
+        client, routes = self.client, self._routes
         try:
-            reply = script(self.client, keys, args)
+            if routes is not None and keys:  # Redis Cluster: straight to the slot's master
+                try:
+                    reply = script(routes.client_for(keys[0]), keys, args)
+                except SlotRoutes.NOT_RUN:
+                    routes.forget()
+                    reply = script(client, keys, args)
+            else:
+                reply = script(client, keys, args)
         except REDIS_ERRORS as exc:
+            if routes is not None:
+                routes.forget()
             raise self._failure(exc, what) from exc
         breaker.record_success()
         return reply
@@ -272,12 +284,12 @@ class RedisBackend(Backend):
             return []
         script = named_script(name, ())
         with self.commands(what) as client:
-            try:
-                return _send(client, script, calls)
-            except redis.exceptions.NoScriptError:
-                # Nothing ran: every call of the batch failed the same way.
-                client.script_load(script.source)
-                return _send(client, script, calls)
+            replies = _send(client, script, calls)
+            if missing := not_loaded(replies):
+                client.script_load(script.source)  # every master, on Redis Cluster
+                again = _send(client, script, [calls[i] for i in missing])
+                return batch_replies(replies, missing, again)
+            return batch_replies(replies, (), ())
 
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
@@ -349,7 +361,9 @@ class RedisBackend(Backend):
                 pool.reset()
             self._client = self._given_client
         else:
-            self._client = None  # made again on first use
+            self._client = self._routes = None  # made again on first use
+        if self._routes is not None:
+            self._routes.forget()
 
 
 def _send(
@@ -358,7 +372,7 @@ def _send(
     pipe = client.pipeline(transaction=False)
     for keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return list(pipe.execute())
+    return list(pipe.execute(raise_on_error=False))
 
 
 class HasBackend(Protocol):

@@ -31,11 +31,13 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.connection import parse_url
+from redis.crc import key_slot
 
 from taskguard.urls import redact
 
 __all__ = [
     "REDIS_SCHEMES",
+    "SlotRoutes",
     "Target",
     "async_client_for",
     "client_for",
@@ -238,3 +240,44 @@ def scan_page(
     if node_next != 0:
         return node_next * len(primaries) + index, list(names)
     return (index + 1 if index + 1 < len(primaries) else 0), list(names)
+
+
+class SlotRoutes:
+    """The script shortcut on Redis Cluster: per hash slot, the client of its master.
+
+    ``RedisCluster`` works out each command's slot and node in Python on every call (about
+    50 µs here); a script's keys share one slot, so the backend sends it straight to the
+    slot's master, found once. When that master answers that the script did not run there
+    (``MOVED``/``ASK``: the slot moved; ``TRYAGAIN``; ``READONLY``: it was demoted) or
+    cannot be reached, the routes are forgotten and the call goes through
+    ``RedisCluster``, which follows the redirection and refreshes its slot map.
+
+    Args:
+        cluster: The ``RedisCluster`` client.
+    """
+
+    #: The script did not run on the node: ask ``RedisCluster`` (a lost connection is
+    #: retried once too, as redis-py's own one retry does on one server).
+    NOT_RUN = (
+        redis.exceptions.AskError,  # MovedError too
+        redis.exceptions.TryAgainError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.ConnectionError,
+    )
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self._nodes: dict[int, redis.Redis] = {}
+
+    def client_for(self, key: str) -> redis.Redis:
+        """The client of the master that owns ``key``'s slot."""
+        slot = key_slot(key.encode())
+        node = self._nodes.get(slot)
+        if node is None:
+            owner = self.cluster.nodes_manager.get_node_from_slot(slot)
+            node = self._nodes[slot] = self.cluster.get_redis_connection(owner)
+        return node
+
+    def forget(self) -> None:
+        """Drop every route: the next calls find the masters again."""
+        self._nodes.clear()

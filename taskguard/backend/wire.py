@@ -28,6 +28,7 @@ __all__ = [
     "REDIS_ERRORS",
     "admission_from",
     "admit_call",
+    "batch_replies",
     "blpop_slice",
     "blpop_timeout",
     "breaker_read_call",
@@ -36,6 +37,7 @@ __all__ = [
     "encode",
     "failure",
     "named_script",
+    "not_loaded",
     "queue_breaker_action",
     "script_for",
 ]
@@ -150,6 +152,28 @@ def client_options(
         "health_check_interval": 0,
         **(redis_options or {}),
     }
+
+
+def not_loaded(replies: Sequence[Any]) -> list[int]:
+    """The indices of a script pipeline's replies that are ``NOSCRIPT`` refusals.
+
+    On one server these are all or none. On Redis Cluster only the calls sent to nodes
+    that lack the script refused, and the others ran: only the refused ones may be sent
+    again (resending the batch would run the others twice)."""
+    return [
+        i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
+    ]
+
+
+def batch_replies(replies: list[Any], resent: Sequence[int], again: Sequence[Any]) -> list[Any]:
+    """``replies`` with the replies of the ``resent`` calls replaced by ``again``; the first
+    error among them is raised (each call of a batch is atomic, the batch is not)."""
+    for index, reply in zip(resent, again, strict=True):
+        replies[index] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def breaker_read_call(op: BreakerOp) -> tuple[Script, list[str], list[Any]]:

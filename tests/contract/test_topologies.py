@@ -11,12 +11,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 import redis.cluster
+from redis.crc import key_slot
 
 import taskguard
 from taskguard.backend.acl import acl_rules, missing_permissions
 from taskguard.backend.redis import RedisBackend
 from taskguard.celery._bootsteps import check_backend
 from taskguard.errors import ConfigurationError
+from tests.unit.test_cache_fakes import MemoryStore
 
 from .harness import TOPOLOGIES_ONLY, Contract
 
@@ -98,3 +100,44 @@ def test_events_travel_on_the_topology(backend: RedisBackend) -> None:
         received = list(stream)
     assert [event.fields["action"] for event in received] == ["set"]
     assert backend.sharded_pubsub is (backend.topology == "cluster")
+
+
+@pytest.mark.topologies("cluster", only=True)
+def test_a_script_sent_to_a_node_that_does_not_own_the_slot_still_runs(
+    contract: Contract, backend: RedisBackend
+) -> None:
+    limiter = taskguard.connect(backend).rate_limiter("moved", "2/m")
+    assert limiter.try_acquire().allowed  # builds the route of the guard slot
+    routes = backend._routes  # the shortcut under test; no public door to mistarget it
+    assert routes is not None
+    cluster = contract.client
+    assert isinstance(cluster, redis.cluster.RedisCluster)
+    key = backend.keys.rate_limit("moved")
+    owner = cluster.get_node_from_key(key)
+    other = next(node for node in cluster.get_primaries() if node.name != owner.name)
+    # As after a slot migration: the route names a master that answers MOVED.
+    routes._nodes[key_slot(key.encode())] = cluster.get_redis_connection(other)
+    assert not limiter.try_acquire().allowed  # ran on the owner, and enforced
+    assert routes._nodes == {}  # forgotten: the next call finds the owner again
+    assert not limiter.try_acquire().allowed
+    assert routes.client_for(key).connection_pool.connection_kwargs["port"] == owner.port
+
+
+@pytest.mark.topologies("cluster", only=True)
+def test_a_batch_meeting_one_master_without_the_script_runs_each_call_once(
+    contract: Contract, backend: RedisBackend
+) -> None:
+    cache = taskguard.connect(backend).cache(
+        "orders", ttl=60, strategy="write-behind", store=MemoryStore(), partitions=8
+    )
+    cache.set_many({"warm": 0})  # every master of the batch's partitions loads the script
+    cluster = contract.client
+    assert isinstance(cluster, redis.cluster.RedisCluster)
+    # One master forgets it (a restart, a promoted replica): its calls of the next batch
+    # answer NOSCRIPT while the other masters run theirs.
+    cluster.get_redis_connection(cluster.get_primaries()[0]).script_flush()
+    values = {f"k{i}": i for i in range(40)}
+    cache.set_many(values)
+    streams = [backend.keys.cache_stream("orders", p) for p in range(cache.partitions)]
+    assert sum(cluster.xlen(stream) for stream in streams) == 41  # each write queued once
+    assert cache.get_many(values) == values
