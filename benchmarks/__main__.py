@@ -22,6 +22,7 @@ from . import (
     accuracy,
     breakers,
     decisions,
+    fairness,
     locks,
     lockwake,
     overhead,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         breakers,
         writebehind,
         workconserving,
+        fairness,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

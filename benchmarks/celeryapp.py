@@ -136,3 +136,21 @@ def capped_sleep(self: Task, record_key: str, seconds: float) -> None:
 def celery_rate(self: Task, record_key: str) -> None:
     """Records its start under Celery's own (per worker) ``rate_limit=RATE``."""
     _record(record_key, self.request)
+
+
+#: The fair-share benchmark's cap: 10 slots shared by tenants, handed back by weighted
+#: fair queuing between them (benchmarks/fairness.py).
+FAIR_CAP = Concurrency(10, fair="{tenant}", name="bench-fair")
+
+
+@app.task(name="bench.tenant_sleep", base=GuardedTask, guards=[FAIR_CAP], bind=True)
+def tenant_sleep(self: Task, record_key: str, tenant: str, seconds: float, arrival: float) -> None:
+    """Sleeps ``seconds`` in one of ``FAIR_CAP``'s slots.
+
+    Appends ``"<tenant> <arrival> <start> <end> <deferrals>"`` (Redis ``TIME``; the
+    arrival is the publisher's reading of it just before sending) to ``record_key``.
+    """
+    client = _recorder()
+    started, deferrals = _now(client), _deferrals(self.request)
+    time.sleep(seconds)
+    client.rpush(record_key, f"{tenant} {arrival!r} {started} {_now(client)} {deferrals}")
