@@ -28,6 +28,7 @@ from . import (
     roundtrips,
     semaphore,
     semwake,
+    statusscale,
     workconserving,
     writebehind,
 )
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         breakers,
         writebehind,
         workconserving,
+        statusscale,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
