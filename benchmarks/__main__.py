@@ -22,6 +22,7 @@ from . import (
     accuracy,
     breakers,
     decisions,
+    limitchange,
     locks,
     lockwake,
     overhead,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         writebehind,
         workconserving,
         statusscale,
+        limitchange,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -31,6 +31,7 @@ import redis
 from celery import Celery, Task, signals
 
 from taskguard import CircuitBreaker, Concurrency, GuardedTask, RateLimit
+from taskguard import signals as tg_signals
 
 BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 STATE_URL = os.environ.get("TG_BENCH_STATE_URL", BROKER_URL)
@@ -40,6 +41,10 @@ RATE = os.environ.get("TG_BENCH_RATE", "20/s")
 
 #: A limit no benchmark reaches: the guarded no-op measures the cost of asking.
 NEVER_DENIES = RateLimit("1000000/s", burst=1_000_000)
+
+#: The limiter the live-limit benchmark lowers at run time (``Client.set_limit``); its
+#: configured rate never denies at the offered load, so every denial is the new rate's.
+LIVE_LIMIT = RateLimit("1000/s", burst=100, key="{bucket}", name="bench-live-limit")
 
 #: A cap no benchmark reaches: a guard that holds a lease, so the task makes a release call.
 NEVER_FULL = Concurrency(1_000_000, name="bench-slots")
@@ -136,3 +141,20 @@ def capped_sleep(self: Task, record_key: str, seconds: float) -> None:
 def celery_rate(self: Task, record_key: str) -> None:
     """Records its start under Celery's own (per worker) ``rate_limit=RATE``."""
     _record(record_key, self.request)
+
+
+@app.task(name="bench.live_limit", base=GuardedTask, guards=[LIVE_LIMIT], bind=True)
+def live_limit(self: Task, bucket: str) -> None:
+    """Records ``"<start> <node> <bucket>"`` (Redis ``TIME``) in ``<prefix>:live-starts``."""
+    client = _recorder()
+    client.rpush(f"{PREFIX}:live-starts", f"{_now(client)} {self.request.hostname} {bucket}")
+
+
+@tg_signals.guard_denied.connect(weak=False)
+def _record_live_denial(sender: Any = None, key: str = "", **kwargs: Any) -> None:
+    # Sent in the pool process right after the admission script refused: the time is the
+    # decision's, give or take one round trip to the recording Redis.
+    if getattr(sender, "name", None) == "bench.live_limit":
+        client = _recorder()
+        node = sender.request.hostname
+        client.rpush(f"{PREFIX}:live-denials", f"{_now(client)} {node} {key}")
