@@ -16,9 +16,10 @@ the worker decided on it: it also counts the wait for the worker's next task (ab
 ``2 / OFFER_RATE`` s per worker) and, for the worker whose first task after the set took
 the one token the new rate allows, one more task. The figure is the largest delay over
 the workers, median over the repetitions. As a check that no worker kept deciding on
-the old rate, the tasks started in the second after the set are counted: the new rate
-lets one through (a task admitted just before the set may start just after it). The rate
-is cleared after each repetition.
+the old rate, the tasks started from Redis ``TIME`` just after the call until a second
+after the one just before it are counted: the new rate lets one through (a task
+admitted just before the set may start just after it, its start being recorded a few
+milliseconds after its admission). The rate is cleared after each repetition.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def _repetition(
         raise RuntimeError(f"{bucket}: denied before the limit was lowered")
     before = redis_time(client)
     tg.set_limit(LIMITER, NEW_RATE, burst=1)
+    after = redis_time(client)  # the HSET landed between the two
 
     def first_denials() -> dict[str, float]:
         first: dict[str, float] = {}
@@ -126,7 +128,7 @@ def _repetition(
     finally:
         tg.clear_limit(LIMITER)
     passed = sum(
-        1 for at, _, b in _records(client, starts) if b == bucket and before <= at < before + 1
+        1 for at, _, b in _records(client, starts) if b == bucket and after <= at < before + 1
     )
     return {node: at - before for node, at in first_denials().items()}, passed
 
