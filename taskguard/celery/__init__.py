@@ -6,7 +6,7 @@ Celery.
 """
 
 from . import _events  # noqa: F401 - adds the worker step that publishes guard events
-from ._control import inspect_workers  # also registers the remote control commands
+from ._control import inspect_workers, worker_view  # also registers the control commands
 from ._runtime import Runtime, runtime_for
 from ._settings import DeferralPolicy, Settings, TaskSettings
 from ._task import GuardedTask
@@ -19,4 +19,5 @@ __all__ = [
     "TaskSettings",
     "inspect_workers",
     "runtime_for",
+    "worker_view",
 ]

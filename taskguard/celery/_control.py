@@ -304,22 +304,26 @@ def taskguard_refresh(state: Any, **kwargs: Any) -> Any:
     """Refresh hot-path breaker views from Redis: this process's now, every process's
     (pool processes too) through the breaker channel."""
     runtime = runtime_for(state.app)
-    states: dict[str, Any] = {}
-    names = set()
+    views: list[dict[str, Any]] = []
+    names: set[tuple[RedisBackend, str]] = set()
     for breaker in local_hot_path_breakers():
         names.add((breaker.redis_backend, breaker.spec.name))
+        view = {"name": breaker.spec.name, "prefix": breaker.backend.keys.prefix}
         try:
             breaker.flush()
-            states[breaker.spec.name] = breaker.local_state
+            view["state"] = breaker.local_state
         except (BackendUnavailable, BackendError) as exc:
-            states[breaker.spec.name] = {"error": str(exc)}
+            view["error"] = str(exc)
+        views.append(view)
     backend = runtime.backend
     if isinstance(backend, RedisBackend):
         for task in _guarded(runtime):
             for guard in task.taskguard_settings.guards:
                 if isinstance(guard, CircuitBreaker):
                     names.add((backend, guard.name))
-    for where, name in sorted(names, key=lambda pair: pair[1]):
+    for where, name in sorted(names, key=lambda pair: (pair[0].keys.prefix, pair[1])):
         publish_refresh(where, name)
     told = sorted({name for _, name in names})
-    return _ok(f"refreshed {len(states)} view(s) here; told every process about {told}", **states)
+    refreshed = sum(1 for view in views if "state" in view)
+    message = f"refreshed {refreshed} of {len(views)} view(s) here; told every process about {told}"
+    return _ok(message, views=views, told=told)

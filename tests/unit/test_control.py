@@ -31,7 +31,8 @@ def _state(app: Any) -> AttributeDict:
 
 @pytest.fixture
 def client() -> taskguard.Client:
-    return taskguard.connect("memory://")
+    # A prefix of its own: hot-path breakers other tests left in this process have theirs.
+    return taskguard.connect("memory://", prefix="unit-control")
 
 
 def test_commands_are_registered_with_celery_on_import() -> None:
@@ -43,13 +44,17 @@ def test_commands_are_registered_with_celery_on_import() -> None:
 def test_status_shows_guarded_tasks_limits_and_leases(client: taskguard.Client) -> None:
     with celery_app(client.backend) as app:
 
-        @app.task(name="proj.sync", base=GuardedTask, guards=[RateLimit("20/s", burst=3)])
+        @app.task(
+            shared=False, name="proj.sync", base=GuardedTask, guards=[RateLimit("20/s", burst=3)]
+        )
         def sync() -> None: ...
 
-        @app.task(name="proj.render", base=GuardedTask, guards=[Lock(key="{doc}", ttl=30)])
+        @app.task(
+            shared=False, name="proj.render", base=GuardedTask, guards=[Lock(key="{doc}", ttl=30)]
+        )
         def render(doc: str) -> None: ...
 
-        @app.task(name="proj.plain")
+        @app.task(shared=False, name="proj.plain")
         def plain() -> None: ...
 
         client.set_limit("proj.sync", "5/s", burst=2)
@@ -62,7 +67,7 @@ def test_status_shows_guarded_tasks_limits_and_leases(client: taskguard.Client) 
             heartbeat_for(client.backend).remove(handle)
 
     json.dumps(view)  # what the pidbox sends back must be JSON
-    assert (view["hostname"], view["prefix"], view["pool"]) == ("w1@test", "tg", None)
+    assert (view["hostname"], view["prefix"], view["pool"]) == ("w1@test", "unit-control", None)
     assert sorted(view["tasks"]) == ["proj.render", "proj.sync"]
     assert view["tasks"]["proj.sync"]["guards"] == [
         repr(RateLimit("20/s", burst=3, name="proj.sync"))
@@ -75,8 +80,9 @@ def test_status_shows_guarded_tasks_limits_and_leases(client: taskguard.Client) 
         }
     }
     assert view["leases"] == [{"key": "tg:{tg}:lock:x", "owner": "task-1", "ttl": 30.0}]
+    assert [b for b in view["hot_path_breakers"] if b["prefix"] == "unit-control"] == []
     assert view["backend"]["reachable"] is True
-    assert (view["running"], view["hot_path_breakers"], view["parked"]) == ([], [], {})
+    assert (view["running"], view["parked"]) == ([], {})
 
 
 def test_limit_commands_go_through_the_client(client: taskguard.Client) -> None:
@@ -119,9 +125,12 @@ def test_breaker_command_forces_state_and_refuses_unknown_actions(client: taskgu
 def test_refresh_without_hot_path_breakers_refreshes_nothing(client: taskguard.Client) -> None:
     with celery_app(client.backend) as app:
 
-        @app.task(name="proj.call", base=GuardedTask, guards=[CircuitBreaker("partner")])
+        @app.task(
+            shared=False, name="proj.call", base=GuardedTask, guards=[CircuitBreaker("partner")]
+        )
         def call() -> None: ...
 
         done = Panel.data["taskguard_refresh"](_state(app))
     # On the memory backend there is no channel and no hot path: nothing to tell.
-    assert done == {"ok": "refreshed 0 view(s) here; told every process about []"}
+    assert [v for v in done["views"] if v["prefix"] == "unit-control"] == []
+    assert "partner" not in done["told"]
