@@ -53,7 +53,13 @@ PARTNER = CircuitBreaker("bench-partner", window=100)
 
 app = Celery("benchmarks", broker=BROKER_URL)
 app.conf.update(
-    taskguard={"redis_url": STATE_URL, "key_prefix": PREFIX},
+    taskguard={
+        "redis_url": STATE_URL,
+        "key_prefix": PREFIX,
+        # The live-limit benchmark only watches decisions: a denied task is dropped, so
+        # no deferred task comes back to load the workers during a later change.
+        "tasks": {"bench.live_limit": {"max_deferrals": 0, "on_deferral_exhausted": "drop"}},
+    },
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
 )

@@ -15,7 +15,9 @@ A denial can only come from the new rate, so this is an upper bound of the time 
 the worker decided on it: it also counts the wait for the worker's next task (about
 ``2 / OFFER_RATE`` s per worker) and, for the worker whose first task after the set took
 the one token the new rate allows, one more task. The figure is the largest delay over
-the workers, median over the repetitions. As a check that no worker kept deciding on
+the workers, median over the repetitions. A denied task is dropped (``max_deferrals``
+0, ``on_deferral_exhausted: "drop"``), so no deferred task comes back to load the
+workers while a later repetition measures. As a check that no worker kept deciding on
 the old rate, the tasks started from Redis ``TIME`` just after the call until a second
 after the one just before it are counted: the new rate lets one through (a task
 admitted just before the set may start just after it, its start being recorded a few
