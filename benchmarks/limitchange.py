@@ -26,6 +26,7 @@ milliseconds after its admission). The rate is cleared after each repetition.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -136,6 +137,7 @@ def _repetition(
 
 
 def run(context: Context) -> BenchResult:
+    load = os.getloadavg()
     repetitions = 3 if context.quick else 7
     queue = context.unique(f"{NAME}-queue")
     prefix = context.unique(NAME)
@@ -183,6 +185,7 @@ def run(context: Context) -> BenchResult:
         typical,
     )
     details = {
+        "load_average_before": load,
         "offer_per_s": OFFER_RATE,
         "new_rate": NEW_RATE,
         "per_repetition_seconds": per_rep,
