@@ -14,7 +14,7 @@ from taskguard import CircuitBreaker, GuardedTask, Lock, RateLimit
 from taskguard.backend.ops import LeaseOp
 from taskguard.heartbeat import heartbeat_for
 
-from .celery_harness import celery_app
+from .celery_harness import DEAD_URL, celery_app
 
 COMMANDS = {
     "taskguard_status": "inspect",
@@ -134,3 +134,20 @@ def test_refresh_without_hot_path_breakers_refreshes_nothing(client: taskguard.C
     # On the memory backend there is no channel and no hot path: nothing to tell.
     assert [v for v in done["views"] if v["prefix"] == "unit-control"] == []
     assert "partner" not in done["told"]
+
+
+def test_status_answers_while_redis_is_down() -> None:
+    backend = taskguard.connect(DEAD_URL, prefix="unit-control-down").backend
+    with celery_app(backend) as app:
+
+        @app.task(shared=False, name="proj.down", base=GuardedTask, guards=[RateLimit("5/s")])
+        def down() -> None: ...
+
+        view = Panel.data["taskguard_status"](_state(app))
+        limit_set = Panel.data["taskguard_limit_set"](_state(app), name="proj.down", rate="1/s")
+    assert view["backend"]["reachable"] is False
+    assert view["backend"]["outage_breaker"] in {"open", "half_open"}
+    assert "error" in view["limits"]
+    assert "error" in view["parked"]
+    assert view["tasks"]["proj.down"]["guards"] == [repr(RateLimit("5/s", name="proj.down"))]
+    assert "unavailable" in limit_set["error"]
