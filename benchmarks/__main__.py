@@ -22,6 +22,7 @@ from . import (
     accuracy,
     breakers,
     decisions,
+    fairness,
     limitchange,
     locks,
     lockwake,
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         workconserving,
         statusscale,
         limitchange,
+        fairness,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

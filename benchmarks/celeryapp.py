@@ -149,6 +149,24 @@ def celery_rate(self: Task, record_key: str) -> None:
     _record(record_key, self.request)
 
 
+#: The fair-share benchmark's cap: 10 slots shared by tenants, handed back by weighted
+#: fair queuing between them (benchmarks/fairness.py).
+FAIR_CAP = Concurrency(10, fair="{tenant}", name="bench-fair")
+
+
+@app.task(name="bench.tenant_sleep", base=GuardedTask, guards=[FAIR_CAP], bind=True)
+def tenant_sleep(self: Task, record_key: str, tenant: str, seconds: float, arrival: float) -> None:
+    """Sleeps ``seconds`` in one of ``FAIR_CAP``'s slots.
+
+    Appends ``"<tenant> <arrival> <start> <end> <deferrals>"`` (Redis ``TIME``; the
+    arrival is the publisher's reading of it just before sending) to ``record_key``.
+    """
+    client = _recorder()
+    started, deferrals = _now(client), _deferrals(self.request)
+    time.sleep(seconds)
+    client.rpush(record_key, f"{tenant} {arrival!r} {started} {_now(client)} {deferrals}")
+
+
 @app.task(name="bench.live_limit", base=GuardedTask, guards=[LIVE_LIMIT], bind=True)
 def live_limit(self: Task, bucket: str) -> None:
     """Records ``"<start> <node> <bucket>"`` (Redis ``TIME``) in ``<prefix>:live-starts``."""
