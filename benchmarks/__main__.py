@@ -23,12 +23,14 @@ from . import (
     breakers,
     decisions,
     fairness,
+    limitchange,
     locks,
     lockwake,
     overhead,
     roundtrips,
     semaphore,
     semwake,
+    statusscale,
     workconserving,
     writebehind,
 )
@@ -48,6 +50,8 @@ BENCHMARKS: dict[str, ModuleType] = {
         breakers,
         writebehind,
         workconserving,
+        statusscale,
+        limitchange,
         fairness,
     )
 }
