@@ -26,6 +26,7 @@ from . import (
     limitchange,
     locks,
     lockwake,
+    observed,
     overhead,
     roundtrips,
     semaphore,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     for module in (
         accuracy,
         overhead,
+        observed,
         decisions,
         roundtrips,
         locks,

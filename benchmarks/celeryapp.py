@@ -182,3 +182,9 @@ def _record_live_denial(sender: Any = None, key: str = "", **kwargs: Any) -> Non
         client = _recorder()
         node = sender.request.hostname
         client.rpush(f"{PREFIX}:live-denials", f"{_now(client)} {node} {key}")
+
+
+if os.environ.get("TG_BENCH_OBSERVED"):
+    from .observing import observe
+
+    observe(app, prefix=PREFIX, counter_url=RECORD_URL)
