@@ -1,4 +1,4 @@
-"""(n) Decisions per second on one server, on Redis Cluster and through Sentinel.
+"""(r) Decisions per second on one server, on Redis Cluster and through Sentinel.
 
 One client in this process calls ``rate_limiter(...).try_acquire()`` (a limit far above
 what it reaches, so every decision is "allowed") on three topologies started on

@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 
 import taskguard
+from taskguard.backend.redis import require_redis
 from taskguard.drain import DrainPool
 from taskguard.drain import metrics as drain_metrics
 from taskguard.sinks.base import Loaded, Record
@@ -78,7 +79,7 @@ def _fill(cache: Any, count: int, tag: str) -> None:
 def _wait_drained(backend: taskguard.Backend, namespace: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        found = drain_metrics(backend, namespace)
+        found = drain_metrics(require_redis(backend, "benchmark"), namespace)
         if found.backlog == 0 and found.pending == 0:
             return
         if time.monotonic() > deadline:
@@ -245,7 +246,7 @@ def _rss(context: Context, dsn: str, records: int) -> tuple[float, float]:
             while True:
                 with contextlib.suppress(psutil.Error):
                     peak = max(peak, process.memory_info().rss)
-                found = drain_metrics(backend, "bench")
+                found = drain_metrics(require_redis(backend, "benchmark"), "bench")
                 if found.backlog == 0 and found.pending == 0:
                     break
                 if drain.poll() is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from taskguard.cache.codec import get_codec
 from taskguard.cache.records import VERSION_SCALE, QueuedWrite
 from taskguard.errors import StoreError
-from taskguard.sinks.base import JSONText, Record
+from taskguard.sinks.base import JSONBatch, JSONText, Record
 
 __all__ = [
     "Coalesced",
@@ -70,17 +70,20 @@ class Coalesced:
         rejected: Entries that cannot be decoded.
     """
 
-    records: list[Record] = field(default_factory=list)
+    records: Sequence[Record] = field(default_factory=list)
     winners: dict[str, Entry] = field(default_factory=dict)
     latest: dict[str, str] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
-    _raw: dict[str, RawEntry] = field(default_factory=dict)
+    _raw_entries: Sequence[RawEntry] = ()
 
     def winner(self, key: str) -> Entry:
         """The entry the record of ``key`` came from."""
         entry = self.winners.get(key)
         if entry is None:
-            entry = self.winners[key] = entry_of(self._raw[key])
+            for item in self._raw_entries:
+                found = entry_of(item)
+                self.winners[found.fields[b"k"].decode()] = found
+            entry = self.winners[key]
         return entry
 
 
@@ -99,34 +102,49 @@ def coalesce_raw(raw: Sequence[RawEntry], *, json_text: bool = False) -> Coalesc
     return coalesce([entry_of(item) for item in raw], json_text=json_text)
 
 
+#: The field layout of a queued JSON set, as the read script returns it: (k, key, v, payload,
+#: c, "json"). The fast path checks every entry against it in one pass.
+_PLAIN_SHAPE = {(6, b"k", b"v", b"c", b"json")}
+
+
 def _coalesce_plain(raw: Sequence[RawEntry], json_text: bool) -> Coalesced | None:
-    """The fast path of :func:`coalesce_raw`, or None when the batch does not fit it."""
-    result = Coalesced()
-    records, latest, sources = result.records, result.latest, result._raw
-    loads = get_codec("json").loads
+    """The fast path of :func:`coalesce_raw`, or None when the batch does not fit it.
+
+    Column at a time: one pass checks every entry's shape, the keys are decoded in one
+    comprehension, and with ``json_text`` the records are a :class:`JSONBatch` (no
+    per-record object until something asks for one).
+    """
     try:
-        for item in raw:
-            sid, fields = item
-            if (
-                len(fields) != 6
-                or fields[0] != b"k"
-                or fields[2] != b"v"
-                or fields[4] != b"c"
-                or fields[5] != b"json"
-            ):
-                return None
-            key = fields[1].decode()
-            if key in sources:
-                return None  # a key written twice: coalesce() picks the winner
-            sources[key] = item
-            ms, _, seq = sid.partition(b"-")
-            version = int(ms) * VERSION_SCALE + int(seq or 0)
-            value = JSONText(fields[3], "utf-8") if json_text else loads(fields[3])
-            records.append(Record(key, value, version))
-            latest[key] = sid.decode()
-    except (ValueError, TypeError, AttributeError):
+        shapes = {(len(f), f[0], f[2], f[4], f[5]) for _, f in raw}
+        if shapes != _PLAIN_SHAPE:
+            return None
+        keys = [f[1].decode() for _, f in raw]
+        if len(set(keys)) != len(keys):
+            return None  # a key written twice: coalesce() picks the winner
+        ids = [sid for sid, _ in raw]
+        versions = [_version(sid) for sid in ids]
+        payloads = [f[3] for _, f in raw]
+        records: Sequence[Record]
+        if json_text:
+            # Every payload must be UTF-8 (a JSONText is text). The newlines make a
+            # character split between two payloads invalid, so one decode checks all.
+            b"\n".join(payloads).decode("utf-8")
+            records = JSONBatch(keys, payloads, versions)
+        else:
+            loads = get_codec("json").loads
+            records = [
+                Record(key, loads(payload), version)
+                for key, payload, version in zip(keys, payloads, versions, strict=True)
+            ]
+        latest = dict(zip(keys, [sid.decode() for sid in ids], strict=True))
+    except (ValueError, TypeError, AttributeError, IndexError):
         return None  # undecodable or odd: coalesce() rejects what must be
-    return result
+    return Coalesced(records=records, latest=latest, _raw_entries=raw)
+
+
+def _version(sid: bytes) -> int:
+    ms, _, seq = sid.partition(b"-")
+    return int(ms) * VERSION_SCALE + int(seq or 0)
 
 
 def id_order(stream_id: str) -> tuple[int, int]:
@@ -144,7 +162,8 @@ def coalesce(entries: Sequence[Entry], *, json_text: bool = False) -> Coalesced:
     ``json_text``, a JSON payload is still checked but handed on as
     :class:`~taskguard.sinks.base.JSONText` (the store writes it verbatim).
     """
-    result = Coalesced()
+    records: list[Record] = []
+    result = Coalesced(records=records)
     candidates: dict[str, list[tuple[QueuedWrite, Entry]]] = {}
     for entry in entries:
         try:
@@ -172,7 +191,7 @@ def coalesce(entries: Sequence[Entry], *, json_text: bool = False) -> Coalesced:
                     Rejected(entry, f"undecodable payload: {exc!r}", write.version)
                 )
                 continue
-            result.records.append(Record(key, value, write.version, write.deleted))
+            records.append(Record(key, value, write.version, write.deleted))
             result.winners[key] = entry
             break
     return result
@@ -192,7 +211,7 @@ def write_bisecting(
         The records refused on their own, each with the error text.
     """
     poisoned: list[tuple[Record, str]] = []
-    stack = [list(records)] if records else []
+    stack: list[Sequence[Record]] = [records] if records else []
     while stack:
         part = stack.pop()
         try:
@@ -207,9 +226,9 @@ def write_bisecting(
 
 
 def _split(
-    part: list[Record],
+    part: Sequence[Record],
     exc: Exception,
-    stack: list[list[Record]],
+    stack: list[Sequence[Record]],
     poisoned: list[tuple[Record, str]],
 ) -> None:
     if len(part) == 1:

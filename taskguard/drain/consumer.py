@@ -183,19 +183,32 @@ class Consumer:
         ids = [entry.stream_id for entry in entries]
         latest = _latest_ids(entries)
         return self._finish(
-            partition, batch=batch, rejected=rejected, latest=latest, ids=ids, started=started
+            partition,
+            batch=batch,
+            rejected=rejected,
+            ids=ids,
+            started=started,
+            ack=lambda: partition.ack(self.backend, latest, ids),
         )
 
     def process_raw(self, partition: Partition, raw: Sequence[RawEntry]) -> int:
         """:meth:`process` for newly read entries (delivered once), as read."""
         started = time.monotonic()
         batch = coalesce_raw(raw, json_text=self._json_text(partition))
-        latest: dict[str, str | bytes] = dict(batch.latest)
-        if len(batch.latest) != len(raw):  # keys written twice, or malformed entries
-            latest = dict(_latest_ids([entry_of(item) for item in raw]))
+        latest: Mapping[str, str | bytes] = batch.latest
+        # Nothing coalesced: the ids are the latest ones, in order (sent once).
+        same = len(latest) == len(raw) and not batch.rejected
+        if not same:  # keys written twice, or malformed entries
+            latest = _latest_ids([entry_of(item) for item in raw])
         ids = [sid for sid, _ in raw]
         return self._finish(
-            partition, batch=batch, rejected=[], latest=latest, ids=ids, started=started
+            partition,
+            batch=batch,
+            rejected=[],
+            ids=ids,
+            started=started,
+            # Read in stream order: the last is the newest.
+            ack=lambda: partition.ack(self.backend, latest, ids, newest=ids[-1], same=same),
         )
 
     def _json_text(self, partition: Partition) -> bool:
@@ -207,9 +220,9 @@ class Consumer:
         *,
         batch: Coalesced,
         rejected: list[Rejected],
-        latest: Mapping[str, str | bytes],
         ids: Sequence[str | bytes],
         started: float,
+        ack: Callable[[], int],
     ) -> int:
         with _instrument.activity(
             _instrument.DRAIN_BATCH,
@@ -219,7 +232,7 @@ class Consumer:
             rows=len(batch.records),
         ):
             return self._commit(
-                partition, batch=batch, rejected=rejected, latest=latest, ids=ids, started=started
+                partition, batch=batch, rejected=rejected, ids=ids, started=started, ack=ack
             )
 
     def _commit(
@@ -228,9 +241,9 @@ class Consumer:
         *,
         batch: Coalesced,
         rejected: list[Rejected],
-        latest: Mapping[str, str | bytes],
         ids: Sequence[str | bytes],
         started: float,
+        ack: Callable[[], int],
     ) -> int:
         rejected += batch.rejected
         failed: list[StoreError | Exception] = []
@@ -241,7 +254,7 @@ class Consumer:
             rejected.append(Rejected(batch.winner(record.key), error, record.version))
         if rejected:
             self._redis(lambda: dead_letter(self.backend, partition, rejected, self._now_ms()))
-        self._redis(lambda: partition.ack(self.backend, latest, ids))
+        self._redis(ack)
         rows = len(batch.records) - len(poisoned)
         self.throughput.record(rows, len(ids))
         if rejected:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: :data:`taskguard.backend.redis.MESSAGE_TYPES`, not imported at run time.
 MESSAGE_TYPES = frozenset({"message", "smessage"})
 
-__all__ = ["FlushedBreaker", "agent_for"]
+__all__ = ["FlushedBreaker", "agent_for", "local_breakers"]
 
 logger = logging.getLogger("taskguard.breaker")
 
@@ -78,7 +78,7 @@ class _Agent:
         with self._lock:
             self._breakers.setdefault(breaker.spec.name, weakref.WeakSet()).add(breaker)
 
-    def _all(self) -> list[FlushedBreaker]:
+    def breakers(self) -> list[FlushedBreaker]:
         with self._lock:
             return [b for group in self._breakers.values() for b in list(group)]
 
@@ -94,7 +94,7 @@ class _Agent:
             pubsub.close()
             raise
         self._pubsub = pubsub
-        for breaker in self._all():  # changes may have been missed while unsubscribed
+        for breaker in self.breakers():  # changes may have been missed while unsubscribed
             breaker.next_flush = 0.0
 
     def _drop_pubsub(self) -> None:
@@ -115,7 +115,7 @@ class _Agent:
                     self._subscribe()
                 except Exception:
                     retry_at = now + RESUBSCRIBE_EVERY
-            breakers = self._all()
+            breakers = self.breakers()
             if breakers:
                 idle_since = now
             for breaker in breakers:
@@ -187,3 +187,11 @@ def agent_for(backend: RedisBackend) -> _Agent:
         if agent is None or agent.pid != os.getpid() or agent.retired:
             agent = _AGENTS[backend] = _Agent(backend)
         return agent
+
+
+def local_breakers() -> list[FlushedBreaker]:
+    """Every hot-path breaker this process's agents serve, whatever their backend."""
+    pid = os.getpid()
+    with _AGENTS_LOCK:
+        agents = [agent for agent in _AGENTS.values() if agent.pid == pid and not agent.retired]
+    return [breaker for agent in agents for breaker in agent.breakers()]

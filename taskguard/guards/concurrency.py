@@ -60,6 +60,10 @@ class Concurrency(Guard):
         per_key: Slot counts for some keys: a mapping of rendered key to limit
             (``{"acme": 10}``) or a callable taking the key and returning a limit or
             ``None`` (this cap's own ``limit``).
+
+    A slot count set at run time (``taskguard limit set NAME 3 --kind cap``, or
+    :meth:`taskguard.Client.set_cap`) wins over ``limit`` and ``per_key``: it is read
+    inside the admission script (docs/concurrency.md, "Changing a cap at run time").
     """
 
     kind = "concurrency"
@@ -170,6 +174,8 @@ class Concurrency(Guard):
             wakeup_key=keys.slot_wakeup(name, bucket),
             park_key=keys.park_lot(slots) if park else None,
             park_due=keys.park_due() if park else None,
+            overrides=keys.cap_overrides(name),
+            field="*" if bucket is None else f"k:{bucket}",
         )
 
     def task_ops(

@@ -13,12 +13,13 @@ the Redis stream id (:func:`taskguard.cache.records.version_of`); direct writes 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 __all__ = [
     "CheckedStore",
+    "JSONBatch",
     "JSONText",
     "Loaded",
     "Record",
@@ -39,6 +40,58 @@ class JSONText(str):
     """
 
     __slots__ = ()
+
+
+class JSONBatch(Sequence["Record"]):
+    """Records of distinct keys, each a JSON text value, held as three columns.
+
+    The drain pool's common batch (every record a JSON set of another key). It is a
+    sequence of :class:`Record` (values are :class:`JSONText`), built one at a time only
+    when asked for; a store that knows this class writes the columns directly (the SQL
+    store's COPY path). Only given to stores that accept JSON text.
+
+    Args:
+        keys: The keys, all different.
+        texts: Each key's value as UTF-8 JSON text.
+        versions: Each key's version.
+    """
+
+    __slots__ = ("keys", "texts", "versions")
+
+    def __init__(self, keys: list[str], texts: list[bytes], versions: list[int]) -> None:
+        if not len(keys) == len(texts) == len(versions):
+            raise ValueError("keys, texts and versions must have the same length")
+        self.keys = keys
+        self.texts = texts
+        self.versions = versions
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> JSONBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Record | JSONBatch:
+        if isinstance(index, slice):
+            return JSONBatch(self.keys[index], self.texts[index], self.versions[index])
+        return Record(self.keys[index], JSONText(self.texts[index], "utf-8"), self.versions[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        for key, text, version in zip(self.keys, self.texts, self.versions, strict=True):
+            yield Record(key, JSONText(text, "utf-8"), version)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"JSONBatch({list(self)!r})"
 
 
 def accepts_json_text(store: object) -> bool:

@@ -30,7 +30,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
-__all__ = ["STAGE_TABLE", "copy_merge", "copy_text", "escape_copy", "merge_statement"]
+from .base import JSONBatch
+
+__all__ = [
+    "STAGE_TABLE",
+    "copy_batch",
+    "copy_merge",
+    "copy_text",
+    "escape_copy",
+    "merge_statement",
+]
 
 #: The temporary table the rows are copied into (schema ``pg_temp``: per connection).
 STAGE_TABLE = "taskguard_stage"
@@ -106,6 +115,39 @@ def copy_text(rows: Sequence[tuple[str, str | None, int, bool]]) -> str:
     )
 
 
+def copy_batch(batch: JSONBatch) -> bytes:
+    """A :class:`~taskguard.sinks.base.JSONBatch` as COPY text-format data (bytes).
+
+    The JSON texts go out as they came from Redis, never decoded. When no key or text
+    holds a tab, newline or carriage return (JSON text never does, and keys rarely),
+    the rows are formatted as they are and backslashes doubled in one pass over the
+    whole data; otherwise every field is escaped on its own.
+    """
+    n = len(batch.keys)
+    if n == 0:
+        return b""
+    keys = "\n".join(batch.keys)
+    texts = batch.texts
+    joined = b"".join(texts)
+    if (
+        keys.count("\n") == n - 1
+        and "\t" not in keys
+        and "\r" not in keys
+        and b"\t" not in joined
+        and b"\n" not in joined
+        and b"\r" not in joined
+    ):
+        rows = zip(keys.encode("utf-8").split(b"\n"), texts, batch.versions, strict=True)
+        data = b"".join([b"%s\t%s\t%d\tf\n" % row for row in rows])
+        return data.replace(b"\\", b"\\\\") if b"\\" in data else data
+    return copy_text(
+        [
+            (key, text.decode("utf-8"), version, False)
+            for key, text, version in zip(batch.keys, texts, batch.versions, strict=True)
+        ]
+    ).encode("utf-8")
+
+
 def merge_statement(table: Table, namespace: str) -> Insert:
     """``INSERT INTO table SELECT ... FROM the stage ON CONFLICT ... WHERE newer``.
 
@@ -132,7 +174,7 @@ def merge_statement(table: Table, namespace: str) -> Insert:
 
 
 def copy_merge(
-    conn: Connection, table: Table, namespace: str, rows: Sequence[tuple[Any, ...]]
+    conn: Connection, table: Table, namespace: str, rows: Sequence[tuple[Any, ...]] | bytes
 ) -> None:
     """Apply ``rows`` (key, JSON text or None, version, deleted) inside ``conn``'s
     transaction: COPY them into the stage, then merge the stage into ``table``.
@@ -142,7 +184,7 @@ def copy_merge(
             transaction.
         table: The generic key-value table.
         namespace: The namespace of every row.
-        rows: The rows, at most one per key.
+        rows: The rows, at most one per key; or COPY data already (:func:`copy_batch`).
     """
     raw = conn.connection.driver_connection
     if raw is None:  # pragma: no cover - a checked-out connection always has one
@@ -150,5 +192,5 @@ def copy_merge(
     with raw.cursor() as cursor:
         cursor.execute(_CREATE_STAGE)
         with cursor.copy(_COPY) as copy:
-            copy.write(copy_text(rows))
+            copy.write(rows if isinstance(rows, bytes) else copy_text(rows))
     conn.execute(merge_statement(table, namespace))

@@ -69,6 +69,7 @@ if ARGV[1] == '1' then
   try('XCLAIM', x, 'probe', 'probe', 0, type(id) == 'string' and id or '0-1')
   try('XACK', x, 'probe', type(id) == 'string' and id or '0-1')
   try('XDEL', x, type(id) == 'string' and id or '0-1')
+  try('XTRIM', x, 'MINID', '0-1')
 end
 try('DEL', s, h, z, x)
 return refused
