@@ -42,6 +42,18 @@ __all__ = ["RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
 
+#: This process's id, kept current across forks: read on every call, where os.getpid()
+#: would be a system call each time.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - one int, read on every call without a lookup chain
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 class RedisBackend(Backend):
     """Guard state in Redis, shared by every process that uses the same server and prefix.
@@ -81,7 +93,7 @@ class RedisBackend(Backend):
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
         self._client = client or self._make_client()
-        self._pid = os.getpid()
+        self._pid = _pid
 
     def _make_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, **self._options)
@@ -89,7 +101,7 @@ class RedisBackend(Backend):
     @property
     def client(self) -> redis.Redis:
         """The redis-py client (rebuilt in a forked child)."""
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             self.reset_after_fork()
         return self._client
 
@@ -260,7 +272,8 @@ class RedisBackend(Backend):
     def reset_after_fork(self) -> None:
         # The parent's sockets must not be shared: build a fresh pool and forget the
         # parent's outage state. The scripts stay cached server-side.
-        self._pid = os.getpid()
+        _forked()  # also for a caller who forked without Python's fork hooks
+        self._pid = _pid
         self.breaker.reset()
         if self._given_client is not None:
             self._given_client.connection_pool.reset()
