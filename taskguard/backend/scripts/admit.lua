@@ -3,7 +3,9 @@
 lib/ops.lua and the op libraries (lib/gcra.lua, lib/lease.lua) are concatenated before
 this file; each library registers KINDS[kind] with parse(op, argv, i),
 check(op, now) -> wait_us, slack_us, commit(op, at, now) -> value, and a `reservable`
-flag (rate limits are; leases are not).
+flag (rate limits are; leases are not). A kind whose check may already take what it
+checks (a free lease, in one command) also has undo(op), called when the admission is
+refused, so that nothing of a refused admission stays.
 
 A reservation commits the reservable ops at the future slot `now + wait`. It is made only
 when every denial is reservable and the reservable ops' waits agree within the smallest
@@ -46,6 +48,11 @@ if denied == 0 then
     result[4 + i] = ops[i].kind.commit(ops[i], now, now)
   end
   return result
+end
+
+for i = 1, n do
+  local undo = ops[i].kind.undo
+  if undo then undo(ops[i]) end
 end
 
 local wait_us = math.ceil(worst)
