@@ -17,8 +17,8 @@ commit take: SET key owner PX ttl (unless the check took it); with a fence key, 
   One SET ... GET stores now_us and reads the last token; a second SET only when the last
   one was not below now_us (a clock that stepped back).
 commit drop: delete the key if we (or nobody) hold it; returns 0.
-release: delete the key if we own it, push a wake-up on the notify list; 1, or 0 if the
-  lease was lost (expired, or taken by someone else); 2 when released and tasks are
+release: delete the key if we own it, make sure one wake-up is pending on the notify list
+  (at most one, expiring 10 s after the last release); 1, or 0 if the lease was lost (expired, or taken by someone else); 2 when released and tasks are
   parked (the caller hands the first one back).
 renew: PEXPIRE the key if we own it; 1, or 0 if lost.
 --]]
@@ -79,9 +79,10 @@ function lease.release(op)
   if redis.call('GET', op.key) ~= op.owner then return 0 end
   redis.call('DEL', op.key)
   local notify = op.keys[2]
-  if notify and notify ~= op.lot then
+  if notify and notify ~= op.lot and redis.call('PEXPIRE', notify, 10000) == 0 then
+    -- No wake-up pending (one already pending keeps, with a fresh TTL: one command):
+    -- push one. A blocked waiter takes it at once; else the next waiter to come does.
     redis.call('LPUSH', notify, '1')
-    redis.call('LTRIM', notify, 0, 0)
     redis.call('PEXPIRE', notify, 10000)
   end
   if op.lot and redis.call('EXISTS', op.lot) == 1 then

@@ -62,10 +62,13 @@ function slot.release(op)
   if redis.call('ZREM', op.key, op.owner) == 0 then return 0 end
   local notify = op.keys[2]
   if notify and notify ~= op.lot then
-    -- Up to `limit` wake-ups pending: enough for every slot freed at once.
-    redis.call('LPUSH', notify, '1')
-    redis.call('LTRIM', notify, 0, op.limit - 1)
-    redis.call('PEXPIRE', notify, 10000)
+    -- Up to `limit` wake-ups pending: enough for every slot freed at once. With them all
+    -- pending already (nobody waits), only their TTL is refreshed: two commands.
+    local pending = redis.call('PEXPIRE', notify, 10000) == 1
+    if not pending or redis.call('LLEN', notify) < op.limit then
+      redis.call('LPUSH', notify, '1')
+      if not pending then redis.call('PEXPIRE', notify, 10000) end
+    end
   end
   if op.lot and redis.call('EXISTS', op.lot) == 1 then
     -- The caller hands the lot's head back; if it cannot, the next sweep does.
