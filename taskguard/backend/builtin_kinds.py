@@ -21,6 +21,20 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+_MS_BYTES: dict[float, bytes] = {}
+
+
+def _ms_arg(seconds: float) -> bytes:
+    """``_ms(seconds)`` as the bytes the scripts get: a lease's TTL is one of a few values,
+    so each is converted once, not on every acquire and release."""
+    arg = _MS_BYTES.get(seconds)
+    if arg is None:
+        if len(_MS_BYTES) >= 1024:
+            _MS_BYTES.clear()
+        arg = _MS_BYTES[seconds] = str(_ms(seconds)).encode()
+    return arg
+
+
 # ---------------------------------------------------------------- rate limit (GCRA)
 
 
@@ -137,10 +151,10 @@ class _Lease:
 def _encode_lease(op: LeaseOp, release: bool) -> tuple[list[str], list[Any]]:
     extra = op.wakeup_key if release else op.fence_key
     keys = [op.key] if extra is None else [op.key, extra]
-    mode = "drop" if op.drop else "take"
+    mode = b"drop" if op.drop else b"take"
     if op.park_key is None or op.park_due is None:
-        return keys, [op.owner, _ms(op.ttl), mode, "0"]
-    return [*keys, op.park_key, op.park_due], [op.owner, _ms(op.ttl), mode, "1"]
+        return keys, [op.owner, _ms_arg(op.ttl), mode, b"0"]
+    return [*keys, op.park_key, op.park_due], [op.owner, _ms_arg(op.ttl), mode, b"1"]
 
 
 LEASE = register(
@@ -179,8 +193,8 @@ class _Slot:
 def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     keys = [op.key, op.wakeup_key] if release and op.wakeup_key else [op.key]
     if op.park_key is None or op.park_due is None:
-        return keys, [op.owner, _ms(op.ttl), op.limit, "0"]
-    return [*keys, op.park_key, op.park_due], [op.owner, _ms(op.ttl), op.limit, "1"]
+        return keys, [op.owner, _ms_arg(op.ttl), op.limit, b"0"]
+    return [*keys, op.park_key, op.park_due], [op.owner, _ms_arg(op.ttl), op.limit, b"1"]
 
 
 SLOT = register(OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True))

@@ -175,14 +175,22 @@ class RedisBackend(Backend):
         return self._run(named_script(name, libs), keys, args, what)
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
-        # The hot path: a plain try/except (no context manager) around one EVALSHA.
+        # The hot path: a plain try/except (no context manager) around one EVALSHA, the
+        # breaker and the fork check read inline (one attribute each while all is well).
         breaker = self.breaker
-        breaker.before_call()
+        if breaker.failures:
+            breaker.before_call()
+        client = self._client if self._pid == _pid else self.client
         try:
-            reply = script(self.client, keys, args)
+            try:
+                reply = client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(script.source)
+                reply = client.evalsha(script.sha, len(keys), *keys, *args)
         except REDIS_ERRORS as exc:
             raise self._failure(exc, what) from exc
-        breaker.record_success()
+        if breaker.failures:
+            breaker.record_success()
         return reply
 
     def publish(self, channel: str, message: str, *, what: str = "PUBLISH") -> int:

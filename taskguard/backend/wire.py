@@ -81,7 +81,7 @@ def encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
     if len(ops) == 1:  # the common single guard, without the loop's bookkeeping
         kind = kind_of(ops[0])
         keys, op_args = kind.encode(ops[0], release)
-        return keys, [1, kind.code, len(keys), len(op_args), *op_args]
+        return keys, [*_header(kind.code, len(keys), len(op_args)), *op_args]
     keys = []
     args: list[Any] = [len(ops)]
     for op in ops:
@@ -95,9 +95,23 @@ def encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
     return keys, args
 
 
+_HEADERS: dict[tuple[str, int, int], tuple[bytes, ...]] = {}
+
+
+def _header(code: str, nkeys: int, argc: int) -> tuple[bytes, ...]:
+    """ARGV ``1, code, nkeys, argc`` of a one-op list, as bytes: built once per shape, and
+    the client sends bytes as they are (where it converts every int and str per call)."""
+    header = _HEADERS.get((code, nkeys, argc))
+    if header is None:
+        header = _HEADERS[code, nkeys, argc] = tuple(
+            str(part).encode() for part in (1, code, nkeys, argc)
+        )
+    return header
+
+
 def admit_call(ops: Sequence[Op], reserve_within: float) -> tuple[Script, list[str], list[Any]]:
     """The script, KEYS and ARGV admitting ``ops`` (``ops`` must not be empty)."""
-    reserve_us = int(reserve_within * 1_000_000) if reserve_within else 0
+    reserve_us: int | bytes = int(reserve_within * 1_000_000) if reserve_within else b"0"
     if len(ops) == 1:
         op = ops[0]
         cached = _ENCODED.get(id(op))
