@@ -223,8 +223,22 @@ class _Breaker:
         return breaker_states(state).renew(op, now)
 
 
+#: id(params) -> (params, their bytes): a breaker's settings are one tuple, kept by it.
+_PARAMS_BYTES: dict[int, tuple[tuple[Any, ...], tuple[bytes, ...]]] = {}
+
+
+def _params_arg(params: tuple[Any, ...]) -> tuple[bytes, ...]:
+    """A breaker's 12 settings as the bytes the scripts get, converted once per tuple."""
+    cached = _PARAMS_BYTES.get(id(params))
+    if cached is None or cached[0] is not params:
+        if len(_PARAMS_BYTES) >= 1024:
+            _PARAMS_BYTES.clear()
+        cached = _PARAMS_BYTES[id(params)] = (params, tuple(str(p).encode() for p in params))
+    return cached[1]
+
+
 def _encode_breaker(op: BreakerOp, release: bool) -> tuple[list[str], list[Any]]:
-    return [op.key, op.window_key, op.probes_key], [op.owner, op.mode, *op.params]
+    return [op.key, op.window_key, op.probes_key], [op.owner, op.mode, *_params_arg(op.params)]
 
 
 BREAKER_CODE = "cb"

@@ -55,8 +55,10 @@ def set_limit(
     if isinstance(backend, MemoryBackend):
         backend.state.extra.setdefault(LIMITS, {}).setdefault(hash_key, {})[_field(key)] = value
         return
-    with _redis(backend).commands("limit set") as client:
+    redis_backend = _redis(backend)
+    with redis_backend.commands("limit set") as client:
         client.hset(hash_key, _field(key), value)
+    redis_backend.forget_overrides()
 
 
 def clear_limit(backend: Backend, name: str, *, key: str | None = None) -> bool:
@@ -65,8 +67,11 @@ def clear_limit(backend: Backend, name: str, *, key: str | None = None) -> bool:
     if isinstance(backend, MemoryBackend):
         entries = backend.state.extra.get(LIMITS, {}).get(hash_key, {})
         return entries.pop(_field(key), None) is not None
-    with _redis(backend).commands("limit clear") as client:
-        return bool(client.hdel(hash_key, _field(key)))
+    redis_backend = _redis(backend)
+    with redis_backend.commands("limit clear") as client:
+        cleared = bool(client.hdel(hash_key, _field(key)))
+    redis_backend.forget_overrides()
+    return cleared
 
 
 def limits_of(backend: Backend, name: str) -> list[LimitOverride]:

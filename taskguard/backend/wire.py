@@ -136,7 +136,7 @@ def admission_from(ops: Sequence[Op], reply: Sequence[Any]) -> Admission:
         if type(ops[0]) in BUCKET_TYPES:
             return Admission(True, 0.0, None, False, reply[4], (0,))
         return Admission(True, 0.0, None, False, -1, (reply[4],))
-    return granted(ops, reply[4:])
+    return granted(ops, reply[4 : 4 + len(ops)])
 
 
 def failure(
