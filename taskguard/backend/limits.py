@@ -4,7 +4,9 @@ A limiter's overrides are one hash (:meth:`taskguard.keys.KeySchema.limit_overri
 ``"*"`` applies to every bucket of the limiter, ``"k:<bucket>"`` to one bucket (a tenant,
 a customer) and wins over ``"*"``. Each value is ``"<interval_us> <burst>"``. ``gcra.lua``
 reads the bucket's entry in the same call that admits, so a change holds for the whole
-fleet from the next admission on (see docs/rate-limits.md, "Changing a limit at run time").
+fleet within a second: a process that found none for a bucket skips the read for up to
+``OVERRIDE_RECHECK`` (1 s); the backend that sets or clears one forgets that at once (see
+docs/rate-limits.md, "Changing a limit at run time").
 """
 
 from __future__ import annotations

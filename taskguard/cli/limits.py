@@ -1,7 +1,7 @@
 """``taskguard limit set|clear|show``: change a rate limit for the whole fleet, live.
 
 The rate is stored in Redis (:mod:`taskguard.backend.limits`) and read by the admission
-script, so every worker applies it from its next admission on; no restart, no deploy.
+script, so every worker applies it within a second; no restart, no deploy.
 Each change is published as a ``limit_changed`` guard event (``taskguard events``).
 """
 
