@@ -22,12 +22,16 @@ from . import (
     accuracy,
     breakers,
     decisions,
+    fairness,
+    limitchange,
     locks,
     lockwake,
+    observed,
     overhead,
     roundtrips,
     semaphore,
     semwake,
+    statusscale,
     workconserving,
     writebehind,
 )
@@ -38,6 +42,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     for module in (
         accuracy,
         overhead,
+        observed,
         decisions,
         roundtrips,
         locks,
@@ -47,6 +52,9 @@ BENCHMARKS: dict[str, ModuleType] = {
         breakers,
         writebehind,
         workconserving,
+        statusscale,
+        limitchange,
+        fairness,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

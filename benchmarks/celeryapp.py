@@ -31,6 +31,7 @@ import redis
 from celery import Celery, Task, signals
 
 from taskguard import CircuitBreaker, Concurrency, GuardedTask, RateLimit
+from taskguard import signals as tg_signals
 
 BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 STATE_URL = os.environ.get("TG_BENCH_STATE_URL", BROKER_URL)
@@ -41,6 +42,10 @@ RATE = os.environ.get("TG_BENCH_RATE", "20/s")
 #: A limit no benchmark reaches: the guarded no-op measures the cost of asking.
 NEVER_DENIES = RateLimit("1000000/s", burst=1_000_000)
 
+#: The limiter the live-limit benchmark lowers at run time (``Client.set_limit``); its
+#: configured rate never denies at the offered load, so every denial is the new rate's.
+LIVE_LIMIT = RateLimit("1000/s", burst=100, key="{bucket}", name="bench-live-limit")
+
 #: A cap no benchmark reaches: a guard that holds a lease, so the task makes a release call.
 NEVER_FULL = Concurrency(1_000_000, name="bench-slots")
 #: A breaker that stays closed (every task succeeds).
@@ -48,7 +53,13 @@ PARTNER = CircuitBreaker("bench-partner", window=100)
 
 app = Celery("benchmarks", broker=BROKER_URL)
 app.conf.update(
-    taskguard={"redis_url": STATE_URL, "key_prefix": PREFIX},
+    taskguard={
+        "redis_url": STATE_URL,
+        "key_prefix": PREFIX,
+        # The live-limit benchmark only watches decisions: a denied task is dropped, so
+        # no deferred task comes back to load the workers during a later change.
+        "tasks": {"bench.live_limit": {"max_deferrals": 0, "on_deferral_exhausted": "drop"}},
+    },
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
 )
@@ -136,3 +147,44 @@ def capped_sleep(self: Task, record_key: str, seconds: float) -> None:
 def celery_rate(self: Task, record_key: str) -> None:
     """Records its start under Celery's own (per worker) ``rate_limit=RATE``."""
     _record(record_key, self.request)
+
+
+#: The fair-share benchmark's cap: 10 slots shared by tenants, handed back by weighted
+#: fair queuing between them (benchmarks/fairness.py).
+FAIR_CAP = Concurrency(10, fair="{tenant}", name="bench-fair")
+
+
+@app.task(name="bench.tenant_sleep", base=GuardedTask, guards=[FAIR_CAP], bind=True)
+def tenant_sleep(self: Task, record_key: str, tenant: str, seconds: float, arrival: float) -> None:
+    """Sleeps ``seconds`` in one of ``FAIR_CAP``'s slots.
+
+    Appends ``"<tenant> <arrival> <start> <end> <deferrals>"`` (Redis ``TIME``; the
+    arrival is the publisher's reading of it just before sending) to ``record_key``.
+    """
+    client = _recorder()
+    started, deferrals = _now(client), _deferrals(self.request)
+    time.sleep(seconds)
+    client.rpush(record_key, f"{tenant} {arrival!r} {started} {_now(client)} {deferrals}")
+
+
+@app.task(name="bench.live_limit", base=GuardedTask, guards=[LIVE_LIMIT], bind=True)
+def live_limit(self: Task, bucket: str) -> None:
+    """Records ``"<start> <node> <bucket>"`` (Redis ``TIME``) in ``<prefix>:live-starts``."""
+    client = _recorder()
+    client.rpush(f"{PREFIX}:live-starts", f"{_now(client)} {self.request.hostname} {bucket}")
+
+
+@tg_signals.guard_denied.connect(weak=False)
+def _record_live_denial(sender: Any = None, key: str = "", **kwargs: Any) -> None:
+    # Sent in the pool process right after the admission script refused: the time is the
+    # decision's, give or take one round trip to the recording Redis.
+    if getattr(sender, "name", None) == "bench.live_limit":
+        client = _recorder()
+        node = sender.request.hostname
+        client.rpush(f"{PREFIX}:live-denials", f"{_now(client)} {node} {key}")
+
+
+if os.environ.get("TG_BENCH_OBSERVED"):
+    from .observing import observe
+
+    observe(app, prefix=PREFIX, counter_url=RECORD_URL)

@@ -26,6 +26,8 @@ from taskguard.units import MAX_COUNT, Rate, parse_duration, parse_rate
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "PERIODS",
+    "allowance",
     "choice",
     "count",
     "flag",
@@ -178,3 +180,29 @@ def rate(value: object, field: str, *, task: str | None = None) -> Rate:
         return parse_rate(value)  # type: ignore[arg-type]  # parse_rate rejects the rest
     except ValueError as exc:
         raise ConfigurationError(str(exc), field=field, task=task) from None
+
+
+#: The periods of a calendar quota.
+PERIODS = ("day", "week", "month")
+# ASCII digits only, nothing before or after (fullmatch: "$" would let a "\n" through).
+_ALLOWANCE = re.compile(r"([0-9]+) */ *(day|d|week|w|month|mo)", re.ASCII)
+_PERIOD_UNITS = {"d": "day", "w": "week", "mo": "month"}
+
+
+def allowance(value: object, field: str, *, task: str | None = None) -> tuple[int, str]:
+    """A quota's calls per period: ``"10000/day"``, ``"500/week"``, ``"9000/month"``
+    (``d``, ``w``, ``mo`` too) as ``(calls, period)``.
+
+    Example:
+        >>> allowance("500 / w", "limit")
+        (500, 'week')
+    """
+    match = _ALLOWANCE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigurationError(
+            f"must be calls per day, week or month, like '10000/day', got {value!r}",
+            field=field,
+            task=task,
+        )
+    calls = count(int(match.group(1)), field, task=task)
+    return calls, _PERIOD_UNITS.get(match.group(2), match.group(2))

@@ -7,19 +7,17 @@ client puts them together. Every primitive is also constructible directly from a
 
 from __future__ import annotations
 
-import getpass
 import random
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from taskguard._validate import rate as check_rate
+from taskguard._limits import RunTimeLimits
 from taskguard.backend import Backend, backend_from_url
-from taskguard.backend.limits import LimitOverride, clear_limit, limits_of, set_limit
 from taskguard.backend.parking import Parking
 from taskguard.backend.redis import RedisBackend
 from taskguard.cache import CacheOptions, CacheService, Sessions
-from taskguard.events import EventStream, publish_event, subscribe
+from taskguard.events import EventStream, subscribe
 from taskguard.guards.breaker import Breaker, CircuitBreaker
 from taskguard.guards.breaker_hotpath import hot_path_breaker
 from taskguard.guards.concurrency import Semaphore
@@ -32,7 +30,7 @@ from taskguard.units import Rate
 __all__ = ["Client", "connect"]
 
 
-class Client:
+class Client(RunTimeLimits):
     """Builds rate limiters, locks, semaphores, breakers, caches and sessions on one backend.
 
     Args:
@@ -59,50 +57,6 @@ class Client:
     def close(self) -> None:
         """Release the backend's connections."""
         self.backend.close()
-
-    def set_limit(
-        self, name: str, rate: str | Rate, *, burst: int = 1, key: str | None = None
-    ) -> None:
-        """Set rate limiter ``name``'s rate at run time, for bucket ``key`` or all of them.
-
-        Every worker applies it within a second, this process at once (it is read inside
-        the admission script), until :meth:`clear_limit`. A bucket's own rate wins over
-        the all-buckets one, so per-tenant limits can be kept here:
-        ``client.set_limit("api", "100/s", key="premium-customer")``. Same as
-        ``taskguard limit set``.
-
-        Example:
-            >>> import taskguard
-            >>> client = taskguard.connect("memory://")
-            >>> client.set_limit("api", "50/s", burst=5)
-            >>> client.limits("api")[0].burst
-            5
-        """
-        parsed = check_rate(rate, "rate")
-        set_limit(self.backend, name, parsed, burst=burst, key=key)
-        publish_event(
-            self.backend,
-            "limit_changed",
-            name=name,
-            action="set",
-            key=key,
-            rate=str(parsed),
-            burst=burst,
-            user=_user(),
-        )
-
-    def clear_limit(self, name: str, *, key: str | None = None) -> bool:
-        """Remove a rate set with :meth:`set_limit`; True if one was set."""
-        removed = clear_limit(self.backend, name, key=key)
-        if removed:
-            publish_event(
-                self.backend, "limit_changed", name=name, action="clear", key=key, user=_user()
-            )
-        return removed
-
-    def limits(self, name: str) -> list[LimitOverride]:
-        """The rates set at run time for rate limiter ``name``."""
-        return limits_of(self.backend, name)
 
     def parked(self) -> dict[str, int]:
         """Guarded tasks parked in Redis, per guard key: refused by a concurrency cap or a
@@ -289,13 +243,6 @@ class Client:
 
         spec = RateLimit(rate, burst=burst, key=key, name=name, on_outage=on_outage)
         return RateLimiter(self.backend, spec)
-
-
-def _user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name in this environment
-        return None
 
 
 def connect(

@@ -86,6 +86,11 @@ class Heartbeat:
         with self._lock:
             self._entries.pop(handle, None)
 
+    def leases(self) -> list[Held]:
+        """The leases being renewed now (a snapshot; ``celery inspect taskguard_status``)."""
+        with self._lock:
+            return [entry.lease for entry in self._entries.values()]
+
     def interval(self) -> float:
         """Seconds until the next round: a third of the shortest TTL held."""
         with self._lock:

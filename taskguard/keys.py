@@ -36,7 +36,7 @@ __all__ = ["RESERVED_KINDS", "KeySchema"]
 #: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
 RESERVED_KINDS = frozenset(
     {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
-    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout", "lim"}
+    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout", "lim", "limc", "limq"}
 )
 
 _PART_SPECIAL = re.compile(r"[%:{}]")
@@ -143,6 +143,16 @@ class KeySchema:
         """Limits of rate limiter ``name`` set at run time (a hash: ``"*"`` or
         ``"k:<bucket>"`` -> ``"<interval_us> <burst>"``; see ``taskguard limit set``)."""
         return self._named("lim", name, None)
+
+    def cap_overrides(self, name: str) -> str:
+        """Slot counts of concurrency cap ``name`` set at run time (a hash: ``"*"`` or
+        ``"k:<key>"`` -> ``"<limit>"``; see ``taskguard limit set --kind cap``)."""
+        return self._named("limc", name, None)
+
+    def quota_overrides(self, name: str) -> str:
+        """Allowances of quota ``name`` set at run time (a hash: ``"*"`` or ``"k:<key>"``
+        -> ``"<calls> <period>"``; see ``taskguard limit set --kind quota``)."""
+        return self._named("limq", name, None)
 
     def breaker(self, name: str) -> str:
         """The state of circuit breaker ``name`` (a hash)."""

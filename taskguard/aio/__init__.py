@@ -1,10 +1,10 @@
 """taskguard for asyncio: the guards of a Celery fleet, from FastAPI or aiohttp services.
 
 ``taskguard.aio.connect(url, prefix=...)`` returns an :class:`AsyncClient` whose rate
-limiters, locks, semaphores, circuit breakers and cache-aside caches run on
-``redis.asyncio`` with the sync API's keys and Lua scripts: on one Redis and one prefix,
-both APIs share every bucket, lock (and its fencing tokens), slot, breaker and cached
-copy. See docs/asyncio.md.
+limiters, quotas, locks, semaphores, circuit breakers and caches (cache-aside and
+write-behind) run on ``redis.asyncio`` with the sync API's keys and Lua scripts: on one
+Redis and one prefix, both APIs share every bucket, quota, lock (and its fencing tokens),
+slot, breaker, cached copy and write-behind queue. See docs/asyncio.md.
 """
 
 from .base import AsyncBackend, AsyncMemoryBackend
@@ -14,6 +14,7 @@ from .client import AsyncClient, connect
 from .decision import Acquiring, AsyncDecision
 from .leases import AsyncHeldLease
 from .locks import AsyncLock, AsyncSemaphore
+from .quota import AsyncQuotaLimiter
 from .ratelimit import AsyncRateLimiter
 from .redis import AsyncRedisBackend
 
@@ -28,6 +29,7 @@ __all__ = [
     "AsyncHeldLease",
     "AsyncLock",
     "AsyncMemoryBackend",
+    "AsyncQuotaLimiter",
     "AsyncRateLimiter",
     "AsyncRedisBackend",
     "AsyncSemaphore",

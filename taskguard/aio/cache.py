@@ -1,10 +1,12 @@
-"""A cache-aside namespace for asyncio code, on the keys and scripts of the sync cache.
+"""A cache namespace for asyncio code, on the keys and scripts of the sync cache.
 
 :class:`AsyncCache` reads and writes the copies :class:`~taskguard.CacheService` does
-(same keys, same ``cache_read``/``cache_flight``/``cache_fill`` scripts, same entry
-format and codec), so a FastAPI service and Celery tasks share one cache namespace, its
-single-flight locks included. It is cache-aside only, without a store: write-through,
-write-around and write-behind write a (sync) store and are left to ``CacheService``.
+(same keys, same ``cache_read``/``cache_flight``/``cache_fill``/``cache_wb_write``
+scripts, same entry format and codec), so a FastAPI service and Celery tasks share one
+cache namespace, its single-flight locks and its write-behind queue included. Two
+strategies: cache-aside (no store), and write-behind (a store the drain pool writes; its
+writes are :mod:`taskguard.aio.writebehind`). Write-through and write-around write the
+store on every call and are left to ``CacheService`` (docs/asyncio.md says why).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from taskguard.cache.entry import encode, header
 from taskguard.cache.values import ValueCheck
 from taskguard.cache.xfetch import should_refresh_early
 from taskguard.errors import BackendUnavailable, ConfigurationError
+from taskguard.sinks.base import Loaded
 
 from .base import AsyncBackend
 from .redis import AsyncRedisBackend
+from .writebehind import AsyncSettler, AsyncWriteBehind
 
 __all__ = ["AsyncCache"]
 
@@ -42,18 +46,19 @@ _MAX_POLL = 0.05
 
 
 class AsyncCache:
-    """A cache-aside namespace: ``taskguard.aio.connect(url).cache(namespace, ttl=...)``.
+    """A cache namespace: ``taskguard.aio.connect(url).cache(namespace, ttl=...)``.
 
     Args:
         backend: An asyncio Redis backend (a memory one is refused, as by the sync cache).
         namespace: The namespace, ``[A-Za-z0-9_.-]+``, shared with sync caches of the name.
         options: The TTL and the rest (:class:`~taskguard.cache.CacheOptions`); the
-            strategy must be ``"cache-aside"`` and there is no store.
+            strategy is ``"cache-aside"`` (a store, if any, is read through on a miss)
+            or ``"write-behind"`` (with a store).
         rng: Randomness for TTL jitter and early refresh (injectable for tests).
 
     Raises:
-        ConfigurationError: An invalid option, another strategy, a store, or a backend
-            that is not Redis.
+        ConfigurationError: An invalid option, write-through or write-around, or a
+            backend that is not Redis.
     """
 
     def __init__(
@@ -64,10 +69,10 @@ class AsyncCache:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        if options.strategy != "cache-aside" or options.store is not None:
+        if options.strategy not in ("cache-aside", "write-behind"):
             raise ConfigurationError(
-                "the asyncio cache is cache-aside without a store; use the sync "
-                "CacheService for write-through, write-around and write-behind",
+                "the asyncio cache is cache-aside or write-behind; use the sync "
+                "CacheService for write-through and write-around (docs/asyncio.md)",
                 field="strategy",
             )
         self.config = CacheConfig.create(namespace, options)
@@ -80,10 +85,24 @@ class AsyncCache:
         self.backend = backend
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
-        self._check = ValueCheck(namespace, self._codec, None)
-        self._calls = CacheCalls(
-            backend.keys, namespace, self.config.partitions, self._codec, queued=False
+        store = self.config.store
+        # cache-aside writes no store, so the store's limits do not apply to its set().
+        self._check = ValueCheck(
+            namespace, self._codec, store if self.config.write_behind else None
         )
+        self._calls = CacheCalls(
+            backend.keys,
+            namespace,
+            self.config.partitions,
+            self._codec,
+            queued=self.config.write_behind,
+        )
+        self._settler = AsyncSettler(backend, self._calls)
+        self._writer: AsyncWriteBehind | None = None
+        if self.config.write_behind and store is not None:  # CacheConfig requires the store
+            self._writer = AsyncWriteBehind(
+                self.config, self._settler, store, self.ttl_ms, sender=self
+            )
 
     def __repr__(self) -> str:
         return f"AsyncCache({self.namespace!r}, ttl={self.config.ttl!r})"
@@ -101,17 +120,20 @@ class AsyncCache:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The cached value of ``key``, or ``default`` (also while Redis is down)."""
-        try:
-            lookup = await self._read(key)
-        except BackendUnavailable as exc:
-            self._degraded("get", exc)
-            return default
-        return lookup.value if lookup.found else default
+        """The value of ``key``, or ``default``: the cached copy; in a write-behind
+        namespace then the queued write; then the store if there is one (caching its
+        row). While Redis is down, the store's row (without a store, ``default``)."""
+        return (await self.get_many([key])).get(key, default)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """The cached values of ``keys`` that have one (one pipelined round trip)."""
+        """The values of ``keys`` that have one (one pipelined round trip to Redis, and
+        one ``load_many`` of the store, if any, in a worker thread, for the misses)."""
         wanted = list(dict.fromkeys(keys))
+        found: dict[str, Any] = {}
+        unsettled = await self._settler.unsettled(wanted)
+        if unsettled:  # written straight to the store; Redis may hold older copies
+            found.update(await self._from_store(list(unsettled), fill=False))
+            wanted = [key for key in wanted if key not in unsettled]
         calls = [(self._calls.read_keys(key), [key]) for key in wanted]
         try:
             replies = await self.backend.run_script_many(
@@ -119,9 +141,40 @@ class AsyncCache:
             )
         except BackendUnavailable as exc:
             self._degraded("get_many", exc)
+            found.update(await self._from_store(wanted, fill=False))
+            return found
+        misses = []
+        for key, lookup in zip(wanted, map(self._calls.lookup, replies), strict=True):
+            if lookup.kind == "miss":
+                misses.append(key)
+            elif lookup.found:
+                found[key] = lookup.value
+        found.update(await self._from_store(misses))
+        return found
+
+    async def _from_store(self, keys: list[str], *, fill: bool = True) -> dict[str, Any]:
+        """Values of ``keys`` from the store (none without one; tombstones left out),
+        cached unless a copy or a queued write appeared meanwhile."""
+        store = self.config.store
+        if store is None or not keys:
             return {}
-        lookups = [self._calls.lookup(reply) for reply in replies]
-        return {k: found.value for k, found in zip(wanted, lookups, strict=True) if found.found}
+        rows: Mapping[str, Loaded] = await asyncio.to_thread(store.load_many, self.namespace, keys)
+        values = {k: row.value for k, row in rows.items() if not row.deleted}
+        if fill:
+            copies = [(k, *self._copy(values.get(k), 0.0)) for k in keys]
+            calls = [
+                (
+                    self._calls.fill_keys(k),
+                    self._calls.fill_args(k, cached, ttl, only_if_absent=True, token=""),
+                )
+                for k, cached, ttl in copies
+                if cached
+            ]
+            try:
+                await self.backend.run_script_many("cache_fill", calls, what="cache fill_many")
+            except BackendUnavailable as exc:
+                self._degraded("caching store rows", exc)
+        return values
 
     async def get_or_load(self, key: str, loader: Loader) -> Any:
         """The value of ``key``, loading it with ``await loader()`` on a miss.
@@ -130,8 +183,12 @@ class AsyncCache:
         single-flight lock and loads, the others (sync or asyncio) wait for its copy; a
         hot key is refreshed early by one caller (XFetch). A loader returning None is
         cached as a negative entry for ``negative_ttl``. While Redis is down the loader
-        is awaited directly.
+        is awaited directly. In a write-behind namespace a queued write wins, and a
+        loaded value is never cached over a queued one (the store is not consulted: the
+        loader is the source).
         """
+        if await self._settler.unsettled([key]):
+            return await loader()
         try:
             lookup = await self._read(key)
             if lookup.kind == "miss":
@@ -148,21 +205,35 @@ class AsyncCache:
     # ------------------------------------------------------------------ writes
 
     async def set(self, key: str, value: Any) -> None:
-        """Cache ``value`` for ``key`` (not None: use :meth:`delete`).
+        """Write ``key`` (``value`` must not be None: use :meth:`delete`).
+
+        cache-aside: the cached copy. write-behind: the cached copy and the queue in one
+        script call, as ``CacheService.set``; the drain pool writes the store later. A
+        full queue follows ``on_full``; while Redis is down the write goes straight to
+        the store (in a worker thread).
 
         Raises:
-            UnstorableValue: ``value`` would not read back equal through the codec.
-            BackendUnavailable: Redis is down (a cache-aside write has nowhere else to go).
+            UnstorableValue: ``value`` would not read back equal through the codec, or
+                the store can never hold it; nothing was written.
+            WriteBehindFull: The queue is full and ``on_full`` is ``"raise"``/``"block"``.
+            StoreError: write-behind, and Redis and the store both failed.
+            BackendUnavailable: cache-aside, and Redis is down (nowhere else to go).
         """
         await self.set_many({key: value})
 
     async def set_many(self, mapping: Mapping[str, Any]) -> None:
-        """:meth:`set` every item, pipelined; every item is checked before any is written."""
+        """:meth:`set` every item, pipelined (write-behind: not atomic as a whole); every
+        item is checked before any is written."""
         items = dict(mapping)
         for key, value in items.items():
             if value is None:
                 raise ValueError(f"cannot cache None for {key!r}: use delete()")
-        copies = [(k, _HEADER + self._check.payload(k, v)) for k, v in items.items()]
+        payloads = {k: self._check.payload(k, v) for k, v in items.items()}
+        if self._writer is not None and payloads:
+            await self._settler.unsettled(())  # retry pending settles first
+            await self._writer.write_many([(k, items[k], p) for k, p in payloads.items()])
+            return
+        copies = [(k, _HEADER + payload) for k, payload in payloads.items()]
         if not copies:
             return
         async with self.backend.commands("cache SET") as client:
@@ -172,16 +243,22 @@ class AsyncCache:
             await pipe.execute()
 
     async def delete(self, key: str) -> None:
-        """Drop ``key``'s cached copy (there is no store to write a tombstone to).
+        """Delete ``key``: write-behind queues a tombstone for the store (and drops the
+        cached copy in the same call); cache-aside drops the cached copy.
 
         Raises:
-            BackendUnavailable: Redis is down.
+            UnstorableValue: The store can never hold ``key``; nothing was written.
+            BackendUnavailable: cache-aside, and Redis is down.
         """
         self._check.deletion(key)
+        if self._writer is not None:
+            await self._settler.unsettled(())
+            await self._writer.write_many([(key, None, None)])
+            return
         await self.invalidate(key)
 
     async def invalidate(self, key: str) -> None:
-        """Drop ``key``'s cached copy.
+        """Drop ``key``'s cached copy (the store and any queued write are untouched).
 
         Raises:
             BackendUnavailable: Redis is down.

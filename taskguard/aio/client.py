@@ -11,6 +11,7 @@ from taskguard.backend.memory import MemoryBackend
 from taskguard.cache.config import CacheOptions
 from taskguard.guards.breaker_spec import CircuitBreaker
 from taskguard.guards.keying import KeySource
+from taskguard.guards.quota import Quota
 from taskguard.guards.ratelimit import RateLimit
 from taskguard.keys import KeySchema
 from taskguard.units import Rate
@@ -20,6 +21,7 @@ from .base import AsyncBackend, AsyncMemoryBackend
 from .breaker import AsyncBreaker
 from .cache import AsyncCache
 from .locks import AsyncLock, AsyncSemaphore
+from .quota import AsyncQuotaLimiter
 from .ratelimit import AsyncRateLimiter
 from .redis import AsyncRedisBackend
 
@@ -27,7 +29,8 @@ __all__ = ["AsyncClient", "connect"]
 
 
 class AsyncClient:
-    """Builds asyncio rate limiters, locks, semaphores and breakers on one backend.
+    """Builds asyncio rate limiters, quotas, locks, semaphores, breakers and caches on one
+    backend.
 
     The factories take the arguments of :class:`taskguard.Client`'s, with the same
     defaults, and build the same keys: a primitive here and its sync twin of the same
@@ -77,6 +80,13 @@ class AsyncClient:
         spec = RateLimit(rate, burst=burst, key=key, name=name, on_outage=on_outage)
         return AsyncRateLimiter(self.backend, spec)
 
+    def quota(self, name: str, limit: str, **options: Any) -> AsyncQuotaLimiter:
+        """Build a calendar quota named ``name`` (``"10000/day"``, ``"500/month"``) with
+        the :class:`~taskguard.Quota` options (``reset``, ``tz``, ``day``, ``key``,
+        ``cost``, ``on_outage``, ``per_key``); a Celery task's ``Quota`` of the same name
+        counts the same calls."""
+        return AsyncQuotaLimiter(self.backend, Quota(limit, name=name, **options))
+
     def lock(self, name: str, *, ttl: float = 30.0, renew: bool = True) -> AsyncLock:
         """Build a distributed lock on resource ``name`` (see ``Client.lock``); ``renew``
         renews the lease from an asyncio task while it is held."""
@@ -101,8 +111,8 @@ class AsyncClient:
         rng: random.Random | None = None,
         **options: Any,
     ) -> AsyncCache:
-        """Build a cache-aside cache for ``namespace`` (needs Redis), sharing its copies
-        with sync caches of the same namespace.
+        """Build a cache for ``namespace`` (needs Redis), sharing its copies (and, for
+        write-behind, its queue) with sync caches of the same namespace.
 
         Args:
             namespace: The namespace, ``[A-Za-z0-9_.-]+``.
@@ -110,10 +120,12 @@ class AsyncClient:
             rng: Randomness for TTL jitter and early refresh (injectable for tests).
             **options: :class:`~taskguard.cache.CacheOptions` (``codec``, ``jitter``,
                 ``negative_ttl``, ``early_refresh``, ``flight_ttl``, ``flight_wait``...);
-                the strategy must stay ``"cache-aside"``, without a store.
+                ``strategy="write-behind"`` with a ``store`` (and ``capacity``,
+                ``on_full``, ``block_timeout``, ``partitions``), else cache-aside (with
+                a ``store``: read through on a miss).
 
         Raises:
-            ConfigurationError: An invalid option, another strategy or a store, or a
+            ConfigurationError: An invalid option, write-through or write-around, or a
                 backend that is not Redis.
         """
         return AsyncCache(self.backend, namespace, CacheOptions(ttl=ttl, **options), rng=rng)

@@ -14,7 +14,18 @@ from .memory_breaker import BreakerStates
 from .ops import BreakerOp, LeaseOp, PauseOp, RateOp, SlotOp
 from .registry import MemoryState, OpKind, register
 
-__all__ = ["BREAKER", "LEASE", "PAUSE", "RATE", "SLOT", "breaker_states"]
+__all__ = [
+    "BREAKER",
+    "LEASE",
+    "LIMITS",
+    "PAUSE",
+    "RATE",
+    "SLOT",
+    "breaker_states",
+    "effective_limit",
+    "effective_rate",
+    "override",
+]
 
 
 def _ms(seconds: float) -> int:
@@ -42,12 +53,18 @@ def _ms_arg(seconds: float) -> bytes:
 LIMITS = "limits"
 
 
+def override(state: MemoryState, overrides: str | None, field: str) -> str | None:
+    """The entry for ``field``, else ``"*"``, of a hash of values set at run time."""
+    if overrides is None:
+        return None
+    entries = state.extra.get(LIMITS, {}).get(overrides, {})
+    found: str | None = entries.get(field) or entries.get("*")
+    return found
+
+
 def effective_rate(state: MemoryState, op: RateOp) -> tuple[float, int]:
     """``(interval, burst)`` of ``op`` after a limit set at run time, as gcra.lua's parse."""
-    if op.overrides is None:
-        return op.interval, op.burst
-    entries = state.extra.get(LIMITS, {}).get(op.overrides, {})
-    spec = entries.get(op.field) or entries.get("*")
+    spec = override(state, op.overrides, op.field)
     if spec is None:
         return op.interval, op.burst
     interval_us, burst = spec.split()
@@ -165,10 +182,16 @@ LEASE = register(
 # ---------------------------------------------------------------- slot (concurrency)
 
 
+def effective_limit(state: MemoryState, op: SlotOp) -> int:
+    """``op``'s slot count after one set at run time, as slot.lua's parse."""
+    spec = override(state, op.overrides, op.field)
+    return op.limit if spec is None else int(spec)
+
+
 class _Slot:
     def wait(self, state: MemoryState, op: SlotOp, now: float) -> tuple[float, bool]:
         holders = state.holders(op.key, now)
-        if op.owner in holders or len(holders) < op.limit:
+        if op.owner in holders or len(holders) < effective_limit(state, op):
             return 0.0, False
         return max(min(holders.values()) - now, 0.001), False
 
@@ -179,7 +202,7 @@ class _Slot:
     def release(self, state: MemoryState, op: SlotOp, now: float) -> int:
         ours = state.holders(op.key, now).pop(op.owner, None) is not None
         if ours:
-            state.wake(op.wakeup_key, op.limit)
+            state.wake(op.wakeup_key, effective_limit(state, op))
         return int(ours)
 
     def renew(self, state: MemoryState, op: SlotOp, now: float) -> bool:
@@ -192,9 +215,15 @@ class _Slot:
 
 def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     keys = [op.key, op.wakeup_key] if release and op.wakeup_key else [op.key]
-    if op.park_key is None or op.park_due is None:
-        return keys, [op.owner, _ms_arg(op.ttl), op.limit, b"0"]
-    return [*keys, op.park_key, op.park_due], [op.owner, _ms_arg(op.ttl), op.limit, b"1"]
+    args: list[Any] = [op.owner, _ms_arg(op.ttl), op.limit, b"0"]
+    if op.overrides is not None:
+        keys.append(op.overrides)
+    if op.park_key is not None and op.park_due is not None:
+        keys += [op.park_key, op.park_due]
+        args[3] = b"1"
+    if op.overrides is not None:
+        args.append(op.field)
+    return keys, args
 
 
 SLOT = register(OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True))

@@ -150,6 +150,11 @@ class SlotOp:
             a newcomer is refused (they come first), and a release reports them.
         park_due: With ``park_key``: the lots' due index, where a release that finds
             tasks parked marks the lot for the next sweep.
+        overrides: When set, the hash of slot counts set at run time for this cap
+            (``taskguard limit set --kind cap``): an entry for ``field``, else for
+            ``"*"``, replaces ``limit`` inside the admission script (and the parking
+            scripts' count of free slots).
+        field: This key's entry in ``overrides``: ``"k:<key>"``, or ``"*"``.
     """
 
     key: str
@@ -159,6 +164,8 @@ class SlotOp:
     wakeup_key: str | None = None
     park_key: str | None = None
     park_due: str | None = None
+    overrides: str | None = None
+    field: str = "*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ class Parking:
         seq: int,
         payload: bytes,
         group: tuple[str, float] | None = None,
+        overrides: tuple[str, str] | None = None,
     ) -> list[bytes]:
         """Park ``payload`` on ``guard_key``'s lot at FIFO position ``seq``.
 
@@ -67,6 +68,9 @@ class Parking:
             group: A fair share's ``(group, weight)``: the lot orders this task by
                 weighted fair queuing between groups instead of by ``seq``
                 (:mod:`taskguard.guards.fairness`).
+            overrides: A cap's slot counts set at run time and this key's field in
+                them (:attr:`~taskguard.backend.ops.SlotOp.overrides`): the lot counts
+                its free slots with them, as the admission does.
 
         Returns:
             Payloads to publish now: the guard gained room since it refused, so the lot's
@@ -79,6 +83,11 @@ class Parking:
         if group is not None:
             key_list.append(keys.park_fair(guard_key))
             args += [group[0], repr(float(group[1]))]
+        if overrides is not None:
+            if group is None:
+                args += ["", ""]
+            key_list.append(overrides[0])
+            args.append(overrides[1])
         return self._payloads("park", key_list, args, "parking")
 
     def hand_back(self, guard_key: str) -> list[bytes]:

@@ -15,9 +15,9 @@ from taskguard.keys import KeySchema
 
 from .codec import Codec, get_codec
 from .entry import decode
-from .records import partition_of
+from .records import VERSION_SCALE, partition_of
 
-__all__ = ["MISS", "CacheCalls", "Lookup", "text"]
+__all__ = ["MISS", "CacheCalls", "Lookup", "WriteReply", "text"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,23 @@ class Lookup:
 
 
 MISS = Lookup("miss")
+
+
+@dataclass(frozen=True)
+class WriteReply:
+    """The write-behind script's answer.
+
+    Attributes:
+        queued: True when the write was queued.
+        stream_id: The queued entry's id (its version).
+        backlog: The partition's queue length when the write was refused.
+        dirty_id: The key's newest queued write when the write was refused ("" = none).
+    """
+
+    queued: bool
+    stream_id: str = ""
+    backlog: int = 0
+    dirty_id: str = ""
 
 
 def text(value: bytes | str | None) -> str:
@@ -149,3 +166,28 @@ class CacheCalls:
                 return Lookup("queued")
             return Lookup("queued", found=True, value=get_codec(text(reply[3])).loads(reply[1]))
         return MISS
+
+    def queue_args(
+        self, key: str, payload: bytes | None, ttl_ms: int, header: bytes, capacity: int
+    ) -> list[Any]:
+        """ARGV of ``cache_wb_write.lua``: a set of ``payload``, or a delete (None)."""
+        deleted = payload is None
+        return [key, self.codec.name, capacity, int(deleted), ttl_ms, header, payload or b""]
+
+    @staticmethod
+    def write_reply(reply: Sequence[Any]) -> WriteReply:
+        """The :class:`WriteReply` a ``cache_wb_write.lua`` reply reports."""
+        if int(reply[0]) == 1:
+            return WriteReply(True, stream_id=text(reply[1]))
+        return WriteReply(False, backlog=int(reply[1]), dirty_id=text(reply[2]))
+
+    def settle_call(self, key: str, version: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``cache_wb_settle.lua`` for a direct write of ``key`` at
+        ``version``."""
+        # The version as ms and the rest: Lua numbers are doubles, exact only below 2**53.
+        ms, rest = divmod(version, VERSION_SCALE)
+        return self.settle_keys(key), [key, ms, rest]
+
+    def dirty_key(self, key: str) -> str:
+        """The dirty index holding ``key``'s newest queued write (field ``key``)."""
+        return self.keys.cache_dirty(self.namespace, self.partition(key))

@@ -8,37 +8,18 @@ Batches are pipelined: one round trip for many keys.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskguard import _instrument
 from taskguard.errors import ConfigurationError
 
-from .calls import MISS, CacheCalls, Lookup, text
+from .calls import MISS, CacheCalls, Lookup, WriteReply, text
 from .codec import Codec
-from .records import VERSION_SCALE
 
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
 
-__all__ = ["MISS", "CacheOps", "Lookup", "WriteReply"]
-
-
-@dataclass(frozen=True)
-class WriteReply:
-    """The write-behind script's answer.
-
-    Attributes:
-        queued: True when the write was queued.
-        stream_id: The queued entry's id (its version).
-        backlog: The partition's queue length when the write was refused.
-        dirty_id: The key's newest queued write when the write was refused ("" = none).
-    """
-
-    queued: bool
-    stream_id: str = ""
-    backlog: int = 0
-    dirty_id: str = ""
+__all__ = ["MISS", "CacheOps", "Lookup", "WriteReply", "check_registration"]
 
 
 def _size(value: object) -> int:
@@ -177,12 +158,12 @@ class CacheOps:
         capacity: int,
     ) -> WriteReply:
         """Queue a write-behind set (``payload=None``: a delete) in one script call."""
-        args = self._queue_args(key, payload, ttl_ms, header, capacity)
+        args = self.calls.queue_args(key, payload, ttl_ms, header, capacity)
         with self._watch(_instrument.CACHE_PUT, (key,), [(key, payload, ttl_ms)]):
             reply = self.backend.run_script(
                 "cache_wb_write", self.calls.queue_keys(key), args, what="write-behind write"
             )
-        return self._write_reply(reply)
+        return self.calls.write_reply(reply)
 
     def queue_writes(
         self,
@@ -193,12 +174,15 @@ class CacheOps:
     ) -> list[WriteReply]:
         """:meth:`queue_write` each ``(key, payload, ttl_ms)``, pipelined (not atomically)."""
         calls = [
-            (self.calls.queue_keys(key), self._queue_args(key, payload, ttl_ms, header, capacity))
+            (
+                self.calls.queue_keys(key),
+                self.calls.queue_args(key, payload, ttl_ms, header, capacity),
+            )
             for key, payload, ttl_ms in items
         ]
         with self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items):
             replies = self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
-        return [self._write_reply(r) for r in replies]
+        return [self.calls.write_reply(r) for r in replies]
 
     def _watch(
         self,
@@ -212,18 +196,6 @@ class CacheOps:
         size = sum(_size(payload) for _, payload, _ in items)
         return _instrument.activity(op, namespace=self.namespace, keys=keys, size=size)
 
-    def _queue_args(
-        self, key: str, payload: bytes | None, ttl_ms: int, header: bytes, capacity: int
-    ) -> list[Any]:
-        deleted = payload is None
-        return [key, self.codec.name, capacity, int(deleted), ttl_ms, header, payload or b""]
-
-    @staticmethod
-    def _write_reply(reply: list[Any]) -> WriteReply:
-        if int(reply[0]) == 1:
-            return WriteReply(True, stream_id=text(reply[1]))
-        return WriteReply(False, backlog=int(reply[1]), dirty_id=text(reply[2]))
-
     def settle(self, key: str, version: int) -> bool:
         """After a direct store write of ``key`` at ``version``: drop the cached copy and
         the dirty mark, unless the key's queued write is at least as new (then it is
@@ -232,7 +204,7 @@ class CacheOps:
 
     def settle_many(self, writes: Sequence[tuple[str, int]]) -> list[bool]:
         """:meth:`settle` each ``(key, version)``, pipelined."""
-        calls = [(self.calls.settle_keys(k), _settle_args(k, version)) for k, version in writes]
+        calls = [self.calls.settle_call(k, version) for k, version in writes]
         replies = self.backend.run_script_many("cache_wb_settle", calls, what="cache settle")
         return [bool(reply) for reply in replies]
 
@@ -244,7 +216,7 @@ class CacheOps:
         with self.backend.commands("write-behind dirty lookup") as client:
             pipe = client.pipeline(transaction=False)
             for key in keys:
-                pipe.hget(self.calls.settle_keys(key)[1], key)
+                pipe.hget(self.calls.dirty_key(key), key)
             return [text(found) for found in pipe.execute()]
 
     def register(self) -> int:
@@ -256,12 +228,6 @@ class CacheOps:
             pipe.hget(where, self.namespace)
             _, recorded = pipe.execute()
         return int(recorded)
-
-
-def _settle_args(key: str, version: int) -> list[Any]:
-    # The version as ms and the rest: Lua numbers are doubles, exact only below 2**53.
-    ms, rest = divmod(version, VERSION_SCALE)
-    return [key, ms, rest]
 
 
 def check_registration(recorded: int, partitions: int, namespace: str) -> None:

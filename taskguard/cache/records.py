@@ -35,6 +35,7 @@ __all__ = [
     "QueuedWrite",
     "local_version",
     "partition_of",
+    "version_above",
     "version_of",
 ]
 
@@ -70,6 +71,13 @@ def local_version() -> int:
     """
     ms = time.time_ns() // 1_000_000
     return ms * VERSION_SCALE + VERSION_SCALE // 2 + next(_local_seq) % (VERSION_SCALE // 2)
+
+
+def version_above(queued_id: str) -> int:
+    """A version for a direct store write: from the local clock, and above the queued
+    write ``queued_id``'s ("": none queued)."""
+    version = local_version()
+    return max(version, version_of(queued_id) + 1) if queued_id else version
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from . import outage
 from .config import CacheConfig
 from .entry import header
 from .ops import CacheOps, WriteReply, check_registration
-from .records import local_version, version_of
+from .records import version_above
 from .settling import Settler
 
 __all__ = ["WriteBehind"]
@@ -161,7 +161,7 @@ class WriteBehind:
         # (so the drain's later write of that older entry loses). Then the cached copy and
         # the dirty mark go, unless a newer write was queued meanwhile: reads fall through
         # to the store, which holds this write. The cache never shows a value older than it.
-        version = _above(dirty_id)
+        version = version_above(dirty_id)
         self.store.write(self.config.namespace, [_record(key, value, deleted, version)])
         self.settler.settle([(key, version)])
 
@@ -183,17 +183,11 @@ class WriteBehind:
         except BackendUnavailable:
             queued = [""] * len(items)
         records = [
-            _record(key, value, deleted, _above(seen))
+            _record(key, value, deleted, version_above(seen))
             for (key, value, deleted), seen in zip(items, queued, strict=True)
         ]
         self.store.write(self.config.namespace, records)
         self.settler.settle([(record.key, record.version) for record in records])
-
-
-def _above(queued_id: str) -> int:
-    """A version for a direct write: from the local clock, and above ``queued_id``'s."""
-    version = local_version()
-    return max(version, version_of(queued_id) + 1) if queued_id else version
 
 
 def _record(key: str, value: Any, deleted: bool, version: int) -> Record:

@@ -6,8 +6,18 @@ Celery.
 """
 
 from . import _events  # noqa: F401 - adds the worker step that publishes guard events
+from ._control import inspect_workers, worker_view  # also registers the control commands
 from ._runtime import Runtime, runtime_for
 from ._settings import DeferralPolicy, Settings, TaskSettings
 from ._task import GuardedTask
 
-__all__ = ["DeferralPolicy", "GuardedTask", "Runtime", "Settings", "TaskSettings", "runtime_for"]
+__all__ = [
+    "DeferralPolicy",
+    "GuardedTask",
+    "Runtime",
+    "Settings",
+    "TaskSettings",
+    "inspect_workers",
+    "runtime_for",
+    "worker_view",
+]

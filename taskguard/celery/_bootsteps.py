@@ -35,6 +35,7 @@ from taskguard.guards.debounce import stamp_publish
 from taskguard.urls import redact
 
 from ._parking import Sweeper, add_lanes, drop_revoked
+from ._pools import check_pool
 from ._runtime import reset_all_after_fork, runtime_for
 
 __all__ = ["DrainStep", "SweepStep", "ValidateStep", "check_backend", "pool_from_settings"]
@@ -52,6 +53,7 @@ class ValidateStep(bootsteps.Step):  # type: ignore[misc]
         runtime = runtime_for(worker.app)
         resolved = runtime.validate()
         guarded = sum(1 for t in resolved if t.guards and t.enabled)
+        check_pool(worker.pool_cls, [t.name for t in resolved if t.guards and t.enabled])
         where = redact(runtime.redis_url())
         logger.info("taskguard: %d guarded task(s) validated; guard state in %s", guarded, where)
         drain = runtime.settings.drain.enabled

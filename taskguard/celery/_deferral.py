@@ -234,7 +234,7 @@ def park(
     how = parks(op)
     if how is None:
         return
-    mode, limit = how
+    mode, limit, overrides = how
     request = task.request
     count, since = next_deferral(task, state, policy, reason, on_give_up)
     headers = {
@@ -263,6 +263,7 @@ def park(
                 seq=int(since * 1_000_000),
                 payload=payload,
                 group=group,
+                overrides=overrides,
             )
     except (BackendUnavailable, BackendError) as exc:
         logger.warning("%s[%s]: could not park (%s); deferring by time", task.name, request.id, exc)

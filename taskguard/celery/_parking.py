@@ -91,12 +91,13 @@ def parking_for(backend: Backend) -> Parking | None:
     return Parking(backend) if isinstance(backend, RedisBackend) else None
 
 
-def parks(op: Op) -> tuple[str, int] | None:
-    """How a refused ``op`` parks: ``(mode, limit)``, or None if it does not."""
+def parks(op: Op) -> tuple[str, int, tuple[str, str] | None] | None:
+    """How a refused ``op`` parks: ``(mode, limit, run-time limits and field)``, or None
+    if it does not."""
     if isinstance(op, SlotOp) and op.park_key is not None:
-        return "slot", op.limit
+        return "slot", op.limit, None if op.overrides is None else (op.overrides, op.field)
     if isinstance(op, LeaseOp) and op.park_key is not None and op.purpose == "lock":
-        return "lease", 1
+        return "lease", 1, None
     return None
 
 

@@ -31,8 +31,12 @@ def release_run(
     """Give back what the run holds and record breaker outcomes, in one round trip.
 
     Never raises: a task's result must not depend on the release.
+
+    A run that holds nothing and records no breaker outcome (rate limits and quotas
+    spend, they do not hold) makes no call here, and reports no release activity: a
+    Sentry span per task for no work would cost more than the guard itself.
     """
-    if not _instrument.on:
+    if not _instrument.on or not (run.held or run.breakers):
         _release_run(task, request, run, outcome, exc, _instrument.IDLE)
         return
     with _instrument.activity(

@@ -1,11 +1,17 @@
-"""``taskguard limit set|clear|show``: change a rate limit for the whole fleet, live.
+"""``taskguard limit set|clear|show``: change a limit for the whole fleet, live.
 
-The rate is stored in Redis (:mod:`taskguard.backend.limits`) and read by the admission
-script, so every worker applies it within a second; no restart, no deploy.
-Each change is published as a ``limit_changed`` guard event (``taskguard events``).
+Three kinds (``--kind``): a rate limiter's rate (``rate``, the default: ``"100/s"``), a
+concurrency cap's slot count (``cap``: an integer) and a calendar quota's allowance
+(``quota``: ``"N/day"``, ``"N/week"`` or ``"N/month"``). The value is stored in Redis
+(:mod:`taskguard.backend.limits`) and read by the admission script, so every worker applies
+it from its next admission on (a rate: within a second); no restart, no deploy. Each change
+is published as a ``limit_changed`` guard event (``taskguard events``).
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import click
 
@@ -13,23 +19,69 @@ from ._connect import connect_redis, prefix_option, redis_url_option
 
 __all__ = ["limit"]
 
+_WHAT = {"rate": "rate limit", "cap": "concurrency cap", "quota": "quota"}
+_KIND = click.option(
+    "--kind",
+    type=click.Choice(["rate", "cap", "quota"]),
+    default="rate",
+    show_default=True,
+    help="What NAME is: a rate limiter, a concurrency cap or a calendar quota.",
+)
 
-@click.group(short_help="Change rate limits at run time.")
+
+@click.group(short_help="Change rate limits, caps and quotas at run time.")
 def limit() -> None:
-    """Change rate limits at run time, for every worker at once."""
+    """Change rate limits, concurrency caps and quotas at run time, for every worker at once."""
 
 
-def _bucket(key: str | None) -> str:
-    return "every bucket" if key is None else f"bucket {key!r}"
+def _scope(kind: str, key: str | None) -> str:
+    if kind == "rate":
+        return "every bucket" if key is None else f"bucket {key!r}"
+    return "every key" if key is None else f"key {key!r}"
 
 
-@limit.command(name="set", short_help="Set a limiter's rate (all buckets, or one).")
+def _integer(value: str) -> bool:
+    return value.strip().isascii() and value.strip().isdigit()
+
+
+def _set(client: Any, kind: str, name: str, value: str, *, key: str | None, burst: int) -> str:
+    """Set the limit; returns how it reads (raises TaskGuardError on a bad value)."""
+    from taskguard._validate import allowance, count
+    from taskguard._validate import rate as check_rate
+
+    if kind == "rate":
+        if _integer(value):
+            raise click.BadParameter(
+                f"{value!r} is a number, not a rate like '100/s': for a concurrency cap's "
+                "slot count add --kind cap",
+                param_hint="VALUE",
+            )
+        rate = check_rate(value, "rate")
+        client.set_limit(name, rate, burst=burst, key=key)
+        return f"{rate} (burst {burst})"
+    if kind == "cap":
+        if not _integer(value):
+            raise click.BadParameter(
+                f"a cap's slot count is a positive integer, got {value!r}", param_hint="VALUE"
+            )
+        slots = count(int(value), "limit")
+        client.set_cap(name, slots, key=key)
+        return f"{slots} slot{'s' if slots != 1 else ''}"
+    calls, period = allowance(value, "limit")
+    client.set_quota(name, f"{calls}/{period}", key=key)
+    return f"{calls}/{period}"
+
+
+@limit.command(name="set", short_help="Set a limit (for all keys, or one).")
 @redis_url_option
 @prefix_option()
 @click.argument("name")
-@click.argument("rate")
-@click.option("--key", default=None, help="One bucket (a rendered key, e.g. a tenant id).")
-@click.option("--burst", type=click.IntRange(min=1), default=1, show_default=True)
+@click.argument("value")
+@_KIND
+@click.option("--key", default=None, help="One key (a rendered key, e.g. a tenant id).")
+@click.option(
+    "--burst", type=click.IntRange(min=1), default=None, help="A rate's burst (default 1)."
+)
 @click.pass_context
 def set_(
     ctx: click.Context,
@@ -37,44 +89,57 @@ def set_(
     redis_url: str | None,
     prefix: str | None,
     name: str,
-    rate: str,
+    value: str,
+    kind: str,
     key: str | None,
-    burst: int,
+    burst: int | None,
 ) -> None:
-    """Set rate limiter NAME to RATE ("100/s", "30/5m"), for one --key or every bucket.
+    """Set NAME's limit to VALUE, for one --key or every key.
 
-    NAME is the limiter's name (a task's RateLimit is named after the task unless given a
-    name). It holds until `taskguard limit clear`; a bucket's own rate wins over the
-    all-buckets one.
+    \b
+    --kind rate  (default) VALUE is a rate: "100/s", "30/5m"; --burst sets its burst
+    --kind cap   VALUE is a concurrency cap's slot count: "3"
+    --kind quota VALUE is a quota's allowance: "500/day", "1000/week", "9000/month";
+                 a quota of another period ignores it
+
+    NAME is the guard's name (a task's guards are named after the task unless given a
+    name). It holds until `taskguard limit clear`, and wins over the code's value and its
+    per_key values; a key's own entry wins over the every-key one.
     """
-    from taskguard._validate import rate as check_rate
     from taskguard.client import Client
-    from taskguard.errors import TaskGuardError
+    from taskguard.errors import ConfigurationError, TaskGuardError
 
-    try:
-        parsed = check_rate(rate, "rate")
-    except TaskGuardError as exc:
-        raise click.BadParameter(str(exc), param_hint="RATE") from None
+    if burst is not None and kind != "rate":
+        raise click.BadParameter("only a rate has a burst", param_hint="--burst")
     backend = connect_redis(ctx, redis_url, prefix)
     try:
-        Client(backend).set_limit(name, parsed, burst=burst, key=key)
+        shown = _set(Client(backend), kind, name, value, key=key, burst=burst or 1)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="VALUE") from None
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
-    click.echo(f"rate limit {name!r}, {_bucket(key)}: {parsed} (burst {burst}) from now on")
+    click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: {shown} from now on")
 
 
-@limit.command(short_help="Remove a rate set at run time.")
+@limit.command(short_help="Remove a limit set at run time.")
 @redis_url_option
 @prefix_option()
 @click.argument("name")
-@click.option("--key", default=None, help="The bucket whose rate to clear.")
+@_KIND
+@click.option("--key", default=None, help="The key whose limit to clear.")
 @click.pass_context
 def clear(
-    ctx: click.Context, *, redis_url: str | None, prefix: str | None, name: str, key: str | None
+    ctx: click.Context,
+    *,
+    redis_url: str | None,
+    prefix: str | None,
+    name: str,
+    kind: str,
+    key: str | None,
 ) -> None:
-    """Remove the rate set for NAME (--key: one bucket's): its configured rate applies again.
+    """Remove the limit set for NAME (--key: one key's): its configured one applies again.
 
     Exits with 1 if none was set.
     """
@@ -82,38 +147,62 @@ def clear(
     from taskguard.errors import TaskGuardError
 
     backend = connect_redis(ctx, redis_url, prefix)
+    client = Client(backend)
+    clear_ = {"rate": client.clear_limit, "cap": client.clear_cap, "quota": client.clear_quota}
     try:
-        removed = Client(backend).clear_limit(name, key=key)
+        removed = clear_[kind](name, key=key)
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
+    what = {"rate": "rate", "cap": "slot count", "quota": "allowance"}[kind]
     if not removed:
-        raise click.ClickException(f"no rate was set for {name!r}, {_bucket(key)}")
-    click.echo(f"rate limit {name!r}, {_bucket(key)}: back to its configured rate")
+        raise click.ClickException(f"no {what} was set for {name!r}, {_scope(kind, key)}")
+    click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: back to its configured {what}")
 
 
-@limit.command(short_help="List the rates set at run time for a limiter.")
+@limit.command(short_help="List the limits set at run time for a name.")
 @redis_url_option
 @prefix_option()
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_context
-def show(ctx: click.Context, *, redis_url: str | None, prefix: str | None, name: str) -> None:
-    """List the rates set at run time for rate limiter NAME."""
-    from taskguard.backend.limits import limits_of
+def show(
+    ctx: click.Context, *, redis_url: str | None, prefix: str | None, name: str, as_json: bool
+) -> None:
+    """List the rates, slot counts and allowances set at run time for NAME."""
+    from taskguard.backend.limits import caps_of, limits_of, quotas_of
     from taskguard.errors import TaskGuardError
 
     backend = connect_redis(ctx, redis_url, prefix)
     try:
-        found = limits_of(backend, name)
+        rates, caps, quotas = (
+            limits_of(backend, name),
+            caps_of(backend, name),
+            quotas_of(backend, name),
+        )
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
-    if not found:
-        click.echo(f"rate limit {name!r}: no rate set at run time")
-    for override in found:
-        click.echo(
-            f"rate limit {name!r}, {_bucket(override.key)}: "
-            f"{override.per_second:g}/s (burst {override.burst})"
+    rows: list[tuple[str, str | None, dict[str, Any], str]] = [
+        (
+            "rate",
+            o.key,
+            {"per_second": o.per_second, "burst": o.burst},
+            f"{o.per_second:g}/s (burst {o.burst})",
         )
+        for o in rates
+    ]
+    rows += [("cap", o.key, {"limit": o.limit}, f"{o.limit} slots") for o in caps]
+    rows += [("quota", o.key, {"calls": o.calls, "period": o.period}, str(o)) for o in quotas]
+    if as_json:
+        found = [
+            {"kind": kind, "name": name, "key": key, **fields} for kind, key, fields, _ in rows
+        ]
+        click.echo(json.dumps(found))
+        return
+    if not rows:
+        click.echo(f"{name!r}: no limit set at run time")
+    for kind, key, _, shown in rows:
+        click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: {shown}")

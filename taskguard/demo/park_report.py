@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from taskguard.status import Status
+
 from .tasks import CAP
 
 __all__ = [
@@ -48,6 +50,8 @@ class CapRun:
             ``deferrals``, ``worker``), in the order they were recorded.
         peak_parked: The most tasks parked at once (``Client.parked()``, sampled).
         timed_out: The batch had not finished when the stage stopped waiting.
+        status: ``taskguard status``'s reading when the most tasks were parked (None:
+            none was taken).
     """
 
     tasks: int
@@ -55,6 +59,7 @@ class CapRun:
     runs: list[dict[str, Any]] = field(repr=False)
     peak_parked: int = 0
     timed_out: bool = False
+    status: Status | None = field(default=None, repr=False)
 
     @property
     def ideal(self) -> float:

@@ -25,6 +25,7 @@ from taskguard.testing import WorkerProcess
 from .config import PARK_STAGE, DemoConfig
 from .park_report import CapRun, ParkResult
 from .stages import DemoError, _fleet
+from .status_view import StatusSampler, render_status
 from .tasks import BY_TIME_RECORDS, BY_TIME_TASK, CAP, PARKED_TASK
 
 __all__ = ["PARK_TITLE", "TASKS", "run_park_stage", "stage_concurrency"]
@@ -81,10 +82,13 @@ def _run_batch(
     deadline = time.monotonic() + TIMEOUT_FACTOR * TASKS * DURATION / CAP + TIMEOUT_EXTRA
     checked = time.monotonic()
     peak = 0
+    sampler = StatusSampler(guards)
     settle_until: float | None = None
     while True:
         now = time.monotonic()
-        peak = max(peak, sum(guards.parked().values()))
+        parked = sum(guards.parked().values())
+        peak = max(peak, parked)
+        sampler.offer(parked)
         if settle_until is None and client.llen(key) >= TASKS:
             settle_until = now + SETTLE
         if (settle_until is not None and now >= settle_until) or now >= deadline:
@@ -94,7 +98,14 @@ def _run_batch(
             _check_alive(fleet)
         time.sleep(TICK)
     runs = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
-    return CapRun(TASKS, DURATION, runs, peak_parked=peak, timed_out=settle_until is None)
+    return CapRun(
+        TASKS,
+        DURATION,
+        runs,
+        peak_parked=peak,
+        timed_out=settle_until is None,
+        status=sampler.best,
+    )
 
 
 def _say(echo: Echo, label: str, run: CapRun) -> None:
@@ -155,6 +166,14 @@ def run_park_stage(
 
             parked = batch(PARKED_TASK, PARK_STAGE)
             _say(echo, "parked", parked)
+            if parked.status is not None:
+                echo(
+                    f"  taskguard status when the most were parked (read in "
+                    f"{parked.status.elapsed * 1000:.0f} ms; `taskguard status` shows it as "
+                    "tables):"
+                )
+                for line in render_status(parked.status):
+                    echo(line)
             by_time = None
             if compare:
                 echo(f"  the same {TASKS} tasks deferred by time (park: False) ...")

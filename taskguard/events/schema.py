@@ -81,9 +81,9 @@ EVENT_TYPES: Mapping[str, EventType] = _types(
     ),
     EventType(
         "limit_changed",
-        "a rate limit was set or cleared at run time",
+        "a rate limit, concurrency cap or quota was set or cleared at run time",
         ("name", "action"),
-        ("key", "rate", "burst", "user"),
+        ("key", "rate", "burst", "user", "kind", "limit"),
     ),
     EventType(
         "admin",

@@ -22,7 +22,7 @@ from .breaker_spec import CircuitBreaker
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
 
-__all__ = ["FlushedBreaker", "agent_for"]
+__all__ = ["FlushedBreaker", "agent_for", "local_breakers"]
 
 logger = logging.getLogger("taskguard.breaker")
 
@@ -74,7 +74,7 @@ class _Agent:
         with self._lock:
             self._breakers.setdefault(breaker.spec.name, weakref.WeakSet()).add(breaker)
 
-    def _all(self) -> list[FlushedBreaker]:
+    def breakers(self) -> list[FlushedBreaker]:
         with self._lock:
             return [b for group in self._breakers.values() for b in list(group)]
 
@@ -90,7 +90,7 @@ class _Agent:
             pubsub.close()
             raise
         self._pubsub = pubsub
-        for breaker in self._all():  # changes may have been missed while unsubscribed
+        for breaker in self.breakers():  # changes may have been missed while unsubscribed
             breaker.next_flush = 0.0
 
     def _drop_pubsub(self) -> None:
@@ -111,7 +111,7 @@ class _Agent:
                     self._subscribe()
                 except Exception:
                     retry_at = now + RESUBSCRIBE_EVERY
-            breakers = self._all()
+            breakers = self.breakers()
             if breakers:
                 idle_since = now
             for breaker in breakers:
@@ -183,3 +183,11 @@ def agent_for(backend: RedisBackend) -> _Agent:
         if agent is None or agent.pid != os.getpid() or agent.retired:
             agent = _AGENTS[backend] = _Agent(backend)
         return agent
+
+
+def local_breakers() -> list[FlushedBreaker]:
+    """Every hot-path breaker this process's agents serve, whatever their backend."""
+    pid = os.getpid()
+    with _AGENTS_LOCK:
+        agents = [agent for agent in _AGENTS.values() if agent.pid == pid and not agent.retired]
+    return [breaker for agent in agents for breaker in agent.breakers()]

@@ -38,14 +38,14 @@ from taskguard.backend.redis import RedisBackend
 from taskguard.errors import BackendError, BackendUnavailable, ConfigurationError
 
 from .breaker import Breaker
-from .breaker_agent import agent_for
+from .breaker_agent import agent_for, local_breakers
 from .breaker_events import announce
 from .breaker_spec import CircuitBreaker
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
 
-__all__ = ["HotPathBreaker", "hot_path_breaker", "publish_refresh"]
+__all__ = ["HotPathBreaker", "hot_path_breaker", "local_hot_path_breakers", "publish_refresh"]
 
 logger = logging.getLogger("taskguard.breaker")
 
@@ -172,6 +172,11 @@ class HotPathBreaker(Breaker):
             return "half_open"
         return state
 
+    @property
+    def view_age(self) -> float:
+        """Seconds since the view was last refreshed from Redis (inf: never)."""
+        return time.monotonic() - self._view[2]
+
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``func`` through the breaker; no I/O while closed (see the module doc).
 
@@ -293,6 +298,12 @@ class HotPathBreaker(Breaker):
         # Refreshed while in use; an idle breaker costs nothing, and its next call,
         # finding the view stale, refreshes it first.
         return self._batch.calls > 0 or now - self._last_call < self.stale_after
+
+
+def local_hot_path_breakers() -> list[HotPathBreaker]:
+    """The hot-path breakers in use in this process (their agent's list), by name."""
+    found = [b for b in local_breakers() if isinstance(b, HotPathBreaker)]
+    return sorted(found, key=lambda breaker: breaker.spec.name)
 
 
 def _text(value: object) -> str:

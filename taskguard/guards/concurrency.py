@@ -59,6 +59,10 @@ class Concurrency(Guard):
         per_key: Slot counts for some keys: a mapping of rendered key to limit
             (``{"acme": 10}``) or a callable taking the key and returning a limit or
             ``None`` (this cap's own ``limit``).
+
+    A slot count set at run time (``taskguard limit set NAME 3 --kind cap``, or
+    :meth:`taskguard.Client.set_cap`) wins over ``limit`` and ``per_key``: it is read
+    inside the admission script (docs/concurrency.md, "Changing a cap at run time").
     """
 
     kind = "concurrency"
@@ -169,6 +173,8 @@ class Concurrency(Guard):
             wakeup_key=keys.slot_wakeup(name, bucket),
             park_key=keys.park_lot(slots) if park else None,
             park_due=keys.park_due() if park else None,
+            overrides=keys.cap_overrides(name),
+            field="*" if bucket is None else f"k:{bucket}",
         )
 
     def task_ops(
@@ -233,7 +239,11 @@ class Semaphore(LeasedPrimitive):
         self.renew = renew
         super().__init__()
         keys = backend.keys
-        self._keys = (keys.slots(self.name), keys.slot_wakeup(self.name))
+        self._keys = (
+            keys.slots(self.name),
+            keys.slot_wakeup(self.name),
+            keys.cap_overrides(self.name),
+        )
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.name!r} limit={self.limit} on {self.backend!r}>"
@@ -250,7 +260,8 @@ class Semaphore(LeasedPrimitive):
     def try_acquire(self) -> Decision:
         """Take a slot if one is free; the decision carries the lease to release."""
         limit = self._spec().limit  # validated again only when `limit` was changed
-        op = SlotOp(self._keys[0], new_owner(), self.ttl, limit, self._keys[1])
+        slots, wakeup, overrides = self._keys
+        op = SlotOp(slots, new_owner(), self.ttl, limit, wakeup, overrides=overrides)
         result = self.backend.admit([op])
         if not result.allowed:
             return Decision(False, retry_after=result.retry_after, key=self.name)

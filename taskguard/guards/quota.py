@@ -25,9 +25,10 @@ from datetime import datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 
-from taskguard._validate import choice, count, text
+from taskguard._validate import allowance, count, text
 from taskguard._validate import name as check_name
 from taskguard.backend.base import Backend
+from taskguard.backend.builtin_kinds import override
 from taskguard.backend.ops import Op
 from taskguard.backend.redis import HasBackend
 from taskguard.backend.registry import MemoryState, OpKind, register
@@ -44,10 +45,6 @@ __all__ = ["QUOTA_GRACE_MS", "QUOTA_KEY_KIND", "Quota", "QuotaLimiter", "QuotaOp
 #: The kind code of a quota's keys (``KeySchema.guard(QUOTA_KEY_KIND, name, key)``).
 QUOTA_KEY_KIND = "q"
 
-PERIODS = ("day", "week", "month")
-# ASCII digits only, nothing before or after (fullmatch: "$" would let a "\n" through).
-_LIMIT = re.compile(r"([0-9]+) */ *(day|d|week|w|month|mo)", re.ASCII)
-_UNITS = {"d": "day", "day": "day", "w": "week", "week": "week", "mo": "month", "month": "month"}
 _RESET = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
 #: A window's counter outlives the window by this much (a late reader still sees it).
 QUOTA_GRACE_MS = 60_000
@@ -62,12 +59,30 @@ class QuotaOp:
         limit: Calls per window.
         cost: Calls this one takes (0: only read what is left).
         starts: Consecutive window starts, epoch milliseconds, ascending (>= 2).
+        period: ``"day"``, ``"week"`` or ``"month"``: an allowance set at run time
+            applies only if it is for this period.
+        overrides: When set, the hash of allowances set at run time for this quota
+            (``taskguard limit set --kind quota``): an entry for ``field``, else for
+            ``"*"``, replaces ``limit`` inside the admission script.
+        field: This key's entry in ``overrides``: ``"k:<key>"``, or ``"*"``.
     """
 
     key: str
     limit: int
     cost: int
     starts: tuple[int, ...]
+    period: str = ""
+    overrides: str | None = None
+    field: str = "*"
+
+
+def _calls(state: MemoryState, op: QuotaOp) -> int:
+    """``op``'s calls per window after an allowance set at run time, as quota.lua's parse."""
+    spec = override(state, op.overrides, op.field)
+    if spec is None:
+        return op.limit
+    calls, period = spec.split()
+    return int(calls) if period == op.period else op.limit
 
 
 def _window(starts: Sequence[int], now_ms: int) -> tuple[int, int]:
@@ -97,7 +112,7 @@ class _Memory:
 
     def wait(self, state: MemoryState, op: QuotaOp, now: float) -> tuple[float, bool]:
         used, _, end = self._used(state, op, now)
-        if op.cost and used + op.cost > op.limit:
+        if op.cost and used + op.cost > _calls(state, op):
             return max(end / 1000 - now, 0.001), False
         return 0.0, False
 
@@ -106,7 +121,7 @@ class _Memory:
         if op.cost:
             used += op.cost
             self._table(state)[op.key] = (start, used, (end + QUOTA_GRACE_MS) / 1000)
-        return op.limit - used
+        return _calls(state, op) - used
 
     def release(self, state: MemoryState, op: QuotaOp, now: float) -> int:
         return 0  # calls are spent, never given back
@@ -116,7 +131,10 @@ class _Memory:
 
 
 def _encode(op: QuotaOp, release: bool) -> tuple[list[str], list[Any]]:
-    return [op.key], [op.limit, op.cost, len(op.starts), *op.starts]
+    args: list[Any] = [op.limit, op.cost, len(op.starts), *op.starts]
+    if op.overrides is None:
+        return [op.key], args
+    return [op.key, op.overrides], [*args, op.field, op.period]
 
 
 register(OpKind(QuotaOp, "quota", "quota", _encode, _Memory()))
@@ -181,6 +199,10 @@ class Quota(Guard):
             (``{"acme": 50000}``) or a callable taking the key and returning a count or
             ``None`` (this quota's own).
 
+    An allowance set at run time (``taskguard limit set NAME 500/day --kind quota``, or
+    :meth:`taskguard.Client.set_quota`) for this quota's period wins over ``limit`` and
+    ``per_key``: it is read inside the admission script (docs/quotas.md).
+
     A refused task defers until the reset (in steps of at most ``max_deferral_delay``;
     raise ``max_deferral_age`` above the period for long waits).
 
@@ -222,14 +244,7 @@ class Quota(Guard):
         on_outage: str = "allow",
         per_key: Mapping[str, int] | Callable[[str | None], Any] | None = None,
     ) -> None:
-        match = _LIMIT.fullmatch(limit) if isinstance(limit, str) else None
-        if match is None:
-            raise ConfigurationError(
-                f"must be calls per day, week or month, like '10000/day', got {limit!r}",
-                field="limit",
-            )
-        calls = count(int(match.group(1)), "limit")
-        period = choice(_UNITS[match.group(2)], "limit", PERIODS)
+        calls, period = allowance(limit, "limit")
         if not isinstance(reset, str) or not _RESET.fullmatch(reset):
             raise ConfigurationError(f"must be a time 'HH:MM', got {reset!r}", field="reset")
         try:
@@ -293,11 +308,15 @@ class Quota(Guard):
     ) -> QuotaOp:
         """The op taking ``cost`` calls (default: the spec's) from ``bucket``'s quota, with
         the window starts around ``now`` (default: this host's clock)."""
+        name = self.name or "default"
         return QuotaOp(
-            key=keys.guard(QUOTA_KEY_KIND, self.name or "default", bucket),
+            key=keys.guard(QUOTA_KEY_KIND, name, bucket),
             limit=self.calls if self.per_key is None else self.per_key.get(bucket, self.calls),
             cost=self.cost if cost is None else cost,
             starts=self.starts(now),
+            period=self.period,
+            overrides=keys.quota_overrides(name),
+            field="*" if bucket is None else f"k:{bucket}",
         )
 
     def task_ops(

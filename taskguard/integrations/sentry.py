@@ -76,8 +76,8 @@ class _SpanHook(_instrument.Hook):
         if not _active():
             return None
         op = activity.op
-        if op == _instrument.ADMIT:
-            _set_guard_context(activity.data)
+        # The guard context is set when the admission ends (it names the decision), and
+        # an admission that raises ends too: nothing of the run can fail before that.
         if sentry_sdk.get_current_span() is not None:
             span = sentry_sdk.start_span(op=op, name=_name(activity), origin=ORIGIN)
         elif op == _instrument.DRAIN_BATCH:  # the drain runs outside any task

@@ -92,15 +92,23 @@ def _pipelined(client: Any, commands: Sequence[Command]) -> list[Any]:
     return [None if isinstance(reply, Exception) else reply for reply in replies]
 
 
+def _mget(client: Any, names: Sequence[str]) -> list[Any]:
+    """``GET`` of each of ``names``, as ``MGET`` s of at most :data:`PIPELINE_CHUNK` keys in
+    one round trip (one command per chunk, not per key: the client packs far less)."""
+    chunks = [names[i : i + PIPELINE_CHUNK] for i in range(0, len(names), PIPELINE_CHUNK)]
+    replies = _pipelined(client, [("mget", (list(chunk),), {}) for chunk in chunks])
+    values: list[Any] = []
+    for chunk, reply in zip(chunks, replies, strict=True):
+        values.extend(reply if reply is not None else [None] * len(chunk))
+    return values
+
+
 def _commands(keys: KeySchema, found: Mapping[str, list[Ref]]) -> list[Command]:
-    """The reads of every key found, in the order :func:`read_guards` consumes them."""
+    """The per-key reads of every key found, in the order :func:`read_guards` consumes
+    them (the string values come by :func:`_mget`)."""
     members = {"withscores": True}
-    out: list[Command] = [("get", (r.redis_key,), {}) for r in found.get(RATE, ())]
-    for r in found.get(LOCK, ()):
-        out += [("get", (r.redis_key,), {}), ("pttl", (r.redis_key,), {})]
-        out.append(("get", (keys.fence(r.name, r.key),), {}))
-    for r in found.get(UNIQUE, ()):
-        out += [("get", (r.redis_key,), {}), ("pttl", (r.redis_key,), {})]
+    out: list[Command] = [("pttl", (r.redis_key,), {}) for r in found.get(LOCK, ())]
+    out += [("pttl", (r.redis_key,), {}) for r in found.get(UNIQUE, ())]
     out += [("zrange", (r.redis_key, 0, -1), members) for r in found.get(SLOTS, ())]
     for r in found.get(BREAKER, ()):
         out += [("hgetall", (r.redis_key,), {}), ("type", (keys.breaker_window(r.name),), {})]
@@ -132,26 +140,38 @@ def read_guards(
         seconds, micros = client.time()
         now_us = int(seconds) * 1_000_000 + int(micros)
         now_ms = now_us // 1000
+        rate_refs, lock_refs = found.get(RATE, []), found.get(LOCK, [])
+        unique_refs = found.get(UNIQUE, [])
+        values = iter(
+            _mget(
+                client,
+                [r.redis_key for r in (*rate_refs, *lock_refs, *unique_refs)]
+                + [keys.fence(r.name, r.key) for r in lock_refs],
+            )
+        )
+        tats = [next(values) for _ in rate_refs]
+        owners = [next(values) for _ in lock_refs]
+        claimants = [next(values) for _ in unique_refs]
         replies = iter(_pipelined(client, _commands(keys, found)))
         rates = [
-            bucket(r.name, r.key, next(replies), now_us, limits.get(r.name))
-            for r in found.get(RATE, ())
+            bucket(r.name, r.key, tat, now_us, limits.get(r.name))
+            for r, tat in zip(rate_refs, tats, strict=True)
         ]
         locks = [
             lock_holder(
                 LOCK,
                 r.name,
                 r.key,
-                owner=next(replies),
+                owner=owner,
                 pttl=next(replies),
-                fence=next(replies),
+                fence=next(values),
                 now_us=now_us,
             )
-            for r in found.get(LOCK, ())
+            for r, owner in zip(lock_refs, owners, strict=True)
         ]
         locks += [
-            lock_holder("unique", r.name, r.key, owner=next(replies), pttl=next(replies))
-            for r in found.get(UNIQUE, ())
+            lock_holder("unique", r.name, r.key, owner=owner, pttl=next(replies))
+            for r, owner in zip(unique_refs, claimants, strict=True)
         ]
         slots = [slot_set(r.name, r.key, next(replies), now_ms) for r in found.get(SLOTS, ())]
         raw_breakers = [

@@ -251,4 +251,24 @@ class Status:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars, for ``json.dumps``."""
-        return dataclasses.asdict(self)
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+
+#: Field names per dataclass, read once (``dataclasses.fields`` is slow for 10k rows).
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copies: the values here are immutable
+    scalars, so the walk only rebuilds dataclasses as dicts and tuples as lists."""
+    names = _FIELDS.get(type(value))
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value

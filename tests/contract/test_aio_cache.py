@@ -97,8 +97,8 @@ def test_a_sync_reader_waits_for_an_asyncio_load(pair: Pair) -> None:
     assert sync_loads == []
 
 
-def test_only_cache_aside_on_redis() -> None:
-    with pytest.raises(ConfigurationError, match="cache-aside"):
+def test_only_cache_aside_and_write_behind_on_redis() -> None:
+    with pytest.raises(ConfigurationError, match="cache-aside or write-behind"):
         taskguard.aio.connect("redis://localhost:1").cache("w", ttl=5, strategy="write-around")
     with pytest.raises(ConfigurationError, match="Redis backend"):
         taskguard.aio.connect("memory://").cache("m", ttl=5)

@@ -90,14 +90,16 @@ class Fleet:
             "TG_SETTINGS": json.dumps(self.settings),
         }
 
-    def worker(self, concurrency: int = 2) -> WorkerProcess:
+    def worker(self, concurrency: int = 2, pool: str = "prefork") -> WorkerProcess:
         """A worker of this fleet (not started); stopped and cleaned up with the fleet."""
-        worker = WorkerProcess(self.app, concurrency=concurrency, env=self.env(), cwd=ROOT)
+        worker = WorkerProcess(
+            self.app, concurrency=concurrency, pool=pool, env=self.env(), cwd=ROOT
+        )
         self.workers.append(worker)
         return worker
 
-    def start(self, count: int, concurrency: int = 2) -> Fleet:
-        started = [self.worker(concurrency).start(wait=False) for _ in range(count)]
+    def start(self, count: int, concurrency: int = 2, pool: str = "prefork") -> Fleet:
+        started = [self.worker(concurrency, pool).start(wait=False) for _ in range(count)]
         for worker in started:
             worker.wait_ready(60)
         return self

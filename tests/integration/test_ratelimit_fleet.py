@@ -131,11 +131,11 @@ def test_deferral_keeps_task_id_and_retries(steady: Batch) -> None:
     # again; only one delivered late contests a second time. Without reservations every
     # task would re-contest each slot: hundreds of deferrals for these 100 tasks. How many
     # come back late depends on the machine's load (a start-up transient, see "came back
-    # late" in docs/deferral.md: re-published tasks queue behind the unread backlog); 78%
-    # and 80-95% were seen here, so the bound leaves room for a loaded CI machine.
+    # late" in docs/deferral.md: re-published tasks queue behind the unread backlog): on a
+    # quiet machine 80-95% of the deferred ran after one deferral, under a load average
+    # of 7 on 2 cores 52-58%, so only the total is asserted.
     histogram = Counter(r["deferrals"] for r in runs)
     print("deferrals per task:", dict(histogram))
-    assert histogram[1] >= 0.6 * len(deferred)
     assert len(deferrals) < 1.5 * len(runs)
     assert all(d["reserved"] for d in deferrals)
 

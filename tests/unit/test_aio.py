@@ -291,6 +291,30 @@ def test_breaker_block_records_its_exception_and_admin_actions_apply() -> None:
 # ---------------------------------------------------------------- sharing with sync
 
 
+def test_quota_counts_per_window_resets_and_follows_a_run_time_allowance() -> None:
+    async def test(client: AsyncClient, clock: FakeClock) -> None:
+        sms = client.quota("sms", "2/day", key="{phone}")
+        assert [(await sms.try_acquire(key="+44")).allowed for _ in range(3)] == [
+            True,
+            True,
+            False,
+        ]
+        refused = await sms.try_acquire(key="+44")
+        assert refused.retry_after == pytest.approx(86_400 - 1_000_000.0 % 86_400)
+        with pytest.raises(RateLimited):
+            await sms.acquire(key="+44")
+        assert await sms.remaining(key="+49") == 2
+        clock.advance(refused.retry_after)  # midnight UTC: a new window
+        assert await sms.remaining(key="+44") == 2
+        async with sms.acquire(key="+44") as taken:
+            assert taken.remaining == 1
+        assert isinstance(client.backend, AsyncMemoryBackend)
+        taskguard.Client(client.backend.memory).set_quota("sms", "5/day")  # shared state
+        assert await sms.remaining(key="+44") == 4
+
+    run(test)
+
+
 def test_a_sync_client_on_the_same_memory_backend_shares_everything() -> None:
     sync = taskguard.connect("memory://")
 

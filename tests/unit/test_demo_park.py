@@ -17,7 +17,17 @@ from taskguard.demo.config import DemoConfig
 from taskguard.demo.park_report import CapRun, ParkResult, park_held, park_rows, park_verdict
 from taskguard.demo.park_stage import stage_concurrency
 from taskguard.demo.report import Header, render_header, render_results
+from taskguard.demo.status_view import render_status
 from taskguard.demo.tasks import BY_TIME_TASK, CAP, PARKED_TASK, _taskguard_settings
+from taskguard.status import Status
+from taskguard.status.model import (
+    BreakerStatus,
+    LockHolder,
+    ParkedLot,
+    ParkedWork,
+    SlotHolder,
+    SlotSet,
+)
 
 DURATION = 0.3
 
@@ -182,3 +192,25 @@ def test_one_capped_task_parks_the_other_defers_by_time() -> None:
 
 
 def _noop(n: int, seconds: float) -> None: ...
+
+
+def test_status_view_shows_what_the_guards_hold() -> None:
+    holders = tuple(SlotHolder(f"task{n}abcdef:nonce", 29.6) for n in range(5))
+    status = Status(
+        prefix="tg",
+        server_time=0.0,
+        elapsed=0.004,
+        slots=(SlotSet("demo.capped", None, holders),),
+        parked=ParkedWork((ParkedLot("slots", "demo.capped", None, "tg:k", 34),), in_flight=1),
+        locks=(LockHolder("lock", "report", "42", "abc12345xyz:n", 9.0, 17),),
+        breakers=(BreakerStatus("partner", "open", 1.5, 1, "count", 10, 6, 0, 0, 0, 0),),
+    )
+    assert render_status(status, indent="") == [
+        "slots    demo.capped: 5 held by task0abc (30s lease), task1abc (30s lease), "
+        "task2abc (30s lease), +2",
+        "parked   demo.capped: 34 task(s) waiting, FIFO, for a release to hand them back",
+        "parked   1 hand-back(s) on their way to a worker",
+        "lock     report[42]: held by abc12345, fencing token 17",
+        "breaker  partner: open, 1.5s to a probe; window 10 calls, 6 failed",
+    ]
+    assert render_status(Status(prefix="tg", server_time=0.0, elapsed=0.0)) == []

@@ -126,6 +126,8 @@ def test_publish_event_adds_the_common_fields_and_nulls(
         "key": None,
         "burst": None,
         "user": None,
+        "kind": None,
+        "limit": None,
     }
 
 

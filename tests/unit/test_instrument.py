@@ -125,6 +125,17 @@ def app(backend: MemoryBackend) -> Iterator[Celery]:
         yield app
 
 
+def test_a_run_that_holds_nothing_reports_no_release(app: Celery, recorder: Recorder) -> None:
+    """Rate limits spend tokens and hold nothing: no release call, so no release span."""
+
+    @app.task(base=GuardedTask, guards=[RateLimit("10/s")], shared=False)
+    def work() -> str:
+        return "done"
+
+    assert run_as_worker(work) == "done"
+    assert [op for op, *_ in recorder.finished] == ["taskguard.admit"]
+
+
 def test_an_admitted_run_reports_admit_then_release(app: Celery, recorder: Recorder) -> None:
     @app.task(base=GuardedTask, guards=[RateLimit("10/s"), Concurrency(2)], shared=False)
     def work() -> str:

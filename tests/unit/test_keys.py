@@ -39,6 +39,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "breaker_window": ("name",),
     "breaker_probes": ("name",),
     "limit_overrides": ("name",),
+    "cap_overrides": ("name",),
+    "quota_overrides": ("name",),
     "guard": ("kind", "name", "key?"),
     "cache_value": ("namespace", "partition", "key"),
     "cache_flight": ("namespace", "partition", "key"),
@@ -147,6 +149,8 @@ _KINDS = {
     "cbw": "breaker_window",
     "cbp": "breaker_probes",
     "lim": "limit_overrides",
+    "limc": "cap_overrides",
+    "limq": "quota_overrides",
 }
 
 
@@ -210,7 +214,7 @@ def decode(key: str) -> tuple[Any, ...]:
         assert kind.isalnum()
         assert kind not in RESERVED_KINDS
         return (schema, "guard", kind, *args)
-    if _KINDS[kind].startswith("breaker") or kind == "lim":
+    if _KINDS[kind].startswith("breaker") or kind.startswith("lim"):
         assert args[1] is None
         return (schema, _KINDS[kind], args[0])
     return (schema, _KINDS[kind], *args)

@@ -20,7 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("backend",),
     ("heartbeat", "guards", "sinks"),
     ("cache", "drain", "status", "events"),
-    ("client", "aio"),
+    ("client", "aio", "_limits"),
     ("celery",),
     ("cli", "demo", "testing", "integrations", "sentry", "contrib", "pytest"),
 ]

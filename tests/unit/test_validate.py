@@ -170,3 +170,12 @@ def test_the_copies_agree_on_one_message() -> None:
             build()
         messages.append(info.value.reason)
     assert messages == ["must be positive seconds, got 0"] * 3
+
+
+def test_allowance_reads_calls_per_period() -> None:
+    assert check.allowance("500/day", "limit") == (500, "day")
+    assert check.allowance("7 / w", "limit") == (7, "week")
+    assert check.allowance("9000/mo", "limit") == (9000, "month")
+    for bad in ("5/s", "0/day", "five/day", "5/day\n", 5):
+        with pytest.raises(ConfigurationError, match="limit"):
+            check.allowance(bad, "limit")

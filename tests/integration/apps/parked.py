@@ -100,6 +100,12 @@ def live(self: Any, i: int) -> int:
     return i
 
 
+@app.task(shared=False, bind=True, base=GuardedTask, guards=[Concurrency(4, name="livecap")])
+def capped(self: Any, i: int, seconds: float) -> int:
+    _run(self, seconds, i=i)
+    return i
+
+
 @app.task(shared=False, bind=True, base=GuardedTask, guards=[Debounce(1.0, key="{doc}")])
 def reindex(self: Any, doc: str, version: int) -> int:
     _run(self, 0.0, doc=doc, version=version)

@@ -2,8 +2,9 @@
 
 ARGV from `first` on: n, then per op: kind, nkeys, argc, argc arguments.
 KEYS: each op's nkeys keys, in op order.
-Each op becomes a table {kind = KINDS[kind], key = its first key, keys = all its keys},
-filled in by the kind's parse(op, argv, i).
+Each op becomes a table {kind = KINDS[kind], key = its first key, keys = all its keys,
+argc = its argument count, so a kind can tell whether an optional trailing argument was
+sent}, filled in by the kind's parse(op, argv, i).
 --]]
 
 local function read_ops(first)
@@ -13,7 +14,7 @@ local function read_ops(first)
     local kind = KINDS[ARGV[a]]
     if not kind then error('taskguard: unknown op kind ' .. tostring(ARGV[a])) end
     local nkeys, argc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    local op = { kind = kind, key = KEYS[k], keys = {} }
+    local op = { kind = kind, key = KEYS[k], keys = {}, argc = argc }
     for j = 1, nkeys do op.keys[j] = KEYS[k + j - 1] end
     kind.parse(op, ARGV, a + 3)
     ops[i] = op

@@ -7,7 +7,10 @@ keys' hash tag:
 
   lot   <head>:park:<rest of the guard key>  ZSET ticket -> seq: FIFO by first denial
   msgs  <head>:parkmsg   HASH ticket -> payload (the message, opaque here)
-  meta  <head>:parkmeta  HASH lot -> JSON {mode = "slot"|"lease", key, limit, fair}
+  meta  <head>:parkmeta  HASH lot -> JSON {mode = "slot"|"lease", key, limit, fair,
+                         lim, field}: with `lim` (a cap's slot counts set at run time,
+                         under the same hash tag) its entry `field`, else "*", replaces
+                         `limit` when the lot counts its guard's free room
   fair  <head>:parkfair:<rest>  HASH, for a cap with fair shares: v (the position of the
         ticket handed back last) and g:<group> (each group's last position); a lot is
         then ordered by weighted fair queuing, not FIFO (see park.lua)
@@ -34,7 +37,12 @@ end
 local function park_free(info, now_ms)
   if info.mode == 'slot' then
     redis.call('ZREMRANGEBYSCORE', info.key, '-inf', now_ms)
-    return info.limit - redis.call('ZCARD', info.key)
+    local limit = info.limit
+    if info.lim then
+      local set = redis.call('HMGET', info.lim, info.field, '*')
+      limit = tonumber(set[1] or set[2] or '') or limit
+    end
+    return limit - redis.call('ZCARD', info.key)
   end
   if redis.call('EXISTS', info.key) == 1 then return 0 end
   return 1

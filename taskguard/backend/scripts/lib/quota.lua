@@ -8,7 +8,13 @@ Op arguments (ARGV, after the op's kind, nkeys and argc):
      caller's clock, from its calendar (time zone, DST). The window holding the server's
      TIME is used; before the first start, the first window; from the last start on, a
      window as long as the one before it.
+  then, with key 2: this key's field in it ("k:<key>", or "*") and the quota's period
+  ("day", "week" or "month")
 Op keys: 1, the quota's state: a hash {w = the window start (ms), c = calls used in it}.
+  Optional key 2: the quota's allowances set at run time (a hash, `taskguard limit set
+  --kind quota`): the entry for the field, else the "*" entry, "<calls> <period>",
+  replaces argument 1 when its period is the quota's (an allowance per day is no
+  allowance per month), so a change reaches every worker at its next admission.
 check: calls used in the current window (0 when the hash holds an older window);
   wait = microseconds until the window ends when used + cost > limit, else 0.
 commit: HSET w, c = used + cost and PEXPIREAT the window's end + 60 s (cost 0 writes
@@ -26,6 +32,16 @@ function quota.parse(op, argv, i)
   local nb = tonumber(argv[i + 2])
   op.starts = {}
   for j = 1, nb do op.starts[j] = tonumber(argv[i + 2 + j]) end
+  local overrides = op.keys[2]
+  if overrides then
+    local field, period = argv[i + 3 + nb], argv[i + 4 + nb]
+    local set = redis.call('HMGET', overrides, field, '*')
+    local spec = set[1] or set[2]
+    if spec then
+      local calls, per = string.match(spec, '^(%d+) (%a+)$')
+      if calls and per == period then op.limit = tonumber(calls) end
+    end
+  end
 end
 
 local function window(starts, t)

@@ -3,9 +3,14 @@
 Op arguments: 1. owner (token)  2. ttl_ms  3. limit (slots; may change between calls)
               4. "1" when the op's last two keys are its parking lot and the lots' due index
                  (lib/park.lua), else "0"
+              5. optional: this key's field in the cap's slot counts set at run time
+                 ("k:<key>", or "*"; `taskguard limit set --kind cap`)
 Op keys: 1. the holders' sorted set (member: owner, score: expiry in server ms)
          for release: 2. optional: the notify list that wakes one blocked waiter
+         with argument 5: the cap's run-time slot counts (a hash), before the lot
          last two, with argument 4: the parking lot of tasks refused a slot here
+With argument 5, the hash's entry for the field, else its "*" entry, replaces `limit`
+(argument 3): an operator's change reaches every worker at its next admission.
 check: prune expired holders, then: ours already -> 0; tasks parked -> wait (they come
   first: FIFO); fewer than `limit` holders -> 0; else wait = until the earliest holder's
   lease would expire (an upper bound: holders renew, and most release long before).
@@ -28,12 +33,24 @@ local function keep_alive(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
+-- The run-time slot count of a cap (`field`, else "*") in hash `overrides`, or nil.
+local function slot_override(overrides, field)
+  local set = redis.call('HMGET', overrides, field, '*')
+  return tonumber(set[1] or set[2] or '')
+end
+
 function slot.parse(op, argv, i)
   op.owner = argv[i]
   op.ttl = tonumber(argv[i + 1])
   op.limit = tonumber(argv[i + 2])
+  local last = #op.keys
   if argv[i + 3] == '1' then
-    op.lot, op.due = op.keys[#op.keys - 1], op.keys[#op.keys]
+    op.lot, op.due = op.keys[last - 1], op.keys[last]
+    last = last - 2
+  end
+  if op.argc >= 5 then
+    op.overrides = op.keys[last]
+    op.limit = slot_override(op.overrides, argv[i + 4]) or op.limit
   end
 end
 
@@ -61,7 +78,7 @@ end
 function slot.release(op)
   if redis.call('ZREM', op.key, op.owner) == 0 then return 0 end
   local notify = op.keys[2]
-  if notify and notify ~= op.lot then
+  if notify and notify ~= op.lot and notify ~= op.overrides then
     -- Up to `limit` wake-ups pending: enough for every slot freed at once. With them all
     -- pending already (nobody waits), only their TTL is refreshed: two commands.
     local pending = redis.call('PEXPIRE', notify, 10000) == 1

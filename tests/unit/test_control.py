@@ -1,0 +1,153 @@
+"""The remote control commands (taskguard.celery._control), called as the worker's pidbox
+calls them: a handler with the worker's state, on the memory backend. A real worker
+answering them over a broker is tests/integration/test_remote_control.py."""
+
+import json
+from typing import Any
+
+import pytest
+from celery.utils.collections import AttributeDict
+from celery.worker.control import Panel
+
+import taskguard
+from taskguard import CircuitBreaker, GuardedTask, Lock, RateLimit
+from taskguard.backend.ops import LeaseOp
+from taskguard.heartbeat import heartbeat_for
+
+from .celery_harness import DEAD_URL, celery_app
+
+COMMANDS = {
+    "taskguard_status": "inspect",
+    "taskguard_breaker": "control",
+    "taskguard_limit_set": "control",
+    "taskguard_limit_clear": "control",
+    "taskguard_refresh": "control",
+}
+
+
+def _state(app: Any) -> AttributeDict:
+    return AttributeDict(app=app, hostname="w1@test", consumer=None)
+
+
+@pytest.fixture
+def client() -> taskguard.Client:
+    # A prefix of its own: hot-path breakers other tests left in this process have theirs.
+    return taskguard.connect("memory://", prefix="unit-control")
+
+
+def test_commands_are_registered_with_celery_on_import() -> None:
+    for name, kind in COMMANDS.items():
+        assert name in Panel.data
+        assert Panel.meta[name].type == kind
+
+
+def test_status_shows_guarded_tasks_limits_and_leases(client: taskguard.Client) -> None:
+    with celery_app(client.backend) as app:
+
+        @app.task(
+            shared=False, name="proj.sync", base=GuardedTask, guards=[RateLimit("20/s", burst=3)]
+        )
+        def sync() -> None: ...
+
+        @app.task(
+            shared=False, name="proj.render", base=GuardedTask, guards=[Lock(key="{doc}", ttl=30)]
+        )
+        def render(doc: str) -> None: ...
+
+        @app.task(shared=False, name="proj.plain")
+        def plain() -> None: ...
+
+        client.set_limit("proj.sync", "5/s", burst=2)
+        lease = LeaseOp("tg:{tg}:lock:x", owner="task-1", ttl=30.0)
+        assert client.backend.admit([lease]).allowed
+        handle = heartbeat_for(client.backend).add(lease)
+        try:
+            view = Panel.data["taskguard_status"](_state(app))
+        finally:
+            heartbeat_for(client.backend).remove(handle)
+
+    json.dumps(view)  # what the pidbox sends back must be JSON
+    assert (view["hostname"], view["prefix"], view["pool"]) == ("w1@test", "unit-control", None)
+    assert sorted(view["tasks"]) == ["proj.render", "proj.sync"]
+    assert view["tasks"]["proj.sync"]["guards"] == [
+        repr(RateLimit("20/s", burst=3, name="proj.sync"))
+    ]
+    assert view["tasks"]["proj.sync"]["deferral"]["max_deferrals"] == 100
+    assert view["limits"] == {
+        "proj.sync": {
+            "configured": ["20/s (burst 3)"],
+            "set_at_run_time": [{"key": None, "per_second": pytest.approx(5.0), "burst": 2}],
+        }
+    }
+    assert view["leases"] == [{"key": "tg:{tg}:lock:x", "owner": "task-1", "ttl": 30.0}]
+    assert [b for b in view["hot_path_breakers"] if b["prefix"] == "unit-control"] == []
+    assert view["backend"]["reachable"] is True
+    assert (view["running"], view["parked"]) == ([], {})
+
+
+def test_limit_commands_go_through_the_client(client: taskguard.Client) -> None:
+    with celery_app(client.backend) as app:
+        state = _state(app)
+        done = Panel.data["taskguard_limit_set"](state, name="api", rate="10/s", burst=4)
+        assert done == {"ok": "rate limit 'api', every bucket: 10/s (burst 4) from now on"}
+        [override] = client.limits("api")
+        assert (override.key, override.per_second, override.burst) == (None, 10.0, 4)
+        bad = Panel.data["taskguard_limit_set"](state, name="api", rate="ten per second")
+        assert "rate" in bad["error"]
+        assert (
+            "burst"
+            in Panel.data["taskguard_limit_set"](state, name="api", rate="1/s", burst=0)["error"]
+        )
+        cleared = Panel.data["taskguard_limit_clear"](state, name="api")
+        assert cleared == {"ok": "rate limit 'api', every bucket: back to its configured rate"}
+        assert client.limits("api") == []
+        again = Panel.data["taskguard_limit_clear"](state, name="api", key="t1")
+        assert again == {"error": "no rate was set for 'api', bucket 't1'"}
+
+
+def test_breaker_command_forces_state_and_refuses_unknown_actions(client: taskguard.Client) -> None:
+    breaker = client.circuit_breaker("partner")
+    with celery_app(client.backend) as app:
+        state = _state(app)
+        done = Panel.data["taskguard_breaker"](state, action="open", name="partner")
+        assert (done["before"], done["after"]) == ("closed", "forced_open")
+        assert breaker.state == "forced_open"
+        assert (
+            Panel.data["taskguard_breaker"](state, action="reset", name="partner")["after"]
+            == "closed"
+        )
+        assert (
+            "action must be one of"
+            in Panel.data["taskguard_breaker"](state, action="smash", name="x")["error"]
+        )
+
+
+def test_refresh_without_hot_path_breakers_refreshes_nothing(client: taskguard.Client) -> None:
+    with celery_app(client.backend) as app:
+
+        @app.task(
+            shared=False, name="proj.call", base=GuardedTask, guards=[CircuitBreaker("partner")]
+        )
+        def call() -> None: ...
+
+        done = Panel.data["taskguard_refresh"](_state(app))
+    # On the memory backend there is no channel and no hot path: nothing to tell.
+    assert [v for v in done["views"] if v["prefix"] == "unit-control"] == []
+    assert "partner" not in done["told"]
+
+
+def test_status_answers_while_redis_is_down() -> None:
+    backend = taskguard.connect(DEAD_URL, prefix="unit-control-down").backend
+    with celery_app(backend) as app:
+
+        @app.task(shared=False, name="proj.down", base=GuardedTask, guards=[RateLimit("5/s")])
+        def down() -> None: ...
+
+        view = Panel.data["taskguard_status"](_state(app))
+        limit_set = Panel.data["taskguard_limit_set"](_state(app), name="proj.down", rate="1/s")
+    assert view["backend"]["reachable"] is False
+    assert view["backend"]["outage_breaker"] in {"open", "half_open"}
+    assert "error" in view["limits"]
+    assert "error" in view["parked"]
+    assert view["tasks"]["proj.down"]["guards"] == [repr(RateLimit("5/s", name="proj.down"))]
+    assert "unavailable" in limit_set["error"]
