@@ -11,7 +11,7 @@ are ``"<interval_us> <burst>"`` (rate), ``"<limit>"`` (cap) and ``"<calls> <peri
 ``quota.lua`` read the key's entry in the same call that admits, so a change holds for
 the whole fleet from the next admission on (docs/rate-limits.md, docs/concurrency.md and
 docs/quotas.md, "... at run time"). A rate is the exception: a process whose read found
-none for a bucket skips the read for up to ``OVERRIDE_RECHECK`` (1 s), so a rate reaches
+none for a bucket skips the read for up to ``OVERRIDE_RECHECK`` (0.5 s), so a rate reaches
 the whole fleet within a second; the backend that sets or clears one forgets that at once.
 """
 

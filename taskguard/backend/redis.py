@@ -45,7 +45,7 @@ logger = logging.getLogger("taskguard.backend")
 
 #: Seconds a bucket is admitted without reading the limits set at run time, after a read
 #: found none for it: how long a new one may take to reach this process.
-OVERRIDE_RECHECK = 1.0
+OVERRIDE_RECHECK = 0.5
 _WATCHED_MAX = 4096
 
 #: This process's id, kept current across forks: read on every call, where os.getpid()
