@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from taskguard.urls import redact, secrets_of
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
 from .lua import Script
-from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp
 from .outage import OutageBreaker
 from .wire import (
     REDIS_ERRORS,
@@ -41,6 +42,23 @@ from .wire import (
 __all__ = ["RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
+
+#: Seconds a bucket is admitted without reading the limits set at run time, after a read
+#: found none for it: how long a new one may take to reach this process.
+OVERRIDE_RECHECK = 0.5
+_WATCHED_MAX = 4096
+
+#: This process's id, kept current across forks: read on every call, where os.getpid()
+#: would be a system call each time.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - one int, read on every call without a lookup chain
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class RedisBackend(Backend):
@@ -81,7 +99,11 @@ class RedisBackend(Backend):
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
         self._client = client or self._make_client()
-        self._pid = os.getpid()
+        self._pid = _pid
+        # (overrides hash, field) -> monotonic time until which no limit set at run time
+        # is read for that bucket (none applied when it was last read).
+        self._no_override: dict[tuple[str, str], float] = {}
+        self._lean_ops: dict[int, tuple[RateOp, RateOp]] = {}  # id(op) -> (op, op w/o them)
 
     def _make_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, **self._options)
@@ -89,7 +111,7 @@ class RedisBackend(Backend):
     @property
     def client(self) -> redis.Redis:
         """The redis-py client (rebuilt in a forked child)."""
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             self.reset_after_fork()
         return self._client
 
@@ -163,14 +185,22 @@ class RedisBackend(Backend):
         return self._run(named_script(name, libs), keys, args, what)
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
-        # The hot path: a plain try/except (no context manager) around one EVALSHA.
+        # The hot path: a plain try/except (no context manager) around one EVALSHA, the
+        # breaker and the fork check read inline (one attribute each while all is well).
         breaker = self.breaker
-        breaker.before_call()
+        if breaker.failures:
+            breaker.before_call()
+        client = self._client if self._pid == _pid else self.client
         try:
-            reply = script(self.client, keys, args)
+            try:
+                reply = client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(script.source)
+                reply = client.evalsha(script.sha, len(keys), *keys, *args)
         except REDIS_ERRORS as exc:
             raise self._failure(exc, what) from exc
-        breaker.record_success()
+        if breaker.failures:
+            breaker.record_success()
         return reply
 
     def publish(self, channel: str, message: str, *, what: str = "PUBLISH") -> int:
@@ -201,8 +231,41 @@ class RedisBackend(Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        script, keys, args = admit_call(ops, reserve_within)
-        return admission_from(ops, self._run(script, keys, args, "admission"))
+        op = ops[0]
+        if len(ops) > 1 or type(op) is not RateOp or op.overrides is None:
+            script, keys, args = admit_call(ops, reserve_within)
+            return admission_from(ops, self._run(script, keys, args, "admission"))
+        return self._admit_rate(op, op.overrides, reserve_within)
+
+    def _admit_rate(self, op: RateOp, overrides: str, reserve_within: float) -> Admission:
+        # A bucket that no limit set at run time applied to, checked less than
+        # OVERRIDE_RECHECK ago, is admitted without reading them (one command less per
+        # decision); the next call after that reads them again, in its own admission.
+        # So a limit set elsewhere applies within OVERRIDE_RECHECK, and one set through
+        # this backend at once (see forget_overrides).
+        watched = (overrides, op.field)
+        now = time.monotonic()
+        if now < self._no_override.get(watched, 0.0):
+            cached = self._lean_ops.get(id(op))
+            if cached is None or cached[0] is not op:
+                if len(self._lean_ops) >= _WATCHED_MAX:
+                    self._lean_ops.clear()
+                cached = self._lean_ops[id(op)] = (op, dataclasses.replace(op, overrides=None))
+            lean = cached[1]
+            script, keys, args = admit_call([lean], reserve_within)
+            return admission_from([lean], self._run(script, keys, args, "admission"))
+        script, keys, args = admit_call([op], reserve_within)
+        reply = self._run(script, keys, args, "admission")
+        if reply[-1] == 0 and len(reply) > (5 if reply[0] else 4):  # none applied
+            if len(self._no_override) >= _WATCHED_MAX:
+                self._no_override.clear()
+            self._no_override[watched] = now + OVERRIDE_RECHECK
+        return admission_from([op], reply)
+
+    def forget_overrides(self) -> None:
+        """Read limits set at run time on the next admission of every bucket (called when
+        this backend sets or clears one)."""
+        self._no_override.clear()
 
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
@@ -260,7 +323,8 @@ class RedisBackend(Backend):
     def reset_after_fork(self) -> None:
         # The parent's sockets must not be shared: build a fresh pool and forget the
         # parent's outage state. The scripts stay cached server-side.
-        self._pid = os.getpid()
+        _forked()  # also for a caller who forked without Python's fork hooks
+        self._pid = _pid
         self.breaker.reset()
         if self._given_client is not None:
             self._given_client.connection_pool.reset()
