@@ -5,7 +5,8 @@ its defaults (``renew=True``): the holder process keeps one slot for the whole r
 hands the other one over, so the waiter blocks on a full semaphore (two holders), not on
 what is in effect a lock. ``acquire(timeout=10)`` blocks on the semaphore's wake-up list
 (BLPOP); a release pushes to it. Dramatiq's ``ConcurrentRateLimiter`` has no blocking
-acquire (a refused caller raises or skips), so there is no peer to compare with here.
+acquire (a refused caller raises or skips); the peer is python-redis-lock's lock, timed
+in the same interleave (a slot handed over is a lock handed over, for the waiter).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from taskguard import HeldLease
 
 from .handoff import Handoff, measure
 from .harness import BenchResult, Context
-from .lockwake import latency_goal, latency_rows
+from .lockwake import PYTHON_REDIS_LOCK, latency_goal, latency_rows
 
 NAME = "semwake"
 TITLE = "semaphore wake latency, release -> blocked waiter acquired, limit 2, 2 processes"
@@ -47,11 +48,11 @@ class TaskguardSide:
 
 
 TASKGUARD = Handoff(f"taskguard semaphore (limit {LIMIT}, BLPOP)", TaskguardSide)
-VARIANTS = (TASKGUARD,)
+VARIANTS = (TASKGUARD, PYTHON_REDIS_LOCK)
 
 
 def run(context: Context) -> BenchResult:
-    [ours] = measure(context, NAME, VARIANTS)
-    details = {ours.label: ours.summary()}
-    rows = latency_rows([ours], TASKGUARD.label)
-    return BenchResult(NAME, TITLE, rows, latency_goal(ours), details)
+    ours, peer = measure(context, NAME, VARIANTS)
+    details = {result.label: result.summary() for result in (ours, peer)}
+    rows = latency_rows([ours, peer], TASKGUARD.label)
+    return BenchResult(NAME, TITLE, rows, latency_goal(ours, peer), details)

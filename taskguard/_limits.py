@@ -31,10 +31,11 @@ class RunTimeLimits:
     ) -> None:
         """Set rate limiter ``name``'s rate at run time, for bucket ``key`` or all of them.
 
-        Every worker's next admission uses it (it is read inside the admission script),
-        until :meth:`clear_limit`. A bucket's own rate wins over the all-buckets one, so
-        per-tenant limits can be kept here: ``client.set_limit("api", "100/s",
-        key="premium-customer")``. Same as ``taskguard limit set``.
+        Every worker applies it within a second, this process at once (it is read inside
+        the admission script), until :meth:`clear_limit`. A bucket's own rate wins over
+        the all-buckets one, so per-tenant limits can be kept here:
+        ``client.set_limit("api", "100/s", key="premium-customer")``. Same as
+        ``taskguard limit set``.
 
         Example:
             >>> import taskguard

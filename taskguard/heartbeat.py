@@ -166,6 +166,16 @@ class Heartbeat:
 
 _HEARTBEATS: weakref.WeakKeyDictionary[Backend, tuple[int, Heartbeat]] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
+#: This process's id, kept current across forks (read per lease; os.getpid() is a syscall).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - one int, read per lease without a system call
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def heartbeat_for(backend: Backend) -> Heartbeat:
@@ -174,7 +184,7 @@ def heartbeat_for(backend: Backend) -> Heartbeat:
     A forked child gets a heartbeat of its own: it inherits the parent's registry but not
     its thread, and the parent's leases are not the child's to renew.
     """
-    pid = os.getpid()
+    pid = _pid
     with _REGISTRY_LOCK:
         entry = _HEARTBEATS.get(backend)
         if entry is None or entry[0] != pid:

@@ -32,6 +32,20 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+_MS_BYTES: dict[float, bytes] = {}
+
+
+def _ms_arg(seconds: float) -> bytes:
+    """``_ms(seconds)`` as the bytes the scripts get: a lease's TTL is one of a few values,
+    so each is converted once, not on every acquire and release."""
+    arg = _MS_BYTES.get(seconds)
+    if arg is None:
+        if len(_MS_BYTES) >= 1024:
+            _MS_BYTES.clear()
+        arg = _MS_BYTES[seconds] = str(_ms(seconds)).encode()
+    return arg
+
+
 # ---------------------------------------------------------------- rate limit (GCRA)
 
 
@@ -154,10 +168,10 @@ class _Lease:
 def _encode_lease(op: LeaseOp, release: bool) -> tuple[list[str], list[Any]]:
     extra = op.wakeup_key if release else op.fence_key
     keys = [op.key] if extra is None else [op.key, extra]
-    mode = "drop" if op.drop else "take"
+    mode = b"drop" if op.drop else b"take"
     if op.park_key is None or op.park_due is None:
-        return keys, [op.owner, _ms(op.ttl), mode, "0"]
-    return [*keys, op.park_key, op.park_due], [op.owner, _ms(op.ttl), mode, "1"]
+        return keys, [op.owner, _ms_arg(op.ttl), mode, b"0"]
+    return [*keys, op.park_key, op.park_due], [op.owner, _ms_arg(op.ttl), mode, b"1"]
 
 
 LEASE = register(
@@ -201,12 +215,12 @@ class _Slot:
 
 def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     keys = [op.key, op.wakeup_key] if release and op.wakeup_key else [op.key]
-    args: list[Any] = [op.owner, _ms(op.ttl), op.limit, "0"]
+    args: list[Any] = [op.owner, _ms_arg(op.ttl), op.limit, b"0"]
     if op.overrides is not None:
         keys.append(op.overrides)
     if op.park_key is not None and op.park_due is not None:
         keys += [op.park_key, op.park_due]
-        args[3] = "1"
+        args[3] = b"1"
     if op.overrides is not None:
         args.append(op.field)
     return keys, args
@@ -238,8 +252,22 @@ class _Breaker:
         return breaker_states(state).renew(op, now)
 
 
+#: id(params) -> (params, their bytes): a breaker's settings are one tuple, kept by it.
+_PARAMS_BYTES: dict[int, tuple[tuple[Any, ...], tuple[bytes, ...]]] = {}
+
+
+def _params_arg(params: tuple[Any, ...]) -> tuple[bytes, ...]:
+    """A breaker's 12 settings as the bytes the scripts get, converted once per tuple."""
+    cached = _PARAMS_BYTES.get(id(params))
+    if cached is None or cached[0] is not params:
+        if len(_PARAMS_BYTES) >= 1024:
+            _PARAMS_BYTES.clear()
+        cached = _PARAMS_BYTES[id(params)] = (params, tuple(str(p).encode() for p in params))
+    return cached[1]
+
+
 def _encode_breaker(op: BreakerOp, release: bool) -> tuple[list[str], list[Any]]:
-    return [op.key, op.window_key, op.probes_key], [op.owner, op.mode, *op.params]
+    return [op.key, op.window_key, op.probes_key], [op.owner, op.mode, *_params_arg(op.params)]
 
 
 BREAKER_CODE = "cb"

@@ -34,6 +34,10 @@ class CooldownBreaker:
             (the probe may have hung). A number: check back after that many seconds, as
             long as the probe's outcome is not recorded.
         clock: Monotonic seconds (injectable for tests).
+
+    Attributes:
+        failures: Consecutive failures so far; 0 while all is well (a hot path may read
+            it to skip the breaker's calls then).
     """
 
     def __init__(
@@ -51,7 +55,7 @@ class CooldownBreaker:
         self.probe_poll = probe_poll
         self._clock = clock
         self._lock = threading.Lock()
-        self._failures = 0
+        self.failures = 0
         self._open_until = 0.0
         self._probe_until = 0.0  # a probe is out until then (inf: until its outcome)
 
@@ -59,21 +63,21 @@ class CooldownBreaker:
     def state(self) -> str:
         """``closed``, ``open`` or ``half_open``."""
         with self._lock:
-            if self._failures < self.threshold:
+            if self.failures < self.threshold:
                 return "closed"
             return "half_open" if self._clock() >= self._open_until else "open"
 
     @property
     def is_open(self) -> bool:
         """True while callers are turned away (open, or half-open with a probe out)."""
-        if self._failures < self.threshold:
+        if self.failures < self.threshold:
             return False
         now = self._clock()
         return now < self._open_until or now < self._probe_until
 
     def wait_time(self) -> float:
         """Seconds to wait before calling; 0 means go (half-open: you are the probe)."""
-        if self._failures < self.threshold:  # the common case: one attribute read, no lock
+        if self.failures < self.threshold:  # the common case: one attribute read, no lock
             return 0.0
         with self._lock:
             now = self._clock()
@@ -89,9 +93,9 @@ class CooldownBreaker:
 
     def record_success(self) -> None:
         """A call succeeded: close."""
-        if self._failures:  # the common case costs one attribute read
+        if self.failures:  # the common case costs one attribute read
             with self._lock:
-                self._failures = 0
+                self.failures = 0
                 self._open_until = self._probe_until = 0.0
 
     def record_failure(self) -> float:
@@ -101,9 +105,9 @@ class CooldownBreaker:
             The cooldown now in force, in seconds (0 while still closed).
         """
         with self._lock:
-            self._failures += 1
+            self.failures += 1
             self._probe_until = 0.0
-            if self._failures < self.threshold:
+            if self.failures < self.threshold:
                 return 0.0
             cooldown = self.current_cooldown()
             self._open_until = self._clock() + cooldown
@@ -112,10 +116,10 @@ class CooldownBreaker:
     def reset(self) -> None:
         """Forget every failure (used after fork)."""
         with self._lock:
-            self._failures = 0
+            self.failures = 0
             self._open_until = self._probe_until = 0.0
 
     def current_cooldown(self) -> float:
         """The cooldown for the failures counted so far."""
-        doublings = min(max(self._failures - self.threshold, 0), 62)
+        doublings = min(max(self.failures - self.threshold, 0), 62)
         return float(min(self.max_cooldown, self.cooldown * 2**doublings))

@@ -10,7 +10,9 @@ are ``"<interval_us> <burst>"`` (rate), ``"<limit>"`` (cap) and ``"<calls> <peri
 (quota). ``gcra.lua``, ``slot.lua`` (and the parking scripts' count of free slots) and
 ``quota.lua`` read the key's entry in the same call that admits, so a change holds for
 the whole fleet from the next admission on (docs/rate-limits.md, docs/concurrency.md and
-docs/quotas.md, "... at run time").
+docs/quotas.md, "... at run time"). A rate is the exception: a process whose read found
+none for a bucket skips the read for up to ``OVERRIDE_RECHECK`` (0.5 s), so a rate reaches
+the whole fleet within a second; the backend that sets or clears one forgets that at once.
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ def _write(backend: Backend, kind: str, name: str, key: str | None, value: str) 
     if isinstance(backend, MemoryBackend):
         backend.state.extra.setdefault(LIMITS, {}).setdefault(hash_key, {})[_field(key)] = value
         return
-    with _redis(backend).commands(f"limit set ({kind})") as client:
+    redis_backend = _redis(backend)
+    with redis_backend.commands(f"limit set ({kind})") as client:
         client.hset(hash_key, _field(key), value)
+    redis_backend.forget_overrides()
 
 
 def _clear(backend: Backend, kind: str, name: str, key: str | None) -> bool:
@@ -130,8 +134,11 @@ def _clear(backend: Backend, kind: str, name: str, key: str | None) -> bool:
     if isinstance(backend, MemoryBackend):
         entries = backend.state.extra.get(LIMITS, {}).get(hash_key, {})
         return entries.pop(_field(key), None) is not None
-    with _redis(backend).commands(f"limit clear ({kind})") as client:
-        return bool(client.hdel(hash_key, _field(key)))
+    redis_backend = _redis(backend)
+    with redis_backend.commands(f"limit clear ({kind})") as client:
+        cleared = bool(client.hdel(hash_key, _field(key)))
+    redis_backend.forget_overrides()
+    return cleared
 
 
 def _read(backend: Backend, kind: str, name: str) -> list[tuple[str | None, str]]:

@@ -6,9 +6,11 @@ backend, which checks them all and commits all of them or none in one round trip
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .registry import BUCKET_TYPES
 
@@ -22,7 +24,39 @@ __all__ = [
     "PauseOp",
     "RateOp",
     "SlotOp",
+    "new_owner",
 ]
+
+
+def _owner_prefix() -> str:
+    return os.urandom(8).hex() + "."
+
+
+_prefix = _owner_prefix()
+_counter = itertools.count(1)
+
+
+def _reseed_owners() -> None:
+    # A forked child must not hand out its parent's tokens.
+    global _prefix, _counter
+    _prefix, _counter = _owner_prefix(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_owners)
+
+
+def new_owner() -> str:
+    """A fresh owner token: unique per holder, across processes and hosts.
+
+    A random 64-bit prefix drawn once per process (again in a forked child) and a counter:
+    as unique as a ``uuid4`` where it matters (no two holders share one), at a fraction of
+    its cost (no system call, no ``UUID`` object per lease).
+
+    Example:
+        >>> new_owner() != new_owner()
+        True
+    """
+    return f"{_prefix}{next(_counter):x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +223,8 @@ class BucketOp(Op, Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What the backend decided for a list of ops.
+class Admission(NamedTuple):
+    """What the backend decided for a list of ops (a named tuple: cheap to build, frozen).
 
     Attributes:
         allowed: True when every op passed and was committed.
@@ -218,8 +251,8 @@ def granted(ops: Sequence[Op], values: Sequence[int]) -> Admission:
     """The admission of ``ops``, from the per-op values their commit returned."""
     if len(ops) == 1:  # the common single guard
         if type(ops[0]) in BUCKET_TYPES:
-            return Admission(True, remaining=values[0], tokens=(0,))
-        return Admission(True, tokens=(values[0],))
+            return Admission(True, 0.0, None, False, values[0], (0,))
+        return Admission(True, 0.0, None, False, -1, (values[0],))
     buckets = [type(op) in BUCKET_TYPES for op in ops]
     left = [value for bucket, value in zip(buckets, values, strict=True) if bucket]
     tokens = tuple(0 if bucket else value for bucket, value in zip(buckets, values, strict=True))

@@ -44,7 +44,7 @@ class OutageBreaker(CooldownBreaker):
 
         While a probe is in flight other callers keep failing fast for one cooldown.
         """
-        if not self._failures:  # the hot path: one attribute read
+        if not self.failures:  # the hot path: one attribute read
             return
         wait = self.wait_time()
         if wait > 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 import os
 import threading
@@ -22,9 +22,10 @@ from taskguard.urls import redact, secrets_of
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
 from .lua import Script
-from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
+from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp
 from .outage import OutageBreaker
-from .topology import SlotRoutes, client_for, is_cluster, parse_target
+from .redis_channels import MESSAGE_TYPES, RedisChannels
+from .topology import SlotRoutes, client_for, is_cluster
 from .wire import (
     REDIS_ERRORS,
     admission_from,
@@ -45,13 +46,28 @@ from .wire import (
 
 __all__ = ["MESSAGE_TYPES", "RedisBackend", "require_redis"]
 
-#: The types of a pub/sub message delivered to a subscriber (not a confirmation).
-MESSAGE_TYPES = frozenset({"message", "smessage"})
 
 logger = logging.getLogger("taskguard.backend")
 
+#: Seconds a bucket is admitted without reading the limits set at run time, after a read
+#: found none for it: how long a new one may take to reach this process.
+OVERRIDE_RECHECK = 0.5
+_WATCHED_MAX = 4096
 
-class RedisBackend(Backend):
+#: This process's id, kept current across forks: read on every call, where os.getpid()
+#: would be a system call each time.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - one int, read on every call without a lookup chain
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class RedisBackend(RedisChannels, Backend):
     """Guard state in Redis, shared by every process that uses the same server and prefix.
 
     Args:
@@ -96,38 +112,19 @@ class RedisBackend(Backend):
         self._client: redis.Redis | None = client
         self._routes = SlotRoutes(client) if client is not None and is_cluster(client) else None
         self._client_lock = threading.Lock()
-        self._pid = os.getpid()
+        self._pid = _pid
+        # (overrides hash, field) -> monotonic time until which no limit set at run time
+        # is read for that bucket (none applied when it was last read).
+        self._no_override: dict[tuple[str, str], float] = {}
+        self._lean_ops: dict[int, tuple[RateOp, RateOp]] = {}  # id(op) -> (op, op w/o them)
 
     def _make_client(self) -> redis.Redis:
         return client_for(self.url, self._options)
 
-    @functools.cached_property
-    def topology(self) -> str:
-        """``"single"``, ``"cluster"`` or ``"sentinel"``: what :attr:`url` names."""
-        if self._given_client is not None and is_cluster(self._given_client):
-            return "cluster"
-        return parse_target(self.url).topology
-
-    @functools.cached_property
-    def sharded_pubsub(self) -> bool:
-        """True on a Redis Cluster of Redis >= 7: channels are then sharded (``SPUBLISH``
-        and ``SSUBSCRIBE``: only the node of the channel's slot, not every node)."""
-        if self.topology != "cluster":
-            return False
-        try:
-            with self.commands("INFO server"):
-                info = self.client.info("server")
-        except TaskGuardError:
-            return True  # not known now: assume a current Redis (7.0 came out in 2022)
-        found = info.get("redis_version") or next(
-            (v.get("redis_version") for v in info.values() if isinstance(v, dict)), "0"
-        )
-        return int(str(found).split(".")[0]) >= 7
-
     @property
     def client(self) -> redis.Redis:
         """The redis-py client (rebuilt in a forked child)."""
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             self.reset_after_fork()
         client = self._client
         if client is None:
@@ -210,10 +207,15 @@ class RedisBackend(Backend):
         return self._run(named_script(name, libs), keys, args, what)
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
-        # The hot path: a plain try/except (no context manager) around one EVALSHA.
+        # The hot path: a plain try/except (no context manager) around one EVALSHA, the
+        # breaker and the fork check read inline (one attribute each while all is well).
         breaker = self.breaker
-        breaker.before_call()
-        client, routes = self.client, self._routes
+        if breaker.failures:
+            breaker.before_call()
+        client = self._client if self._pid == _pid else None
+        if client is None:  # not made yet, or made in the parent before a fork
+            client = self.client
+        routes = self._routes
         try:
             if routes is not None and keys:  # Redis Cluster: straight to the slot's master
                 try:
@@ -222,58 +224,18 @@ class RedisBackend(Backend):
                     routes.forget()
                     reply = script(client, keys, args)
             else:
-                reply = script(client, keys, args)
+                try:
+                    reply = client.evalsha(script.sha, len(keys), *keys, *args)
+                except redis.exceptions.NoScriptError:
+                    client.script_load(script.source)
+                    reply = client.evalsha(script.sha, len(keys), *keys, *args)
         except REDIS_ERRORS as exc:
             if routes is not None:
                 routes.forget()
             raise self._failure(exc, what) from exc
-        breaker.record_success()
+        if breaker.failures:
+            breaker.record_success()
         return reply
-
-    def publish(self, channel: str, message: str, *, what: str = "PUBLISH") -> int:
-        """Publish ``message`` on ``channel``; returns how many subscribers got it.
-
-        ``SPUBLISH`` when :attr:`sharded_pubsub`, else ``PUBLISH``."""
-        sharded = self.sharded_pubsub
-        with self.commands(what) as client:
-            if sharded:
-                return int(client.spublish(channel, message))
-            return int(client.publish(channel, message))
-
-    def pubsub(self, channel: str | None = None) -> redis.client.PubSub:
-        """A new pub/sub connection (subscription confirmations are not delivered).
-
-        On Redis Cluster it is a connection to the node that owns ``channel``'s slot:
-        that node gets every ``SPUBLISH`` to it, and every node gets a ``PUBLISH``.
-        Subscribe with :meth:`subscribe`, which picks ``SSUBSCRIBE`` or ``SUBSCRIBE``.
-        """
-        with self.commands("pub/sub connection") as client:
-            if self.topology != "cluster":
-                return client.pubsub(ignore_subscribe_messages=True)
-            if channel is None:
-                raise ValueError("on Redis Cluster, pubsub() needs the channel")
-            cluster: Any = client
-            node: redis.Redis = cluster.get_redis_connection(cluster.get_node_from_key(channel))
-            return node.pubsub(ignore_subscribe_messages=True)
-
-    def subscribe(self, pubsub: redis.client.PubSub, channel: str) -> None:
-        """Subscribe ``pubsub`` (from :meth:`pubsub`) to ``channel``: ``SSUBSCRIBE`` when
-        :attr:`sharded_pubsub`, else ``SUBSCRIBE``. Its messages have the type
-        ``"smessage"`` or ``"message"`` (see :data:`MESSAGE_TYPES`)."""
-        if self.sharded_pubsub:
-            pubsub.ssubscribe(channel)
-        else:
-            pubsub.subscribe(channel)
-
-    def breaker_channel(self) -> str:
-        """The channel the hot-path breakers of this prefix announce state changes on
-        (:meth:`KeySchema.breaker_events`). With sharded pub/sub, a script ``SPUBLISH``-es
-        to it, so it carries the breakers' hash tag (their keys' slot)."""
-        return self.keys.breaker_events(sharded=self.sharded_pubsub)
-
-    def publish_command(self) -> str:
-        """``"SPUBLISH"`` or ``"PUBLISH"``: what a script publishes with."""
-        return "SPUBLISH" if self.sharded_pubsub else "PUBLISH"
 
     def run_script_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *, what: str
@@ -294,8 +256,41 @@ class RedisBackend(Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        script, keys, args = admit_call(ops, reserve_within)
-        return admission_from(ops, self._run(script, keys, args, "admission"))
+        op = ops[0]
+        if len(ops) > 1 or type(op) is not RateOp or op.overrides is None:
+            script, keys, args = admit_call(ops, reserve_within)
+            return admission_from(ops, self._run(script, keys, args, "admission"))
+        return self._admit_rate(op, op.overrides, reserve_within)
+
+    def _admit_rate(self, op: RateOp, overrides: str, reserve_within: float) -> Admission:
+        # A bucket that no limit set at run time applied to, checked less than
+        # OVERRIDE_RECHECK ago, is admitted without reading them (one command less per
+        # decision); the next call after that reads them again, in its own admission.
+        # So a limit set elsewhere applies within OVERRIDE_RECHECK, and one set through
+        # this backend at once (see forget_overrides).
+        watched = (overrides, op.field)
+        now = time.monotonic()
+        if now < self._no_override.get(watched, 0.0):
+            cached = self._lean_ops.get(id(op))
+            if cached is None or cached[0] is not op:
+                if len(self._lean_ops) >= _WATCHED_MAX:
+                    self._lean_ops.clear()
+                cached = self._lean_ops[id(op)] = (op, dataclasses.replace(op, overrides=None))
+            lean = cached[1]
+            script, keys, args = admit_call([lean], reserve_within)
+            return admission_from([lean], self._run(script, keys, args, "admission"))
+        script, keys, args = admit_call([op], reserve_within)
+        reply = self._run(script, keys, args, "admission")
+        if reply[-1] == 0 and len(reply) > (5 if reply[0] else 4):  # none applied
+            if len(self._no_override) >= _WATCHED_MAX:
+                self._no_override.clear()
+            self._no_override[watched] = now + OVERRIDE_RECHECK
+        return admission_from([op], reply)
+
+    def forget_overrides(self) -> None:
+        """Read limits set at run time on the next admission of every bucket (called when
+        this backend sets or clears one)."""
+        self._no_override.clear()
 
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
@@ -351,7 +346,8 @@ class RedisBackend(Backend):
     def reset_after_fork(self) -> None:
         # The parent's sockets must not be shared: build a fresh pool and forget the
         # parent's outage state. The scripts stay cached server-side.
-        self._pid = os.getpid()
+        _forked()  # also for a caller who forked without Python's fork hooks
+        self._pid = _pid
         self.breaker.reset()
         self._client_lock = threading.Lock()  # another thread may have held it at fork
         if self._given_client is not None:

@@ -22,7 +22,7 @@ from .cooldown import CooldownBreaker
 from .lua import Script, load_script
 from .ops import Admission, BreakerOp, Op, granted
 from .redis_errors import classify
-from .registry import kind_of, registered
+from .registry import BUCKET_TYPES, kind_of, registered
 
 __all__ = [
     "REDIS_ERRORS",
@@ -50,11 +50,16 @@ REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterExcept
 _SCRIPTS: dict[tuple[str, tuple[type, ...]], Script] = {}
 _BY_LIBS: dict[tuple[str, tuple[str, ...]], Script] = {}
 _NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
+#: Encoded admissions of reused ops (rate-limit ops are built once per bucket and kept):
+#: id(op) -> (op, script, KEYS, ARGV after reserve_within). Holding the op keeps its id
+#: from being reused while it is cached.
+_ENCODED: dict[int, tuple[Op, Script, list[str], list[Any]]] = {}
+_ENCODED_MAX = 4096
 
 
 def script_for(name: str, ops: Sequence[Op]) -> Script:
     """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call."""
-    types = tuple(type(op) for op in ops)
+    types = (type(ops[0]),) if len(ops) == 1 else tuple(type(op) for op in ops)
     script = _SCRIPTS.get((name, types))
     if script is None:
         needed = {kind_of(op).lib for op in ops}
@@ -77,7 +82,11 @@ def named_script(name: str, libs: Sequence[str]) -> Script:
 
 def encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for lib/ops.lua: n, then per op its kind's code, nkeys, argc, args."""
-    keys: list[str] = []
+    if len(ops) == 1:  # the common single guard, without the loop's bookkeeping
+        kind = kind_of(ops[0])
+        keys, op_args = kind.encode(ops[0], release)
+        return keys, [*_header(kind.code, len(keys), len(op_args)), *op_args]
+    keys = []
     args: list[Any] = [len(ops)]
     for op in ops:
         kind = kind_of(op)
@@ -90,25 +99,48 @@ def encode(ops: Sequence[Op], *, release: bool) -> tuple[list[str], list[Any]]:
     return keys, args
 
 
+_HEADERS: dict[tuple[str, int, int], tuple[bytes, ...]] = {}
+
+
+def _header(code: str, nkeys: int, argc: int) -> tuple[bytes, ...]:
+    """ARGV ``1, code, nkeys, argc`` of a one-op list, as bytes: built once per shape, and
+    the client sends bytes as they are (where it converts every int and str per call)."""
+    header = _HEADERS.get((code, nkeys, argc))
+    if header is None:
+        header = _HEADERS[code, nkeys, argc] = tuple(
+            str(part).encode() for part in (1, code, nkeys, argc)
+        )
+    return header
+
+
 def admit_call(ops: Sequence[Op], reserve_within: float) -> tuple[Script, list[str], list[Any]]:
     """The script, KEYS and ARGV admitting ``ops`` (``ops`` must not be empty)."""
+    reserve_us: int | bytes = int(reserve_within * 1_000_000) if reserve_within else b"0"
+    if len(ops) == 1:
+        op = ops[0]
+        cached = _ENCODED.get(id(op))
+        if cached is not None and cached[0] is op:
+            return cached[1], cached[2], [reserve_us, *cached[3]]
+        keys, args = encode(ops, release=False)
+        script = script_for("admit", ops)
+        if type(op) in BUCKET_TYPES:  # built once per bucket and reused: keep its encoding
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[id(op)] = (op, script, keys, args)
+        return script, keys, [reserve_us, *args]
     keys, args = encode(ops, release=False)
-    args[0:0] = [int(reserve_within * 1_000_000)]
-    return script_for("admit", ops), keys, args
+    return script_for("admit", ops), keys, [reserve_us, *args]
 
 
 def admission_from(ops: Sequence[Op], reply: Sequence[Any]) -> Admission:
     """The :class:`Admission` that ``admit.lua``'s ``reply`` reports for ``ops``."""
-    allowed, wait_us, denied, reserved = reply[:4]
-    if not allowed:
-        return Admission(
-            False,
-            retry_after=wait_us / 1_000_000,
-            denied=denied - 1,
-            reserved=bool(reserved),
-            remaining=0,
-        )
-    return granted(ops, reply[4:])
+    if not reply[0]:
+        return Admission(False, reply[1] / 1_000_000, reply[2] - 1, bool(reply[3]), 0)
+    if len(ops) == 1:  # the common single guard: no slice, no loop
+        if type(ops[0]) in BUCKET_TYPES:
+            return Admission(True, 0.0, None, False, reply[4], (0,))
+        return Admission(True, 0.0, None, False, -1, (reply[4],))
+    return granted(ops, reply[4 : 4 + len(ops)])
 
 
 def failure(

@@ -4,8 +4,8 @@ Three kinds (``--kind``): a rate limiter's rate (``rate``, the default: ``"100/s
 concurrency cap's slot count (``cap``: an integer) and a calendar quota's allowance
 (``quota``: ``"N/day"``, ``"N/week"`` or ``"N/month"``). The value is stored in Redis
 (:mod:`taskguard.backend.limits`) and read by the admission script, so every worker applies
-it from its next admission on; no restart, no deploy. Each change is published as a
-``limit_changed`` guard event (``taskguard events``).
+it from its next admission on (a rate: within a second); no restart, no deploy. Each change
+is published as a ``limit_changed`` guard event (``taskguard events``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from taskguard.backend.base import Backend
 from taskguard.backend.memory import MemoryBackend, local_backend
@@ -24,9 +24,8 @@ _LOG_EVERY = 10.0
 _last_logged: dict[bool, float] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """An admission and how it was reached.
+class Outcome(NamedTuple):
+    """An admission and how it was reached (a named tuple: built on every admission).
 
     Attributes:
         admission: The backend's decision (or the policy's, when degraded).

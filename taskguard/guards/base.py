@@ -39,7 +39,7 @@ def check_outage_policy(value: object, *, field: str = "on_outage") -> str:
     return choice(value, field, OUTAGE_POLICIES)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Decision:
     """The answer of a ``try_acquire()``.
 
@@ -63,6 +63,27 @@ class Decision:
     degraded: bool = False
     token: int | None = None
     lease: Releasable | None = None
+
+    def __init__(  # noqa: PLR0917 - the dataclass's signature: positional as before
+        self,
+        allowed: bool,
+        retry_after: float = 0.0,
+        remaining: int = -1,
+        key: str | None = None,
+        degraded: bool = False,
+        token: int | None = None,
+        lease: Releasable | None = None,
+    ) -> None:
+        # Built once per decision on every hot path: one dict write per field, where the
+        # generated frozen __init__ pays an object.__setattr__ call for each.
+        fields = self.__dict__
+        fields["allowed"] = allowed
+        fields["retry_after"] = retry_after
+        fields["remaining"] = remaining
+        fields["key"] = key
+        fields["degraded"] = degraded
+        fields["token"] = token
+        fields["lease"] = lease
 
     def __bool__(self) -> bool:
         return self.allowed

@@ -18,15 +18,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard.backend.memory import local_backend
-from taskguard.backend.ops import BreakerOp
+from taskguard.backend.ops import BreakerOp, new_owner
 from taskguard.errors import BackendError, BackendUnavailable
 
-from .admission import admit
+from .admission import Outcome, admit
 from .base import Decision
 from .breaker_events import OPENED_HALF, TRANSITIONS, announce
 from .breaker_spec import CircuitBreaker
@@ -116,6 +115,11 @@ class Breaker:
     def __init__(self, backend: Backend, spec: CircuitBreaker) -> None:
         self.backend = backend
         self.spec = spec
+        self._specs = (spec,)
+        # Everything of a call's op but its owner, built once: keys and settings are fixed.
+        template = spec.call_op(backend.keys, "-")
+        self._op_parts = (template.key, template.window_key, template.probes_key)
+        self._params = template.params
 
     def __repr__(self) -> str:
         return f"<Breaker {self.spec.name!r} on {self.backend!r}>"
@@ -125,24 +129,34 @@ class Breaker:
         if code in TRANSITIONS:
             announce(self.spec.name, *TRANSITIONS[code], task_id=task_id)
 
-    def try_acquire(self) -> Decision:
-        """Ask to make a call; an allowed decision carries the call to record."""
-
-        op = self.spec.call_op(self.backend.keys, uuid.uuid4().hex)
-        outcome = admit(self.backend, [self.spec], [op])
+    def _admit(self) -> tuple[Outcome, BreakerCall | None]:
+        """Ask to make a call: the outcome, and when admitted the call to record (None
+        when there is nothing to record: the ``allow`` policy while Redis is down)."""
+        a, b, c = self._op_parts
+        op = BreakerOp(a, b, c, new_owner(), "check", self._params, self.spec.probe_ttl)
+        outcome = admit(self.backend, self._specs, [op])
         result = outcome.admission
         if not result.allowed:
-            return Decision(
-                False, retry_after=result.retry_after, key=self.spec.name, degraded=outcome.degraded
-            )
+            return outcome, None
         token = result.tokens[0] if result.tokens else 0
         if token == 2:
             announce(self.spec.name, *OPENED_HALF)
         if outcome.degraded and not outcome.local:  # `allow` offline: nothing to record
-            return Decision(True, key=self.spec.name, degraded=True)
+            return outcome, None
         backend = local_backend(self.backend) if outcome.degraded else self.backend
-        call = BreakerCall(self, op, token > 0, backend)
-        return Decision(True, key=self.spec.name, degraded=outcome.degraded, lease=call)
+        return outcome, BreakerCall(self, op, token > 0, backend)
+
+    def try_acquire(self) -> Decision:
+        """Ask to make a call; an allowed decision carries the call to record."""
+        outcome, call = self._admit()
+        result = outcome.admission
+        return Decision(
+            result.allowed,
+            retry_after=result.retry_after,
+            key=self.spec.name,
+            degraded=outcome.degraded,
+            lease=call,
+        )
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``func`` through the breaker (the seed's ``execute``).
@@ -150,22 +164,22 @@ class Breaker:
         Raises:
             CircuitOpen: The breaker is open (or half-open with every probe taken).
         """
-        decision = self.try_acquire()
-        if not decision.allowed:
-            if decision.degraded and self.spec.on_outage == "deny":
+        outcome, call = self._admit()
+        if not outcome.admission.allowed:
+            retry_after = outcome.admission.retry_after
+            if outcome.degraded and self.spec.on_outage == "deny":
                 raise BackendUnavailable(
                     f"circuit {self.spec.name!r}: backend unreachable and on_outage='deny'",
-                    retry_after=decision.retry_after,
+                    retry_after=retry_after,
                 )
-            raise self.spec.denied_error(decision.retry_after)
-        call = decision.lease
+            raise self.spec.denied_error(retry_after)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            if isinstance(call, BreakerCall):
+            if call is not None:
                 call.record(exc)
             raise
-        if isinstance(call, BreakerCall):
+        if call is not None:
             call.record()
         return result
 

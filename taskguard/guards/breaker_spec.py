@@ -7,7 +7,6 @@ call's outcome; :class:`~taskguard.guards.breaker.Breaker` runs it outside of Ce
 from __future__ import annotations
 
 import inspect
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ from taskguard._validate import count as _count
 from taskguard._validate import name as _name
 from taskguard._validate import number as _number
 from taskguard._validate import seconds as _seconds
-from taskguard.backend.ops import BreakerOp, Op
+from taskguard.backend.ops import BreakerOp, Op, new_owner
 from taskguard.errors import CircuitOpen, ConfigurationError
 from taskguard.keys import KeySchema
 
@@ -233,7 +232,7 @@ class CircuitBreaker(Guard):
     def task_ops(
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
-        return [self.call_op(keys, f"{task_id}:{uuid.uuid4().hex[:12]}")]
+        return [self.call_op(keys, f"{task_id}:{new_owner()}")]
 
     def outcome(self, exc: BaseException | None, duration: float) -> str:
         """The outcome code of a call that raised ``exc`` (None: returned) in ``duration``."""

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import inspect
 import threading
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from taskguard import signals
 from taskguard._validate import count, seconds
 from taskguard._validate import name as check_name
-from taskguard.backend.ops import Op, SlotOp
+from taskguard.backend.ops import Op, SlotOp, new_owner
 from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
 from taskguard.keys import KeySchema
 
@@ -181,7 +180,7 @@ class Concurrency(Guard):
     def task_ops(
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
-        owner = f"{task_id}:{uuid.uuid4().hex[:12]}"
+        owner = f"{task_id}:{new_owner()}"
         return [self.slot_op(keys, self.bucket(args, kwargs), owner)]
 
     def conflict_delay(self, retry_after: float) -> float:
@@ -239,6 +238,12 @@ class Semaphore(LeasedPrimitive):
         self.ttl = seconds(ttl, "ttl")
         self.renew = renew
         super().__init__()
+        keys = backend.keys
+        self._keys = (
+            keys.slots(self.name),
+            keys.slot_wakeup(self.name),
+            keys.cap_overrides(self.name),
+        )
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.name!r} limit={self.limit} on {self.backend!r}>"
@@ -254,7 +259,9 @@ class Semaphore(LeasedPrimitive):
 
     def try_acquire(self) -> Decision:
         """Take a slot if one is free; the decision carries the lease to release."""
-        op = self._spec().slot_op(self.backend.keys, None, uuid.uuid4().hex, park=False)
+        limit = self._spec().limit  # validated again only when `limit` was changed
+        slots, wakeup, overrides = self._keys
+        op = SlotOp(slots, new_owner(), self.ttl, limit, wakeup, overrides=overrides)
         result = self.backend.admit([op])
         if not result.allowed:
             return Decision(False, retry_after=result.retry_after, key=self.name)
@@ -262,7 +269,7 @@ class Semaphore(LeasedPrimitive):
 
     @property
     def _wakeup_key(self) -> str:
-        return self.backend.keys.slot_wakeup(self.name)
+        return self._keys[1]
 
     def _refused(self, retry_after: float) -> ConcurrencyLimitReached:
         return ConcurrencyLimitReached(

@@ -47,7 +47,8 @@ class HeldLease:
         self.op = op
         self.owner = op.owner
         self.fencing_token = fencing_token
-        self._handle: int | None = heartbeat_for(backend).add(op) if renew else None
+        self._heartbeat = heartbeat_for(backend) if renew else None
+        self._handle: int | None = self._heartbeat.add(op) if self._heartbeat is not None else None
 
     def __repr__(self) -> str:
         token = "" if self.fencing_token is None else f" token={self.fencing_token}"
@@ -60,8 +61,8 @@ class HeldLease:
             LockLost: It expired or was taken over (unless ``raise_on_lost=False``, then
                 False is returned).
         """
-        if self._handle is not None:
-            heartbeat_for(self.backend).remove(self._handle)
+        if self._handle is not None and self._heartbeat is not None:
+            self._heartbeat.remove(self._handle)
             self._handle = None
         released = bool(self.backend.release([self.op])[0])
         if not released and raise_on_lost:

@@ -11,14 +11,13 @@ check the token to make it impossible (see docs/locks.md).
 from __future__ import annotations
 
 import inspect
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskguard import signals
 from taskguard._validate import choice, seconds
 from taskguard._validate import name as check_name
-from taskguard.backend.ops import LeaseOp, Op
+from taskguard.backend.ops import LeaseOp, Op, new_owner
 from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
 
@@ -184,7 +183,7 @@ class Lock(Guard):
             ops.append(
                 LeaseOp(
                     lock,
-                    owner=f"{task_id}:{uuid.uuid4().hex[:12]}",
+                    owner=f"{task_id}:{new_owner()}",
                     ttl=self.ttl,
                     fence_key=keys.fence(name, bucket),
                     wakeup_key=keys.wakeup(name, bucket),
@@ -260,7 +259,7 @@ class DistributedLock(LeasedPrimitive):
     def _lease(self) -> LeaseOp:
         return LeaseOp(
             self._keys[0],
-            owner=uuid.uuid4().hex,
+            owner=new_owner(),
             ttl=self.ttl,
             fence_key=self._keys[1],
             wakeup_key=self._keys[2],

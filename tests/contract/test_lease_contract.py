@@ -201,6 +201,19 @@ def test_rate_denied_means_lease_not_taken(harness: Harness) -> None:
     assert backend.owner(mine.key) is None
 
 
+def test_a_reservation_leaves_the_lease_untaken(harness: Harness) -> None:
+    # On Redis a free lease is taken in the check itself: a refusal must give it back,
+    # also when the refusal reserves the bucket's slot.
+    backend = harness.backend
+    bucket = RateOp(backend.keys.rate_limit("mixed"), interval=10.0, burst=1)
+    assert backend.admit([bucket]).allowed
+    mine = lease(harness, "a")
+    refused = backend.admit([mine, bucket], reserve_within=60)
+    assert (refused.allowed, refused.reserved) == (False, True)
+    assert backend.owner(mine.key) is None
+    assert backend.admit([lease(harness, "b")]).allowed
+
+
 def test_a_lease_denial_never_reserves_a_rate_slot(harness: Harness) -> None:
     backend = harness.backend
     bucket = RateOp(backend.keys.rate_limit("mixed"), interval=10.0, burst=1)

@@ -3,6 +3,7 @@ on the memory backend and on Redis."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -101,3 +102,23 @@ def test_every_change_is_published_as_a_limit_changed_event(client: taskguard.Cl
         2,
     )
     assert (cleared["action"], cleared["rate"]) == ("clear", None)
+
+
+@REDIS_ONLY
+def test_a_limit_set_in_another_process_applies_within_a_second(contract: Contract) -> None:
+    # A bucket that no limit set at run time applied to is admitted without reading them
+    # for up to a second (one command less per decision); then it reads them again.
+    name = f"seen-{uuid.uuid4().hex[:6]}"
+    here = taskguard.Client(contract.backend)
+    elsewhere = taskguard.connect(str(contract.url), prefix=contract.prefix)
+    limiter = here.rate_limiter(name, "1000/s", burst=1000)
+    assert limiter.try_acquire().allowed  # reads: none set, so none read for a while
+    elsewhere.set_limit(name, "1/h", burst=1)
+    deadline = time.monotonic() + 1.0 + 2.0  # the recheck interval, and room for a slow CI
+    while True:  # until a refusal says "an hour": the new rate, not the code's 1 ms
+        decision = limiter.try_acquire()
+        if not decision.allowed and decision.retry_after > 60:
+            break
+        assert time.monotonic() < deadline, "the limit set elsewhere never applied"
+    assert elsewhere.clear_limit(name)
+    elsewhere.backend.close()

@@ -3,7 +3,9 @@
 lib/ops.lua and the op libraries (lib/gcra.lua, lib/lease.lua) are concatenated before
 this file; each library registers KINDS[kind] with parse(op, argv, i),
 check(op, now) -> wait_us, slack_us, commit(op, at, now) -> value, and a `reservable`
-flag (rate limits are; leases are not).
+flag (rate limits are; leases are not). A kind whose check may already take what it
+checks (a free lease, in one command) also has undo(op), called when the admission is
+refused, so that nothing of a refused admission stays.
 
 A reservation commits the reservable ops at the future slot `now + wait`. It is made only
 when every denial is reservable and the reservable ops' waits agree within the smallest
@@ -16,13 +18,27 @@ ARGV:
   2. n, then per op: kind, nkeys, argc, arguments (see lib/ops.lua)
 Returns: {allowed (0|1), wait_us, denied_index (1-based, 0 if none), reserved (0|1),
           then one value per op when allowed: tokens left (rate limit) or the fencing
-          token (lease; 0 without a fence)}
+          token (lease; 0 without a fence),
+          then, only when an op read limits set at run time: how many ops one applied to}
 Time: Redis TIME, never the caller's clock.
 --]]
 
 local now = server_time_us()
 local reserve_within = tonumber(ARGV[1])
 local ops, n = read_ops(2)
+
+-- The last element, when any op read limits set at run time: how many of them applied.
+local function with_overrides(result)
+  local read, applied = false, 0
+  for i = 1, n do
+    if ops[i].overridden then
+      read = true
+      applied = applied + ops[i].overridden
+    end
+  end
+  if read then result[#result + 1] = applied end
+  return result
+end
 
 local worst, denied, reservable = 0, 0, true
 local soonest, slack = nil, nil
@@ -45,7 +61,12 @@ if denied == 0 then
   for i = 1, n do
     result[4 + i] = ops[i].kind.commit(ops[i], now, now)
   end
-  return result
+  return with_overrides(result)
+end
+
+for i = 1, n do
+  local undo = ops[i].kind.undo
+  if undo then undo(ops[i]) end
 end
 
 local wait_us = math.ceil(worst)
@@ -53,6 +74,6 @@ if reservable and reserve_within > 0 and worst <= reserve_within and worst - soo
   for i = 1, n do
     if ops[i].kind.reservable then ops[i].kind.commit(ops[i], now + worst, now) end
   end
-  return { 0, wait_us, denied, 1 }
+  return with_overrides({ 0, wait_us, denied, 1 })
 end
-return { 0, wait_us, denied, 0 }
+return with_overrides({ 0, wait_us, denied, 0 })

@@ -57,6 +57,7 @@ local function touch(op)
 end
 
 local function trip(op, ms, from)
+  ms = ms or math.floor(server_time_us() / 1000)  -- a closed release reads TIME only now
   local opens = tonumber(redis.call('HGET', op.key, 'opens') or '0') + 1
   local open_for = op.open_for * (op.growth ^ (opens - 1))
   if open_for > op.max_open then open_for = op.max_open end
@@ -182,14 +183,52 @@ local function record(op, ms, state, probe, code)
   return tripped(op, ms, consec, calls, failures, slows)
 end
 
+-- The closed state's outcome on a count window, in as few commands as it takes: the
+-- counts come with the state (one HMGET), the window's length from RPUSH, and the counts
+-- are written back only when they changed (a success into a window of successes changes
+-- nothing but the window itself).
+local function record_closed_count(op, code, f)
+  local failed = code == 'f' or code == 'F'
+  local slow = code == 'S' or code == 'F'
+  local consec, old_consec = 0, tonumber(f[4] or '0')
+  if failed then consec = old_consec + 1 end
+  local wc, wf, ws = tonumber(f[5] or '0'), tonumber(f[6] or '0'), tonumber(f[7] or '0')
+  local calls, failures, slows = wc + 1, wf, ws
+  if failed then failures = failures + 1 end
+  if slow then slows = slows + 1 end
+  local window = op.keys[2]
+  if redis.call('RPUSH', window, code) > op.wsize then
+    local old = redis.call('LPOP', window)
+    calls = calls - 1
+    if old == 'f' or old == 'F' then failures = failures - 1 end
+    if old == 'S' or old == 'F' then slows = slows - 1 end
+  end
+  redis.call('PEXPIRE', window, IDLE_MS)
+  if calls ~= wc or failures ~= wf or slows ~= ws or consec ~= old_consec then
+    redis.call('HSET', op.key, 'consec', consec, 'wc', calls, 'wf', failures, 'ws', slows)
+  end
+  return tripped(op, nil, consec, calls, failures, slows)  -- TIME only if it trips
+end
+
 function breaker.release(op)
-  local ms = math.floor(server_time_us() / 1000)
-  local state, _, forced = load(op, ms)
-  -- An expired probe lease is no probe any more: its permit was already given away.
-  redis.call('ZREMRANGEBYSCORE', op.keys[3], '-inf', ms)
-  local probe = redis.call('ZREM', op.keys[3], op.owner) == 1
+  local f = redis.call('HMGET', op.key, 'state', 'until', 'forced', 'consec', 'wc', 'wf', 'ws')
+  local state, forced = f[1] or 'closed', f[3] or ''
+  local ms, probe = nil, false
+  if state ~= 'closed' then
+    ms = math.floor(server_time_us() / 1000)
+    if state == 'open' and ms >= tonumber(f[2] or '0') then state = 'half_open_due' end
+    -- Probe leases exist only while not closed (closing and tripping delete them). An
+    -- expired probe lease is no probe any more: its permit was already given away.
+    redis.call('ZREMRANGEBYSCORE', op.keys[3], '-inf', ms)
+    probe = redis.call('ZREM', op.keys[3], op.owner) == 1
+  end
   if forced ~= '' or op.mode == 'i' then return 0 end
-  local result = record(op, ms, state, probe, op.mode)
+  local result
+  if state == 'closed' and op.wtype ~= 'time' then
+    result = record_closed_count(op, op.mode, f)
+  else
+    result = record(op, ms or math.floor(server_time_us() / 1000), state, probe, op.mode)
+  end
   touch(op)  -- after the writes, so a breaker's first record has its TTL too
   return result
 end

@@ -7,8 +7,9 @@ Kind 'rl', take tokens. Op arguments (ARGV, after the op's kind, nkeys and argc)
   4. with a second key: this bucket's field in it ("k:<bucket>", or "*")
   Optional key 2: the limiter's limits set at run time (a hash, `taskguard limit set`):
   the entry for the bucket's field, else the "*" entry, "<interval_us> <burst>",
-  replaces arguments 1 and 2 (burst at least cost), so a change reaches every worker at
-  its next admission, within the same script.
+  replaces arguments 1 and 2 (burst at least cost), within the same script; op.overridden
+  says whether one did (admit.lua reports it, so a client may leave the key out for a
+  while when none applies: see RedisBackend.admit).
 Kind 'rlp', pause the bucket (feedback from the service the limit protects). Arguments:
   1. pause_us      microseconds from now during which no call may pass
   2. tolerance_us  the bucket's (burst - 1) x interval_us: a bucket admits a call while its
@@ -56,6 +57,7 @@ function gcra.parse(op, argv, i)
   if overrides then
     local set = redis.call('HMGET', overrides, argv[i + 3], '*')
     local spec = set[1] or set[2]
+    op.overridden = spec and 1 or 0
     if spec then
       local interval, burst = string.match(spec, '^(%S+) (%S+)$')
       if interval then

@@ -8,13 +8,17 @@ Op keys: 1. the lease key (a string holding the owner)
          for release: 2. optional: the notify list that wakes one blocked waiter
          last two, with argument 4: the parking lot of tasks refused here
 check: another owner holds the key -> wait = its PTTL; our own -> 0; none, but tasks are
-  parked -> wait (they come first: FIFO); none -> 0.
-commit take: SET key owner PX ttl; with a fence key, the fencing token
-  max(last + 1, now_us) is stored and returned: strictly increasing per key, and still
-  increasing after the fence key expires, because it never falls behind server time.
+  parked -> wait (they come first: FIFO); none -> 0. A free key without a parking lot is
+  taken in the check itself (SET NX: one command where GET then SET are two); undo gives
+  it back if another op of the admission refuses.
+commit take: SET key owner PX ttl (unless the check took it); with a fence key, the fencing
+  token max(last + 1, now_us) is stored and returned: strictly increasing per key, and
+  still increasing after the fence key expires, because it never falls behind server time.
+  One SET ... GET stores now_us and reads the last token; a second SET only when the last
+  one was not below now_us (a clock that stepped back).
 commit drop: delete the key if we (or nobody) hold it; returns 0.
-release: delete the key if we own it, push a wake-up on the notify list; 1, or 0 if the
-  lease was lost (expired, or taken by someone else); 2 when released and tasks are
+release: delete the key if we own it, make sure one wake-up is pending on the notify list
+  (at most one, expiring 10 s after the last release); 1, or 0 if the lease was lost (expired, or taken by someone else); 2 when released and tasks are
   parked (the caller hands the first one back).
 renew: PEXPIRE the key if we own it; 1, or 0 if lost.
 --]]
@@ -33,6 +37,11 @@ function lease.parse(op, argv, i)
 end
 
 function lease.check(op, now)
+  if op.mode == 'take' and not op.lot
+     and redis.call('SET', op.key, op.owner, 'NX', 'PX', op.ttl) then
+    op.taken = true
+    return 0, 0
+  end
   local current = redis.call('GET', op.key)
   op.current = current
   if current and current ~= op.owner then
@@ -49,22 +58,31 @@ function lease.commit(op, at, now)
     if op.current then redis.call('DEL', op.key) end
     return 0
   end
-  redis.call('SET', op.key, op.owner, 'PX', op.ttl)
+  if not op.taken then redis.call('SET', op.key, op.owner, 'PX', op.ttl) end
   local fence = op.keys[2]
   if not fence or fence == op.lot then return 0 end
-  local token = tonumber(redis.call('GET', fence) or '0') + 1
-  if token < now then token = now end
-  redis.call('SET', fence, string.format('%.0f', token), 'PX', FENCE_TTL_MS)
+  local last = redis.call('SET', fence, string.format('%.0f', now), 'PX', FENCE_TTL_MS, 'GET')
+  local token = now
+  if last and tonumber(last) >= now then
+    token = tonumber(last) + 1
+    redis.call('SET', fence, string.format('%.0f', token), 'PX', FENCE_TTL_MS)
+  end
   return token
+end
+
+-- Give back a key the check took, when another op of the admission refused.
+function lease.undo(op)
+  if op.taken then redis.call('DEL', op.key) end
 end
 
 function lease.release(op)
   if redis.call('GET', op.key) ~= op.owner then return 0 end
   redis.call('DEL', op.key)
   local notify = op.keys[2]
-  if notify and notify ~= op.lot then
+  if notify and notify ~= op.lot and redis.call('PEXPIRE', notify, 10000) == 0 then
+    -- No wake-up pending (one already pending keeps, with a fresh TTL: one command):
+    -- push one. A blocked waiter takes it at once; else the next waiter to come does.
     redis.call('LPUSH', notify, '1')
-    redis.call('LTRIM', notify, 0, 0)
     redis.call('PEXPIRE', notify, 10000)
   end
   if op.lot and redis.call('EXISTS', op.lot) == 1 then

@@ -57,9 +57,10 @@ end
 function slot.check(op, now)
   local ms = math.floor(now / 1000)
   redis.call('ZREMRANGEBYSCORE', op.key, '-inf', ms)
-  if redis.call('ZSCORE', op.key, op.owner) then return 0, 0 end
+  -- A free slot first: the common case needs no ZSCORE (ours passes either way).
   local parked = op.lot and redis.call('EXISTS', op.lot) == 1
   if not parked and redis.call('ZCARD', op.key) < op.limit then return 0, 0 end
+  if redis.call('ZSCORE', op.key, op.owner) then return 0, 0 end
   local first = redis.call('ZRANGE', op.key, 0, 0, 'WITHSCORES')
   local wait = 1000000
   if first[2] then wait = (tonumber(first[2]) - ms) * 1000 end
@@ -78,10 +79,13 @@ function slot.release(op)
   if redis.call('ZREM', op.key, op.owner) == 0 then return 0 end
   local notify = op.keys[2]
   if notify and notify ~= op.lot and notify ~= op.overrides then
-    -- Up to `limit` wake-ups pending: enough for every slot freed at once.
-    redis.call('LPUSH', notify, '1')
-    redis.call('LTRIM', notify, 0, op.limit - 1)
-    redis.call('PEXPIRE', notify, 10000)
+    -- Up to `limit` wake-ups pending: enough for every slot freed at once. With them all
+    -- pending already (nobody waits), only their TTL is refreshed: two commands.
+    local pending = redis.call('PEXPIRE', notify, 10000) == 1
+    if not pending or redis.call('LLEN', notify) < op.limit then
+      redis.call('LPUSH', notify, '1')
+      if not pending then redis.call('PEXPIRE', notify, 10000) end
+    end
   end
   if op.lot and redis.call('EXISTS', op.lot) == 1 then
     -- The caller hands the lot's head back; if it cannot, the next sweep does.
