@@ -47,6 +47,19 @@ BROKERS = ("redis", "amqp")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
+def refused_start(worker: WorkerProcess, timeout: float = 60.0) -> tuple[str, str]:
+    """Start ``worker``, which must stop before it is ready; return its log and the
+    ``ConfigurationError`` line that stopped it."""
+    worker.start(wait=False)
+    assert worker.process is not None
+    code = worker.process.wait(timeout)
+    log = worker.log()
+    assert code != 0, log[-2000:]
+    assert "ready." not in log
+    line = next(x for x in log.splitlines() if x.startswith("taskguard.errors.ConfigurationError"))
+    return log, line
+
+
 @dataclass
 class Fleet:
     """Worker processes running tests/integration/apps/guarded.py, and what they record.

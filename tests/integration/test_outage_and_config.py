@@ -11,7 +11,7 @@ import redis
 from taskguard.backend.acl import acl_rules
 from taskguard.testing import RedisServer, wait_until
 
-from .conftest import Fleet
+from .conftest import Fleet, refused_start
 
 ACL_PASSWORD = "acl-s3cret-pw"
 
@@ -76,16 +76,9 @@ def test_invalid_settings_stop_the_worker(
     fleet_factory: Callable[..., Fleet], settings: dict[str, Any], task: str | None, field: str
 ) -> None:
     fleet = fleet_factory(settings=settings)
-    worker = fleet.worker(concurrency=1)
-    worker.start(wait=False)
-    assert worker.process is not None
-    code = worker.process.wait(60)
-    log = worker.log()
-    assert code != 0, log[-2000:]
-    line = next(x for x in log.splitlines() if x.startswith("taskguard.errors.ConfigurationError"))
+    _, line = refused_start(fleet.worker(concurrency=1))
     where = f"[field {field!r}]" if task is None else f"[task {task!r}, field {field!r}]"
     assert where in line
-    assert "ready." not in log
 
 
 def _acl_user(server: RedisServer, name: str, prefix: str, *extra: str) -> str:
@@ -105,19 +98,12 @@ def test_a_redis_user_without_evalsha_stops_the_worker_with_a_clear_error(
 ) -> None:
     fleet = fleet_factory(guard_url=private_redis.url)
     fleet.guard_url = _acl_user(private_redis, "tg-noeval", fleet.prefix, "-evalsha")
-    worker = fleet.worker(concurrency=1)
-    worker.start(wait=False)
-    assert worker.process is not None
-    code = worker.process.wait(60)
-    log = worker.log()
-    assert code != 0, log[-2000:]
-    line = next(x for x in log.splitlines() if x.startswith("taskguard.errors.ConfigurationError"))
+    log, line = refused_start(fleet.worker(concurrency=1))
     assert "[field 'redis_url']" in line
     assert "may not run what taskguard needs" in line
     assert "'evalsha'" in line
     assert f"redis://tg-noeval:***@127.0.0.1:{private_redis.port}/0" in line
     assert ACL_PASSWORD not in log
-    assert "ready." not in log
 
 
 def test_with_the_least_privilege_user_tasks_run_and_a_revoked_permission_fails_loudly(

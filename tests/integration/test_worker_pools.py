@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import Fleet
+from .conftest import Fleet, refused_start
 from .test_concurrency_fleet import max_overlap, slot_records
 
 pytestmark = pytest.mark.integration
@@ -42,13 +42,6 @@ def test_cap_and_lease_hold(fleet: Fleet) -> None:
 def test_gevent_worker_with_guarded_tasks_refuses_to_start(
     fleet_factory: Callable[..., Fleet],
 ) -> None:
-    worker = fleet_factory().worker(concurrency=4, pool="gevent")
-    worker.start(wait=False)
-    assert worker.process is not None
-    code = worker.process.wait(60)
-    log = worker.log()
-    assert code != 0, log[-2000:]
-    line = next(x for x in log.splitlines() if x.startswith("taskguard.errors.ConfigurationError"))
+    _, line = refused_start(fleet_factory().worker(concurrency=4, pool="gevent"))
     assert "[field 'pool'] the gevent pool runs tasks on green threads" in line
     assert "tests.integration.apps.guarded." in line
-    assert "ready." not in log
