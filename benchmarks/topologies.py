@@ -33,7 +33,8 @@ from taskguard.testing.topologies import RedisCluster, RedisSentinel
 
 from .celeryrun import APP, client_app, worker_options
 from .harness import BenchResult, Context, Goal, Row, interleaved_call_times, median
-from .overhead import GUARDED, WARM_UP, _Rounds
+from .overhead import GUARDED, WARM_UP
+from .rounds import Rounds
 
 NAME = "topologies"
 TITLE = "rate-limit decisions/s on one server, Redis Cluster and Sentinel; admissions per master"
@@ -65,7 +66,7 @@ def _celery_noop(context: Context) -> BenchResult:
     try:
         with RedisCluster() as cluster:
             states = {"one server": url, "cluster": cluster.url}
-            runners: dict[str, _Rounds] = {}
+            runners: dict[str, Rounds] = {}
             with ExitStack() as workers:
                 for name, state in states.items():
                     hostname = f"{context.unique(f'{NAME}-{len(runners)}')}@localhost"
@@ -73,23 +74,25 @@ def _celery_noop(context: Context) -> BenchResult:
                         url, prefix=context.unique(f"{NAME}-w{len(runners)}"), state_url=state
                     )
                     idle = context.unique(f"{NAME}-idle-{len(runners)}")
-                    workers.enter_context(
+                    worker = workers.enter_context(
                         WorkerProcess(APP, concurrency=2, queues=[idle], hostname=hostname,
                                       **options)
                     )  # fmt: skip
-                    runner = _Rounds(context, app, hostname)
-                    runner.queues = 10_000 * len(runners)  # its queue names, apart
-                    runners[name] = runner
+                    label = f"{NAME}-{len(runners)}"  # its queue names, apart
+                    runners[name] = Rounds(context, app, hostname, worker.pid, label)
                 for runner in runners.values():  # warm-up: connections, script load
-                    runner.throughput(GUARDED, min(tasks, WARM_UP))
+                    runner.round(-1, GUARDED, min(tasks, WARM_UP))
                 for pair in range(pairs):
                     order = list(states) if pair % 2 == 0 else list(reversed(states))
-                    got = {name: runners[name].throughput(GUARDED, tasks) for name in order}
+                    got = {
+                        name: runners[name].round(pair, GUARDED, tasks).tasks_per_s
+                        for name in order
+                    }
                     for name, value in got.items():
                         rates[name].append(value)
                     ratios.append(got["cluster"] / got["one server"])
                 for runner in runners.values():
-                    runner.client.close()
+                    runner.close()
     finally:
         app.close()
     ratio = median(ratios)
