@@ -6,7 +6,9 @@ For each of a GCRA decision, a lock pair, a semaphore pair and an exact-mode bre
 * the Python per call with the Redis client stubbed out (it answers as Redis would), so
   only taskguard's own code runs: a lower bound, everything hot in the CPU caches;
 * on a throwaway Redis, per call: every command the server ran (``INFO commandstats``:
-  the ``EVALSHA`` and the commands its script ran inside it) with its server time.
+  the ``EVALSHA`` and the commands its script ran inside it) with its server time;
+* for each op shape with a lean script of its own (``wire.script_for``), the server time
+  of the general script against the lean one, in alternating rounds.
 
 Run it with ``PYTHONPATH`` pointing at the checkout to measure, e.g. before and after a
 change (the numbers move with the load of the machine, so compare runs made side by side)::
@@ -23,6 +25,9 @@ from typing import Any
 import redis
 
 import taskguard
+from taskguard.backend.lua import Script, load_script
+from taskguard.backend.ops import RateOp
+from taskguard.backend.wire import encode, script_for
 from taskguard.testing import RedisServer
 
 Call = Callable[[], object]
@@ -114,6 +119,32 @@ def server_side(url: str) -> dict[str, dict[str, tuple[float, float]]]:
     return found
 
 
+def _evalsha_us(admin: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> float:
+    script(admin, keys, args)  # loads it
+    admin.config_resetstat()
+    for _ in range(CALLS // 4):
+        script(admin, keys, args)
+    row = admin.info("commandstats")["cmdstat_evalsha"]
+    return float(row["usec"]) / row["calls"]
+
+
+def lean_scripts(url: str, rounds: int = 5) -> dict[str, dict[str, list[float]]]:
+    """Server µs per call of each lean script and of the general script it stands in for,
+    on the same op and state, in ``rounds`` alternating rounds."""
+    admin = redis.Redis.from_url(url)
+    op = RateOp(key="lean:{lean}:rl:b", interval=1.0, burst=1_000_000)
+    keys, args = encode([op], release=False)
+    scripts = {
+        "admit.lua": load_script("admit", ["ops", "gcra"]),
+        "admit_rl.lua": script_for("admit", [op]),
+    }
+    found: dict[str, list[float]] = {name: [] for name in scripts}
+    for _ in range(rounds):
+        for name, script in scripts.items():
+            found[name].append(_evalsha_us(admin, script, keys, [0, *args]))
+    return {"GCRA decision": found}
+
+
 def main() -> None:
     print(f"taskguard from {taskguard.__file__}")
     for name, us in python_us().items():
@@ -131,6 +162,11 @@ def main() -> None:
                 f"{name:22s} {total:g} commands/call (inside the scripts: {inside}); "
                 f"EVALSHA {evalsha_us:.1f} µs/call in Redis, its commands included"
             )
+        for name, scripts in lean_scripts(server.url).items():
+            for script, rounds in scripts.items():
+                listed = " ".join(f"{us:.1f}" for us in rounds)
+                median = sorted(rounds)[len(rounds) // 2]
+                print(f"{name:22s} {script:13s} {median:5.1f} µs/call in Redis (rounds {listed})")
 
 
 if __name__ == "__main__":

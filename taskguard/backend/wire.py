@@ -20,7 +20,7 @@ from taskguard.urls import scrub
 from .breakers import BREAKER_IDLE_MS, CLOSED_FIELDS, FORCED, effective_state
 from .cooldown import CooldownBreaker
 from .lua import Script, load_script
-from .ops import Admission, BreakerOp, Op, granted
+from .ops import Admission, BreakerOp, Op, RateOp, granted
 from .redis_errors import classify
 from .registry import BUCKET_TYPES, kind_of, registered
 
@@ -57,11 +57,20 @@ _ENCODED: dict[int, tuple[Op, Script, list[str], list[Any]]] = {}
 _ENCODED_MAX = 4096
 
 
+#: Scripts written out for one op list shape, without lib/ops.lua's framework: the same
+#: KEYS, ARGV and reply as the general script (tests/contract/test_admit_rl.py).
+_LEAN: dict[tuple[str, tuple[type, ...]], str] = {("admit", (RateOp,)): "admit_rl"}
+
+
 def script_for(name: str, ops: Sequence[Op]) -> Script:
-    """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call."""
+    """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call.
+    A lone rate limit's admission runs ``admit_rl.lua``, which needs none."""
     types = (type(ops[0]),) if len(ops) == 1 else tuple(type(op) for op in ops)
     script = _SCRIPTS.get((name, types))
     if script is None:
+        if (lean := _LEAN.get((name, types))) is not None:
+            script = _SCRIPTS[name, types] = named_script(lean, ())
+            return script
         needed = {kind_of(op).lib for op in ops}
         # Once each, in registration order (a library may register several kinds).
         libs = tuple(dict.fromkeys(kind.lib for kind in registered() if kind.lib in needed))
