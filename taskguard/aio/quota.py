@@ -8,7 +8,6 @@ key and window.
 
 from __future__ import annotations
 
-from taskguard.errors import BackendUnavailable
 from taskguard.guards.keying import key_text
 from taskguard.guards.quota import Quota
 
@@ -79,12 +78,7 @@ class AsyncQuotaLimiter:
             decision = await self.try_acquire(key, cost)
             if decision.allowed:
                 return decision
-            if decision.degraded and self.spec.on_outage == "deny":
-                raise BackendUnavailable(
-                    f"{self.spec!r}: backend unreachable and on_outage='deny'",
-                    retry_after=decision.retry_after,
-                )
-            raise self.spec.denied_error(decision.retry_after, decision.key)
+            raise self.spec.refusal(decision.retry_after, decision.key, decision.degraded)
 
         return Acquiring(acquire)
 

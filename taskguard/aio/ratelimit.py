@@ -83,12 +83,7 @@ class AsyncRateLimiter:
             decision = await self._decide(bucket, cost, reserve=reserve)
             if decision.allowed:
                 return decision
-            if decision.degraded and self.spec.on_outage == "deny":
-                raise BackendUnavailable(
-                    f"{self.spec!r}: backend unreachable and on_outage='deny'",
-                    retry_after=decision.retry_after,
-                )
-            raise self.spec.denied_error(decision.retry_after, bucket)
+            raise self.spec.refusal(decision.retry_after, bucket, decision.degraded)
 
         return Acquiring(acquire)
 

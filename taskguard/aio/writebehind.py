@@ -20,7 +20,6 @@ import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from taskguard import signals
 from taskguard.cache import outage
 from taskguard.cache.calls import CacheCalls, WriteReply, text
 from taskguard.cache.config import CacheConfig
@@ -28,8 +27,8 @@ from taskguard.cache.entry import header
 from taskguard.cache.ops import check_registration
 from taskguard.cache.records import version_above
 from taskguard.cache.settling import PendingSettles
-from taskguard.cache.writebehind import REGISTER_EVERY
-from taskguard.errors import BackendUnavailable, WriteBehindFull
+from taskguard.cache.writebehind import REGISTER_EVERY, announce_full, full_error
+from taskguard.errors import BackendUnavailable
 from taskguard.sinks.base import Record, Store
 
 from .redis import AsyncRedisBackend
@@ -167,25 +166,13 @@ class AsyncWriteBehind:
     async def _on_full(
         self, key: str, value: Any, payload: bytes | None, reply: WriteReply
     ) -> None:
-        policy = self.config.on_full
-        signals.writebehind_backpressure.send(
-            sender=self.sender,
-            namespace=self.config.namespace,
-            key=key,
-            backlog=reply.backlog,
-            policy=policy,
-        )
+        policy = announce_full(self.sender, self.config, key, reply)
         if policy == "block":
             reply = await self._wait_for_room(key, value, payload, reply)
             if reply.queued:
                 return
         if policy in ("raise", "block"):
-            raise WriteBehindFull(
-                f"write-behind queue of {self.config.namespace!r} is full "
-                f"({reply.backlog} records in the partition of {key!r})",
-                namespace=self.config.namespace,
-                backlog=reply.backlog,
-            )
+            raise full_error(self.config, key, reply)
         # write_through: the store, above the key's queued write; then settle.
         version = version_above(reply.dirty_id)
         await self._store_write([_record(key, value, payload is None, version)])

@@ -26,7 +26,7 @@ from .ops import CacheOps, WriteReply, check_registration
 from .records import version_above
 from .settling import Settler
 
-__all__ = ["WriteBehind"]
+__all__ = ["WriteBehind", "announce_full", "full_error"]
 
 _HEADER = header()
 _FIRST_BACKOFF = 0.005
@@ -117,25 +117,13 @@ class WriteBehind:
         )
 
     def _on_full(self, key: str, value: Any, payload: bytes | None, reply: WriteReply) -> None:
-        policy = self.config.on_full
-        signals.writebehind_backpressure.send(
-            sender=self.sender,
-            namespace=self.config.namespace,
-            key=key,
-            backlog=reply.backlog,
-            policy=policy,
-        )
+        policy = announce_full(self.sender, self.config, key, reply)
         if policy == "block":
             reply = self._wait_for_room(key, value, payload, reply)
             if reply.queued:
                 return
         if policy in ("raise", "block"):
-            raise WriteBehindFull(
-                f"write-behind queue of {self.config.namespace!r} is full "
-                f"({reply.backlog} records in the partition of {key!r})",
-                namespace=self.config.namespace,
-                backlog=reply.backlog,
-            )
+            raise full_error(self.config, key, reply)
         self._write_through(key, value, payload is None, reply.dirty_id)
 
     def _wait_for_room(
@@ -192,3 +180,23 @@ class WriteBehind:
 
 def _record(key: str, value: Any, deleted: bool, version: int) -> Record:
     return Record(key, None if deleted else value, version, deleted)
+
+
+def announce_full(sender: object, config: CacheConfig, key: str, reply: WriteReply) -> str:
+    """Send ``writebehind_backpressure`` for a write refused by a full queue; return the
+    namespace's ``on_full`` policy (shared by the sync and the asyncio write-behind)."""
+    policy = config.on_full
+    signals.writebehind_backpressure.send(
+        sender=sender, namespace=config.namespace, key=key, backlog=reply.backlog, policy=policy
+    )
+    return policy
+
+
+def full_error(config: CacheConfig, key: str, reply: WriteReply) -> WriteBehindFull:
+    """The error a write gets when the queue stays full (``on_full`` raise or block)."""
+    return WriteBehindFull(
+        f"write-behind queue of {config.namespace!r} is full "
+        f"({reply.backlog} records in the partition of {key!r})",
+        namespace=config.namespace,
+        backlog=reply.backlog,
+    )

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from taskguard._validate import choice
 from taskguard.backend.base import Backend
 from taskguard.backend.ops import Op
-from taskguard.errors import ConfigurationError, GuardDenied
+from taskguard.errors import BackendUnavailable, ConfigurationError, GuardDenied
 from taskguard.keys import KeySchema
 
 __all__ = [
@@ -288,3 +288,15 @@ class Guard(ABC):
     @abstractmethod
     def denied_error(self, retry_after: float, key: str | None = None) -> GuardDenied:
         """The exception describing a denial by this guard."""
+
+    def refusal(
+        self, retry_after: float, key: str | None, degraded: bool
+    ) -> GuardDenied | BackendUnavailable:
+        """What a refused standalone call (``acquire``) raises: ``BackendUnavailable`` when
+        the backend was unreachable and ``on_outage`` is ``deny``, else :meth:`denied_error`
+        (shared by the sync and the asyncio façades)."""
+        if degraded and self.on_outage == "deny":
+            return BackendUnavailable(
+                f"{self!r}: backend unreachable and on_outage='deny'", retry_after=retry_after
+            )
+        return self.denied_error(retry_after, key)

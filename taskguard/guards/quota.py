@@ -32,7 +32,7 @@ from taskguard.backend.builtin_kinds import override
 from taskguard.backend.ops import Op
 from taskguard.backend.redis import HasBackend
 from taskguard.backend.registry import MemoryState, OpKind, register
-from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
+from taskguard.errors import ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 
 from .admission import admit
@@ -387,12 +387,7 @@ class QuotaLimiter:
         decision = self.try_acquire(key, cost)
         if decision.allowed:
             return decision
-        if decision.degraded and self.spec.on_outage == "deny":
-            raise BackendUnavailable(
-                f"{self.spec!r}: backend unreachable and on_outage='deny'",
-                retry_after=decision.retry_after,
-            )
-        raise self.spec.denied_error(decision.retry_after, decision.key)
+        raise self.spec.refusal(decision.retry_after, decision.key, decision.degraded)
 
     def remaining(self, key: str | int | None = None) -> int:
         """Calls left in ``key``'s quota in the current window (-1 if unknown: offline)."""

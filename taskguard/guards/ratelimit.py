@@ -13,7 +13,7 @@ from taskguard._validate import count
 from taskguard._validate import name as check_name
 from taskguard._validate import rate as check_rate
 from taskguard.backend.ops import Op, PauseOp, RateOp
-from taskguard.errors import BackendUnavailable, ConfigurationError, RateLimited
+from taskguard.errors import ConfigurationError, RateLimited
 from taskguard.keys import KeySchema
 from taskguard.units import MAX_BUCKET_SPAN, Rate
 
@@ -236,12 +236,7 @@ class RateLimiter:
         decision = self._decide(key, cost, reserve_within=reserve)
         if decision.allowed:
             return decision
-        if decision.degraded and self.spec.on_outage == "deny":
-            raise BackendUnavailable(
-                f"{self.spec!r}: backend unreachable and on_outage='deny'",
-                retry_after=decision.retry_after,
-            )
-        raise self.spec.denied_error(decision.retry_after, key)
+        raise self.spec.refusal(decision.retry_after, key, decision.degraded)
 
     def pause(self, key: str | int | None, seconds: float | timedelta | str) -> Pause:
         """Refuse every call of ``key``'s bucket for ``seconds``, in every process.
