@@ -24,6 +24,7 @@ from taskguard.cache.calls import CacheCalls, Lookup
 from taskguard.cache.codec import get_codec
 from taskguard.cache.config import CacheConfig, CacheOptions
 from taskguard.cache.entry import encode, header
+from taskguard.cache.replication import check_replication, on_cluster
 from taskguard.cache.values import ValueCheck
 from taskguard.cache.xfetch import should_refresh_early
 from taskguard.errors import BackendUnavailable, ConfigurationError
@@ -83,6 +84,12 @@ class AsyncCache:
                 field="backend",
             )
         self.backend = backend
+        if self.config.replicas:
+            check_replication(
+                self.config,
+                cluster=on_cluster(backend.url, backend.client),
+                socket_timeout=backend.socket_timeout,
+            )
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
         store = self.config.store

@@ -20,12 +20,15 @@ import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from taskguard.backend.lua import Script
+from taskguard.backend.wire import batch_replies, named_script, not_loaded
 from taskguard.cache import outage
 from taskguard.cache.calls import CacheCalls, WriteReply, text
 from taskguard.cache.config import CacheConfig
 from taskguard.cache.entry import header
 from taskguard.cache.ops import check_registration
 from taskguard.cache.records import version_above
+from taskguard.cache.replication import acked_count, warn_unreplicated
 from taskguard.cache.settling import PendingSettles
 from taskguard.cache.writebehind import REGISTER_EVERY, announce_full, full_error
 from taskguard.errors import BackendUnavailable
@@ -135,18 +138,25 @@ class AsyncWriteBehind:
         atomic as a whole."""
         try:
             await self.register()
-            replies = await self._queue([(key, payload) for key, _, payload in items])
+            replies, replicated = await self._queue([(key, payload) for key, _, payload in items])
         except BackendUnavailable as exc:
             await self._bypass([(k, v, p is None) for k, v, p in items], exc)
             return
-        self.settler.pending.forget(
-            k for (k, _, _), r in zip(items, replies, strict=True) if r.queued
-        )
+        if replicated:
+            self.settler.pending.forget(
+                k for (k, _, _), r in zip(items, replies, strict=True) if r.queued
+            )
+        else:
+            await self._unreplicated(items, replies)
         for (key, value, payload), reply in zip(items, replies, strict=True):
             if not reply.queued:
                 await self._on_full(key, value, payload, reply)
 
-    async def _queue(self, items: Sequence[tuple[str, bytes | None]]) -> list[WriteReply]:
+    async def _queue(
+        self, items: Sequence[tuple[str, bytes | None]]
+    ) -> tuple[list[WriteReply], bool]:
+        """Queue ``(key, payload)`` writes; also True when as many replicas as the
+        ``replicas`` setting asks acknowledged them (always, when it is 0)."""
         calls = [
             (
                 self.calls.queue_keys(key),
@@ -154,14 +164,53 @@ class AsyncWriteBehind:
             )
             for key, payload in items
         ]
+        if self.config.replicas:
+            replies, acked = await self._send_then_wait(calls)
+            if acked < self.config.replicas:
+                warn_unreplicated(self.config, sum(r.queued for r in replies), acked)
+                return replies, False
+            return replies, True
         if len(calls) == 1:
             keys, args = calls[0]
             reply = await self.backend.run_script(
                 "cache_wb_write", keys, args, what="write-behind write"
             )
-            return [self.calls.write_reply(reply)]
-        replies = await self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
-        return [self.calls.write_reply(reply) for reply in replies]
+            return [self.calls.write_reply(reply)], True
+        raw = await self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
+        return [self.calls.write_reply(reply) for reply in raw], True
+
+    async def _send_then_wait(
+        self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> tuple[list[WriteReply], int]:
+        """The write scripts, then ``WAIT``, in one round trip on one connection (as
+        ``CacheOps.queue_writes_replicated``): the replies and the replicas' count."""
+        script = named_script("cache_wb_write", ())
+        async with self.backend.commands("write-behind write") as client:
+            replies, acked = await _pipeline_then_wait(client, script, calls, self.config)
+            if missing := not_loaded(replies):
+                await client.script_load(script.source)
+                again, acked_again = await _pipeline_then_wait(
+                    client, script, [calls[i] for i in missing], self.config
+                )
+                acked = min(acked, acked_again)  # the retry may use another connection
+                replies = batch_replies(replies, missing, again)
+            else:
+                replies = batch_replies(replies, (), ())
+        return [self.calls.write_reply(reply) for reply in replies], acked
+
+    async def _unreplicated(
+        self, items: Sequence[tuple[str, Any, bytes | None]], replies: Sequence[WriteReply]
+    ) -> None:
+        """The queued ones of ``items`` too few replicas acknowledged go straight to the
+        store too, above their queued entries, then are settled (as the sync writer)."""
+        records = [
+            _record(key, value, payload is None, version_above(reply.stream_id))
+            for (key, value, payload), reply in zip(items, replies, strict=True)
+            if reply.queued
+        ]
+        if records:
+            await self._store_write(records)
+            await self.settler.settle([(record.key, record.version) for record in records])
 
     async def _on_full(
         self, key: str, value: Any, payload: bytes | None, reply: WriteReply
@@ -187,12 +236,15 @@ class AsyncWriteBehind:
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, _MAX_BACKOFF)
             try:
-                [reply] = await self._queue([(key, payload)])
+                [reply], replicated = await self._queue([(key, payload)])
             except BackendUnavailable as exc:
                 await self._bypass([(key, value, payload is None)], exc)
                 return WriteReply(True)
             if reply.queued:
-                self.settler.pending.forget([key])
+                if replicated:
+                    self.settler.pending.forget([key])
+                else:
+                    await self._unreplicated([(key, value, payload)], [reply])
                 return reply
         return reply
 
@@ -227,6 +279,21 @@ class AsyncWriteBehind:
 
     async def _store_write(self, records: list[Record]) -> None:
         await asyncio.to_thread(self.store.write, self.config.namespace, records)
+
+
+async def _pipeline_then_wait(
+    client: Any,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+    config: CacheConfig,
+) -> tuple[list[Any], int]:
+    """``taskguard.cache.replication.send_then_wait`` on an asyncio client."""
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.wait(config.replicas, config.replica_timeout_ms)
+    *replies, acked = await pipe.execute(raise_on_error=False)
+    return replies, acked_count(acked)
 
 
 def _record(key: str, value: Any, deleted: bool, version: int) -> Record:

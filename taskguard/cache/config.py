@@ -31,6 +31,8 @@ STRATEGIES = ("cache-aside", "write-through", "write-around", "write-behind")
 WRITE_STRATEGIES = ("write-through", "write-around", "write-behind")
 #: What a write-behind write does when its partition's queue is full.
 ON_FULL = ("write_through", "raise", "block")
+#: Seconds a write-behind write waits for its replicas by default (``replica_timeout``).
+DEFAULT_REPLICA_TIMEOUT = 0.1
 #: Negative entries live at most this long unless ``negative_ttl`` says otherwise.
 DEFAULT_NEGATIVE_TTL = 30.0
 
@@ -93,6 +95,12 @@ class CacheOptions:
             0 disables early refresh.
         flight_ttl: Seconds a single-flight lock lives if its holder dies while loading.
         flight_wait: Seconds a caller waits for another's load before loading itself.
+        replicas: Write-behind: each write is followed, in the same round trip, by
+            ``WAIT <replicas> <replica_timeout in ms>``; a write fewer replicas
+            acknowledged goes straight to the store too, as during an outage
+            (docs/outages.md). 0 (default): no ``WAIT``. Not on Redis Cluster.
+        replica_timeout: Seconds ``WAIT`` waits for the replicas (at least 1 ms, and less
+            than the backend's ``socket_timeout``).
     """
 
     ttl: float | timedelta | None = None
@@ -108,6 +116,8 @@ class CacheOptions:
     early_refresh: float = 1.0
     flight_ttl: float | timedelta = 10.0
     flight_wait: float | timedelta = 5.0
+    replicas: int = 0
+    replica_timeout: float | timedelta = DEFAULT_REPLICA_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class CacheConfig:
     early_refresh: float
     flight_ttl: float
     flight_wait: float
+    replicas: int = 0
+    replica_timeout: float = DEFAULT_REPLICA_TIMEOUT
 
     @property
     def write_behind(self) -> bool:
@@ -165,6 +177,18 @@ class CacheConfig:
             else seconds(options.negative_ttl, "negative_ttl", allow_zero=True)
         )
         capacity = options.capacity
+        replicas = count(options.replicas, "replicas", minimum=0)
+        if replicas and strategy != "write-behind":
+            raise ConfigurationError(
+                f"applies to write-behind writes only, not to strategy {strategy!r}",
+                field="replicas",
+            )
+        replica_timeout = seconds(options.replica_timeout, "replica_timeout")
+        if replica_timeout < 0.001:
+            raise ConfigurationError(
+                f"must be at least 0.001 s (WAIT counts milliseconds), got {replica_timeout!r}",
+                field="replica_timeout",
+            )
         return cls(
             namespace=namespace,
             ttl=ttl,
@@ -180,7 +204,14 @@ class CacheConfig:
             early_refresh=number(options.early_refresh, "early_refresh", 0.0),
             flight_ttl=seconds(options.flight_ttl, "flight_ttl"),
             flight_wait=seconds(options.flight_wait, "flight_wait", allow_zero=True),
+            replicas=replicas,
+            replica_timeout=replica_timeout,
         )
+
+    @property
+    def replica_timeout_ms(self) -> int:
+        """``replica_timeout`` in whole milliseconds, as ``WAIT`` takes it."""
+        return max(round(self.replica_timeout * 1000), 1)
 
     def summary(self) -> dict[str, Any]:
         """The settings as a dict (for logs and reprs), without the store object."""

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskguard import _instrument
+from taskguard.backend.wire import batch_replies, named_script, not_loaded
 from taskguard.errors import ConfigurationError
 
 from .calls import MISS, CacheCalls, Lookup, WriteReply, text
 from .codec import Codec
+from .replication import send_then_wait
 
 if TYPE_CHECKING:
     from taskguard.backend.redis import RedisBackend
@@ -183,6 +185,46 @@ class CacheOps:
         with self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items):
             replies = self.backend.run_script_many("cache_wb_write", calls, what="write-behind")
         return [self.calls.write_reply(r) for r in replies]
+
+    def queue_writes_replicated(
+        self,
+        items: Sequence[tuple[str, bytes | None, int]],
+        *,
+        header: bytes,
+        capacity: int,
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[list[WriteReply], int]:
+        """:meth:`queue_writes`, then ``WAIT replicas timeout_ms`` on the same connection,
+        in one round trip (:func:`~taskguard.cache.replication.send_then_wait`).
+
+        Returns:
+            The replies, and how many replicas acknowledged every queued write.
+        """
+        calls = [
+            (
+                self.calls.queue_keys(key),
+                self.calls.queue_args(key, payload, ttl_ms, header, capacity),
+            )
+            for key, payload, ttl_ms in items
+        ]
+        script = named_script("cache_wb_write", ())
+        with (
+            self._watch(_instrument.CACHE_PUT, [k for k, _, _ in items], items),
+            self.backend.commands("write-behind write") as client,
+        ):
+            replies, acked = send_then_wait(client, script, calls, replicas, timeout_ms)
+            if missing := not_loaded(replies):
+                client.script_load(script.source)
+                again, acked_again = send_then_wait(
+                    client, script, [calls[i] for i in missing], replicas, timeout_ms
+                )
+                # The retry may run on another pooled connection: trust the lower count.
+                acked = min(acked, acked_again)
+                replies = batch_replies(replies, missing, again)
+            else:
+                replies = batch_replies(replies, (), ())
+        return [self.calls.write_reply(r) for r in replies], acked
 
     def _watch(
         self,

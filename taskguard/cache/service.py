@@ -26,6 +26,7 @@ from .entry import encode, header
 from .flight import SingleFlight
 from .ops import CacheOps
 from .records import local_version
+from .replication import check_replication, on_cluster
 from .settling import Settler
 from .values import ValueCheck
 from .writebehind import WriteBehind
@@ -72,6 +73,12 @@ class CacheService:
     ) -> None:
         self.config = CacheConfig.create(namespace, options)
         self.backend = require_redis(backend, "cache")
+        if self.config.replicas:
+            check_replication(
+                self.config,
+                cluster=on_cluster(self.backend.url, lambda: self.backend.client),
+                socket_timeout=self.backend.socket_timeout,
+            )
         self._codec = get_codec(self.config.codec)
         self._rng = rng or random.Random()
         # cache-aside writes no store, so the store's limits do not apply to its set().

@@ -24,6 +24,7 @@ from .config import CacheConfig
 from .entry import header
 from .ops import CacheOps, WriteReply, check_registration
 from .records import version_above
+from .replication import warn_unreplicated
 from .settling import Settler
 
 __all__ = ["WriteBehind", "announce_full", "full_error"]
@@ -93,28 +94,61 @@ class WriteBehind:
         atomic as a whole."""
         try:
             self.register()
-            if len(items) == 1:
-                key, _, payload = items[0]
-                replies = [self._queue(key, payload)]
-            else:
-                encoded = [(key, payload, self.ttl_ms()) for key, _, payload in items]
-                replies = self.ops.queue_writes(
-                    encoded, header=_HEADER, capacity=self.config.capacity
-                )
+            replies, replicated = self._queue([(key, payload) for key, _, payload in items])
         except BackendUnavailable as exc:
             # Some may have been queued before the failure: the direct writes rank above
             # them (see _bypass), and their dirty marks and copies go.
             self._bypass([(k, v, p is None) for k, v, p in items], exc)
             return
-        self.settler.forget(key for (key, _, _), r in zip(items, replies, strict=True) if r.queued)
+        if replicated:
+            self.settler.forget(
+                key for (key, _, _), r in zip(items, replies, strict=True) if r.queued
+            )
+        else:
+            self._unreplicated(items, replies)
         for (key, value, payload), reply in zip(items, replies, strict=True):
             if not reply.queued:
                 self._on_full(key, value, payload, reply)
 
-    def _queue(self, key: str, payload: bytes | None) -> WriteReply:
-        return self.ops.queue_write(
-            key, payload, ttl_ms=self.ttl_ms(), header=_HEADER, capacity=self.config.capacity
-        )
+    def _queue(self, items: Sequence[tuple[str, bytes | None]]) -> tuple[list[WriteReply], bool]:
+        """Queue ``(key, payload)`` writes; also True when as many replicas as the
+        ``replicas`` setting asks acknowledged them (always, when it is 0)."""
+        config = self.config
+        encoded = [(key, payload, self.ttl_ms()) for key, payload in items]
+        if config.replicas:
+            replies, acked = self.ops.queue_writes_replicated(
+                encoded,
+                header=_HEADER,
+                capacity=config.capacity,
+                replicas=config.replicas,
+                timeout_ms=config.replica_timeout_ms,
+            )
+            if acked < config.replicas:
+                warn_unreplicated(config, sum(r.queued for r in replies), acked)
+                return replies, False
+            return replies, True
+        if len(encoded) == 1:
+            key, payload, ttl_ms = encoded[0]
+            reply = self.ops.queue_write(
+                key, payload, ttl_ms=ttl_ms, header=_HEADER, capacity=config.capacity
+            )
+            return [reply], True
+        return self.ops.queue_writes(encoded, header=_HEADER, capacity=config.capacity), True
+
+    def _unreplicated(
+        self, items: Sequence[tuple[str, Any, bytes | None]], replies: Sequence[WriteReply]
+    ) -> None:
+        """The queued ones of ``items`` too few replicas acknowledged: a failover may lose
+        them, so they go straight to the store as well, above their queued entries, and
+        are settled (the drain's later write of the entry loses to the direct one)."""
+        records = [
+            _record(key, value, payload is None, version_above(reply.stream_id))
+            for (key, value, payload), reply in zip(items, replies, strict=True)
+            if reply.queued
+        ]
+        if records:
+            self.store.write(self.config.namespace, records)
+            self.settler.settle([(record.key, record.version) for record in records])
 
     def _on_full(self, key: str, value: Any, payload: bytes | None, reply: WriteReply) -> None:
         policy = announce_full(self.sender, self.config, key, reply)
@@ -135,12 +169,15 @@ class WriteBehind:
             self.sleep(min(delay, left))
             delay = min(delay * 2, _MAX_BACKOFF)
             try:
-                reply = self._queue(key, payload)
+                [reply], replicated = self._queue([(key, payload)])
             except BackendUnavailable as exc:
                 self._bypass([(key, value, payload is None)], exc)
                 return WriteReply(True)
             if reply.queued:
-                self.settler.forget([key])
+                if replicated:
+                    self.settler.forget([key])
+                else:
+                    self._unreplicated([(key, value, payload)], [reply])
                 return reply
         return reply
 

@@ -26,7 +26,7 @@ def test_the_defaults_are_validated_into_the_config() -> None:
 
 def test_every_option_is_a_keyword_of_the_client() -> None:
     names = {f.name for f in dataclasses.fields(CacheOptions)}
-    assert len(names) == 13
+    assert len(names) == 15
     with pytest.raises(TypeError, match="colour"):
         taskguard.connect("memory://").cache("users", ttl=60, colour="red")
 
