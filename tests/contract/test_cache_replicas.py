@@ -44,7 +44,8 @@ def waits(inspect: redis.Redis) -> int:
 
 def queued_ids(cache: CacheService, key: str, inspect: redis.Redis) -> list[str]:
     stream = cache.backend.keys.cache_stream(cache.namespace, partition_of(key, cache.partitions))
-    return [entry_id.decode() for entry_id, _ in inspect.xrange(stream)]
+    entries: list[tuple[bytes, Any]] = inspect.xrange(stream)  # type: ignore[assignment]
+    return [entry_id.decode() for entry_id, _ in entries]
 
 
 def test_unacknowledged_writes_go_to_the_store_and_are_settled(pair: Pair) -> None:
