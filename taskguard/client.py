@@ -176,7 +176,8 @@ class Client(RunTimeLimits):
             **options: Passed through to :class:`~taskguard.cache.CacheOptions`, which
                 declares each with its default: ``strategy``, ``store``, ``partitions``,
                 ``codec``, ``jitter``, ``negative_ttl``, ``capacity``, ``on_full``,
-                ``block_timeout``, ``early_refresh``, ``flight_ttl``, ``flight_wait``.
+                ``block_timeout``, ``early_refresh``, ``flight_ttl``, ``flight_wait``,
+                ``replicas``, ``replica_timeout``.
 
         Raises:
             ConfigurationError: An invalid option, or a backend that is not Redis.
