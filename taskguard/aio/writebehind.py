@@ -6,8 +6,9 @@ by the same drain pool as one queued by a Celery task, and read back by either A
 policies are the sync ones: a full partition follows ``on_full`` (``write_through``,
 ``raise``, ``block``), and while Redis is down (or refuses writes) the write goes straight
 to the store, after which the key is *settled* (its older copy and dirty mark dropped,
-``cache_wb_settle.lua``) or read from the store by this process until it is. A write is
-never dropped silently.
+``cache_wb_settle.lua``) or read from the store by this process until it is. With the
+``replicas`` setting, a queued write fewer replicas acknowledged (``WAIT``, pipelined after
+the script) goes to the store too. A write is never dropped silently.
 
 Stores are sync (database drivers): their calls run in a worker thread
 (``asyncio.to_thread``), so the event loop never blocks on the database.

@@ -7,6 +7,8 @@ write over the store's older row. When the partition's queue is full the namespa
 straight to the store. A write is never dropped silently: it is queued, in the store, or
 the caller gets an error. After a write went to the store, the key's older cached copy
 and dirty mark are dropped (:mod:`taskguard.cache.settling`), so no read serves them.
+With the ``replicas`` setting, a queued write fewer replicas acknowledged goes to the
+store too, as during an outage (:mod:`taskguard.cache.replication`).
 """
 
 from __future__ import annotations
