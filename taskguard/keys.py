@@ -4,7 +4,11 @@ Guard state is ``<prefix>:{<tag>}:<kind>:<name>[:<key>]``; cache state is
 ``<prefix>:{<tag>:c:<namespace>:<partition>}:<what>[:<key>]``. The part in braces is a
 Redis Cluster hash tag. It defaults to the prefix, so every guard key lives in one slot
 and a task's admission (which may touch a rate limit, a lock and a semaphore at once)
-stays one atomic script call on Cluster too. See docs/design.md, "Key schema".
+stays one atomic script call. A *spread* schema (``spread=True``, which the Redis
+backend sets on a Cluster) gives a keyed guard's keys the tag of its bucket key instead,
+``<prefix>:{<tag>:k:<key or tag source>}:<kind>:<name>:<key>``, so per-key state spreads
+over the cluster's slots, and guards keyed alike share a slot. See docs/design.md, "Key
+schema".
 
 User strings are escaped, never replaced, so the mapping from (kind, name, key) to a key
 name is injective, and no user string can open or close a hash tag:
@@ -85,6 +89,9 @@ class KeySchema:
         prefix: Leading namespace of every key, e.g. ``"tg"`` or ``"myapp:tg"``: at most
             200 characters, without braces, whitespace or control characters.
         tag: The Cluster hash tag; defaults to ``prefix``. Any string (it is escaped).
+        spread: Give keyed guard state the hash tag of its key (or of the ``tag`` source
+            a guard names) rather than the schema's one tag. Set by the Redis backend on a
+            Cluster; a schema on one server or Sentinel keeps one tag.
 
     Raises:
         ConfigurationError: An invalid prefix (naming ``key_prefix``) or tag.
@@ -101,6 +108,7 @@ class KeySchema:
 
     prefix: str = "tg"
     tag: str | None = None
+    spread: bool = False
 
     def __post_init__(self) -> None:
         key_prefix(self.prefix)
@@ -115,29 +123,29 @@ class KeySchema:
     def _head(self) -> str:
         return f"{self.prefix}:{{{self._tag}}}"
 
-    def rate_limit(self, name: str, key: str | None = None) -> str:
+    def rate_limit(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The GCRA state of rate limit ``name`` for bucket ``key``."""
-        return self._named("rl", name, key)
+        return self._named("rl", name, key, tag)
 
-    def lock(self, name: str, key: str | None = None) -> str:
+    def lock(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The owner of lock ``name`` for ``key``."""
-        return self._named("lock", name, key)
+        return self._named("lock", name, key, tag)
 
-    def fence(self, name: str, key: str | None = None) -> str:
+    def fence(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The last fencing token handed out for lock ``name`` / ``key``."""
-        return self._named("fence", name, key)
+        return self._named("fence", name, key, tag)
 
-    def wakeup(self, name: str, key: str | None = None) -> str:
+    def wakeup(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The list a release pushes to, waking one blocked waiter of lock ``name``."""
-        return self._named("wake", name, key)
+        return self._named("wake", name, key, tag)
 
-    def slots(self, name: str, key: str | None = None) -> str:
+    def slots(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The holders of concurrency limit ``name`` for ``key`` (a sorted set)."""
-        return self._named("slots", name, key)
+        return self._named("slots", name, key, tag)
 
-    def slot_wakeup(self, name: str, key: str | None = None) -> str:
+    def slot_wakeup(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The list a slot release pushes to, waking blocked waiters."""
-        return self._named("swake", name, key)
+        return self._named("swake", name, key, tag)
 
     def limit_overrides(self, name: str) -> str:
         """Limits of rate limiter ``name`` set at run time (a hash: ``"*"`` or
@@ -166,9 +174,9 @@ class KeySchema:
         """The half-open probe leases of breaker ``name`` (a sorted set)."""
         return self._named("cbp", name, None)
 
-    def unique(self, name: str, key: str | None = None) -> str:
+    def unique(self, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The publish-time uniqueness claim of task ``name`` for ``key``."""
-        return self._named("uniq", name, key)
+        return self._named("uniq", name, key, tag)
 
     # ------------------------------------------------------------------ cache
     # A cache namespace is split into partitions (crc32(key) mod P). Each partition has
@@ -214,7 +222,7 @@ class KeySchema:
         """The live drain pools (a sorted set: consumer name -> expiry in ms)."""
         return f"{self._head}:wbns:pools"
 
-    def guard(self, kind: str, name: str, key: str | None = None) -> str:
+    def guard(self, kind: str, name: str, key: str | None = None, *, tag: str | None = None) -> str:
         """The state of a guard of another kind (``kind`` is its short code, e.g. ``"q"``).
 
         For guards added through the op-kind registry: their keys follow the same schema
@@ -225,7 +233,7 @@ class KeySchema:
             raise ValueError(f"a key kind must be ASCII letters and digits, got {kind!r}")
         if kind in RESERVED_KINDS:
             raise ValueError(f"key kind {kind!r} is taken by keys.py's own keys")
-        return self._named(kind, name, key)
+        return self._named(kind, name, key, tag)
 
     # ---------------------------------------------------------------- parked tasks
     # Tasks refused by a slot or a lock wait here until it has room (lib/park.lua). A
@@ -292,9 +300,41 @@ class KeySchema:
         """
         return f"{self.prefix}:events"
 
-    def _named(self, kind: str, name: str, key: str | None) -> str:
-        base = f"{self._head}:{kind}:{_part(name, 'name')}"
-        return base if key is None else f"{base}:{_key(key)}"
+    def _named(self, kind: str, name: str, key: str | None, tag: str | None = None) -> str:
+        if key is None:
+            return f"{self._head}:{kind}:{_part(name, 'name')}"
+        if not self.spread:
+            return f"{self._head}:{kind}:{_part(name, 'name')}:{_key(key)}"
+        # The source is escaped like a name: no ':' or '}' in it, so the tag ends at the
+        # first '}', and (source, kind, name, key) decodes back from the key.
+        source = _part(key if tag is None else tag, "tag")
+        return f"{self.prefix}:{{{self._tag}:k:{source}}}:{kind}:{_part(name, 'name')}:{_key(key)}"
+
+    def shared(self, key: str) -> bool:
+        """True when guard key ``key`` has the schema's one hash tag, so a script may
+        touch it together with the schema's name-less keys (run-time limits, the parking
+        index). Always true on a schema that does not spread; on a spread schema, only
+        for unkeyed guards.
+
+        Example:
+            >>> spread = KeySchema("tg", spread=True)
+            >>> spread.shared(spread.slots("s")), spread.shared(spread.slots("s", "7"))
+            (True, False)
+        """
+        return key.startswith(f"{self._head}:")
+
+    def sibling(self, key: str, kind: str) -> str:
+        """The key of kind ``kind`` with guard key ``key``'s tag, name and key (a lock's
+        fence from its lock key: right on a spread schema whatever tag placed it).
+
+        Example:
+            >>> KeySchema("tg", spread=True).sibling("tg:{tg:k:o}:lock:n:7", "fence")
+            'tg:{tg:k:o}:fence:n:7'
+        """
+        tail = key.rsplit("}:", 1)[1] if "}:" in key else ""
+        if self.guard_parts(key) is None or not tail.partition(":")[2]:
+            raise ValueError(f"{key!r} is not a guard key of {self._head!r}")
+        return f"{key[: len(key) - len(tail)]}{kind}:{tail.partition(':')[2]}"
 
     def guard_parts(self, key: str) -> tuple[str, str, str | None] | None:
         """``(kind, name, key)`` of a guard key this schema builds with a name (the
@@ -309,16 +349,29 @@ class KeySchema:
             ('lock', 'report', None)
         """
         head = f"{self._head}:"
-        if not key.startswith(head):
+        spread_head = f"{self.prefix}:{{{self._tag}:k:"
+        if key.startswith(head):
+            rest = key[len(head) :]
+        elif self.spread and key.startswith(spread_head):
+            _, brace, rest = key[len(spread_head) :].partition("}:")
+            if not brace:
+                return None
+        else:
             return None
-        kind, colon, rest = key[len(head) :].partition(":")
+        kind, colon, rest = rest.partition(":")
         if not colon or not kind:
             return None
         name, colon, user_key = rest.partition(":")
         return kind, _unescape(name), _unescape(user_key) if colon else None
 
     def guard_pattern(self) -> str:
-        """A SCAN pattern matching every guard key of this schema (not its cache keys)."""
+        """A SCAN pattern matching every guard key of this schema (not its cache keys).
+
+        On a spread schema it matches the keyed guards' tags (``{<tag>:k:...}``) too:
+        after the tag comes ``}:`` (one tag) or ``:k`` (spread), never the cache's ``:c``.
+        """
+        if self.spread:
+            return f"{_glob(self.prefix)}:{{{_glob(self._tag)}[}}:][:k]*"
         return f"{_glob(self.prefix)}:{{{_glob(self._tag)}}}:*"
 
     def pattern(self) -> str:

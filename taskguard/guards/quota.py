@@ -315,7 +315,7 @@ class Quota(Guard):
             cost=self.cost if cost is None else cost,
             starts=self.starts(now),
             period=self.period,
-            overrides=keys.quota_overrides(name),
+            overrides=keys.quota_overrides(name) if bucket is None or not keys.spread else None,
             field="*" if bucket is None else f"k:{bucket}",
         )
 

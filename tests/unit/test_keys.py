@@ -59,7 +59,7 @@ METHODS: dict[str, tuple[str, ...]] = {
 NOT_KEYS = {"breaker_events", "events", "cache_stream_pattern", "guard_pattern", "pattern"}
 #: Keys derived from another key (a parking lot from its guard key), and the inverses
 #: (a lot's guard key; a guard key's kind, name and key).
-DERIVED = {"park_lot", "park_fair", "park_guard_key", "guard_parts"}
+DERIVED = {"park_lot", "park_fair", "park_guard_key", "guard_parts", "sibling", "shared"}
 _PARK = {"parkmsg": "park_messages", "parkmeta": "park_meta", "parkdue": "park_due"}
 _PARK["parkout"] = "park_out"
 

@@ -1,0 +1,179 @@
+"""Admission across Redis Cluster slots stays all-or-nothing (issue 14, part 2).
+
+On a Cluster the key schema spreads: a keyed guard's keys take the hash tag of the key,
+so one task's ops can live in several slots, admitted one call per slot in slot order,
+with what the earlier slots took given back when a later one refuses. Each test builds
+ops whose refusing op lives in the *later* slot (on a cluster), so the undo runs; on
+memory and one Redis server the same ops are one atomic call and must behave the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis.crc import key_slot
+
+import taskguard
+from taskguard import Lock, RateLimit
+from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
+from taskguard.backend.spread import by_slot
+from taskguard.errors import BackendError
+from taskguard.keys import KeySchema
+
+from .harness import CLUSTER_TOO, Contract
+
+pytestmark = CLUSTER_TOO
+
+
+@pytest.fixture
+def backend(contract: Contract) -> taskguard.Backend:
+    return contract.backend
+
+
+def _slot(key: str) -> int:
+    return int(key_slot(key.encode()))
+
+
+def ordered_buckets(keys: KeySchema, name: str) -> Iterator[tuple[str, str]]:
+    """Pairs of buckets (first, later) whose rate-limit keys lie in two different slots,
+    the first one's slot taken first (on a spread schema; any pair elsewhere)."""
+    n = 0
+    while True:
+        a, b = f"a{n}", f"b{n}"
+        n += 1
+        slot_a, slot_b = _slot(keys.rate_limit(name, a)), _slot(keys.rate_limit(name, b))
+        if not keys.spread or slot_a < slot_b:
+            yield a, b
+
+
+def pair(keys: KeySchema, name: str) -> tuple[str, str]:
+    return next(ordered_buckets(keys, name))
+
+
+def rate(keys: KeySchema, name: str, bucket: str, *, burst: int = 1) -> RateOp:
+    return RateOp(keys.rate_limit(name, bucket), interval=60.0, burst=burst)
+
+
+def lock(keys: KeySchema, name: str, bucket: str, owner: str) -> LeaseOp:
+    return LeaseOp(keys.lock(name, bucket), owner=owner, ttl=30.0)
+
+
+def cap(keys: KeySchema, name: str, bucket: str, owner: str) -> SlotOp:
+    return SlotOp(keys.slots(name, bucket), owner=owner, ttl=30.0, limit=1)
+
+
+def test_a_cluster_spreads_keyed_guards_over_slots(contract: Contract) -> None:
+    keys = contract.backend.keys
+    assert keys.spread is (contract.kind == "cluster")
+    slots = {_slot(keys.rate_limit("api", f"customer-{i}")) for i in range(50)}
+    if contract.kind == "cluster":
+        assert len(slots) > 40  # one slot per key, nearly
+        assert _slot(keys.rate_limit("api")) == _slot(keys.slots("cap"))  # unkeyed: one tag
+    else:
+        assert len(slots) == 1  # one tag for everything, as before
+
+
+def test_a_refused_later_slot_refunds_exactly_the_tokens_taken(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"rl-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    first = rate(keys, name, a, burst=3)
+    assert backend.admit([first]).remaining == 2
+    assert backend.admit([rate(keys, name, b)]).allowed  # b's one token is spent now
+    refused = backend.admit([first, rate(keys, name, b)])
+    assert not refused.allowed
+    assert refused.denied == 1
+    assert refused.retry_after > 0
+    # a's token came back, and only that one: two are left, as before the refused call.
+    assert backend.admit([first]).remaining == 1
+
+
+def test_a_refused_later_slot_gives_back_a_lock(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"lk-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    assert backend.admit([rate(keys, name, b)]).allowed
+    refused = backend.admit([lock(keys, name, a, "me"), rate(keys, name, b)])
+    assert not refused.allowed
+    assert refused.denied == 1
+    assert backend.owner(keys.lock(name, a)) is None
+    assert backend.admit([lock(keys, name, a, "other")]).allowed
+
+
+def test_a_refused_later_slot_gives_back_a_concurrency_slot(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"cap-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    assert backend.admit([lock(keys, name, b, "holder")]).allowed
+    refused = backend.admit([cap(keys, name, a, "me"), lock(keys, name, b, "me")])
+    assert not refused.allowed
+    assert refused.denied == 1
+    assert backend.admit([cap(keys, name, a, "other")]).allowed  # limit 1: it was free
+
+
+def test_a_refused_later_slot_restores_a_dropped_claim(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"uq-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    claim = LeaseOp(keys.unique(name, a), owner="msg-1", ttl=30.0, purpose="claim")
+    assert backend.admit([claim]).allowed  # claimed at publish
+    assert backend.admit([rate(keys, name, b)]).allowed
+    dropping = LeaseOp(claim.key, owner="msg-1", ttl=30.0, drop=True, purpose="claim")
+    assert not backend.admit([dropping, rate(keys, name, b)]).allowed
+    assert backend.owner(claim.key) == "msg-1"  # the deferred message keeps its claim
+    assert backend.admit([dropping]).allowed  # when it is admitted, the claim goes
+    assert backend.owner(claim.key) is None
+
+
+def test_an_admission_across_slots_takes_everything_when_all_pass(
+    backend: taskguard.Backend,
+) -> None:
+    keys, name = backend.keys, f"ok-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    ops: list[Op] = [
+        rate(keys, name, b, burst=2),
+        lock(keys, name, a, "me"),
+        cap(keys, name, b, "me"),
+    ]
+    admitted = backend.admit(ops)
+    assert admitted.allowed
+    assert admitted.remaining == 1
+    assert len(admitted.tokens) == 3
+    assert backend.owner(keys.lock(name, a)) == "me"
+    held = [op for op in ops if not isinstance(op, RateOp)]
+    assert backend.renew(held) == [True, True]  # one call per slot
+    assert backend.release(held) == [1, 1]
+    assert backend.renew(held) == [False, False]
+    assert backend.admit([lock(keys, name, a, "other"), cap(keys, name, b, "other")]).allowed
+
+
+def test_a_failing_later_slot_gives_back_the_earlier_ones(contract: Contract) -> None:
+    if contract.kind != "cluster":
+        # One server runs both ops in one script, and Redis keeps what a script wrote
+        # before it failed: the lock taken in the check stays (until its TTL).
+        pytest.skip("a failure between slots needs several slots")
+    backend = contract.backend
+    keys, name = backend.keys, f"err-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+    broken = cap(keys, name, b, "me")
+    contract.client.set(broken.key, "not a sorted set", ex=60)
+    with pytest.raises(BackendError):
+        backend.admit([lock(keys, name, a, "me"), broken])
+    assert backend.owner(keys.lock(name, a)) is None
+
+
+def test_a_tag_template_puts_a_tasks_guards_in_one_slot(backend: taskguard.Backend) -> None:
+    keys = backend.keys
+    signature = None
+    limit = RateLimit("10/s", key="{customer_id}", name="per-customer").bind("t", signature)
+    doc = Lock(key="{document_id}", tag="{customer_id}", name="doc").bind("t", signature)
+    loose = Lock(key="{document_id}", name="doc-loose").bind("t", signature)
+    kwargs = {"customer_id": "c-42", "document_id": "d-7"}
+    ops = limit.task_ops(keys, (), kwargs, "task-1") + doc.task_ops(keys, (), kwargs, "task-1")
+    assert len(by_slot(ops)) == 1  # one call, whatever the topology
+    assert backend.admit(ops).allowed
+    if keys.spread:
+        untagged = loose.task_ops(keys, (), kwargs, "task-1")[0]
+        assert _slot(untagged.key) != _slot(ops[0].key)  # the document's own slot
+    # A second run for the same customer and document waits for the lock, takes nothing.
+    again = limit.task_ops(keys, (), kwargs, "task-2") + doc.task_ops(keys, (), kwargs, "task-2")
+    refused = backend.admit(again)
+    assert not refused.allowed
