@@ -27,11 +27,13 @@ The prefix is written as it is: it may hold no braces, whitespace or control cha
 from __future__ import annotations
 
 import operator
-import re
 from dataclasses import dataclass
 from functools import cached_property
-from urllib.parse import unquote
 
+from taskguard._escape import glob as _glob
+from taskguard._escape import key as _key
+from taskguard._escape import part as _part
+from taskguard._escape import unescape as _unescape
 from taskguard._validate import key_prefix
 from taskguard._validate import name as check_name
 
@@ -40,45 +42,9 @@ __all__ = ["RESERVED_KINDS", "KeySchema"]
 #: Kind codes of the keys this module builds itself; :meth:`KeySchema.guard` refuses them.
 RESERVED_KINDS = frozenset(
     {"rl", "lock", "fence", "wake", "slots", "swake", "cb", "cbw", "cbp", "uniq", "dlq", "wbns"}
-    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout", "lim", "limc", "limq"}
+    | {"park", "parkfair", "parkmsg", "parkmeta", "parkdue", "parkout", "parkheads"}
+    | {"lim", "limc", "limq"}
 )
-
-_PART_SPECIAL = re.compile(r"[%:{}]")
-_KEY_SPECIAL = re.compile(r"[%{}]")
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def _percent(char: str) -> str:
-    # surrogatepass: a lone surrogate is escaped too, rather than failing in the driver.
-    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
-
-
-def _escape(text: object, special: re.Pattern[str], field: str) -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"{field} must be a str, got {type(text).__name__} {text!r}")
-    if text.isprintable() and special.search(text) is None:
-        return text  # the usual case: nothing to escape
-    return "".join(c if c.isprintable() and not special.match(c) else _percent(c) for c in text)
-
-
-def _part(text: object, field: str) -> str:
-    """A name, tag or namespace: escaped so that it holds no ``:``, ``{`` or ``}``."""
-    return _escape(text, _PART_SPECIAL, field)
-
-
-def _key(text: object) -> str:
-    """A key (always the last part): escaped so that it holds no ``{`` or ``}``."""
-    return _escape(text, _KEY_SPECIAL, "key")
-
-
-def _unescape(text: str) -> str:
-    """Undo :func:`_escape` (every ``%`` in an escaped string starts a ``%XX`` byte)."""
-    return unquote(text, errors="surrogatepass") if "%" in text else text
-
-
-def _glob(text: str) -> str:
-    """``text`` as a literal in a Redis SCAN/KEYS pattern."""
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True)
@@ -238,42 +204,56 @@ class KeySchema:
     # ---------------------------------------------------------------- parked tasks
     # Tasks refused by a slot or a lock wait here until it has room (lib/park.lua). A
     # lot's key is its guard key with the kind code ``park`` in front, so it shares the
-    # guard's hash tag, and (kind, name, key) -> lot stays injective.
+    # guard's hash tag, and (kind, name, key) -> lot stays injective. The lots' index
+    # (messages, meta, due, out) lives under the same tag as the guard: the prefix's, or
+    # on a spread schema a keyed guard's own (``of``: any key under that tag); the heads
+    # of spread lots are listed in :meth:`park_heads` for the sweeper.
+
+    def _head_of(self, key: str | None) -> str:
+        if key is None or key.startswith(f"{self._head}:"):
+            return self._head
+        if self.spread and key.startswith(f"{self.prefix}:{{{self._tag}:k:"):
+            return key[: key.index("}") + 1]  # an escaped source holds no '}'
+        raise ValueError(f"{key!r} is not a guard key of {self._head!r}")
 
     def park_lot(self, guard_key: str) -> str:
         """The lot of tasks parked on guard key ``guard_key`` (a sorted set, FIFO)."""
-        head = f"{self._head}:"
-        if not guard_key.startswith(head):
-            raise ValueError(f"{guard_key!r} is not a guard key of {self._head!r}")
-        return f"{head}park:{guard_key[len(head) :]}"
+        head = self._head_of(guard_key)
+        return f"{head}:park:{guard_key[len(head) + 1 :]}"
 
     def park_fair(self, guard_key: str) -> str:
         """The fair-queuing state of ``guard_key``'s lot: its virtual time and each
         group's last position (a hash; see :mod:`taskguard.guards.fairness`)."""
-        return self.park_lot(guard_key).replace(":park:", ":parkfair:", 1)
+        head = self._head_of(guard_key)
+        return f"{head}:parkfair:{guard_key[len(head) + 1 :]}"
 
     def park_guard_key(self, lot: str) -> str:
         """The guard key a lot (:meth:`park_lot`) parks tasks on."""
-        head = f"{self._head}:park:"
-        if not lot.startswith(head):
+        head = self._head_of(lot)
+        if not lot.startswith(f"{head}:park:"):
             raise ValueError(f"{lot!r} is not a parking lot of {self._head!r}")
-        return f"{self._head}:{lot[len(head) :]}"
+        return f"{head}:{lot[len(head) + 6 :]}"
 
-    def park_messages(self) -> str:
+    def park_messages(self, of: str | None = None) -> str:
         """Parked messages: ticket (task id) -> payload (a hash)."""
-        return f"{self._head}:parkmsg"
+        return f"{self._head_of(of)}:parkmsg"
 
-    def park_meta(self) -> str:
+    def park_meta(self, of: str | None = None) -> str:
         """Every lot with tasks in it: lot -> its guard (a hash)."""
-        return f"{self._head}:parkmeta"
+        return f"{self._head_of(of)}:parkmeta"
 
-    def park_due(self) -> str:
+    def park_due(self, of: str | None = None) -> str:
         """When a sweep looks at each lot again (a sorted set: lot -> ms)."""
-        return f"{self._head}:parkdue"
+        return f"{self._head_of(of)}:parkdue"
 
-    def park_out(self) -> str:
+    def park_out(self, of: str | None = None) -> str:
         """Tickets handed back whose message has not arrived yet (ticket -> deadline ms)."""
-        return f"{self._head}:parkout"
+        return f"{self._head_of(of)}:parkout"
+
+    def park_heads(self) -> str:
+        """Spread schema: every tag with parked work, by its :meth:`park_due` key (a sorted
+        set -> when the sweeper looks at it next, ms), under the prefix's tag."""
+        return f"{self._head}:parkheads"
 
     def breaker_events(self, *, sharded: bool = False) -> str:
         """The pub/sub channel every hot-path breaker of this prefix listens on.

@@ -238,7 +238,7 @@ def claim(backend: Backend, request: Any) -> bool:
     parking = parking_for(backend)
     if parking is None:
         return True
-    return parking.claim(request.id)
+    return parking.claim(request.id, handback_of(request))
 
 
 def drop_revoked(task: Any, request: Any) -> None:

@@ -179,13 +179,11 @@ class Concurrency(Guard):
         """The op taking one of the ``bucket``'s slots for ``owner``; with ``park``, a
         task refused it parks on the slots' lot (see docs/design.md, "Parking").
 
-        On a spread schema a keyed cap has its own slot, apart from the schema's shared
-        keys (the parking index, the slot counts set at run time): it neither parks nor
-        reads those (docs/design.md, "Key schema")."""
+        On a spread schema a keyed cap has its own slot, and its lot and the lots' index
+        with it; the slot counts set at run time are under the prefix's tag, apart: it
+        does not read those (docs/design.md, "Key schema")."""
         name = self.name or ""
         slots = keys.slots(name, bucket, tag=tag)
-        shared = keys.shared(slots)
-        park = park and shared
         return SlotOp(
             slots,
             owner=owner,
@@ -193,8 +191,8 @@ class Concurrency(Guard):
             limit=self.limit if self.per_key is None else self.per_key.get(bucket, self.limit),
             wakeup_key=keys.slot_wakeup(name, bucket, tag=tag),
             park_key=keys.park_lot(slots) if park else None,
-            park_due=keys.park_due() if park else None,
-            overrides=keys.cap_overrides(name) if shared else None,
+            park_due=keys.park_due(slots) if park else None,
+            overrides=keys.cap_overrides(name) if keys.shared(slots) else None,
             field="*" if bucket is None else f"k:{bucket}",
         )
 

@@ -191,8 +191,7 @@ class Lock(Guard):
             )
         if self.runtime:
             lock = keys.lock(name, bucket, tag=tag)
-            # A spread keyed lock has its own slot, apart from the parking index.
-            parking = self.on_conflict == "defer" and keys.shared(lock)
+            parking = self.on_conflict == "defer"
             ops.append(
                 LeaseOp(
                     lock,
@@ -201,7 +200,7 @@ class Lock(Guard):
                     fence_key=keys.fence(name, bucket, tag=tag),
                     wakeup_key=keys.wakeup(name, bucket, tag=tag),
                     park_key=keys.park_lot(lock) if parking else None,
-                    park_due=keys.park_due() if parking else None,
+                    park_due=keys.park_due(lock) if parking else None,
                 )
             )
         return ops

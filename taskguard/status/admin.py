@@ -80,8 +80,8 @@ def release_lock(source: Backend | HasBackend, name: str, key: str | None = None
         owner=owner,
         ttl=1.0,
         wakeup_key=keys.wakeup(name, key),
-        park_key=keys.park_lot(lock_key) if keys.shared(lock_key) else None,
-        park_due=keys.park_due() if keys.shared(lock_key) else None,
+        park_key=keys.park_lot(lock_key),
+        park_due=keys.park_due(lock_key),
     )
     [result] = backend.release([op])
     return ReleasedLock(

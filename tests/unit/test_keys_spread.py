@@ -109,15 +109,22 @@ def test_the_same_key_or_tag_gives_the_same_hash_tag() -> None:
     assert KeySchema("tg").lock("doc", "d-7", tag="42") == "tg:{tg}:lock:doc:d-7"
 
 
-def test_a_spread_keyed_guard_has_no_parking_lot() -> None:
+def test_a_spread_keyed_guard_parks_under_its_own_tag() -> None:
     keys = KeySchema("tg", spread=True)
+    slots = keys.slots("cap", "7")
+    assert keys.park_lot(slots) == "tg:{tg:k:7}:park:slots:cap:7"
+    assert keys.park_fair(slots) == "tg:{tg:k:7}:parkfair:slots:cap:7"
+    assert keys.park_guard_key(keys.park_lot(slots)) == slots
+    assert keys.park_due(slots) == "tg:{tg:k:7}:parkdue"
+    assert keys.park_messages(keys.park_due(slots)) == "tg:{tg:k:7}:parkmsg"
+    assert keys.park_due() == "tg:{tg}:parkdue"  # the unkeyed guards' index, as before
+    assert keys.park_heads() == "tg:{tg}:parkheads"
     with pytest.raises(ValueError, match="not a guard key"):
-        keys.park_lot(keys.slots("cap", "7"))
+        keys.park_lot("other:{x}:slots:cap:7")
     op = Concurrency(2, key="{t}", name="cap").bind("t", None).task_ops(keys, (), {"t": 7}, "i")[0]
-    assert getattr(op, "park_key", "?") is None
-    assert getattr(op, "overrides", "?") is None
-    unkeyed = Concurrency(2, name="cap").bind("t", None).task_ops(keys, (), {}, "i")[0]
-    assert getattr(unkeyed, "park_key", None) == keys.park_lot(keys.slots("cap"))
+    assert getattr(op, "park_key", None) == keys.park_lot(slots)
+    assert getattr(op, "park_due", None) == keys.park_due(slots)
+    assert getattr(op, "overrides", "?") is None  # run-time slot counts: the prefix's tag
 
 
 @pytest.mark.parametrize("guard", [RateLimit, Concurrency, Lock])
