@@ -15,7 +15,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -33,6 +33,7 @@ from taskguard.backend.spread import (
     refused_across,
     undo_ops,
 )
+from taskguard.backend.spread_limits import RemoteLimits, text_hash
 from taskguard.backend.topology import async_client_for, is_cluster
 from taskguard.backend.wire import (
     REDIS_ERRORS,
@@ -58,6 +59,8 @@ from taskguard.urls import redact, secrets_of
 from .base import AsyncBackend
 
 __all__ = ["AsyncRedisBackend"]
+
+OpT = TypeVar("OpT")
 
 # redis.asyncio turns its own timeouts into redis's TimeoutError; a bare asyncio one (not
 # an OSError before Python 3.11) still means the server did not answer in time.
@@ -104,6 +107,8 @@ class AsyncRedisBackend(AsyncBackend):
             # As the sync backend on a Cluster: keyed guard state over the slots, admitted
             # a call per slot (taskguard.backend.spread), so both share every key.
             self.keys = dataclasses.replace(self.keys, spread=True)
+        # Read here (awaited) before each use: see _localized.
+        self._limits = RemoteLimits(lambda name: {})
 
     def __repr__(self) -> str:
         return f"AsyncRedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
@@ -183,11 +188,21 @@ class AsyncRedisBackend(AsyncBackend):
         breaker.record_success()
         return reply
 
+    async def _localized(self, ops: Sequence[OpT]) -> Sequence[OpT]:
+        """Spread schema: ``ops`` with limits set at run time in another slot applied
+        (:mod:`taskguard.backend.spread_limits`)."""
+        for name in self._limits.stale(ops):
+            async with self.commands("run-time limits") as client:
+                self._limits.store(name, text_hash(await client.hgetall(name)))
+        return self._limits.localize(ops)
+
     async def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        if len(ops) > 1 and self.keys.spread and len(groups := by_slot(ops)) > 1:
-            return await self._admit_spread(ops, groups)
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                return await self._admit_spread(ops, groups)
         script, keys, args = admit_call(ops, reserve_within)
         return admission_from(ops, await self._run(script, keys, args, "admission"))
 
@@ -218,9 +233,11 @@ class AsyncRedisBackend(AsyncBackend):
     async def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
-        if len(ops) > 1 and self.keys.spread and len(groups := by_slot(ops)) > 1:
-            released = [await self.release([ops[i] for i in g]) for g in groups]
-            return in_order(groups, released, len(ops))
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                released = [await self.release([ops[i] for i in g]) for g in groups]
+                return in_order(groups, released, len(ops))
         keys, args = encode(ops, release=True)
         replies = await self._run(script_for("release", ops), keys, args, "release")
         return [int(r) for r in replies]
@@ -228,9 +245,11 @@ class AsyncRedisBackend(AsyncBackend):
     async def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
-        if len(ops) > 1 and self.keys.spread and len(groups := by_slot(ops)) > 1:
-            renewed = [await self.renew([ops[i] for i in g]) for g in groups]
-            return in_order(groups, renewed, len(ops))
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                renewed = [await self.renew([ops[i] for i in g]) for g in groups]
+                return in_order(groups, renewed, len(ops))
         keys, args = encode(ops, release=False)
         replies = await self._run(script_for("renew", ops), keys, args, "renewal")
         return [bool(r) for r in replies]

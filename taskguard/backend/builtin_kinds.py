@@ -7,6 +7,7 @@ so both backends pass one contract suite.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -109,8 +110,25 @@ def _encode_rate(op: RateOp, release: bool) -> tuple[list[str], list[Any]]:
     return [op.key, op.overrides], [repr(op.interval * 1_000_000), op.burst, op.cost, op.field]
 
 
+def _localize_rate(op: RateOp, spec: str | None) -> RateOp:
+    # gcra.lua's parse of "<interval_us> <burst>", done by the client (spread_limits.py).
+    interval, burst = op.interval, op.burst
+    if spec is not None and len(parts := spec.split()) == 2:
+        interval, burst = float(parts[0]) / 1_000_000, max(int(parts[1]), op.cost)
+    return RateOp(op.key, interval, burst, op.cost, None, op.field)
+
+
 RATE = register(
-    OpKind(RateOp, "rl", "gcra", _encode_rate, _Rate(), bucket=True, undo=lambda op: op)
+    OpKind(
+        RateOp,
+        "rl",
+        "gcra",
+        _encode_rate,
+        _Rate(),
+        bucket=True,
+        undo=lambda op: op,
+        localize=_localize_rate,
+    )
 )
 
 
@@ -251,8 +269,23 @@ def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     return keys, args
 
 
+def _localize_slot(op: SlotOp, spec: str | None) -> SlotOp:
+    # slot.lua's parse of "<limit>", done by the client (spread_limits.py).
+    limit = int(spec) if spec is not None and spec.strip().isdigit() else op.limit
+    return dataclasses.replace(op, limit=limit, overrides=None)
+
+
 SLOT = register(
-    OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True, undo=lambda op: op)
+    OpKind(
+        SlotOp,
+        "slot",
+        "slot",
+        _encode_slot,
+        _Slot(),
+        holds=lambda op: True,
+        undo=lambda op: op,
+        localize=_localize_slot,
+    )
 )
 
 

@@ -28,6 +28,7 @@ from .redis_channels import MESSAGE_TYPES, RedisChannels
 from .redis_lean import LeanRate
 from .redis_spread import SpreadCalls
 from .spread import by_slot
+from .spread_limits import RemoteLimits, text_hash
 from .topology import SlotRoutes, client_for, is_cluster
 from .wire import (
     REDIS_ERRORS,
@@ -106,6 +107,7 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         self._given_client = client
         if self.topology == "cluster" and not self.keys.spread:
             self.keys = dataclasses.replace(self.keys, spread=True)
+        self._limits = RemoteLimits(self._read_hash)
         # Taken out of any error text that reaches a log or an exception.
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
@@ -257,8 +259,11 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         if not ops:
             return ALLOWED_EMPTY
         op = ops[0]
-        if len(ops) > 1 and self.keys.spread and len(groups := by_slot(ops)) > 1:
-            return self._admit_spread(ops, groups, reserve_within)
+        if self.keys.spread:
+            ops = self._limits.localize(ops)  # run-time limits from another slot
+            op = ops[0]
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                return self._admit_spread(ops, groups, reserve_within)
         if len(ops) > 1 or type(op) is not RateOp or op.overrides is None:
             return self._admit_slot(ops, reserve_within)
         return self._admit_rate(op, op.overrides, reserve_within)
@@ -267,11 +272,17 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         script, keys, args = admit_call(ops, reserve_within)
         return admission_from(ops, self._run(script, keys, args, "admission"))
 
+    def _read_hash(self, name: str) -> dict[str, str]:
+        with self.commands("run-time limits") as client:
+            return text_hash(client.hgetall(name))
+
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
-        if len(ops) > 1 and self.keys.spread:
-            return self._release_spread(ops)  # one call per slot
+        if self.keys.spread:
+            ops = self._limits.localize(ops)
+            if len(ops) > 1:
+                return self._release_spread(ops)  # one call per slot
         return self._release_slot(ops)
 
     def _release_slot(self, ops: Sequence[Held]) -> list[int]:
@@ -281,8 +292,10 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
-        if len(ops) > 1 and self.keys.spread:
-            return self._renew_spread(ops)  # one call per slot
+        if self.keys.spread:
+            ops = self._limits.localize(ops)
+            if len(ops) > 1:
+                return self._renew_spread(ops)  # one call per slot
         return self._renew_slot(ops)
 
     def _renew_slot(self, ops: Sequence[Held]) -> list[bool]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .lua import Script
 from .ops import Admission, RateOp
+from .spread_limits import RemoteLimits
 from .wire import admission_from, admit_call
 
 __all__ = ["OVERRIDE_RECHECK", "LeanRate"]
@@ -30,6 +31,8 @@ class LeanRate:
     _no_override: dict[tuple[str, str], float]
     #: id(op) -> (op, the op without its overrides key).
     _lean_ops: dict[int, tuple[RateOp, RateOp]]
+    #: A spread schema's reads of the same hashes (see spread_limits.py).
+    _limits: RemoteLimits
 
     if TYPE_CHECKING:
 
@@ -66,3 +69,4 @@ class LeanRate:
         """Read limits set at run time on the next admission of every bucket (called when
         this backend sets or clears one)."""
         self._no_override.clear()
+        self._limits.forget()

@@ -31,7 +31,7 @@ from redis.crc import key_slot
 from .ops import Admission, Held, Op
 from .registry import kind_of
 
-__all__ = ["by_slot", "granted_across", "in_order", "refused_across", "undo_ops"]
+__all__ = ["by_slot", "granted_across", "in_order", "refused_across", "same_slot", "undo_ops"]
 
 OpT = TypeVar("OpT", bound=Op)
 R = TypeVar("R")
@@ -39,6 +39,13 @@ R = TypeVar("R")
 
 def _slot(op: Op) -> int:
     return int(key_slot(op.key.encode("utf-8", "surrogatepass")))
+
+
+def same_slot(a: str, b: str) -> bool:
+    """True when keys ``a`` and ``b`` hash to one Cluster slot (one script may use both)."""
+    return bool(
+        key_slot(a.encode("utf-8", "surrogatepass")) == key_slot(b.encode("utf-8", "surrogatepass"))
+    )
 
 
 def _undoable(op: Op) -> bool:

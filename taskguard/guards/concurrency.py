@@ -180,8 +180,8 @@ class Concurrency(Guard):
         task refused it parks on the slots' lot (see docs/design.md, "Parking").
 
         On a spread schema a keyed cap has its own slot, and its lot and the lots' index
-        with it; the slot counts set at run time are under the prefix's tag, apart: it
-        does not read those (docs/design.md, "Key schema")."""
+        with it; the slot counts set at run time are under the prefix's tag, apart: the
+        backend reads those itself (:mod:`taskguard.backend.spread_limits`)."""
         name = self.name or ""
         slots = keys.slots(name, bucket, tag=tag)
         return SlotOp(
@@ -192,7 +192,7 @@ class Concurrency(Guard):
             wakeup_key=keys.slot_wakeup(name, bucket, tag=tag),
             park_key=keys.park_lot(slots) if park else None,
             park_due=keys.park_due(slots) if park else None,
-            overrides=keys.cap_overrides(name) if keys.shared(slots) else None,
+            overrides=keys.cap_overrides(name),
             field="*" if bucket is None else f"k:{bucket}",
         )
 

@@ -157,15 +157,12 @@ class RateLimit(Guard):
             raise ValueError(f"cost {cost} exceeds burst {self.burst} of {self!r}")
         name = self.name or "default"
         rate = self.rate if self.per_key is None else self.per_key.get(bucket, self.rate)
-        key = keys.rate_limit(name, bucket, tag=tag)
         return RateOp(
-            key=key,
+            key=keys.rate_limit(name, bucket, tag=tag),
             interval=rate.interval,
             burst=self.burst,
             cost=cost,
-            # On a spread schema a keyed bucket has its own slot, apart from the hash of
-            # limits set at run time: a script could not read both (docs/design.md).
-            overrides=keys.limit_overrides(name) if keys.shared(key) else None,
+            overrides=keys.limit_overrides(name),
             field="*" if bucket is None else f"k:{bucket}",
         )
 

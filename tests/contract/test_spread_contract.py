@@ -16,11 +16,13 @@ import pytest
 from redis.crc import key_slot
 
 import taskguard
-from taskguard import Lock, RateLimit
+from taskguard import Concurrency, Lock, RateLimit
+from taskguard.backend.limits import set_cap, set_limit
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
 from taskguard.backend.spread import by_slot
 from taskguard.errors import BackendError
 from taskguard.keys import KeySchema
+from taskguard.units import parse_rate
 
 from .harness import CLUSTER_TOO, Contract
 
@@ -177,3 +179,31 @@ def test_a_tag_template_puts_a_tasks_guards_in_one_slot(backend: taskguard.Backe
     again = limit.task_ops(keys, (), kwargs, "task-2") + doc.task_ops(keys, (), kwargs, "task-2")
     refused = backend.admit(again)
     assert not refused.allowed
+
+
+def test_keyed_guards_follow_limits_set_at_run_time(backend: taskguard.Backend) -> None:
+    """On a spread schema the hashes of run-time limits are in the prefix's slot, apart
+    from a keyed guard's: the backend reads them itself, and this backend's own change
+    applies at once."""
+    keys, name = backend.keys, f"rt-{uuid.uuid4().hex[:6]}"
+    limit = RateLimit("100/s", key="{k}", burst=10, name=name).bind("t", None)
+    cap = Concurrency(1, key="{k}", name=name).bind("t", None)
+
+    def ops(task_id: str) -> list[Op]:
+        kwargs = {"k": "c1"}
+        return limit.task_ops(keys, (), kwargs, task_id) + cap.task_ops(keys, (), kwargs, task_id)
+
+    set_limit(backend, name, parse_rate("1/m"), burst=1, key="c1")  # this key only
+    first = ops("t1")
+    assert backend.admit(first).allowed
+    second = ops("t2")
+    refused = backend.admit(second)
+    assert not refused.allowed  # the cap is full, and the run-time rate too
+    assert refused.retry_after > 30  # the bucket's: 1/m, not the code's 100/s
+    assert backend.admit([limit.task_ops(keys, (), {"k": "c2"}, "t3")[0]]).allowed
+    set_cap(backend, name, 2)  # every key
+    assert not backend.admit(second).allowed  # a slot is free now, but not the bucket
+    assert backend.admit([op for op in second if isinstance(op, SlotOp)]).allowed
+    held = [op for op in (*first, *second) if isinstance(op, SlotOp)]
+    assert backend.renew(held) == [True, True]
+    assert backend.release(held) == [1, 1]

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskguard import Concurrency, Lock, RateLimit
+from taskguard.backend.spread_limits import RemoteLimits
 from taskguard.errors import ConfigurationError
 from taskguard.keys import KeySchema
 
@@ -124,7 +125,37 @@ def test_a_spread_keyed_guard_parks_under_its_own_tag() -> None:
     op = Concurrency(2, key="{t}", name="cap").bind("t", None).task_ops(keys, (), {"t": 7}, "i")[0]
     assert getattr(op, "park_key", None) == keys.park_lot(slots)
     assert getattr(op, "park_due", None) == keys.park_due(slots)
-    assert getattr(op, "overrides", "?") is None  # run-time slot counts: the prefix's tag
+    # Run-time slot counts stay under the prefix's tag: the backend applies them itself.
+    assert getattr(op, "overrides", None) == keys.cap_overrides("cap")
+
+
+def test_limits_set_at_run_time_in_another_slot_are_applied_by_the_client() -> None:
+    keys = KeySchema("tg", spread=True)
+    reads: list[str] = []
+    hashes = {
+        keys.limit_overrides("api"): {"k:7": "500000.0 3", "*": "1000000.0 1"},
+        keys.cap_overrides("cap"): {"*": "5"},
+    }
+
+    def read(name: str) -> dict[str, str]:
+        reads.append(name)
+        return hashes.get(name, {})
+
+    limits = RemoteLimits(read)
+    rate = RateLimit("1/s", key="{k}", name="api").bind("t", None)
+    keyed, other = rate.op(keys, "7"), rate.op(keys, "8")
+    unkeyed = RateLimit("1/s", name="api").bind("t", None).op(keys)
+    slot = Concurrency(2, key="{k}", name="cap").bind("t", None).task_ops(keys, (), {"k": 7}, "i")
+    out = limits.localize([keyed, other, unkeyed, *slot])
+    assert (out[0].interval, out[0].burst, out[0].overrides) == (0.5, 3, None)  # its own entry
+    assert (out[1].interval, out[1].burst, out[1].overrides) == (1.0, 1, None)  # "*"
+    assert out[2] is unkeyed  # one slot with its hash: the script reads it
+    assert (getattr(out[3], "limit", None), getattr(out[3], "overrides", "?")) == (5, None)
+    limits.localize([keyed])
+    assert sorted(reads) == sorted(hashes)  # each hash read once while fresh
+    limits.forget()
+    limits.localize([keyed])
+    assert len(reads) == 3
 
 
 @pytest.mark.parametrize("guard", [RateLimit, Concurrency, Lock])
