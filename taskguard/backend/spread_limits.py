@@ -35,13 +35,24 @@ def _slot(key: str) -> int:
     return int(key_slot(key.encode("utf-8", "surrogatepass")))
 
 
+#: (hash, op key) -> whether they lie in different slots: asked on every admission, and
+#: an unkeyed guard's pair is always the same.
+_APART: dict[tuple[str, str], bool] = {}
+
+
 def _remote(op: object) -> str | None:
     """``op``'s hash of limits set at run time when it lies in another slot than ``op``
     and its kind can apply it client-side; else None."""
     overrides: str | None = getattr(op, "overrides", None)
-    if overrides is None or kind_of(op).localize is None:
+    if overrides is None:
         return None
-    return None if _slot(overrides) == _slot(getattr(op, "key", "")) else overrides
+    pair = (overrides, getattr(op, "key", ""))
+    apart = _APART.get(pair)
+    if apart is None:
+        if len(_APART) >= _MAX_HASHES:
+            _APART.clear()
+        apart = _APART[pair] = kind_of(op).localize is not None and _slot(pair[0]) != _slot(pair[1])
+    return overrides if apart else None
 
 
 class RemoteLimits:
