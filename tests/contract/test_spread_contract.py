@@ -9,6 +9,8 @@ memory and one Redis server the same ops are one atomic call and must behave the
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +18,7 @@ import pytest
 from redis.crc import key_slot
 
 import taskguard
-from taskguard import Concurrency, Lock, RateLimit
+from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit
 from taskguard.backend.limits import set_cap, set_limit
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
 from taskguard.backend.spread import by_slot
@@ -207,3 +209,59 @@ def test_keyed_guards_follow_limits_set_at_run_time(backend: taskguard.Backend) 
     held = [op for op in (*first, *second) if isinstance(op, SlotOp)]
     assert backend.renew(held) == [True, True]
     assert backend.release(held) == [1, 1]
+
+
+def test_a_refused_later_slot_gives_back_a_half_open_probe(contract: Contract) -> None:
+    backend = contract.backend
+    keys, name = backend.keys, f"cb-{uuid.uuid4().hex[:6]}"
+    spec = CircuitBreaker(name, consecutive_failures=1, open_for=0.3, half_open_probes=1)
+    tripping = spec.call_op(keys, "t0")
+    assert backend.admit([tripping]).allowed
+    assert backend.release([dataclasses.replace(tripping, mode="f")]) == [1]  # opened
+    contract.elapse(0.4)  # half-open: one probe at a time
+    bucket = next(
+        b
+        for b in (f"k{i}" for i in range(1000))
+        if _slot(keys.rate_limit(name, b)) > _slot(tripping.key) or not keys.spread
+    )
+    assert backend.admit([rate(keys, name, bucket)]).allowed  # the bucket is spent now
+    refused = backend.admit([spec.call_op(keys, "t1"), rate(keys, name, bucket)])
+    assert not refused.allowed
+    assert refused.denied == 1
+    # The probe the breaker's slot handed out came back unrecorded: the next call probes
+    # (1; 2 where the refusal was one atomic call, so the breaker was still open).
+    probe = spec.call_op(keys, "t2")
+    assert backend.admit([probe]).tokens in ((1,), (2,))
+    assert backend.release([dataclasses.replace(probe, mode="s")]) == [3]  # closed
+
+
+def test_the_asyncio_backend_spreads_and_admits_across_slots_alike(contract: Contract) -> None:
+    if contract.kind != "cluster":
+        pytest.skip("the asyncio backend's spread schema: a cluster only")
+    from taskguard.aio import connect as aio_connect
+
+    sync = contract.backend
+    keys, name = sync.keys, f"aio-{uuid.uuid4().hex[:6]}"
+    a, b = pair(keys, name)
+
+    async def scenario() -> None:
+        client = aio_connect(contract.url, prefix=contract.prefix)
+        try:
+            backend = client.backend
+            assert backend.keys == keys  # the same key names as a sync worker's
+            first = rate(keys, name, a, burst=3)
+            assert (await backend.admit([first])).remaining == 2
+            assert sync.admit([rate(keys, name, b)]).allowed  # spent by a sync worker
+            refused = await backend.admit([first, rate(keys, name, b)])
+            assert not refused.allowed
+            assert refused.denied == 1
+            assert (await backend.admit([first])).remaining == 1  # refunded exactly
+            held = [lock(keys, name, a, "me"), cap(keys, name, b, "me")]
+            assert (await backend.admit(held)).allowed
+            assert not sync.admit([lock(keys, name, a, "other")]).allowed
+            assert await backend.renew(held) == [True, True]
+            assert await backend.release(held) == [1, 1]
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
