@@ -177,15 +177,22 @@ class AsyncRedisBackend(AsyncBackend):
             return batch_replies(replies, (), ())
 
     async def _run(
-        self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        what: str,
+        guarded: bool = True,
     ) -> Any:
         breaker = self.breaker
-        breaker.before_call()
+        if guarded:  # not: an undo on a live slot (see _undo)
+            breaker.before_call()
         try:
             reply = await script.call_async(self.client, keys, args)
         except _ERRORS as exc:
             raise self._failure(exc, what) from exc
-        breaker.record_success()
+        if guarded:
+            breaker.record_success()
         return reply
 
     async def _localized(self, ops: Sequence[OpT]) -> Sequence[OpT]:
@@ -225,10 +232,13 @@ class AsyncRedisBackend(AsyncBackend):
         return granted_across(ops, groups, admissions)
 
     async def _undo(self, ops: Sequence[Op], taken: Sequence[Sequence[int]]) -> None:
+        # Past the outage breaker, which the failed later slot may have opened: the
+        # earlier slots' masters may well be up. A failure leaves them to expire by TTL.
         for group in taken:
             if undone := undo_ops(ops, group):
-                with contextlib.suppress(TaskGuardError):  # left to expire by TTL
-                    await self.release(undone)
+                keys, args = encode(undone, release=True)
+                with contextlib.suppress(TaskGuardError):
+                    await self._run(script_for("release", undone), keys, args, "release", False)
 
     async def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:

@@ -28,7 +28,7 @@ from .redis_channels import MESSAGE_TYPES, RedisChannels
 from .redis_lean import LeanRate
 from .redis_spread import SpreadCalls
 from .spread import by_slot
-from .spread_limits import RemoteLimits, text_hash
+from .spread_limits import RemoteLimits
 from .topology import SlotRoutes, client_for, is_cluster
 from .wire import (
     REDIS_ERRORS,
@@ -208,11 +208,20 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         """
         return self._run(named_script(name, libs), keys, args, what)
 
-    def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
+    def _run(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        what: str,
+        guarded: bool = True,
+    ) -> Any:
         # The hot path: a plain try/except (no context manager) around one EVALSHA, the
         # breaker and the fork check read inline (one attribute each while all is well).
+        # Not `guarded`: an undo on a live slot while the breaker may be open for another
+        # (redis_spread.py); it neither waits for the breaker nor closes it.
         breaker = self.breaker
-        if breaker.failures:
+        if breaker.failures and guarded:
             breaker.before_call()
         client = self._client if self._pid == _pid else None
         if client is None:  # not made yet, or made in the parent before a fork
@@ -235,7 +244,7 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
             if routes is not None:
                 routes.forget()
             raise self._failure(exc, what) from exc
-        if breaker.failures:
+        if breaker.failures and guarded:
             breaker.record_success()
         return reply
 
@@ -258,12 +267,11 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
-        op = ops[0]
         if self.keys.spread:
             ops = self._limits.localize(ops)  # run-time limits from another slot
-            op = ops[0]
             if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
                 return self._admit_spread(ops, groups, reserve_within)
+        op = ops[0]
         if len(ops) > 1 or type(op) is not RateOp or op.overrides is None:
             return self._admit_slot(ops, reserve_within)
         return self._admit_rate(op, op.overrides, reserve_within)
@@ -271,10 +279,6 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
     def _admit_slot(self, ops: Sequence[Op], reserve_within: float) -> Admission:
         script, keys, args = admit_call(ops, reserve_within)
         return admission_from(ops, self._run(script, keys, args, "admission"))
-
-    def _read_hash(self, name: str) -> dict[str, str]:
-        with self.commands("run-time limits") as client:
-            return text_hash(client.hgetall(name))
 
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
@@ -285,9 +289,10 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
                 return self._release_spread(ops)  # one call per slot
         return self._release_slot(ops)
 
-    def _release_slot(self, ops: Sequence[Held]) -> list[int]:
+    def _release_slot(self, ops: Sequence[Held], guarded: bool = True) -> list[int]:
         keys, args = encode(ops, release=True)
-        return [int(r) for r in self._run(script_for("release", ops), keys, args, "release")]
+        script = script_for("release", ops)
+        return [int(r) for r in self._run(script, keys, args, "release", guarded)]
 
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, TypeVar
+
+import redis
 
 from taskguard.errors import TaskGuardError
 
 from .ops import Admission, Held, Op
 from .spread import by_slot, granted_across, refused_across, undo_ops
+from .spread_limits import text_hash
 
 __all__ = ["SpreadCalls"]
 
@@ -29,9 +33,11 @@ class SpreadCalls:
 
     if TYPE_CHECKING:
 
+        def commands(self, what: str) -> AbstractContextManager[redis.Redis]: ...
+
         def _admit_slot(self, ops: Sequence[Op], reserve_within: float) -> Admission: ...
 
-        def _release_slot(self, ops: Sequence[Held]) -> list[int]: ...
+        def _release_slot(self, ops: Sequence[Held], guarded: bool = True) -> list[int]: ...
 
         def _renew_slot(self, ops: Sequence[Held]) -> list[bool]: ...
 
@@ -58,15 +64,22 @@ class SpreadCalls:
 
     def _undo(self, ops: Sequence[Op], taken: Sequence[Sequence[int]]) -> None:
         # Best effort: an undo that fails leaves leases and slots to expire by their TTL
-        # and refunds nothing; the refusal (or the outage) is what the caller learns.
+        # and refunds nothing; the refusal (or the outage) is what the caller learns. It
+        # goes past the outage breaker, which a failed later slot may have opened: the
+        # earlier slots' masters may well be up.
         for group in taken:
             undone = undo_ops(ops, group)
             if not undone:
                 continue
             try:
-                self._release_slot(undone)
+                self._release_slot(undone, guarded=False)
             except TaskGuardError as exc:
                 logger.warning("could not give back an admission's earlier slot: %s", exc)
+
+    def _read_hash(self, name: str) -> dict[str, str]:
+        """A hash of limits set at run time (for :class:`.spread_limits.RemoteLimits`)."""
+        with self.commands("run-time limits") as client:
+            return text_hash(client.hgetall(name))
 
     def _release_spread(self, ops: Sequence[Held]) -> list[int]:
         return _per_slot(ops, self._release_slot, 0)

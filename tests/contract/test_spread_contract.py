@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis.cluster
 from redis.crc import key_slot
 
 import taskguard
@@ -22,8 +23,9 @@ from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit
 from taskguard.backend.limits import set_cap, set_limit
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
 from taskguard.backend.spread import by_slot
-from taskguard.errors import BackendError
+from taskguard.errors import BackendError, BackendUnavailable
 from taskguard.keys import KeySchema
+from taskguard.testing import wait_until
 from taskguard.units import parse_rate
 
 from .harness import CLUSTER_TOO, Contract
@@ -265,3 +267,37 @@ def test_the_asyncio_backend_spreads_and_admits_across_slots_alike(contract: Con
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_outage_of_a_later_slot_gives_back_the_earlier_ones(contract: Contract) -> None:
+    """The later slot's master stops answering (``CLIENT PAUSE``): the admission fails as
+    an outage, which opens the backend's outage breaker, and the earlier slot, on a live
+    master, is given back all the same."""
+    if contract.kind != "cluster":
+        pytest.skip("an outage of one slot needs several masters")
+    cluster = contract.client
+    assert isinstance(cluster, redis.cluster.RedisCluster)
+    backend = contract.backend
+    keys, name = backend.keys, f"down-{uuid.uuid4().hex[:6]}"
+    a, b = next(
+        (a, b)
+        for a, b in ordered_buckets(keys, name)
+        if cluster.get_node_from_key(keys.lock(name, a)).name
+        != cluster.get_node_from_key(keys.slots(name, b)).name
+    )
+    paused = cluster.get_redis_connection(cluster.get_node_from_key(keys.slots(name, b)))
+    paused.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+    try:
+        with pytest.raises(BackendUnavailable):
+            backend.admit([lock(keys, name, a, "me"), cap(keys, name, b, "me")])
+        assert cluster.get(keys.lock(name, a)) is None  # given back on its live master
+    finally:
+        paused.execute_command("CLIENT", "UNPAUSE")
+    wait_until(lambda: _admits(backend, [lock(keys, name, a, "other")]), timeout=10)
+
+
+def _admits(backend: taskguard.Backend, ops: list[Op]) -> bool:
+    try:
+        return backend.admit(ops).allowed
+    except BackendUnavailable:
+        return False  # the outage breaker's cooldown
