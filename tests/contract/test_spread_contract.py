@@ -20,10 +20,11 @@ from redis.crc import key_slot
 
 import taskguard
 from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit
-from taskguard.backend.limits import set_cap, set_limit
+from taskguard.backend.limits import set_cap, set_limit, set_quota
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
 from taskguard.backend.spread import by_slot
 from taskguard.errors import BackendError, BackendUnavailable
+from taskguard.guards.quota import QUOTA_KEY_KIND, Quota
 from taskguard.keys import KeySchema
 from taskguard.testing import wait_until
 from taskguard.units import parse_rate
@@ -301,3 +302,26 @@ def _admits(backend: taskguard.Backend, ops: list[Op]) -> bool:
         return backend.admit(ops).allowed
     except BackendUnavailable:
         return False  # the outage breaker's cooldown
+
+
+def test_a_refused_later_slot_gives_back_a_quota_call(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"qt-{uuid.uuid4().hex[:6]}"
+    a, b = next(
+        (a, b)
+        for a, b in ordered_buckets(keys, name)
+        if not keys.spread
+        or _slot(keys.guard(QUOTA_KEY_KIND, name, a)) < _slot(keys.rate_limit(name, b))
+    )
+    quota = Quota("3/day", key="{k}", name=name).bind("t", None)
+    assert backend.admit([quota.op(keys, a)]).tokens == (2,)  # calls left
+    assert backend.admit([rate(keys, name, b)]).allowed
+    assert not backend.admit([quota.op(keys, a), rate(keys, name, b)]).allowed
+    assert backend.admit([quota.op(keys, a)]).tokens == (1,)  # the refused call came back
+
+
+def test_a_keyed_quota_follows_an_allowance_set_at_run_time(backend: taskguard.Backend) -> None:
+    keys, name = backend.keys, f"qa-{uuid.uuid4().hex[:6]}"
+    quota = Quota("1/day", key="{k}", name=name).bind("t", None)
+    set_quota(backend, name, 5, "day", key="acme")
+    assert backend.admit([quota.op(keys, "acme")]).tokens == (4,)  # calls left
+    assert backend.admit([quota.op(keys, "other")]).tokens == (0,)  # the code's 1/day
