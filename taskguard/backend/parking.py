@@ -126,7 +126,7 @@ class Parking:
     def _due_heads(self, batch: int) -> list[str]:
         """Spread schema: the due keys of tags whose time to be swept came."""
         reply = self.backend.run_script(
-            "park_heads", [self.backend.keys.park_heads()], [batch, HEAD_RECHECK_MS],
+            "park_heads", [self.backend.keys.park_heads()], [batch, HEAD_RECHECK_MS, _HEADS_TTL_MS],
             what="park sweep",
         )  # fmt: skip
         return [h.decode() if isinstance(h, bytes) else str(h) for h in reply or ()]

@@ -2,10 +2,11 @@
 schema on Redis Cluster; see taskguard/backend/parking.py).
 
 KEYS: 1. heads (a sorted set: a tag's due key -> when to sweep it next, ms)
-ARGV: 1. batch (at most this many)  2. lease_ms
+ARGV: 1. batch (at most this many)  2. lease_ms  3. ttl_ms
 Returns: the due keys whose time came. Each is pushed lease_ms ahead as it is handed out,
 so sweepers of other workers leave it alone meanwhile, and one whose sweeper died is
-picked up again after lease_ms.
+picked up again after lease_ms. The set lives ttl_ms after the last time one was due
+(a listed tag is due at least every lease_ms, so it lives while anything is listed).
 --]]
 
 local t = redis.call('TIME')
@@ -14,4 +15,5 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 for _, head in ipairs(due) do
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), head)
 end
+if #due > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3])) end
 return due
