@@ -30,7 +30,7 @@ from typing import Any
 import redis
 from celery import Celery, Task, signals
 
-from taskguard import CircuitBreaker, Concurrency, GuardedTask, RateLimit
+from taskguard import CircuitBreaker, Concurrency, GuardedTask, Lock, RateLimit
 from taskguard import signals as tg_signals
 
 BROKER_URL = os.environ.get("TG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -50,6 +50,14 @@ LIVE_LIMIT = RateLimit("1000/s", burst=100, key="{bucket}", name="bench-live-lim
 NEVER_FULL = Concurrency(1_000_000, name="bench-slots")
 #: A breaker that stays closed (every task succeeds).
 PARTNER = CircuitBreaker("bench-partner", window=100)
+
+#: Keyed guards that never deny, for the per-slot round trips on a cluster (roundtrips):
+#: a per-customer limit and cap share the customer's slot; a per-document lock has the
+#: document's, unless its tag names the customer.
+PER_CUSTOMER = RateLimit("1000000/s", burst=1_000_000, key="{customer}", name="bench-customer")
+CUSTOMER_CAP = Concurrency(1_000_000, key="{customer}", name="bench-customer-cap")
+PER_DOCUMENT = Lock(key="{doc}", name="bench-doc")
+DOCUMENT_BY_CUSTOMER = Lock(key="{doc}", tag="{customer}", name="bench-doc-tagged")
 
 app = Celery("benchmarks", broker=BROKER_URL)
 app.conf.update(
@@ -123,6 +131,21 @@ def guarded_slot_breaker() -> None:
 @app.task(name="bench.guarded_breaker", base=GuardedTask, guards=[PARTNER])
 def guarded_breaker() -> None:
     """A breaker alone: admission at start, the outcome in a release call at the end."""
+
+
+@app.task(name="bench.keyed_pair", base=GuardedTask, guards=[PER_CUSTOMER, CUSTOMER_CAP])
+def keyed_pair(customer: str, doc: str) -> None:
+    """A per-customer limit and cap: one slot (the customer's)."""
+
+
+@app.task(name="bench.keyed_spread", base=GuardedTask, guards=[PER_CUSTOMER, PER_DOCUMENT])
+def keyed_spread(customer: str, doc: str) -> None:
+    """A per-customer limit and a per-document lock: two slots on a cluster."""
+
+
+@app.task(name="bench.keyed_tagged", base=GuardedTask, guards=[PER_CUSTOMER, DOCUMENT_BY_CUSTOMER])
+def keyed_tagged(customer: str, doc: str) -> None:
+    """The same with the lock's ``tag="{customer}"``: back to one slot."""
 
 
 @app.task(name="bench.guarded_rate", base=GuardedTask, guards=[RateLimit(RATE)], bind=True)

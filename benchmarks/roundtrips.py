@@ -16,6 +16,10 @@ Three figures, on one worker (prefork, ``-c 2``):
   the bucket it paid for; a late one contests again (taskguard.deferral), so round trips
   are counted per run as well as per task.
 
+A third result, ``slotrt`` (:mod:`benchmarks.slotcalls`), counts the script calls per
+task on a 3-master cluster, where keyed guard state spreads over the slots: one admission
+call per slot a task's guards live in, one release.
+
 A second result, ``breakerrt``, checks that a ``CircuitBreaker`` guard adds no round trip
 of its own: a task holding a concurrency slot (admission at start, release at the end)
 makes as many round trips with a breaker added as without, since the breaker's check
@@ -42,6 +46,7 @@ from .celeryrun import (
 )
 from .harness import BenchResult, Context, Goal, Row
 from .servercount import counting
+from .slotcalls import slot_calls
 
 NAME = "roundtrips"
 TITLE = "Redis round trips per guarded task, counted on a state-only server"
@@ -151,7 +156,11 @@ def run(context: Context) -> list[BenchResult]:
         "never_denied_commandstats": {n: s.calls for n, s in never_denied.stats.items()},
         "dense_commandstats": {n: s.calls for n, s in denied.stats.items()},
     }
-    return [BenchResult(NAME, TITLE, rows, goal, details), _breaker_result(guarded, tasks)]
+    return [
+        BenchResult(NAME, TITLE, rows, goal, details),
+        _breaker_result(guarded, tasks),
+        slot_calls(context),
+    ]
 
 
 def _breaker_result(counted: dict[str, Any], tasks: int) -> BenchResult:

@@ -9,11 +9,13 @@ an asyncio service on one Redis and one prefix share every bucket, lock, slot an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -24,7 +26,15 @@ from taskguard.backend.lua import Script
 from taskguard.backend.memory import MemoryBackend
 from taskguard.backend.ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op
 from taskguard.backend.outage import OutageBreaker
-from taskguard.backend.topology import async_client_for
+from taskguard.backend.spread import (
+    by_slot,
+    granted_across,
+    in_order,
+    refused_across,
+    undo_ops,
+)
+from taskguard.backend.spread_limits import RemoteLimits, text_hash
+from taskguard.backend.topology import async_client_for, is_cluster
 from taskguard.backend.wire import (
     REDIS_ERRORS,
     admission_from,
@@ -49,6 +59,8 @@ from taskguard.urls import redact, secrets_of
 from .base import AsyncBackend
 
 __all__ = ["AsyncRedisBackend"]
+
+OpT = TypeVar("OpT")
 
 # redis.asyncio turns its own timeouts into redis's TimeoutError; a bare asyncio one (not
 # an OSError before Python 3.11) still means the server did not answer in time.
@@ -91,6 +103,12 @@ class AsyncRedisBackend(AsyncBackend):
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
         self.client: redis.asyncio.Redis = client or async_client_for(url, self._options)
+        if is_cluster(self.client) and not self.keys.spread:
+            # As the sync backend on a Cluster: keyed guard state over the slots, admitted
+            # a call per slot (taskguard.backend.spread), so both share every key.
+            self.keys = dataclasses.replace(self.keys, spread=True)
+        # Read here (awaited) before each use: see _localized.
+        self._limits = RemoteLimits(lambda name: {})
 
     def __repr__(self) -> str:
         return f"AsyncRedisBackend({redact(self.url)!r}, prefix={self.keys.prefix!r})"
@@ -159,26 +177,77 @@ class AsyncRedisBackend(AsyncBackend):
             return batch_replies(replies, (), ())
 
     async def _run(
-        self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        what: str,
+        guarded: bool = True,
     ) -> Any:
         breaker = self.breaker
-        breaker.before_call()
+        if guarded:  # not: an undo on a live slot (see _undo)
+            breaker.before_call()
         try:
             reply = await script.call_async(self.client, keys, args)
         except _ERRORS as exc:
             raise self._failure(exc, what) from exc
-        breaker.record_success()
+        if guarded:
+            breaker.record_success()
         return reply
+
+    async def _localized(self, ops: Sequence[OpT]) -> Sequence[OpT]:
+        """Spread schema: ``ops`` with limits set at run time in another slot applied
+        (:mod:`taskguard.backend.spread_limits`)."""
+        for name in self._limits.stale(ops):
+            async with self.commands("run-time limits") as client:
+                self._limits.store(name, text_hash(await client.hgetall(name)))
+        return self._limits.localize(ops)
 
     async def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                return await self._admit_spread(ops, groups)
         script, keys, args = admit_call(ops, reserve_within)
         return admission_from(ops, await self._run(script, keys, args, "admission"))
+
+    async def _admit_spread(self, ops: Sequence[Op], groups: list[list[int]]) -> Admission:
+        # RedisBackend's SpreadCalls, awaited: a call per slot in a fixed order, no
+        # reservation, and what earlier slots took given back when a later one refuses.
+        taken: list[list[int]] = []
+        admissions: list[Admission] = []
+        for group in groups:
+            try:
+                admission = await self.admit([ops[i] for i in group])
+            except TaskGuardError:
+                await self._undo(ops, taken)
+                raise
+            if not admission.allowed:
+                await self._undo(ops, taken)
+                return refused_across(group, admission)
+            taken.append(group)
+            admissions.append(admission)
+        return granted_across(ops, groups, admissions)
+
+    async def _undo(self, ops: Sequence[Op], taken: Sequence[Sequence[int]]) -> None:
+        # Past the outage breaker, which the failed later slot may have opened: the
+        # earlier slots' masters may well be up. A failure leaves them to expire by TTL.
+        for group in taken:
+            if undone := undo_ops(ops, group):
+                keys, args = encode(undone, release=True)
+                with contextlib.suppress(TaskGuardError):
+                    await self._run(script_for("release", undone), keys, args, "release", False)
 
     async def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                released = [await self.release([ops[i] for i in g]) for g in groups]
+                return in_order(groups, released, len(ops))
         keys, args = encode(ops, release=True)
         replies = await self._run(script_for("release", ops), keys, args, "release")
         return [int(r) for r in replies]
@@ -186,6 +255,11 @@ class AsyncRedisBackend(AsyncBackend):
     async def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
+        if self.keys.spread:
+            ops = await self._localized(ops)
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                renewed = [await self.renew([ops[i] for i in g]) for g in groups]
+                return in_order(groups, renewed, len(ops))
         keys, args = encode(ops, release=False)
         replies = await self._run(script_for("renew", ops), keys, args, "renewal")
         return [bool(r) for r in replies]

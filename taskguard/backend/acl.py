@@ -11,6 +11,7 @@ docs/security.md has the least-privilege ACL line.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,9 @@ def missing_permissions(backend: RedisBackend, *, streams: bool = False) -> list
         >>> missing_permissions(taskguard.connect(url).backend)  # doctest: +SKIP
         ["EVALSHA: NOPERM this user has no permissions to run the 'evalsha' command"]
     """
-    keys = backend.keys
+    # One slot for every probe key and the channel, on a spread schema too (Cluster):
+    # the probe's keys are the schema's own, unkeyed.
+    keys = dataclasses.replace(backend.keys, spread=False)
     names = [keys.guard("aclprobe", "probe", part) for part in ("s", "h", "z", "l", "x")]
     # The channel is in the probe keys' slot: on Redis Cluster the script SPUBLISHes.
     channel = keys.guard("aclprobe", "channel")

@@ -7,6 +7,7 @@ so both backends pass one contract suite.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -86,7 +87,18 @@ class _Rate:
         return max(math.floor((at - start) / interval + burst - op.cost + 1e-6), 0)
 
     def release(self, state: MemoryState, op: RateOp, now: float) -> int:
-        return 0  # tokens are spent, never given back
+        # Only an admission's undo releases a rate op (tokens are spent otherwise): give
+        # back exactly this call's tokens, as gcra.lua's release.
+        tat = state.value(op.key, now)
+        if tat is None:
+            return 0
+        interval, _ = effective_rate(state, op)
+        tat -= op.cost * interval
+        if tat <= now:
+            del state.values[op.key]
+        else:
+            state.values[op.key] = (tat, tat + 0.001)
+        return 1
 
     def renew(self, state: MemoryState, op: RateOp, now: float) -> bool:
         return True
@@ -98,7 +110,26 @@ def _encode_rate(op: RateOp, release: bool) -> tuple[list[str], list[Any]]:
     return [op.key, op.overrides], [repr(op.interval * 1_000_000), op.burst, op.cost, op.field]
 
 
-RATE = register(OpKind(RateOp, "rl", "gcra", _encode_rate, _Rate(), bucket=True))
+def _localize_rate(op: RateOp, spec: str | None) -> RateOp:
+    # gcra.lua's parse of "<interval_us> <burst>", done by the client (spread_limits.py).
+    interval, burst = op.interval, op.burst
+    if spec is not None and len(parts := spec.split()) == 2:
+        interval, burst = float(parts[0]) / 1_000_000, max(int(parts[1]), op.cost)
+    return RateOp(op.key, interval, burst, op.cost, None, op.field)
+
+
+RATE = register(
+    OpKind(
+        RateOp,
+        "rl",
+        "gcra",
+        _encode_rate,
+        _Rate(),
+        bucket=True,
+        undo=lambda op: op,
+        localize=_localize_rate,
+    )
+)
 
 
 class _Pause:
@@ -151,6 +182,10 @@ class _Lease:
 
     def release(self, state: MemoryState, op: LeaseOp, now: float) -> int:
         held = state.lease(op.key, now)
+        if op.drop:  # an admission's undo: restore the claim it dropped, unless taken
+            if held is None:
+                state.leases[op.key] = (op.owner, now + op.ttl)
+            return int(held is None)
         ours = held is not None and held[0] == op.owner
         if ours:
             del state.leases[op.key]
@@ -175,7 +210,15 @@ def _encode_lease(op: LeaseOp, release: bool) -> tuple[list[str], list[Any]]:
 
 
 LEASE = register(
-    OpKind(LeaseOp, "lease", "lease", _encode_lease, _Lease(), holds=lambda op: not op.drop)
+    OpKind(
+        LeaseOp,
+        "lease",
+        "lease",
+        _encode_lease,
+        _Lease(),
+        holds=lambda op: not op.drop,
+        undo=lambda op: op,  # release gives a taken lease back, restores a dropped claim
+    )
 )
 
 
@@ -226,7 +269,24 @@ def _encode_slot(op: SlotOp, release: bool) -> tuple[list[str], list[Any]]:
     return keys, args
 
 
-SLOT = register(OpKind(SlotOp, "slot", "slot", _encode_slot, _Slot(), holds=lambda op: True))
+def _localize_slot(op: SlotOp, spec: str | None) -> SlotOp:
+    # slot.lua's parse of "<limit>", done by the client (spread_limits.py).
+    limit = int(spec) if spec is not None and spec.strip().isdigit() else op.limit
+    return dataclasses.replace(op, limit=limit, overrides=None)
+
+
+SLOT = register(
+    OpKind(
+        SlotOp,
+        "slot",
+        "slot",
+        _encode_slot,
+        _Slot(),
+        holds=lambda op: True,
+        undo=lambda op: op,
+        localize=_localize_slot,
+    )
+)
 
 
 # ---------------------------------------------------------------- circuit breaker
@@ -271,4 +331,14 @@ def _encode_breaker(op: BreakerOp, release: bool) -> tuple[list[str], list[Any]]
 
 
 BREAKER_CODE = "cb"
-BREAKER = register(OpKind(BreakerOp, BREAKER_CODE, "breaker", _encode_breaker, _Breaker()))
+
+
+def _undo_breaker(op: BreakerOp) -> BreakerOp:
+    # Released with the outcome "ignored": a half-open probe it took is given back, and
+    # nothing is recorded.
+    return BreakerOp(op.key, op.window_key, op.probes_key, op.owner, "i", op.params, op.probe_ttl)
+
+
+BREAKER = register(
+    OpKind(BreakerOp, BREAKER_CODE, "breaker", _encode_breaker, _Breaker(), undo=_undo_breaker)
+)

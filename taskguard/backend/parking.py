@@ -5,6 +5,12 @@ opaque bytes here (the Celery layer packs and publishes them). Every call is one
 (``scripts/park*.lua`` with ``scripts/lib/park.lua``), so a lot, its guard and its
 hand-backs change together. Only the Redis backend parks; the memory backend defers by
 time.
+
+On a spread key schema (Redis Cluster) a keyed guard's lot, and the lots' index with it
+(messages, meta, due, out), live under that guard's own hash tag, so each script still
+touches one slot. The tags with parked work are listed under the prefix's tag
+(:meth:`KeySchema.park_heads`, by their due key), which the sweep walks: a tag is due
+again at its earliest lot or hand-back deadline, at most :data:`HEAD_RECHECK_MS` later.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ __all__ = ["HANDOFF_OWNER_SUFFIX", "Parking"]
 
 #: A handed-back ticket's room is held under ``<ticket>`` + this until its message admits.
 HANDOFF_OWNER_SUFFIX = ":parked"
+#: Spread schema: the longest a tag with parked work goes unswept (ms).
+HEAD_RECHECK_MS = 1000
+#: How long a listing of tags with parked work lives after its last change (ms).
+_HEADS_TTL_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -36,9 +46,10 @@ class Parking:
     handoff: float = 30.0
     out_ttl: float = 30.0
 
-    def _shared(self) -> list[str]:
+    def _shared(self, of: str | None = None) -> list[str]:
+        """The lots' index under ``of``'s tag (any key there; None: the prefix's)."""
         keys = self.backend.keys
-        return [keys.park_messages(), keys.park_meta(), keys.park_due(), keys.park_out()]
+        return [keys.park_messages(of), keys.park_meta(of), keys.park_due(of), keys.park_out(of)]
 
     def _ms(self) -> list[int]:
         return [int(self.handoff * 1000), int(self.out_ttl * 1000)]
@@ -78,7 +89,7 @@ class Parking:
         """
         keys = self.backend.keys
         lot = keys.park_lot(guard_key)
-        key_list = [lot, *self._shared(), guard_key]
+        key_list = [lot, *self._shared(guard_key), guard_key]
         args: list[object] = [ticket, seq, payload, mode, limit, *self._ms()]
         if group is not None:
             key_list.append(keys.park_fair(guard_key))
@@ -88,24 +99,71 @@ class Parking:
                 args += ["", ""]
             key_list.append(overrides[0])
             args.append(overrides[1])
-        return self._payloads("park", key_list, args, "parking")
+        payloads = self._payloads("park", key_list, args, "parking")
+        if not keys.shared(guard_key):  # after the lot has it: see sweep()
+            with self.backend.commands("parked tags") as client:
+                client.zadd(keys.park_heads(), {keys.park_due(guard_key): 0})
+                client.pexpire(keys.park_heads(), _HEADS_TTL_MS)
+        return payloads
 
     def hand_back(self, guard_key: str) -> list[bytes]:
         """After a release of ``guard_key``: the parked payloads it now has room for."""
         lot = self.backend.keys.park_lot(guard_key)
-        return self._payloads("park_take", [lot, *self._shared()], self._ms(), "hand-back")
+        keys = [lot, *self._shared(guard_key)]
+        return self._payloads("park_take", keys, self._ms(), "hand-back")
 
     def sweep(self, batch: int = 64) -> list[bytes]:
         """Payloads no release handed back: lots whose guard has room (a holder's lease
         expired), and hand-backs that never arrived (published again)."""
-        return self._payloads("park_sweep", self._shared(), [*self._ms(), batch], "park sweep")
+        args = [*self._ms(), batch]
+        payloads = self._payloads("park_sweep", self._shared(), args, "park sweep")
+        if self.backend.keys.spread:
+            for due in self._due_heads(batch):
+                payloads += self._payloads("park_sweep", self._shared(due), args, "park sweep")
+                self._reschedule(due)
+        return payloads
 
-    def claim(self, ticket: str) -> bool:
-        """A handed-back message arrived: True if it is the one to run (exactly once)."""
-        keys = self.backend.keys
+    def _due_heads(self, batch: int) -> list[str]:
+        """Spread schema: the due keys of tags whose time to be swept came."""
         reply = self.backend.run_script(
-            "park_claim", [keys.park_out(), keys.park_messages()], [ticket], what="hand-back claim"
-        )
+            "park_heads", [self.backend.keys.park_heads()], [batch, HEAD_RECHECK_MS, _HEADS_TTL_MS],
+            what="park sweep",
+        )  # fmt: skip
+        return [h.decode() if isinstance(h, bytes) else str(h) for h in reply or ()]
+
+    def _reschedule(self, due: str) -> None:
+        """When to sweep tag ``due`` again; forget it once nothing is parked there. The
+        tag is removed before a last look, and listed again if a park came meanwhile (a
+        park lists its tag after its lot has the task)."""
+        heads = self.backend.keys.park_heads()
+        shared = self._shared(due)
+        index = [shared[2], shared[3], shared[1]]
+        what = "park sweep"
+        after = int(self.backend.run_script("park_next", index, [], what=what))
+        with self.backend.commands(what) as client:
+            if after >= 0:
+                client.zadd(heads, {due: after}, lt=True)
+                return
+            client.zrem(heads, due)
+        if int(self.backend.run_script("park_next", index, [], what=what)) >= 0:
+            with self.backend.commands(what) as client:
+                client.zadd(heads, {due: 0})
+
+    def _heads(self) -> list[str | None]:
+        """Every tag's due key with parked work (None: the prefix's own tag)."""
+        found: list[str | None] = [None]
+        if self.backend.keys.spread:
+            with self.backend.commands("parked count") as client:
+                listed = client.zrange(self.backend.keys.park_heads(), 0, -1)
+            found += [h.decode() if isinstance(h, bytes) else str(h) for h in listed]
+        return found
+
+    def claim(self, ticket: str, guard_key: str | None = None) -> bool:
+        """A handed-back message arrived: True if it is the one to run (exactly once).
+        ``guard_key``: the guard it was parked on (its tag holds the ticket)."""
+        keys = self.backend.keys
+        index = [keys.park_out(guard_key), keys.park_messages(guard_key)]
+        reply = self.backend.run_script("park_claim", index, [ticket], what="hand-back claim")
         return bool(reply)
 
     def drop(self, ticket: str, guard_key: str) -> tuple[bool, list[bytes]]:
@@ -115,7 +173,7 @@ class Parking:
         keys = self.backend.keys
         removed, *payloads = self.backend.run_script(
             "park_drop",
-            [keys.park_lot(guard_key), *self._shared(), guard_key],
+            [keys.park_lot(guard_key), *self._shared(guard_key), guard_key],
             [ticket, *self._ms()],
             what="hand-back drop",
             libs=("park",),
@@ -128,7 +186,8 @@ class Parking:
         with self.backend.commands("parked count") as client:
             lots = [
                 lot.decode() if isinstance(lot, bytes) else lot
-                for lot in client.hkeys(keys.park_meta())
+                for head in self._heads()
+                for lot in client.hkeys(keys.park_meta(head))
             ]
             pipe = client.pipeline(transaction=False)
             for lot in lots:
@@ -138,8 +197,9 @@ class Parking:
 
     def in_flight(self) -> int:
         """Tasks handed back whose message has not arrived (and claimed) yet."""
+        keys = self.backend.keys
         with self.backend.commands("parked count") as client:
-            return int(client.zcard(self.backend.keys.park_out()))
+            return sum(int(client.zcard(keys.park_out(head))) for head in self._heads())
 
     def _payloads(
         self, script: str, keys: Sequence[str], args: Sequence[object], what: str

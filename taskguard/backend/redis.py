@@ -25,6 +25,10 @@ from .lua import Script
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp
 from .outage import OutageBreaker
 from .redis_channels import MESSAGE_TYPES, RedisChannels
+from .redis_lean import LeanRate
+from .redis_spread import SpreadCalls
+from .spread import by_slot
+from .spread_limits import RemoteLimits
 from .topology import SlotRoutes, client_for, is_cluster
 from .wire import (
     REDIS_ERRORS,
@@ -49,10 +53,6 @@ __all__ = ["MESSAGE_TYPES", "RedisBackend", "require_redis"]
 
 logger = logging.getLogger("taskguard.backend")
 
-#: Seconds a bucket is admitted without reading the limits set at run time, after a read
-#: found none for it: how long a new one may take to reach this process.
-OVERRIDE_RECHECK = 0.5
-_WATCHED_MAX = 4096
 
 #: This process's id, kept current across forks: read on every call, where os.getpid()
 #: would be a system call each time.
@@ -67,7 +67,7 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class RedisBackend(RedisChannels, Backend):
+class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
     """Guard state in Redis, shared by every process that uses the same server and prefix.
 
     Args:
@@ -76,7 +76,8 @@ class RedisBackend(RedisChannels, Backend):
             ``redis+cluster://h1:p1,h2:p2/`` (Redis Cluster) or
             ``redis+sentinel://h1:p1,h2:p2/<service>/<db>`` (Sentinel); see
             :mod:`taskguard.backend.topology`.
-        keys: The key schema (prefix and hash tag).
+        keys: The key schema (prefix and hash tag). On a Cluster it spreads (keyed guard
+            state over the slots: docs/design.md, "Key schema").
         socket_timeout: Seconds before a read gives up. Keep it short: while Redis is down,
             the outage policy decides, and a long timeout only slows every task.
         socket_connect_timeout: Seconds before a connect gives up.
@@ -104,6 +105,9 @@ class RedisBackend(RedisChannels, Backend):
             socket_timeout, socket_connect_timeout, Retry(NoBackoff(), 1), redis_options
         )
         self._given_client = client
+        if self.topology == "cluster" and not self.keys.spread:
+            self.keys = dataclasses.replace(self.keys, spread=True)
+        self._limits = RemoteLimits(self._read_hash)
         # Taken out of any error text that reaches a log or an exception.
         self._secrets = secrets_of(url, self._options.get("password"))
         self.breaker = OutageBreaker(cooldown=outage_cooldown)
@@ -113,10 +117,8 @@ class RedisBackend(RedisChannels, Backend):
         self._routes = SlotRoutes(client) if client is not None and is_cluster(client) else None
         self._client_lock = threading.Lock()
         self._pid = _pid
-        # (overrides hash, field) -> monotonic time until which no limit set at run time
-        # is read for that bucket (none applied when it was last read).
-        self._no_override: dict[tuple[str, str], float] = {}
-        self._lean_ops: dict[int, tuple[RateOp, RateOp]] = {}  # id(op) -> (op, op w/o them)
+        self._no_override: dict[tuple[str, str], float] = {}  # see LeanRate
+        self._lean_ops: dict[int, tuple[RateOp, RateOp]] = {}
 
     def _make_client(self) -> redis.Redis:
         return client_for(self.url, self._options)
@@ -206,11 +208,20 @@ class RedisBackend(RedisChannels, Backend):
         """
         return self._run(named_script(name, libs), keys, args, what)
 
-    def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any], what: str) -> Any:
+    def _run(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        what: str,
+        guarded: bool = True,
+    ) -> Any:
         # The hot path: a plain try/except (no context manager) around one EVALSHA, the
         # breaker and the fork check read inline (one attribute each while all is well).
+        # Not `guarded`: an undo on a live slot while the breaker may be open for another
+        # (redis_spread.py); it neither waits for the breaker nor closes it.
         breaker = self.breaker
-        if breaker.failures:
+        if breaker.failures and guarded:
             breaker.before_call()
         client = self._client if self._pid == _pid else None
         if client is None:  # not made yet, or made in the parent before a fork
@@ -233,7 +244,7 @@ class RedisBackend(RedisChannels, Backend):
             if routes is not None:
                 routes.forget()
             raise self._failure(exc, what) from exc
-        if breaker.failures:
+        if breaker.failures and guarded:
             breaker.record_success()
         return reply
 
@@ -256,51 +267,43 @@ class RedisBackend(RedisChannels, Backend):
     def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission:
         if not ops:
             return ALLOWED_EMPTY
+        if self.keys.spread:
+            ops = self._limits.localize(ops)  # run-time limits from another slot
+            if len(ops) > 1 and len(groups := by_slot(ops)) > 1:
+                return self._admit_spread(ops, groups, reserve_within)
         op = ops[0]
         if len(ops) > 1 or type(op) is not RateOp or op.overrides is None:
-            script, keys, args = admit_call(ops, reserve_within)
-            return admission_from(ops, self._run(script, keys, args, "admission"))
+            return self._admit_slot(ops, reserve_within)
         return self._admit_rate(op, op.overrides, reserve_within)
 
-    def _admit_rate(self, op: RateOp, overrides: str, reserve_within: float) -> Admission:
-        # A bucket that no limit set at run time applied to, checked less than
-        # OVERRIDE_RECHECK ago, is admitted without reading them (one command less per
-        # decision); the next call after that reads them again, in its own admission.
-        # So a limit set elsewhere applies within OVERRIDE_RECHECK, and one set through
-        # this backend at once (see forget_overrides).
-        watched = (overrides, op.field)
-        now = time.monotonic()
-        if now < self._no_override.get(watched, 0.0):
-            cached = self._lean_ops.get(id(op))
-            if cached is None or cached[0] is not op:
-                if len(self._lean_ops) >= _WATCHED_MAX:
-                    self._lean_ops.clear()
-                cached = self._lean_ops[id(op)] = (op, dataclasses.replace(op, overrides=None))
-            lean = cached[1]
-            script, keys, args = admit_call([lean], reserve_within)
-            return admission_from([lean], self._run(script, keys, args, "admission"))
-        script, keys, args = admit_call([op], reserve_within)
-        reply = self._run(script, keys, args, "admission")
-        if reply[-1] == 0 and len(reply) > (5 if reply[0] else 4):  # none applied
-            if len(self._no_override) >= _WATCHED_MAX:
-                self._no_override.clear()
-            self._no_override[watched] = now + OVERRIDE_RECHECK
-        return admission_from([op], reply)
-
-    def forget_overrides(self) -> None:
-        """Read limits set at run time on the next admission of every bucket (called when
-        this backend sets or clears one)."""
-        self._no_override.clear()
+    def _admit_slot(self, ops: Sequence[Op], reserve_within: float) -> Admission:
+        script, keys, args = admit_call(ops, reserve_within)
+        return admission_from(ops, self._run(script, keys, args, "admission"))
 
     def release(self, ops: Sequence[Held]) -> list[int]:
         if not ops:
             return []
+        if self.keys.spread:
+            ops = self._limits.localize(ops)
+            if len(ops) > 1:
+                return self._release_spread(ops)  # one call per slot
+        return self._release_slot(ops)
+
+    def _release_slot(self, ops: Sequence[Held], guarded: bool = True) -> list[int]:
         keys, args = encode(ops, release=True)
-        return [int(r) for r in self._run(script_for("release", ops), keys, args, "release")]
+        script = script_for("release", ops)
+        return [int(r) for r in self._run(script, keys, args, "release", guarded)]
 
     def renew(self, ops: Sequence[Held]) -> list[bool]:
         if not ops:
             return []
+        if self.keys.spread:
+            ops = self._limits.localize(ops)
+            if len(ops) > 1:
+                return self._renew_spread(ops)  # one call per slot
+        return self._renew_slot(ops)
+
+    def _renew_slot(self, ops: Sequence[Held]) -> list[bool]:
         keys, args = encode(ops, release=False)
         return [bool(r) for r in self._run(script_for("renew", ops), keys, args, "renewal")]
 

@@ -10,7 +10,14 @@ slot, pass a breaker). Each kind of op is declared once, here, by an :class:`OpK
 - ``holds``: whether an admitted op leaves something held (renewed by the heartbeat and
   given back at release);
 - ``bucket``: whether it is a token bucket (its admission value is the tokens left, and a
-  denial may reserve its future slot).
+  denial may reserve its future slot);
+- ``undo``: on a spread key schema, an admission across slots gives back what an earlier
+  slot took when a later one refuses (:mod:`taskguard.backend.spread`): ``undo(op)`` is
+  the op whose *release* does that (None: nothing to give back). A kind without
+  ``undo`` cannot be undone: its slot is taken last;
+- ``localize``: on a spread key schema, ``localize(op, spec)`` is ``op`` with the entry
+  ``spec`` (or None) of its hash of limits set at run time applied and the hash left out,
+  when that hash lies in another slot (:mod:`taskguard.backend.spread_limits`).
 
 A new kind of guard registers its kind from its own module (``register(OpKind(...))``):
 the backends dispatch on the registry and never name a kind.
@@ -119,6 +126,8 @@ class OpKind(Generic[OpT]):
     memory: MemoryKind[OpT]
     holds: Callable[[OpT], bool] = field(default=lambda op: False)
     bucket: bool = False
+    undo: Callable[[OpT], Any] | None = None
+    localize: Callable[[OpT, str | None], OpT] | None = None
 
 
 _KINDS: dict[type, OpKind[Any]] = {}

@@ -123,7 +123,7 @@ class RunGuards:
         spec, tolerance = self._limit(name)
         bucket = self._bucket(spec, key)
         op = PauseOp(
-            key=self.backend.keys.rate_limit(name, bucket),
+            key=self.backend.keys.rate_limit(name, bucket, tag=self._tag(spec, key)),
             seconds=pause_seconds(seconds),
             tolerance=tolerance,
         )
@@ -283,6 +283,18 @@ class RunGuards:
                 "run's arguments"
             )
         return spec.bucket(request.args or (), request.kwargs or {})
+
+    def _tag(self, spec: RateLimit | None, key: str | int | _ThisRun | None) -> str | None:
+        """The bucket's hash-tag source (a ``tag`` option): this run's; a bucket given
+        by key is not this run's, so its tag cannot be known (on a spread schema)."""
+        if spec is None or spec.tag.source is None:
+            return None
+        if not isinstance(key, _ThisRun):
+            if self.backend.keys.spread:
+                raise ValueError(f"{spec!r} places its buckets by tag: pause this run's bucket")
+            return None
+        request = self.request
+        return spec.tag_for(request.args or (), request.kwargs or {})
 
 
 def _named(guards: Any, name: str) -> RateLimit | None:

@@ -17,7 +17,7 @@ from taskguard.guards.ratelimit import RateLimit
 
 __all__ = ["apply_overrides", "check_breakers", "check_guard_entries"]
 
-_RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage"})
+_RATE_DICT_FIELDS = frozenset({"rate", "key", "burst", "cost", "name", "on_outage", "tag"})
 #: Per-task settings that apply to each of the task's rate limits -> RateLimit argument.
 _RATE_SHORTHANDS = {"rate_limit_key": "key", "burst": "burst", "cost": "cost"}
 

@@ -34,6 +34,7 @@ from taskguard.backend.base import Backend
 from taskguard.backend.ops import LeaseOp, Op, SlotOp
 from taskguard.backend.parking import HANDOFF_OWNER_SUFFIX, Parking
 from taskguard.backend.redis import RedisBackend
+from taskguard.backend.spread import same_slot
 from taskguard.errors import BackendError, BackendUnavailable
 
 __all__ = [
@@ -95,7 +96,11 @@ def parks(op: Op) -> tuple[str, int, tuple[str, str] | None] | None:
     """How a refused ``op`` parks: ``(mode, limit, run-time limits and field)``, or None
     if it does not."""
     if isinstance(op, SlotOp) and op.park_key is not None:
-        return "slot", op.limit, None if op.overrides is None else (op.overrides, op.field)
+        if op.overrides is None or not same_slot(op.overrides, op.key):
+            # A spread keyed cap: its hash of run-time counts is in another slot, which
+            # a parking script cannot read; the lot counts with the limit it was given.
+            return "slot", op.limit, None
+        return "slot", op.limit, (op.overrides, op.field)
     if isinstance(op, LeaseOp) and op.park_key is not None and op.purpose == "lock":
         return "lease", 1, None
     return None
@@ -238,7 +243,7 @@ def claim(backend: Backend, request: Any) -> bool:
     parking = parking_for(backend)
     if parking is None:
         return True
-    return parking.claim(request.id)
+    return parking.claim(request.id, handback_of(request))
 
 
 def drop_revoked(task: Any, request: Any) -> None:

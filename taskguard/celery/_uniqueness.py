@@ -53,7 +53,13 @@ def publish_unique(
     locks = [g for g in config.guards if isinstance(g, Lock) and g.at_publish]
     call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
     claims = [
-        lock.claim_op(backend.keys, lock.bucket(call_args, call_kwargs), task_id) for lock in locks
+        lock.claim_op(
+            backend.keys,
+            lock.bucket(call_args, call_kwargs),
+            task_id,
+            lock.tag_for(call_args, call_kwargs),
+        )
+        for lock in locks
     ]
     try:
         result = backend.admit(claims)

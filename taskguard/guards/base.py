@@ -268,6 +268,13 @@ class Guard(ABC):
                 raise ConfigurationError(
                     exc.reason, task=task_name, field=self._key_field
                 ) from None
+        tag = getattr(self, "tag", None)
+        if tag is not None:
+            try:
+                tag.validate(signature)
+            except ConfigurationError as exc:
+                field = self._key_field.replace("key", "tag")
+                raise ConfigurationError(exc.reason, task=task_name, field=field) from None
         bound = self.replace(name=getattr(self, "name", None) or task_name)
         object.__setattr__(bound, "_signature", signature)
         return bound
@@ -284,6 +291,14 @@ class Guard(ABC):
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         """The key this guard uses for one call (None: one key for all calls)."""
         return None
+
+    def tag_for(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The hash-tag source of one call (the ``tag`` option), or None: the key's own.
+        Only a spread key schema (Redis Cluster) reads it."""
+        tag = getattr(self, "tag", None)
+        if tag is None or tag.source is None:
+            return None
+        return tag.render(args, kwargs, getattr(self, "_signature", None))  # type: ignore[no-any-return]
 
     @abstractmethod
     def denied_error(self, retry_after: float, key: str | None = None) -> GuardDenied:

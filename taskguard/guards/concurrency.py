@@ -24,7 +24,7 @@ from taskguard.keys import KeySchema
 
 from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
 from .fairness import FairShare
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, tag_func
 from .leases import HeldLease, LeasedPrimitive
 from .perkey import PerKey
 
@@ -59,6 +59,10 @@ class Concurrency(Guard):
         per_key: Slot counts for some keys: a mapping of rendered key to limit
             (``{"acme": 10}``) or a callable taking the key and returning a limit or
             ``None`` (this cap's own ``limit``).
+        tag: On a Redis Cluster, the source of this guard's hash tag instead of its key:
+            a template or callable like ``key`` (``"{customer_id}"``), so guards keyed
+            differently share a slot and a task's admission stays one call. It must be
+            a function of the key. Ignored on one server and on Sentinel.
 
     A slot count set at run time (``taskguard limit set NAME 3 --kind cap``, or
     :meth:`taskguard.Client.set_cap`) wins over ``limit`` and ``per_key``: it is read
@@ -79,6 +83,7 @@ class Concurrency(Guard):
             "fair",
             "weights",
             "per_key",
+            "tag",
         }
     )
     settings_bare = "limit"
@@ -93,6 +98,7 @@ class Concurrency(Guard):
     on_outage: str
     fair: FairShare | None
     per_key: PerKey[int] | None
+    tag: KeyFunc
     _signature: inspect.Signature | None
 
     def __init__(
@@ -108,6 +114,7 @@ class Concurrency(Guard):
         fair: KeySource = None,
         weights: Mapping[str, float] | None = None,
         per_key: Mapping[str, int] | Callable[[str | None], Any] | None = None,
+        tag: KeySource = None,
     ) -> None:
         name = None if name is None else check_name(name, "name")
         if weights is not None and fair is None:
@@ -122,6 +129,7 @@ class Concurrency(Guard):
             ttl=seconds(ttl, "ttl"),
             name=name,
             on_outage=check_outage_policy(on_outage),
+            tag=tag_func(tag, KeyFunc(key)),
             _signature=None,
         )
 
@@ -137,6 +145,7 @@ class Concurrency(Guard):
             "fair": None if self.fair is None else self.fair.key.source,
             "weights": None if self.fair is None or not self.fair.weights else self.fair.weights,
             "per_key": None if self.per_key is None else self.per_key.source,
+            "tag": self.tag.source,
         }
 
     def bind(self, task_name: str, signature: inspect.Signature | None) -> Concurrency:
@@ -159,20 +168,30 @@ class Concurrency(Guard):
         return self.key.render(args, kwargs, self._signature)
 
     def slot_op(
-        self, keys: KeySchema, bucket: str | None, owner: str, *, park: bool = True
+        self,
+        keys: KeySchema,
+        bucket: str | None,
+        owner: str,
+        *,
+        park: bool = True,
+        tag: str | None = None,
     ) -> SlotOp:
         """The op taking one of the ``bucket``'s slots for ``owner``; with ``park``, a
-        task refused it parks on the slots' lot (see docs/design.md, "Parking")."""
+        task refused it parks on the slots' lot (see docs/design.md, "Parking").
+
+        On a spread schema a keyed cap has its own slot, and its lot and the lots' index
+        with it; the slot counts set at run time are under the prefix's tag, apart: the
+        backend reads those itself (:mod:`taskguard.backend.spread_limits`)."""
         name = self.name or ""
-        slots = keys.slots(name, bucket)
+        slots = keys.slots(name, bucket, tag=tag)
         return SlotOp(
             slots,
             owner=owner,
             ttl=self.ttl,
             limit=self.limit if self.per_key is None else self.per_key.get(bucket, self.limit),
-            wakeup_key=keys.slot_wakeup(name, bucket),
+            wakeup_key=keys.slot_wakeup(name, bucket, tag=tag),
             park_key=keys.park_lot(slots) if park else None,
-            park_due=keys.park_due() if park else None,
+            park_due=keys.park_due(slots) if park else None,
             overrides=keys.cap_overrides(name),
             field="*" if bucket is None else f"k:{bucket}",
         )
@@ -181,7 +200,9 @@ class Concurrency(Guard):
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
         owner = f"{task_id}:{new_owner()}"
-        return [self.slot_op(keys, self.bucket(args, kwargs), owner)]
+        return [
+            self.slot_op(keys, self.bucket(args, kwargs), owner, tag=self.tag_for(args, kwargs))
+        ]
 
     def conflict_delay(self, retry_after: float) -> float:
         return min(retry_after, self.retry_delay)

@@ -104,7 +104,7 @@ def _encode(op: DebounceOp, release: bool) -> tuple[list[str], list[Any]]:
     return [op.key], args
 
 
-register(OpKind(DebounceOp, KEY_KIND, "debounce", _encode, _Memory()))
+register(OpKind(DebounceOp, KEY_KIND, "debounce", _encode, _Memory(), undo=lambda op: None))
 
 
 class Superseded(GuardDenied):

@@ -16,7 +16,7 @@ from typing import Any
 
 from taskguard.errors import ConfigurationError
 
-__all__ = ["KeyFunc", "key_text"]
+__all__ = ["KeyFunc", "key_text", "tag_func"]
 
 KeySource = str | Callable[..., Any] | None
 
@@ -121,3 +121,26 @@ class KeyFunc:
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 values.update(values.pop(param.name, {}))
         return source.format_map(values)
+
+
+def tag_func(tag: KeySource, key: KeyFunc) -> KeyFunc:
+    """A guard's ``tag`` option: where its keyed state lives on a Redis Cluster.
+
+    A template or callable like ``key``; its value replaces the bucket key as the source
+    of the hash tag (see docs/design.md, "Key schema"), so guards keyed differently can
+    share a slot. It must be a function of the key (the same key, the same tag), and is
+    only read on a Cluster.
+
+    Raises:
+        ConfigurationError: ``tag`` without a ``key`` (an unkeyed guard's state is one
+            key, under the prefix's own tag), or not a template or callable.
+    """
+    if tag is not None and key.source is None:
+        raise ConfigurationError(
+            "tag places a keyed guard's state on a Redis Cluster; this guard has no key",
+            field="tag",
+        )
+    try:
+        return KeyFunc(tag)
+    except ConfigurationError as exc:
+        raise ConfigurationError(exc.reason.replace("key", "tag", 1), field="tag") from None

@@ -22,7 +22,7 @@ from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
 
 from .base import DEFER, Decision, Guard, RunContext, Verdict, check_outage_policy
-from .keying import KeyFunc, KeySource
+from .keying import KeyFunc, KeySource, tag_func
 from .leases import HeldLease, LeasedPrimitive
 
 if TYPE_CHECKING:
@@ -65,6 +65,10 @@ class Lock(Guard):
         name: Lock name; tasks sharing a name share locks. Defaults to the task name.
         on_outage: ``"deny"`` (default: defer while Redis is down), ``"allow"`` or
             ``"local"``.
+        tag: On a Redis Cluster, the source of this guard's hash tag instead of its key:
+            a template or callable like ``key`` (``"{customer_id}"``), so guards keyed
+            differently share a slot and a task's admission stays one call. It must be
+            a function of the key. Ignored on one server and on Sentinel.
     """
 
     kind = "lock"
@@ -80,6 +84,7 @@ class Lock(Guard):
             "on_duplicate",
             "name",
             "on_outage",
+            "tag",
         }
     )
     _key_field = "lock.key"
@@ -92,6 +97,7 @@ class Lock(Guard):
     on_duplicate: str
     name: str | None
     on_outage: str
+    tag: KeyFunc
     _signature: inspect.Signature | None
 
     def __init__(
@@ -106,6 +112,7 @@ class Lock(Guard):
         on_duplicate: str = "return",
         name: str | None = None,
         on_outage: str = "deny",
+        tag: KeySource = None,
     ) -> None:
         name = None if name is None else check_name(name, "name")
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
@@ -120,6 +127,7 @@ class Lock(Guard):
             on_duplicate=choice(on_duplicate, "on_duplicate", DUPLICATE_POLICIES),
             name=name,
             on_outage=check_outage_policy(on_outage),
+            tag=tag_func(tag, KeyFunc(key)),
             _signature=None,
         )
 
@@ -134,6 +142,7 @@ class Lock(Guard):
             "on_duplicate": self.on_duplicate,
             "name": self.name,
             "on_outage": self.on_outage,
+            "tag": self.tag.source,
         }
 
     @property
@@ -149,10 +158,12 @@ class Lock(Guard):
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         return self.key.render(args, kwargs, self._signature)
 
-    def claim_op(self, keys: KeySchema, bucket: str | None, task_id: str) -> LeaseOp:
+    def claim_op(
+        self, keys: KeySchema, bucket: str | None, task_id: str, tag: str | None = None
+    ) -> LeaseOp:
         """The publish-time claim of ``bucket`` by message ``task_id``."""
         return LeaseOp(
-            keys.unique(self.name or "", bucket),
+            keys.unique(self.name or "", bucket, tag=tag),
             owner=task_id,
             ttl=self.queue_ttl,
             purpose="claim",
@@ -162,6 +173,7 @@ class Lock(Guard):
         self, keys: KeySchema, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str
     ) -> list[Op]:
         bucket = self.bucket(args, kwargs)
+        tag = self.tag_for(args, kwargs)
         name = self.name or ""
         ops: list[Op] = []
         if self.at_publish:
@@ -170,7 +182,7 @@ class Lock(Guard):
             until_executed = self.mode == "until_executed"
             ops.append(
                 LeaseOp(
-                    keys.unique(name, bucket),
+                    keys.unique(name, bucket, tag=tag),
                     owner=task_id,
                     ttl=self.ttl if until_executed else self.queue_ttl,
                     drop=not until_executed,
@@ -178,17 +190,17 @@ class Lock(Guard):
                 )
             )
         if self.runtime:
-            lock = keys.lock(name, bucket)
+            lock = keys.lock(name, bucket, tag=tag)
             parking = self.on_conflict == "defer"
             ops.append(
                 LeaseOp(
                     lock,
                     owner=f"{task_id}:{new_owner()}",
                     ttl=self.ttl,
-                    fence_key=keys.fence(name, bucket),
-                    wakeup_key=keys.wakeup(name, bucket),
+                    fence_key=keys.fence(name, bucket, tag=tag),
+                    wakeup_key=keys.wakeup(name, bucket, tag=tag),
                     park_key=keys.park_lot(lock) if parking else None,
-                    park_due=keys.park_due() if parking else None,
+                    park_due=keys.park_due(lock) if parking else None,
                 )
             )
         return ops

@@ -19,7 +19,7 @@ from taskguard.units import MAX_BUCKET_SPAN, Rate
 
 from .admission import admit
 from .base import Decision, Guard, check_outage_policy
-from .keying import KeyFunc, KeySource, key_text
+from .keying import KeyFunc, KeySource, key_text, tag_func
 from .pause import Pause, backend_now, observed_pause, pause_seconds, record_pause
 from .perkey import PerKey
 
@@ -50,6 +50,10 @@ class RateLimit(Guard):
         per_key: Rates for some buckets: a mapping of rendered key to rate
             (``{"acme": "100/s"}``) or a callable taking the key and returning a rate or
             ``None`` (this limit's own ``rate``).
+        tag: On a Redis Cluster, the source of this guard's hash tag instead of its key:
+            a template or callable like ``key`` (``"{customer_id}"``), so guards keyed
+            differently share a slot and a task's admission stays one call. It must be
+            a function of the key. Ignored on one server and on Sentinel.
 
     Example:
         >>> RateLimit("100/m", key="{customer_id}", burst=10)
@@ -66,6 +70,7 @@ class RateLimit(Guard):
     name: str | None
     on_outage: str
     per_key: PerKey[Rate] | None
+    tag: KeyFunc
     _signature: inspect.Signature | None
 
     def __init__(
@@ -78,6 +83,7 @@ class RateLimit(Guard):
         name: str | None = None,
         on_outage: str = "allow",
         per_key: Mapping[str, str | Rate] | Callable[[str | None], Any] | None = None,
+        tag: KeySource = None,
     ) -> None:
         parsed = check_rate(rate, "rate_limit")
         burst = 1 if burst is None else count(burst, "burst")
@@ -102,6 +108,7 @@ class RateLimit(Guard):
             name=None if name is None else check_name(name, "name"),
             on_outage=check_outage_policy(on_outage),
             per_key=None if per_key is None else PerKey(per_key, check_rate, "per_key"),
+            tag=tag_func(tag, KeyFunc(key)),
             _signature=None,
         )
 
@@ -114,6 +121,7 @@ class RateLimit(Guard):
             "name": self.name,
             "on_outage": self.on_outage,
             "per_key": None if self.per_key is None else self.per_key.source,
+            "tag": self.tag.source,
         }
 
     def __repr__(self) -> str:
@@ -130,14 +138,19 @@ class RateLimit(Guard):
             parts.append(f"on_outage={self.on_outage!r}")
         if self.per_key is not None:
             parts.append(f"per_key={self.per_key!r}")
+        if self.tag.source is not None:
+            parts.append(f"tag={self.tag.source!r}")
         return f"RateLimit({', '.join(parts)})"
 
     def bucket(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         """The bucket key for one call."""
         return self.key.render(args, kwargs, self._signature)
 
-    def op(self, keys: KeySchema, bucket: str | None = None, cost: int = 1) -> RateOp:
-        """The op taking ``cost`` tokens from ``bucket`` (None: the limiter's one bucket)."""
+    def op(
+        self, keys: KeySchema, bucket: str | None = None, cost: int = 1, tag: str | None = None
+    ) -> RateOp:
+        """The op taking ``cost`` tokens from ``bucket`` (None: the limiter's one bucket);
+        ``tag``: the hash-tag source on a spread schema (see :meth:`tag_for`)."""
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise ValueError(f"cost must be a positive integer, got {cost!r} for {self!r}")
         if cost > self.burst:
@@ -145,7 +158,7 @@ class RateLimit(Guard):
         name = self.name or "default"
         rate = self.rate if self.per_key is None else self.per_key.get(bucket, self.rate)
         return RateOp(
-            key=keys.rate_limit(name, bucket),
+            key=keys.rate_limit(name, bucket, tag=tag),
             interval=rate.interval,
             burst=self.burst,
             cost=cost,
@@ -159,10 +172,12 @@ class RateLimit(Guard):
         ``(burst - 1) x interval`` (a pause pushes the TAT this far past its end)."""
         return (self.burst - 1) * self.rate.interval
 
-    def pause_op(self, keys: KeySchema, bucket: str | None, seconds: float) -> PauseOp:
+    def pause_op(
+        self, keys: KeySchema, bucket: str | None, seconds: float, tag: str | None = None
+    ) -> PauseOp:
         """The op pausing ``bucket`` (None: the limiter's one bucket) for ``seconds``."""
         return PauseOp(
-            key=keys.rate_limit(self.name or "default", bucket),
+            key=keys.rate_limit(self.name or "default", bucket, tag=tag),
             seconds=seconds,
             tolerance=self.tolerance,
         )
@@ -178,7 +193,7 @@ class RateLimit(Guard):
                 object.__setattr__(self, "_static_op", cached)
             return [cached[1]]
         cost = self.cost(*args, **kwargs) if callable(self.cost) else self.cost
-        return [self.op(keys, self.bucket(args, kwargs), cost)]
+        return [self.op(keys, self.bucket(args, kwargs), cost, self.tag_for(args, kwargs))]
 
     def denied_error(self, retry_after: float, key: str | None = None) -> RateLimited:
         return RateLimited(

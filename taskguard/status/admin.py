@@ -81,7 +81,7 @@ def release_lock(source: Backend | HasBackend, name: str, key: str | None = None
         ttl=1.0,
         wakeup_key=keys.wakeup(name, key),
         park_key=keys.park_lot(lock_key),
-        park_due=keys.park_due(),
+        park_due=keys.park_due(lock_key),
     )
     [result] = backend.release([op])
     return ReleasedLock(

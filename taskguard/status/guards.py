@@ -149,7 +149,7 @@ def read_guards(
             _mget(
                 client,
                 [r.redis_key for r in (*rate_refs, *lock_refs, *unique_refs)]
-                + [keys.fence(r.name, r.key) for r in lock_refs],
+                + [keys.sibling(r.redis_key, "fence") for r in lock_refs],
             )
         )
         tats = [next(values) for _ in rate_refs]

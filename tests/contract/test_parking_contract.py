@@ -3,6 +3,10 @@ release with the room held, newcomers behind the lot, sweeps, and exactly-once c
 
 Payloads are opaque here (the Celery layer packs messages); the worker side is proven in
 tests/integration/test_parking_fleet.py.
+
+Every test runs with an unkeyed cap and a keyed one, on one server and on a Cluster: there
+a keyed guard's lot and the lots' index live under the key's own hash tag (a spread key
+schema), and the sweep finds them through the list of tags with parked work.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ from taskguard.guards.concurrency import Concurrency
 from taskguard.guards.lock import Lock
 from taskguard.testing import wait_until
 
-from .harness import REDIS_ONLY, Contract
+from .harness import CLUSTER_TOO, REDIS_ONLY, Contract
 
-pytestmark = REDIS_ONLY
+pytestmark = [REDIS_ONLY, CLUSTER_TOO]
+#: The cap's key in the test running now (None: an unkeyed cap); see ``keyed``.
+_BUCKET: list[str | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=[None, "tenant-7"], ids=["unkeyed", "keyed"])
+def keyed(request: pytest.FixtureRequest) -> None:
+    _BUCKET[0] = request.param
 
 
 @pytest.fixture
@@ -30,7 +41,7 @@ def backend(contract: Contract) -> RedisBackend:
 
 
 def slot(backend: RedisBackend, owner: str, limit: int = 1, ttl: float = 10.0) -> SlotOp:
-    return Concurrency(limit, name="cap", ttl=ttl).slot_op(backend.keys, None, owner)
+    return Concurrency(limit, name="cap", ttl=ttl).slot_op(backend.keys, _BUCKET[0], owner)
 
 
 def park(parking: Parking, op: SlotOp, ticket: str, seq: int) -> list[bytes]:
@@ -57,7 +68,7 @@ def test_a_release_hands_back_the_first_parked_task_with_its_slot_held(
 
     # The slot is held for "a": a newcomer is refused (and so would be while "b" waits).
     assert not backend.admit([slot(backend, "newcomer")]).allowed
-    assert parking.claim("a")
+    assert parking.claim("a", holder.key)
     mine = dataclasses.replace(slot(backend, "x"), owner="a" + HANDOFF_OWNER_SUFFIX)
     assert backend.admit([mine]).allowed
     assert parking.in_flight() == 0
@@ -110,8 +121,8 @@ def test_a_lost_hand_back_is_published_again_and_runs_once(backend: RedisBackend
     again: list[bytes] = []
     wait_until(lambda: bool(again.extend(parking.sweep()) or again), timeout=5)
     assert again == [b"a"]
-    assert parking.claim("a")  # the first copy to arrive runs
-    assert not parking.claim("a")  # every other copy is dropped
+    assert parking.claim("a", op.key)  # the first copy to arrive runs
+    assert not parking.claim("a", op.key)  # every other copy is dropped
     assert parking.sweep() == []
 
 
@@ -149,8 +160,8 @@ def test_a_dropped_hand_back_frees_its_slot_for_the_next_parked_task(
     assert parking.hand_back(holder.key) == [b"a"]
     # "a" was revoked: its message is discarded unrun, and "b" gets the slot at once.
     assert parking.drop("a", holder.key) == (True, [b"b"])
-    assert not parking.claim("a")
-    assert parking.claim("b")
+    assert not parking.claim("a", holder.key)
+    assert parking.claim("b", holder.key)
     assert parking.drop("a", holder.key) == (False, [])
     assert parking.counts() == {}
 
@@ -179,7 +190,7 @@ def _drain_order(backend: RedisBackend, parking: Parking, op: SlotOp) -> list[st
             return order
         order.append(payload.decode())
         held = dataclasses.replace(op, owner=payload.decode() + HANDOFF_OWNER_SUFFIX)
-        assert parking.claim(payload.decode())
+        assert parking.claim(payload.decode(), op.key)
         assert backend.release([held]) in ([1], [2])
 
 
@@ -215,7 +226,7 @@ def test_weights_split_the_slots_and_a_late_group_waits_one_round_at_most(
     # A group that had nothing parked joins at the lot's current position, not at 0.
     _fair_park(parking, holder, "late-0", "late")
     released = dataclasses.replace(holder, owner="big-0" + HANDOFF_OWNER_SUFFIX)
-    assert parking.claim("big-0")
+    assert parking.claim("big-0", holder.key)
     assert backend.release([released]) == [2]
     order = ["big-0", *_drain_order(backend, parking, holder)]
     # Weighted fair queuing: big (weight 2) takes two slots for each one of mid, and

@@ -245,7 +245,9 @@ def test_every_redis_key_a_slot_writes_expires(contract: Contract) -> None:
     assert client is not None
     keys = backend.keys
     ops = [
-        SlotOp(keys.slots("ttl", "k"), owner=o, ttl=5, limit=3, wakeup_key=keys.slot_wakeup("ttl"))
+        SlotOp(
+            keys.slots("ttl", "k"), owner=o, ttl=5, limit=3, wakeup_key=keys.slot_wakeup("ttl", "k")
+        )
         for o in ("a", "b")
     ]
     assert backend.admit(ops).allowed
@@ -253,7 +255,7 @@ def test_every_redis_key_a_slot_writes_expires(contract: Contract) -> None:
     assert 0 < client.pttl(ops[0].key) <= 5000
     assert backend.release(ops[:1]) == [True]
     written = {k.decode() for k in client.scan_iter(match=f"{tg_prefix}:*")}
-    assert written == {ops[0].key, keys.slot_wakeup("ttl")}
+    assert written == {ops[0].key, keys.slot_wakeup("ttl", "k")}
     for key in written:
         assert client.pttl(key) > 0, key
     assert backend.release(ops[1:]) == [True]

@@ -284,7 +284,7 @@ def test_release_lock_hands_back_a_task_parked_on_it(contract: Contract) -> None
     assert (done.released, done.parked) == (True, True)
     assert contract.client is not None
     # Marked due now: the next sweep, in any worker, hands the task back.
-    assert contract.client.zscore(backend.keys.park_due(), backend.keys.park_lot(op.key)) == 0
+    assert contract.client.zscore(backend.keys.park_due(op.key), backend.keys.park_lot(op.key)) == 0
     assert Parking(backend).sweep() == [b"m"]
 
 

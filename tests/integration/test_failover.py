@@ -11,9 +11,11 @@ next one.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -90,8 +92,22 @@ def test_guards_follow_the_outage_policy_then_enforce_on_the_new_master(
 def test_a_cluster_master_failover_is_ridden_out() -> None:
     with RedisCluster(node_timeout_ms=1000) as cluster:
         client = taskguard.connect(cluster.url, prefix=f"tgt-{uuid.uuid4().hex[:8]}")
+        routes: Any = client.backend.client  # type: ignore[attr-defined]
+        # The victim: the master of the prefix's own slot (unkeyed guards: the lock). Keyed
+        # buckets spread over the slots, so the limiter's are picked on the same master.
+        owner = routes.get_node_from_key(client.keys.rate_limit("api"))
+
+        def on_victim(prefix: str) -> str:
+            return next(
+                bucket
+                for bucket in (f"{prefix}-{i}" for i in itertools.count())
+                if routes.get_node_from_key(client.keys.rate_limit("api", bucket)).port
+                == owner.port
+            )
+
+        before, during = on_victim("before"), on_victim("during")
         limiter = client.rate_limiter("api", "1/h", on_outage="deny")
-        assert limiter.try_acquire("before").allowed
+        assert limiter.try_acquire(before).allowed
         lock = client.lock("invoice", ttl=30, renew=False)
         first = lock.try_acquire()
         assert first.token is not None
@@ -99,16 +115,10 @@ def test_a_cluster_master_failover_is_ridden_out() -> None:
 
         def replicated() -> bool:
             with client.backend.commands("WAIT") as redis_client:  # type: ignore[attr-defined]
-                key = client.keys.rate_limit("api", "before")
-                node = redis_client.get_node_from_key(key)
-                return bool(redis_client.wait(1, 200, target_nodes=node) == 1)
+                return bool(redis_client.wait(1, 200, target_nodes=owner) == 1)
 
         wait_until(replicated, timeout=10, message="the replica never acknowledged")
-        # The master of the guard state's slot (one slot per prefix).
-        owner = client.backend.client.get_node_from_key(  # type: ignore[attr-defined]
-            client.keys.rate_limit("api")
-        )
-        slot = key_slot(client.keys.rate_limit("api").encode())
+        slot = key_slot(client.keys.rate_limit("api", during).encode())
         victim = next(s for s in cluster.servers if s.port == owner.port)
         victim.crash()
         survivors = [s.port for s in cluster.servers if s.is_running()]
@@ -119,7 +129,7 @@ def test_a_cluster_master_failover_is_ridden_out() -> None:
         while time.monotonic() < deadline:
             if promoted_at is None and _slot_served(survivors, slot, owner.port):
                 promoted_at = time.monotonic()
-            decision = limiter.try_acquire("during")
+            decision = limiter.try_acquire(during)
             if not decision.degraded:
                 break
             degraded += 1
@@ -128,7 +138,7 @@ def test_a_cluster_master_failover_is_ridden_out() -> None:
         assert promoted_at is not None, "decisions came back before a replica took over"
         recovered_in = time.monotonic() - promoted_at
         assert recovered_in <= RECOVERY_BOUND, f"guards came back {recovered_in:.1f}s after"
-        assert not limiter.try_acquire("before").allowed  # the replica had it
+        assert not limiter.try_acquire(before).allowed  # the replica had it
         second = lock.try_acquire()
         assert second.token is not None
         assert second.token > first.token

@@ -54,14 +54,16 @@ METHODS: dict[str, tuple[str, ...]] = {
     "park_meta": (),
     "park_due": (),
     "park_out": (),
+    "park_heads": (),
 }
 #: Public methods that build no key: the pub/sub channels, and the SCAN patterns.
 NOT_KEYS = {"breaker_events", "events", "cache_stream_pattern", "guard_pattern", "pattern"}
 #: Keys derived from another key (a parking lot from its guard key), and the inverses
 #: (a lot's guard key; a guard key's kind, name and key).
-DERIVED = {"park_lot", "park_fair", "park_guard_key", "guard_parts"}
+DERIVED = {"park_lot", "park_fair", "park_guard_key", "guard_parts", "sibling", "shared"}
 _PARK = {"parkmsg": "park_messages", "parkmeta": "park_meta", "parkdue": "park_due"}
 _PARK["parkout"] = "park_out"
+_PARK["parkheads"] = "park_heads"
 
 # Few characters, so that generated strings often differ only where escaping matters.
 TRICKY = ["a", "b", "7", "3", "A", "D", ":", "{", "}", "(", ")", "%", " ", "\x00", "\n"]

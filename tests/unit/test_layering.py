@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2] / "taskguard"
 
 #: Floors, bottom first. A module may import its own floor and the floors below it.
 FLOORS: list[tuple[str, ...]] = [
-    ("errors", "units", "keys", "clock", "urls", "_validate", "signals", "_instrument"),
+    ("errors", "units", "keys", "_escape", "clock", "urls", "_validate", "signals", "_instrument"),
     ("backend",),
     ("heartbeat", "guards", "sinks"),
     ("cache", "drain", "status", "events"),

@@ -87,6 +87,21 @@ def locked(self: Any, key: str, i: int, seconds: float) -> int:
     shared=False,
     bind=True,
     base=GuardedTask,
+    guards=[
+        Concurrency(1, key="{tenant}", name="tenant-cap"),
+        RateLimit("1000/s", burst=1000, key="{doc}", name="doc-rate"),
+    ],
+)
+def tenant_doc(self: Any, tenant: str, doc: str, i: int, seconds: float) -> int:
+    """A per-tenant cap and a per-document limit: two slots on a cluster."""
+    _run(self, seconds, i=i, key=tenant)
+    return i
+
+
+@app.task(
+    shared=False,
+    bind=True,
+    base=GuardedTask,
     guards=[Concurrency(3, fair="{tenant}", name="fair3")],
 )
 def tenant_task(self: Any, tenant: str, i: int, seconds: float) -> int:

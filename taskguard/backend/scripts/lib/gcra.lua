@@ -18,6 +18,11 @@ Kind 'rlp', pause the bucket (feedback from the service the limit protects). Arg
   so a pause never shortens a longer backlog; returns the microseconds until a call of
   cost 1 passes again (>= pause_us). Calls refused meanwhile reserve their slots from
   the end of the pause on, one interval apart.
+Release of an 'rl' op (only an admission across Cluster slots releases one, to undo it
+when a later slot refused: taskguard/backend/spread.py): the TAT moves back by exactly
+cost x interval (the interval after limits set at run time, as parse reads them), so
+the bucket is as if this call had not come; a TAT no longer ahead of now is deleted (a
+full bucket). Returns 1, or 0 when the bucket had expired (full already).
 Op keys (both kinds): 1, the bucket's theoretical arrival time (TAT) in microseconds, as
 a string.
 Keys touched: SET with PX, so a bucket expires once it is full again.
@@ -66,6 +71,19 @@ function gcra.parse(op, argv, i)
       end
     end
   end
+end
+
+function gcra.release(op)
+  local tat = tonumber(redis.call('GET', op.key) or '')
+  if not tat then return 0 end
+  local now = server_time_us()
+  tat = tat - op.cost * op.interval
+  if tat <= now then
+    redis.call('DEL', op.key)
+  else
+    redis.call('SET', op.key, string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  return 1
 end
 
 KINDS['rl'] = gcra

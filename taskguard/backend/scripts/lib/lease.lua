@@ -20,6 +20,9 @@ commit drop: delete the key if we (or nobody) hold it; returns 0.
 release: delete the key if we own it, make sure one wake-up is pending on the notify list
   (at most one, expiring 10 s after the last release); 1, or 0 if the lease was lost (expired, or taken by someone else); 2 when released and tasks are
   parked (the caller hands the first one back).
+  Release of a "drop" op is the undo of an admission across Cluster slots that dropped
+  the claim (taskguard/backend/spread.py): SET key owner PX ttl NX, the
+  claim restored unless someone took the key meanwhile; 1 if restored, else 0.
 renew: PEXPIRE the key if we own it; 1, or 0 if lost.
 --]]
 
@@ -76,6 +79,10 @@ function lease.undo(op)
 end
 
 function lease.release(op)
+  if op.mode == 'drop' then
+    if redis.call('SET', op.key, op.owner, 'NX', 'PX', op.ttl) then return 1 end
+    return 0
+  end
   if redis.call('GET', op.key) ~= op.owner then return 0 end
   redis.call('DEL', op.key)
   local notify = op.keys[2]

@@ -19,7 +19,11 @@ check: calls used in the current window (0 when the hash holds an older window);
   wait = microseconds until the window ends when used + cost > limit, else 0.
 commit: HSET w, c = used + cost and PEXPIREAT the window's end + 60 s (cost 0 writes
   nothing); returns the calls left in the window.
-release / renew: nothing is held (1 for renew, 0 for release).
+release: only an admission across Cluster slots releases a quota op, to undo it when a
+  later slot refused (taskguard/backend/spread.py): the call's cost is given back
+  (HINCRBY c -cost, never below 0) if the window holding the server's TIME is still the
+  one the key counts; 1 if given back, else 0.
+renew: nothing is held (1).
 --]]
 
 local QUOTA_GRACE_MS = 60000
@@ -77,7 +81,14 @@ function quota.commit(op, at, now)
 end
 
 function quota.release(op)
-  return 0
+  if op.cost == 0 then return 0 end
+  local start = window(op.starts, math.floor(server_time_us() / 1000))
+  local state = redis.call('HMGET', op.key, 'w', 'c')
+  if tonumber(state[1]) ~= start then return 0 end
+  local used = (tonumber(state[2]) or 0) - op.cost
+  if used < 0 then used = 0 end
+  redis.call('HSET', op.key, 'c', used)
+  return 1
 end
 
 function quota.renew(op)
