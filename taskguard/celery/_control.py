@@ -321,9 +321,23 @@ def taskguard_refresh(state: Any, **kwargs: Any) -> Any:
             for guard in task.taskguard_settings.guards:
                 if isinstance(guard, CircuitBreaker):
                     names.add((backend, guard.name))
+    told: set[str] = set()
+    unreachable: dict[str, str] = {}
     for where, name in sorted(names, key=lambda pair: (pair[0].keys.prefix, pair[1])):
-        publish_refresh(where, name)
-    told = sorted({name for _, name in names})
+        try:  # one Redis down, or refusing: tell the rest
+            published = publish_refresh(where, name)
+        except BackendError as exc:
+            unreachable[f"{where.keys.prefix}/{name}"] = str(exc)
+            continue
+        if published:
+            told.add(name)
+        else:
+            unreachable[f"{where.keys.prefix}/{name}"] = "Redis unreachable"
     refreshed = sum(1 for view in views if "state" in view)
-    message = f"refreshed {refreshed} of {len(views)} view(s) here; told every process about {told}"
-    return _ok(message, views=views, told=told)
+    message = (
+        f"refreshed {refreshed} of {len(views)} view(s) here; "
+        f"told every process about {sorted(told)}"
+    )
+    if unreachable:
+        message += f"; could not tell {sorted(unreachable)}"
+    return _ok(message, views=views, told=sorted(told), unreachable=unreachable)

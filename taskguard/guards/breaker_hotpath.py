@@ -72,15 +72,18 @@ def hot_path_breaker(backend: Backend, spec: CircuitBreaker, flush_interval: flo
     return HotPathBreaker(backend, spec, flush_interval=float(flush_interval))
 
 
-def publish_refresh(backend: RedisBackend, name: str) -> None:
+def publish_refresh(backend: RedisBackend, name: str) -> bool:
     """Tell every process's hot-path view of breaker ``name`` to refresh from Redis, after
     a change made outside a flush (a transition, an admin action). Logged, not raised,
-    when Redis cannot be reached: the flush replies catch up within an interval anyway."""
+    when Redis cannot be reached (the flush replies catch up within an interval anyway):
+    returns whether it was published."""
     # The new state's open time is not known here: the subscribers read it themselves.
     try:
         backend.publish(backend.breaker_channel(), f"{name}|refresh|0", what="breaker publish")
     except BackendUnavailable as exc:
         logger.warning("circuit %r: state change not published: %s", name, exc)
+        return False
+    return True
 
 
 class _Batch:

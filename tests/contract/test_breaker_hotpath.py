@@ -251,11 +251,14 @@ def test_counts_arriving_while_open_are_not_folded(
         call(breaker, ok)
     assert breaker.flushed_total == 0, "flushed before the test could open the breaker"
     Breaker(breaker.backend, breaker.spec).force_open()
+    # The force-open's refresh message makes the agent flush too, on its own thread: the
+    # three counts go with whichever flush takes the batch first, and flushed_total is the
+    # total of the last reply, so wait for both flushes to have answered.
     breaker.flush()
+    wait_for(lambda: breaker.flushed_total == 3)
     op = breaker.spec.call_op(breaker.backend.keys, "-")
     assert redis_client.llen(op.window_key) == 0
     assert breaker.local_state == "forced_open"
-    assert breaker.flushed_total == 3
     with pytest.raises(CircuitOpen):
         breaker.call(ok)
 

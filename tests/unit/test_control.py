@@ -126,14 +126,35 @@ def test_refresh_without_hot_path_breakers_refreshes_nothing(client: taskguard.C
     with celery_app(client.backend) as app:
 
         @app.task(
-            shared=False, name="proj.call", base=GuardedTask, guards=[CircuitBreaker("partner")]
+            shared=False,
+            name="proj.call",
+            base=GuardedTask,
+            guards=[CircuitBreaker("partner-of-refresh-test")],
         )
         def call() -> None: ...
 
         done = Panel.data["taskguard_refresh"](_state(app))
-    # On the memory backend there is no channel and no hot path: nothing to tell.
+    # On the memory backend there is no channel and no hot path: nothing to tell. (Other
+    # tests of this process may leave hot-path breakers of their own: told names them.)
     assert [v for v in done["views"] if v["prefix"] == "unit-control"] == []
-    assert "partner" not in done["told"]
+    assert "partner-of-refresh-test" not in done["told"]
+
+
+def test_refresh_reports_the_breakers_it_could_not_tell() -> None:
+    backend = taskguard.connect(DEAD_URL, prefix="unit-control-dead").backend
+    with celery_app(backend) as app:
+
+        @app.task(
+            shared=False, name="proj.dead", base=GuardedTask, guards=[CircuitBreaker("dead-svc")]
+        )
+        def dead() -> None: ...
+
+        done = Panel.data["taskguard_refresh"](_state(app))
+    # (Hot-path breakers other tests of this process left behind may be listed too.)
+    assert "dead-svc" not in done["told"]
+    assert "unit-control-dead/dead-svc" in done["unreachable"]
+    assert "could not tell [" in done["ok"]
+    assert "'unit-control-dead/dead-svc'" in done["ok"]
 
 
 def test_status_answers_while_redis_is_down() -> None:
