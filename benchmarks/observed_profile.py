@@ -22,6 +22,14 @@ fresh prefix. ``--profile`` prints cProfile's top functions of the guarded no-op
 stage 3::
 
     python -m benchmarks.observed_profile --tasks 3000
+
+``--before DIR`` compares taskguard's hooks with those of another commit instead, in one
+process: ``DIR`` holds that commit's ``taskguard`` package (``git archive <commit>
+taskguard | tar -x -C DIR``), whose ``integrations/sentry.py`` and ``prometheus.py`` hooks
+are swapped in between batches, alternating with this tree's and with none, Sentry on
+throughout; the least of the repeats per variant, and its tax over no hooks::
+
+    python -m benchmarks.observed_profile --before /tmp/before --tasks 300 --repeat 20
 """
 
 from __future__ import annotations
@@ -86,12 +94,73 @@ def _stage(app: Any, tasks: int, repeat: int) -> tuple[float, float]:
     return statistics.median(times["plain"]), statistics.median(times["guarded"])
 
 
+def _load(name: str, path: str) -> Any:
+    import importlib.util  # here: only the A/B needs it
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ab(app: Any, before: str, tasks: int, repeat: int) -> None:
+    """Hooks of the tree in ``before`` against this tree's and none, alternating."""
+    from sentry_sdk import scope as sentry_scope
+
+    from taskguard import _instrument
+    from taskguard.integrations import sentry as new_sentry
+
+    old_sentry = _load(
+        "taskguard.integrations._sentry_before", f"{before}/taskguard/integrations/sentry.py"
+    )
+    old_prometheus = _load(
+        "taskguard.integrations._prometheus_before",
+        f"{before}/taskguard/integrations/prometheus.py",
+    )
+    old_sentry.TaskguardIntegration = new_sentry.TaskguardIntegration  # the client's
+    processor = getattr(new_sentry, "_errors_only_context", None)
+    variants: dict[str, tuple[tuple[Any, ...], bool]] = {
+        "no hooks": ((), False),
+        "before": ((old_prometheus.Metrics(None), old_sentry._HOOK), False),
+        "after": (_instrument.hooks(), True),
+    }
+
+    def use(hooks: tuple[Any, ...], with_processor: bool) -> None:
+        _instrument._hooks, _instrument.on = hooks, bool(hooks)
+        found = sentry_scope.global_event_processors
+        if processor in found and not with_processor:
+            found.remove(processor)
+        elif processor is not None and processor not in found and with_processor:
+            found.append(processor)
+
+    plain, guarded = _tracer(app, "bench.noop"), _tracer(app, "bench.guarded_noop")
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
+    for _ in range(repeat):
+        for name, variant in variants.items():
+            use(*variant)
+            times[name][0].append(_per_task(plain, tasks))
+            times[name][1].append(_per_task(guarded, tasks))
+    use(*variants["after"])
+    base = min(times["no hooks"][1])
+    print(f"CPU µs per task, least of {repeat} x {tasks} tasks, Sentry and Prometheus on")
+    for name, (plains, guardeds) in times.items():
+        print(
+            f"{name:<10} plain {min(plains):8.1f}  guarded {min(guardeds):8.1f}  "
+            f"hooks' tax {min(guardeds) - base:7.1f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--redis-url", default=URL)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--before", metavar="DIR", help="A/B the hooks of the tree in DIR")
     options = parser.parse_args()
     metrics_dir = tempfile.mkdtemp(prefix="tgprof-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before prometheus_client loads
@@ -103,6 +172,11 @@ def main() -> None:
     from taskguard.integrations import prometheus
 
     app = celeryapp.app
+    if options.before:
+        prometheus.install()
+        observe(app, prefix=os.environ["TG_BENCH_PREFIX"], counter_url=options.redis_url)
+        _ab(app, options.before, options.tasks, options.repeat)
+        return
     stages: list[tuple[str, float, float]] = []
     stages.append(("bare", *_stage(app, options.tasks, options.repeat)))
     prometheus.install()
