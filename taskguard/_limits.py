@@ -10,15 +10,21 @@ from __future__ import annotations
 import getpass
 from typing import Any
 
-from taskguard._validate import allowance, count
+from taskguard._validate import allowance, choice, count
 from taskguard._validate import rate as check_rate
 from taskguard.backend import Backend
 from taskguard.backend import limits as run_time
 from taskguard.backend.limits import CapOverride, LimitOverride, QuotaOverride
+from taskguard.errors import ConfigurationError
 from taskguard.events import publish_event
 from taskguard.units import Rate
 
-__all__ = ["RunTimeLimits"]
+__all__ = ["KINDS", "RunTimeLimits", "clear_of_kind", "scope", "set_of_kind"]
+
+#: The kinds of limit set at run time, and what each is called in messages.
+KINDS = {"rate": "rate limit", "cap": "concurrency cap", "quota": "quota"}
+#: What a kind's value is called in messages.
+VALUES = {"rate": "rate", "cap": "slot count", "quota": "allowance"}
 
 
 class RunTimeLimits:
@@ -127,6 +133,69 @@ class RunTimeLimits:
         if removed:
             self._changed(kind, name, "clear", key)
         return removed
+
+
+def scope(kind: str, key: str | None) -> str:
+    """Which keys a change covers, in a kind's words: a rate limiter's buckets, or keys."""
+    if kind == "rate":
+        return "every bucket" if key is None else f"bucket {key!r}"
+    return "every key" if key is None else f"key {key!r}"
+
+
+def _integer(value: str) -> bool:
+    return value.strip().isascii() and value.strip().isdigit()
+
+
+def set_of_kind(
+    limits: RunTimeLimits, kind: str, name: str, value: str, *, key: str | None, burst: int = 1
+) -> str:
+    """Set ``name``'s limit of ``kind`` (``rate``, ``cap``, ``quota``) from ``value`` as an
+    operator types it; returns how the new limit reads. The one parser behind
+    ``taskguard limit set`` and the ``taskguard_limit_set`` control command.
+
+    Raises:
+        ConfigurationError: an unknown kind, a value that is not one of the kind's, or a
+            burst given for a cap or a quota (field ``kind``, ``value`` or ``burst``).
+
+    Example:
+        >>> import taskguard
+        >>> set_of_kind(taskguard.connect("memory://"), "cap", "exports", "3", key=None)
+        '3 slots'
+    """
+    kind = choice(kind, "kind", tuple(KINDS))
+    if kind == "rate":
+        if _integer(value):
+            raise ConfigurationError(
+                f"{value!r} is a number, not a rate like '100/s': for a concurrency cap's "
+                "slot count give the kind cap (--kind cap)",
+                field="value",
+            )
+        parsed = check_rate(value, "rate")
+        limits.set_limit(name, parsed, burst=burst, key=key)
+        return f"{parsed} (burst {burst})"
+    if burst != 1:
+        raise ConfigurationError(f"only a rate has a burst, not a {kind}", field="burst")
+    if kind == "cap":
+        if not _integer(value):
+            raise ConfigurationError(
+                f"a cap's slot count is a positive integer, got {value!r}", field="value"
+            )
+        slots = count(int(value), "limit")
+        limits.set_cap(name, slots, key=key)
+        return f"{slots} slot{'s' if slots != 1 else ''}"
+    calls, period = allowance(value, "limit")
+    limits.set_quota(name, f"{calls}/{period}", key=key)
+    return f"{calls}/{period}"
+
+
+def clear_of_kind(limits: RunTimeLimits, kind: str, name: str, *, key: str | None) -> bool:
+    """Remove ``name``'s limit of ``kind`` set at run time; True if one was set.
+
+    Raises:
+        ConfigurationError: an unknown kind (field ``kind``).
+    """
+    clear = {"rate": limits.clear_limit, "cap": limits.clear_cap, "quota": limits.clear_quota}
+    return clear[choice(kind, "kind", tuple(KINDS))](name, key=key)
 
 
 def _user() -> str | None:

@@ -8,10 +8,11 @@ through its ``inspect_command`` / ``control_command`` decorators) when
   and settings, the rates set at run time for their limiters, its running guarded tasks,
   the leases its heartbeat renews, its hot-path breaker views, its Redis and outage state,
   and the tasks parked under its prefix;
-- ``taskguard_breaker <open|close|reset> <name>``, ``taskguard_limit_set <name> <rate>
-  [burst] [key]``, ``taskguard_limit_clear <name> [key]`` (control): the actions of
-  ``taskguard breaker`` and ``taskguard limit``, through the same code
-  (:func:`taskguard.status.force_breaker`, :meth:`taskguard.client.Client.set_limit`), with
+- ``taskguard_breaker <open|close|reset> <name>``, ``taskguard_limit_set <name> <value>
+  [burst] [key] [kind]``, ``taskguard_limit_clear <name> [key] [kind]`` (control): the
+  actions of ``taskguard breaker`` and ``taskguard limit`` (``kind``: ``rate``, the
+  default, ``cap`` or ``quota``), through the same code
+  (:func:`taskguard.status.force_breaker`, :func:`taskguard._limits.set_of_kind`), with
   the same validation and the same guard events;
 - ``taskguard_refresh`` (control): refresh the hot-path breaker views from Redis now.
 
@@ -35,6 +36,7 @@ from celery.app.control import flatten_reply
 from celery.worker import state as worker_state
 from celery.worker.control import control_command, inspect_command
 
+from taskguard._limits import KINDS, VALUES, clear_of_kind, scope, set_of_kind
 from taskguard.backend.base import Backend
 from taskguard.backend.limits import limits_of
 from taskguard.backend.redis import RedisBackend
@@ -236,10 +238,6 @@ def _nok(message: str) -> dict[str, Any]:
     return {"error": message}
 
 
-def _bucket(key: str | None) -> str:
-    return "every bucket" if key is None else f"bucket {key!r}"
-
-
 @inspect_command()  # type: ignore[untyped-decorator]
 def taskguard_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     """taskguard in this worker: guarded tasks, limits, leases, breaker views, Redis."""
@@ -271,32 +269,55 @@ def taskguard_breaker(state: Any, action: str = "", name: str = "", **kwargs: An
 
 
 @control_command(  # type: ignore[untyped-decorator]
-    args=[("name", str), ("rate", str), ("burst", int), ("key", str)],
-    signature="<limiter name> <rate> [burst=1] [bucket key]",
+    args=[("name", str), ("value", str), ("burst", int), ("key", str), ("kind", str)],
+    signature="<name> <rate|slots|allowance> [burst=1] [key, '' for every key] [rate|cap|quota]",
 )
 def taskguard_limit_set(
-    state: Any, name: str = "", rate: str = "", burst: int = 1, key: str | None = None, **kw: Any
+    state: Any,
+    *,
+    name: str = "",
+    value: str = "",
+    burst: int = 1,
+    key: str | None = None,
+    kind: str = "rate",
+    rate: str | None = None,
+    **kw: Any,
 ) -> Any:
-    """Set a rate limiter's rate at run time, fleet-wide (as `taskguard limit set`)."""
+    """Set a rate limit's rate, a concurrency cap's slot count or a quota's allowance at
+    run time, fleet-wide (as `taskguard limit set --kind`). ``rate`` is ``value``'s name
+    from before caps and quotas."""
+    key = key or None  # `celery control` passes every argument by position: '' is no key
     try:
-        Client(runtime_for(state.app).backend).set_limit(name, rate, burst=burst, key=key)
+        shown = set_of_kind(
+            Client(runtime_for(state.app).backend),
+            kind,
+            name,
+            value or rate or "",
+            key=key,
+            burst=burst,
+        )
     except (TaskGuardError, ValueError) as exc:
         return _nok(str(exc))
-    return _ok(f"rate limit {name!r}, {_bucket(key)}: {rate} (burst {burst}) from now on")
+    return _ok(f"{KINDS[kind]} {name!r}, {scope(kind, key)}: {shown} from now on")
 
 
 @control_command(  # type: ignore[untyped-decorator]
-    args=[("name", str), ("key", str)], signature="<limiter name> [bucket key]"
+    args=[("name", str), ("key", str), ("kind", str)],
+    signature="<name> [key, '' for every key] [rate|cap|quota]",
 )
-def taskguard_limit_clear(state: Any, name: str = "", key: str | None = None, **kw: Any) -> Any:
-    """Remove a rate set at run time: the configured rate applies again, fleet-wide."""
+def taskguard_limit_clear(
+    state: Any, name: str = "", key: str | None = None, kind: str = "rate", **kw: Any
+) -> Any:
+    """Remove a rate, slot count or allowance set at run time: the configured one applies
+    again, fleet-wide."""
+    key = key or None
     try:
-        removed = Client(runtime_for(state.app).backend).clear_limit(name, key=key)
+        removed = clear_of_kind(Client(runtime_for(state.app).backend), kind, name, key=key)
     except (TaskGuardError, ValueError) as exc:
         return _nok(str(exc))
     if not removed:
-        return _nok(f"no rate was set for {name!r}, {_bucket(key)}")
-    return _ok(f"rate limit {name!r}, {_bucket(key)}: back to its configured rate")
+        return _nok(f"no {VALUES[kind]} was set for {name!r}, {scope(kind, key)}")
+    return _ok(f"{KINDS[kind]} {name!r}, {scope(kind, key)}: back to its configured {VALUES[kind]}")
 
 
 @control_command()  # type: ignore[untyped-decorator]

@@ -19,7 +19,6 @@ from ._connect import connect_redis, prefix_option, redis_url_option
 
 __all__ = ["limit"]
 
-_WHAT = {"rate": "rate limit", "cap": "concurrency cap", "quota": "quota"}
 _KIND = click.option(
     "--kind",
     type=click.Choice(["rate", "cap", "quota"]),
@@ -32,44 +31,6 @@ _KIND = click.option(
 @click.group(short_help="Change rate limits, caps and quotas at run time.")
 def limit() -> None:
     """Change rate limits, concurrency caps and quotas at run time, for every worker at once."""
-
-
-def _scope(kind: str, key: str | None) -> str:
-    if kind == "rate":
-        return "every bucket" if key is None else f"bucket {key!r}"
-    return "every key" if key is None else f"key {key!r}"
-
-
-def _integer(value: str) -> bool:
-    return value.strip().isascii() and value.strip().isdigit()
-
-
-def _set(client: Any, kind: str, name: str, value: str, *, key: str | None, burst: int) -> str:
-    """Set the limit; returns how it reads (raises TaskGuardError on a bad value)."""
-    from taskguard._validate import allowance, count
-    from taskguard._validate import rate as check_rate
-
-    if kind == "rate":
-        if _integer(value):
-            raise click.BadParameter(
-                f"{value!r} is a number, not a rate like '100/s': for a concurrency cap's "
-                "slot count add --kind cap",
-                param_hint="VALUE",
-            )
-        rate = check_rate(value, "rate")
-        client.set_limit(name, rate, burst=burst, key=key)
-        return f"{rate} (burst {burst})"
-    if kind == "cap":
-        if not _integer(value):
-            raise click.BadParameter(
-                f"a cap's slot count is a positive integer, got {value!r}", param_hint="VALUE"
-            )
-        slots = count(int(value), "limit")
-        client.set_cap(name, slots, key=key)
-        return f"{slots} slot{'s' if slots != 1 else ''}"
-    calls, period = allowance(value, "limit")
-    client.set_quota(name, f"{calls}/{period}", key=key)
-    return f"{calls}/{period}"
 
 
 @limit.command(name="set", short_help="Set a limit (for all keys, or one).")
@@ -106,6 +67,7 @@ def set_(
     name). It holds until `taskguard limit clear`, and wins over the code's value and its
     per_key values; a key's own entry wins over the every-key one.
     """
+    from taskguard._limits import KINDS, scope, set_of_kind
     from taskguard.client import Client
     from taskguard.errors import ConfigurationError, TaskGuardError
 
@@ -113,14 +75,14 @@ def set_(
         raise click.BadParameter("only a rate has a burst", param_hint="--burst")
     backend = connect_redis(ctx, redis_url, prefix)
     try:
-        shown = _set(Client(backend), kind, name, value, key=key, burst=burst or 1)
+        shown = set_of_kind(Client(backend), kind, name, value, key=key, burst=burst or 1)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), param_hint="VALUE") from None
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
-    click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: {shown} from now on")
+    click.echo(f"{KINDS[kind]} {name!r}, {scope(kind, key)}: {shown} from now on")
 
 
 @limit.command(short_help="Remove a limit set at run time.")
@@ -143,22 +105,21 @@ def clear(
 
     Exits with 1 if none was set.
     """
+    from taskguard._limits import KINDS, VALUES, clear_of_kind, scope
     from taskguard.client import Client
     from taskguard.errors import TaskGuardError
 
     backend = connect_redis(ctx, redis_url, prefix)
-    client = Client(backend)
-    clear_ = {"rate": client.clear_limit, "cap": client.clear_cap, "quota": client.clear_quota}
     try:
-        removed = clear_[kind](name, key=key)
+        removed = clear_of_kind(Client(backend), kind, name, key=key)
     except TaskGuardError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
-    what = {"rate": "rate", "cap": "slot count", "quota": "allowance"}[kind]
+    what = VALUES[kind]
     if not removed:
-        raise click.ClickException(f"no {what} was set for {name!r}, {_scope(kind, key)}")
-    click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: back to its configured {what}")
+        raise click.ClickException(f"no {what} was set for {name!r}, {scope(kind, key)}")
+    click.echo(f"{KINDS[kind]} {name!r}, {scope(kind, key)}: back to its configured {what}")
 
 
 @limit.command(short_help="List the limits set at run time for a name.")
@@ -171,6 +132,7 @@ def show(
     ctx: click.Context, *, redis_url: str | None, prefix: str | None, name: str, as_json: bool
 ) -> None:
     """List the rates, slot counts and allowances set at run time for NAME."""
+    from taskguard._limits import KINDS, scope
     from taskguard.backend.limits import caps_of, limits_of, quotas_of
     from taskguard.errors import TaskGuardError
 
@@ -205,4 +167,4 @@ def show(
     if not rows:
         click.echo(f"{name!r}: no limit set at run time")
     for kind, key, _, shown in rows:
-        click.echo(f"{_WHAT[kind]} {name!r}, {_scope(kind, key)}: {shown}")
+        click.echo(f"{KINDS[kind]} {name!r}, {scope(kind, key)}: {shown}")

@@ -54,7 +54,7 @@ from taskguard.drain.discovery import queued_partitions
 from taskguard.drain.metrics import metrics as queue_figures
 from taskguard.errors import TaskGuardError
 
-from ._labels import guard_label
+from ._labels import described, guard_label
 
 try:
     import prometheus_client
@@ -75,6 +75,11 @@ BREAKER_STATES = ("closed", "open", "half_open")
 ADMISSION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ADMITTED = frozenset({"allowed", "degraded"})
+#: Sets of labelled children kept for admissions, at most (then all are looked up again).
+_KEEP_CHILDREN = 4096
+#: An admission's guards, its histogram child, its wait histogram child (or None), and
+#: its counter children.
+_Children = tuple[tuple[Any, ...], Any, Any | None, tuple[Any, ...]]
 
 
 class Metrics(_instrument.Hook):
@@ -119,6 +124,9 @@ class Metrics(_instrument.Hook):
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+        #: (task, decision, guard ids) -> the children an admission counts, looked up
+        #: once: ``.labels()`` takes a lock and builds a key on every call.
+        self._children: dict[tuple[Any, ...], _Children] = {}
         self.drain_rows = Counter(
             "taskguard_drain_rows",
             "Write-behind rows the drain wrote, or moved to the dead letters.",
@@ -140,20 +148,40 @@ class Metrics(_instrument.Hook):
 
     def _admitted(self, activity: _instrument.Activity) -> None:
         data = activity.data
-        task = data["task"]
         decision = data.get("decision")
         if decision is None:  # the admission raised before deciding
             return
-        self.admission_seconds.labels(task).observe(activity.duration)
-        guards = data.get("guards", ())
-        if any(getattr(g, "wait", 0) for g in guards):
-            self.lock_wait_seconds.labels(task).observe(data.get("waited", 0.0))
         if decision in _ADMITTED:
-            for guard in guards:
-                self.admissions.labels(task, guard_label(guard), decision).inc()
-        else:
-            result = "deferred" if decision == "deferred" else "denied"
-            self.admissions.labels(task, guard_label(data.get("guard")), result).inc()
+            guards = data.get("guards", ())
+            key = (data["task"], decision, *map(id, guards))
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = self._admission_children(data, decision)
+            _, seconds, waited, counted = children
+            seconds.observe(activity.duration)
+            if waited is not None:
+                waited.observe(data.get("waited", 0.0))
+            for counter in counted:
+                counter.inc()
+            return
+        # A refusal: rarer, and its guard varies; no children kept.
+        task = data["task"]
+        self.admission_seconds.labels(task).observe(activity.duration)
+        if described(data.get("guards", ())).waits:
+            self.lock_wait_seconds.labels(task).observe(data.get("waited", 0.0))
+        result = "deferred" if decision == "deferred" else "denied"
+        self.admissions.labels(task, guard_label(data.get("guard")), result).inc()
+
+    def _admission_children(self, data: dict[str, Any], decision: str) -> _Children:
+        """The labelled metrics an admission of these guards with this decision counts."""
+        task = data["task"]
+        guards = described(data.get("guards", ()))
+        waited = self.lock_wait_seconds.labels(task) if guards.waits else None
+        counted = tuple(self.admissions.labels(task, label, decision) for label in guards.labels)
+        if len(self._children) >= _KEEP_CHILDREN:
+            self._children.clear()
+        # The guards are kept with their children: while kept, their ids are theirs.
+        return guards.guards, self.admission_seconds.labels(task), waited, counted
 
     # ------------------------------------------------------------ signals
 

@@ -31,11 +31,13 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from taskguard import _instrument, signals
 
-from ._labels import guard_label, guard_labels
+from ._labels import described, guard_label
 
 try:
     import sentry_sdk
     from sentry_sdk.integrations import Integration
+    from sentry_sdk.scope import add_global_event_processor
+    from sentry_sdk.tracing import Span
 except ImportError as exc:  # pragma: no cover - sentry-sdk is a core dependency today
     raise ImportError(
         "taskguard's Sentry integration needs sentry-sdk: pip install 'celery-taskguard[sentry]'"
@@ -57,12 +59,13 @@ class TaskguardIntegration(Integration):
 
     @staticmethod
     def setup_once() -> None:
-        """Install the span hook and the breadcrumb receivers (once per process; both do
-        nothing while no client with this integration is active)."""
+        """Install the span hook, the breadcrumb receivers and the event processor (once
+        per process; all do nothing while no client with this integration is active)."""
         _instrument.install(_HOOK)
         signals.guard_denied.connect(_on_denied, weak=False)
         signals.lease_lost.connect(_on_lease_lost, weak=False)
         signals.circuit_state_changed.connect(_on_circuit_state_changed, weak=False)
+        add_global_event_processor(_errors_only_context)
 
 
 def _active() -> bool:
@@ -78,7 +81,12 @@ class _SpanHook(_instrument.Hook):
         op = activity.op
         # The guard context is set when the admission ends (it names the decision), and
         # an admission that raises ends too: nothing of the run can fail before that.
-        if sentry_sdk.get_current_span() is not None:
+        parent: Any = sentry_sdk.get_current_span()  # a StreamedSpan too, when streaming
+        if isinstance(parent, Span):
+            # The parent's own start_child: sentry_sdk.start_span forks a scope to find
+            # the same parent, which costs more than the span.
+            span = parent.start_child(op=op, name=_name(activity), origin=ORIGIN)
+        elif parent is not None:  # a span of another kind (span streaming)
             span = sentry_sdk.start_span(op=op, name=_name(activity), origin=ORIGIN)
         elif op == _instrument.DRAIN_BATCH:  # the drain runs outside any task
             span = sentry_sdk.start_transaction(op=op, name=_name(activity), origin=ORIGIN)
@@ -90,14 +98,16 @@ class _SpanHook(_instrument.Hook):
     def finish(
         self, activity: _instrument.Activity, span: Any, error: BaseException | None
     ) -> None:
-        if activity.op == _instrument.ADMIT and _active():
-            _set_guard_context(activity.data)
         if span is None:
+            if activity.op == _instrument.ADMIT and _active():
+                _set_guard_context(activity.data)
             return
-        for key, value in _span_data(activity).items():
-            span.set_data(key, value)
+        if activity.op == _instrument.ADMIT:
+            _set_guard_context(activity.data)  # the span was opened: Sentry is on
+        span.update_data(_span_data(activity))
         if error is None or isinstance(error, _CONTROL_FLOW):
-            span.set_status("ok")
+            # No status on success, as Sentry's own spans: "ok" would add a status and
+            # a status tag to every span of every transaction sent.
             span.__exit__(None, None, None)
         else:
             span.__exit__(type(error), error, error.__traceback__)
@@ -122,6 +132,16 @@ def _span_data(activity: _instrument.Activity) -> dict[str, Any]:
     """The span data of an activity, in Sentry's names where Sentry has one."""
     data = activity.data
     op = activity.op
+    if op == _instrument.ADMIT:
+        return _admit_data(data)
+    if op == _instrument.RELEASE:
+        guards = described(data.get("guards", ()))
+        return {
+            "taskguard.guards": list(guards.labels),
+            "taskguard.guard_kinds": list(guards.kinds),
+            "taskguard.outcome": data.get("outcome"),
+            "taskguard.leases_lost": data.get("lost", 0),
+        }
     if op in (_instrument.CACHE_GET, _instrument.CACHE_PUT):
         found = {
             "cache.key": [str(k) for k in data.get("keys", ())],
@@ -142,25 +162,25 @@ def _span_data(activity: _instrument.Activity) -> dict[str, Any]:
         }
     if op == _instrument.DRAIN_BATCH:
         return {f"taskguard.{k}": data.get(k) for k in _DRAIN_FIELDS}
-    guards = data.get("guards", ())
+    return {}
+
+
+def _admit_data(data: dict[str, Any]) -> dict[str, Any]:
+    """An admission's span data. Every span is serialized into every transaction sent,
+    at a cost per field: the task is the span's name (and the transaction's), and the
+    deferrals and the time waited are there only when not zero."""
+    guards = described(data.get("guards", ()))
     found = {
-        "taskguard.task": data.get("task"),
-        "taskguard.guards": guard_labels(guards),
-        "taskguard.guard_kinds": sorted({getattr(g, "kind", "?") for g in guards}),
+        "taskguard.guards": list(guards.labels),
+        "taskguard.guard_kinds": list(guards.kinds),
+        "taskguard.decision": data.get("decision"),
+        "taskguard.retry_after": data.get("retry_after", 0.0),
+        "taskguard.degraded": data.get("degraded", False),
     }
-    if op == _instrument.RELEASE:
-        found["taskguard.outcome"] = data.get("outcome")
-        found["taskguard.leases_lost"] = data.get("lost", 0)
-        return found
-    found.update(
-        {
-            "taskguard.decision": data.get("decision"),
-            "taskguard.retry_after": data.get("retry_after", 0.0),
-            "taskguard.degraded": data.get("degraded", False),
-            "taskguard.deferrals": data.get("deferrals", 0),
-            "taskguard.waited": data.get("waited", 0.0),
-        }
-    )
+    if data.get("deferrals"):
+        found["taskguard.deferrals"] = data["deferrals"]
+    if data.get("waited"):
+        found["taskguard.waited"] = data["waited"]
     if data.get("guard") is not None:
         found["taskguard.denied_by"] = guard_label(data["guard"])
     return found
@@ -168,15 +188,29 @@ def _span_data(activity: _instrument.Activity) -> dict[str, Any]:
 
 def _set_guard_context(data: dict[str, Any]) -> None:
     """Name the task's guards on the scope, so an error of this run carries them."""
-    labels = guard_labels(data.get("guards", ()))
-    context = {"task": data.get("task"), "guards": labels, "deferrals": data.get("deferrals", 0)}
+    guards = described(data.get("guards", ()))
+    context = {
+        "task": data.get("task"),
+        "guards": list(guards.labels),
+        "deferrals": data.get("deferrals", 0),
+    }
     if "decision" in data:
         context["decision"] = data["decision"]
     if data.get("guard") is not None:
         context["denied_by"] = guard_label(data["guard"])
     scope = sentry_sdk.get_isolation_scope()
     scope.set_context("taskguard", context)
-    scope.set_tag("taskguard.guards", ",".join(labels))
+    scope.set_tag("taskguard.guards", guards.tag)
+
+
+def _errors_only_context(event: Any, hint: Any) -> Any:
+    """Keep the ``taskguard`` context off transactions: their spans say the same, and
+    it would be serialized into every one sent. (The tag stays, to search by.)"""
+    if event.get("type") == "transaction":
+        contexts = event.get("contexts")
+        if contexts:
+            contexts.pop("taskguard", None)
+    return event
 
 
 # ---------------------------------------------------------------- breadcrumbs

@@ -53,6 +53,22 @@ def test_inspect_status_and_control_commands(fleet_factory: Callable[..., Fleet]
         "ok": f"rate limit '{APP}.steady', every bucket: 5/s (burst 2) from now on"
     }
     [reply] = control.broadcast(
+        "taskguard_limit_set",
+        arguments={"name": "rc-exports", "value": "3", "kind": "cap"},
+        destination=[node],
+        reply=True,
+        timeout=5.0,
+    )
+    assert reply[node] == {"ok": "concurrency cap 'rc-exports', every key: 3 slots from now on"}
+    [reply] = control.broadcast(
+        "taskguard_limit_set",
+        arguments={"name": "rc-sms", "value": "500/day", "key": "+4411", "kind": "quota"},
+        destination=[node],
+        reply=True,
+        timeout=5.0,
+    )
+    assert reply[node] == {"ok": "quota 'rc-sms', key '+4411': 500/day from now on"}
+    [reply] = control.broadcast(
         "taskguard_breaker",
         arguments={"action": "open", "name": "rc-partner"},
         destination=[node],
@@ -67,6 +83,17 @@ def test_inspect_status_and_control_commands(fleet_factory: Callable[..., Fleet]
         assert (override.per_second, override.burst) == (5.0, 2)
         breakers = {b.name: b.state for b in read_status(client).breakers}
         assert breakers["rc-partner"] == "forced_open"
+        assert [(c.key, c.limit) for c in client.caps("rc-exports")] == [(None, 3)]
+        assert [(q.key, str(q)) for q in client.quotas("rc-sms")] == [("+4411", "500/day")]
+        [reply] = control.broadcast(
+            "taskguard_limit_clear",
+            arguments={"name": "rc-exports", "kind": "cap"},
+            destination=[node],
+            reply=True,
+            timeout=5.0,
+        )
+        assert reply[node]["ok"].endswith("back to its configured slot count")
+        assert client.caps("rc-exports") == []
     finally:
         client.close()
     limits = inspect_workers(fleet.celery, destination=[node], timeout=5.0)[node]["limits"]

@@ -105,6 +105,40 @@ def test_limit_commands_go_through_the_client(client: taskguard.Client) -> None:
         assert again == {"error": "no rate was set for 'api', bucket 't1'"}
 
 
+def test_limit_commands_set_and_clear_caps_and_quotas(client: taskguard.Client) -> None:
+    with celery_app(client.backend) as app:
+        state = _state(app)
+        command = Panel.data["taskguard_limit_set"]
+        clear = Panel.data["taskguard_limit_clear"]
+        done = command(state, name="exports", value="3", kind="cap")
+        assert done == {"ok": "concurrency cap 'exports', every key: 3 slots from now on"}
+        # `celery control` passes arguments by position: '' stands for every key.
+        done = command(state, name="sms", value="500/d", burst=1, key="", kind="quota")
+        assert done == {"ok": "quota 'sms', every key: 500/day from now on"}
+        done = command(state, name="sms", value="9/week", key="+4411", kind="quota")
+        assert done == {"ok": "quota 'sms', key '+4411': 9/week from now on"}
+        assert [c.limit for c in client.caps("exports")] == [3]
+        assert sorted((q.key or "", str(q)) for q in client.quotas("sms")) == [
+            ("", "500/day"),
+            ("+4411", "9/week"),
+        ]
+        assert client.limits("exports") == []
+        assert "slot count" in command(state, name="exports", value="3/s", kind="cap")["error"]
+        assert "burst" in command(state, name="exports", value="3", burst=2, kind="cap")["error"]
+        assert "kind" in command(state, name="exports", value="3", kind="slots")["error"]
+        assert "--kind cap" in command(state, name="exports", value="3")["error"]
+        cleared = clear(state, name="exports", key="", kind="cap")
+        assert cleared == {
+            "ok": "concurrency cap 'exports', every key: back to its configured slot count"
+        }
+        assert client.caps("exports") == []
+        assert clear(state, name="sms", key="+4411", kind="quota")["ok"]
+        assert clear(state, name="sms", key="+4411", kind="quota") == {
+            "error": "no allowance was set for 'sms', key '+4411'"
+        }
+        assert "kind" in clear(state, name="sms", kind="slots")["error"]
+
+
 def test_breaker_command_forces_state_and_refuses_unknown_actions(client: taskguard.Client) -> None:
     breaker = client.circuit_breaker("partner")
     with celery_app(client.backend) as app:
@@ -172,3 +206,12 @@ def test_status_answers_while_redis_is_down() -> None:
     assert "error" in view["parked"]
     assert view["tasks"]["proj.down"]["guards"] == [repr(RateLimit("5/s", name="proj.down"))]
     assert "unavailable" in limit_set["error"]
+
+
+def test_celery_control_passes_kind_and_key_by_position() -> None:
+    from celery.bin.control import _compile_arguments
+
+    arguments = _compile_arguments("taskguard_limit_set", ["exports", "3", "1", "", "cap"])
+    assert arguments == {"name": "exports", "value": "3", "burst": 1, "key": "", "kind": "cap"}
+    cleared = _compile_arguments("taskguard_limit_clear", ["sms", "+4411", "quota"])
+    assert cleared == {"name": "sms", "key": "+4411", "kind": "quota"}

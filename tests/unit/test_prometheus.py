@@ -210,3 +210,34 @@ def test_drain_metrics_port_is_checked_like_the_setting() -> None:
     )
     assert result.exit_code == 2
     assert "--metrics-port" in result.output
+
+
+def test_labelled_children_are_kept_per_set_of_guards(registry: CollectorRegistry) -> None:
+    # Admissions reuse the labelled children of their task, decision and guards: a task of
+    # the same name with other guards (another app, a reload) counts under its own labels.
+    guards = {
+        "first": RateLimit("10/s", burst=5, name="api"),
+        "second": Concurrency(3, name="pool"),
+    }
+    for backend_name, guard in guards.items():
+        with celery_app(MemoryBackend()) as app:
+
+            @app.task(base=GuardedTask, guards=[guard], shared=False, name="proj.same")
+            def same() -> None:
+                return None
+
+            run_as_worker(same, task_id=f"{backend_name}-1")
+            run_as_worker(same, task_id=f"{backend_name}-2")
+    counted = {"rate_limit:api": 2, "concurrency:pool": 2}
+    for label, runs in counted.items():
+        assert (
+            value(
+                registry,
+                "taskguard_admissions_total",
+                task="proj.same",
+                guard=label,
+                result="allowed",
+            )
+            == runs
+        )
+    assert value(registry, "taskguard_admission_seconds_count", task="proj.same") == 4

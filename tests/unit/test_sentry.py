@@ -110,9 +110,19 @@ def test_admission_and_release_spans_carry_guards_and_decision(
     ]
     assert data["taskguard.retry_after"] == 0.0
     assert data["taskguard.degraded"] is False
-    assert admit["status"] == "ok"
+    # Only what is not said elsewhere: the task is the span's name and the transaction's;
+    # a deferral count and a wait when not zero; no "ok" status (Sentry's own spans set none).
+    assert admit["description"] == f"admit {work.name}"
+    assert "taskguard.task" not in data
+    assert "taskguard.deferrals" not in data
+    assert "taskguard.waited" not in data
+    assert "status" not in admit
     (release,) = spans(recorded, "taskguard.release")
     assert release["data"]["taskguard.outcome"] == "success"
+    assert release["data"]["taskguard.guard_kinds"] == ["concurrency", "rate_limit"]
+    # The guard context is for errors; a transaction keeps the tag, to search by.
+    assert "taskguard" not in transaction["contexts"]
+    assert transaction["tags"]["taskguard.guards"] == ",".join(data["taskguard.guards"])
 
 
 def test_a_deferral_publishes_in_a_queue_publish_span_and_keeps_the_trace(
