@@ -49,6 +49,11 @@ def _audit(backend: Any, action: str, name: str, **fields: Any) -> None:
 @click.argument("name")
 @click.argument("key", required=False)
 @click.option("--force", is_flag=True, help="Release it: without this, only show the holder.")
+@click.option(
+    "--tag",
+    default=None,
+    help="The rendered tag= of a Lock guard that has one (it places the lock on Redis Cluster).",
+)
 @click.pass_context
 def release(
     ctx: click.Context,
@@ -58,6 +63,7 @@ def release(
     name: str,
     key: str | None,
     force: bool,
+    tag: str | None,
 ) -> None:
     """Release lock NAME (KEY: its key; none for a key-less lock), whoever holds it.
 
@@ -75,12 +81,12 @@ def release(
     backend = connect_redis(ctx, redis_url, prefix)
     try:
         if not force:
-            holder = backend.owner(backend.keys.lock(name, key))
+            holder = backend.owner(backend.keys.lock(name, key, tag=tag))
             if holder is None:
                 raise click.ClickException(f"lock {name!r} ({_shown(key)}) is not held")
             click.echo(f"lock {name!r} ({_shown(key)}) is held by {holder}")
             raise click.ClickException("not released: add --force to release it")
-        done = release_lock(backend, name, key)
+        done = release_lock(backend, name, key, tag=tag)
         if done.released:
             fence = done.fencing_token
             _audit(backend, "lock_release", name, key=key, owner=done.owner, fencing_token=fence)

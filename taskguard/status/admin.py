@@ -51,7 +51,9 @@ class ReleasedLock:
     parked: bool = False
 
 
-def release_lock(source: Backend | HasBackend, name: str, key: str | None = None) -> ReleasedLock:
+def release_lock(
+    source: Backend | HasBackend, name: str, key: str | None = None, *, tag: str | None = None
+) -> ReleasedLock:
     """Release lock ``name`` / ``key`` whoever holds it.
 
     The holder keeps running: its next renewal finds the lease gone (``lease_lost``),
@@ -63,23 +65,25 @@ def release_lock(source: Backend | HasBackend, name: str, key: str | None = None
         source: The backend, or a client built on it.
         name: The lock's name (for a ``Lock`` guard, its ``name``, by default the task's).
         key: The lock's key (``None``: a key-less lock, as ``client.lock(name)`` takes).
+        tag: The rendered ``tag=`` of a ``Lock`` guard that has one: on Redis Cluster it
+            places the lock's keys (elsewhere it changes nothing).
     """
     backend = _backend(source)
     keys = backend.keys
-    lock_key = keys.lock(name, key)
+    lock_key = keys.lock(name, key, tag=tag)
     owner = backend.owner(lock_key)
     if owner is None:
         return ReleasedLock(name, key, None, released=False)
     token = None
     if isinstance(backend, RedisBackend):
         with backend.commands("lock fence") as client:
-            fence = client.get(keys.fence(name, key))
+            fence = client.get(keys.fence(name, key, tag=tag))
         token = int(text(fence)) if fence is not None else None
     op = LeaseOp(
         lock_key,
         owner=owner,
         ttl=1.0,
-        wakeup_key=keys.wakeup(name, key),
+        wakeup_key=keys.wakeup(name, key, tag=tag),
         park_key=keys.park_lot(lock_key),
         park_due=keys.park_due(lock_key),
     )

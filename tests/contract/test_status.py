@@ -288,6 +288,21 @@ def test_release_lock_hands_back_a_task_parked_on_it(contract: Contract) -> None
     assert Parking(backend).sweep() == [b"m"]
 
 
+def test_release_lock_finds_a_lock_placed_by_its_tag(contract: Contract) -> None:
+    backend = contract.backend
+    guard = Lock(key="{doc}", tag="{customer}", name="proj.render", ttl=30)
+    [op] = guard.task_ops(backend.keys, (), {"doc": "7", "customer": "acme"}, "holder")
+    assert backend.admit([op]).allowed
+    assert op.key == backend.keys.lock("proj.render", "7", tag="acme")
+    if backend.keys.spread:  # on a Cluster the tag places it: the key alone misses it
+        assert release_lock(backend, "proj.render", "7").owner is None
+    done = release_lock(backend, "proj.render", "7", tag="acme")
+    assert done.released
+    assert done.owner is not None
+    assert done.owner.startswith("holder")
+    assert backend.owner(op.key) is None
+
+
 def test_force_breaker_changes_the_shared_state(contract: Contract) -> None:
     client = taskguard.connect(contract.backend)
     geo = client.circuit_breaker("geo", consecutive_failures=1, open_for=30)
