@@ -21,6 +21,7 @@ from taskguard.testing import RedisServer
 from . import (
     accuracy,
     breakers,
+    clusterdrain,
     decisions,
     fairness,
     limitchange,
@@ -57,6 +58,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         limitchange,
         fairness,
         topologies,
+        clusterdrain,
     )
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

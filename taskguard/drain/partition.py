@@ -22,6 +22,7 @@ from taskguard.cache.records import version_of
 from taskguard.keys import KeySchema
 
 from .batch import Entry, RawEntry, Rejected, id_order
+from .cluster_read import read_on_masters
 
 __all__ = ["GROUP", "Partition", "dead_letter"]
 
@@ -211,16 +212,18 @@ def read_new(
     for at most :data:`CLUSTER_BLOCK` seconds, so a write to another slot waits that long
     at most before the next pipelined read finds it.
     """
-    # A Redis Cluster pipeline routes by the command's name, which must be a str there:
-    # its replies come parsed (which _raw_entries reads too).
-    command = "XREADGROUP" if backend.topology == "cluster" else _XREADGROUP
     with backend.commands("drain read") as client:
-        pipe = client.pipeline(transaction=False)
-        for p in partitions:
-            pipe.execute_command(  # type: ignore[no-untyped-call]
-                command, "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", p.stream, ">"
+        if backend.topology == "cluster":
+            replies = read_on_masters(
+                client, consumer, partitions, count, group=GROUP, raw_name=_XREADGROUP
             )
-        replies = pipe.execute()
+        else:
+            pipe = client.pipeline(transaction=False)
+            for p in partitions:
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    _XREADGROUP, "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", p.stream, ">"
+                )
+            replies = pipe.execute()
     result: dict[Partition, list[RawEntry]] = {}
     for p, found in zip(partitions, replies, strict=True):
         new = _raw_entries(found)

@@ -1,0 +1,96 @@
+"""(r) Drain rows/s with the write-behind queue on a 3-master cluster ÷ on one server.
+
+Issue 14's goal: the drain on Redis Cluster keeps up with one server (at least 1.0x), its
+partitions spread over the slots and each pool reading per node. Per round, a backlog of
+distinct keys is queued through the public write-behind cache with no drain running, then
+a :class:`~taskguard.drain.DrainPool` (2 threads, as in the write-behind benchmark) drains
+it into PostgreSQL; a round's rate is rows ÷ the time until the pool is idle, and a
+sample of the rows is read back from the store. Rounds alternate between the run's
+throwaway server and a 3-master cluster (one replica each,
+:class:`taskguard.testing.topologies.RedisCluster`), so both see the same background
+load; the headline is the median of the per-pair ratios.
+
+The headline cluster has no replicas, like the one server it is compared with: on this
+2-core machine a replica per master puts three more Redis processes, each applying every
+write and acknowledgement, on the same two cores. The cluster with one replica per
+master (the test fixture's shape) is measured in the same rounds and reported next to it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import taskguard
+from taskguard.drain import DrainPool
+from taskguard.sinks.sql import SQLStore
+from taskguard.testing.topologies import RedisCluster
+
+from .harness import BenchResult, Context, Goal, Row, median
+from .writebehind import _fill, _postgres
+
+NAME = "clusterdrain"
+TITLE = "write-behind drain rows/s into PostgreSQL: queue on a 3-master cluster ÷ on one server"
+GOAL = 1.0
+
+
+def _drain_round(context: Context, url: str, dsn: str, rows: int, label: str) -> float:
+    prefix = context.unique(f"{NAME}-{label}")
+    store = SQLStore(dsn, table=prefix.replace("-", "_"))
+    store.create_table()
+    client = taskguard.connect(url, prefix=prefix)
+    try:
+        cache = client.cache("bench", strategy="write-behind", ttl=600, store=store)
+        _fill(cache, rows, "k")
+        with DrainPool(client.backend, store=store, namespaces=["bench"], workers=2) as pool:
+            began = time.perf_counter()
+            if not pool.wait_idle(timeout=600):
+                raise RuntimeError(f"the drain pool on {label} did not finish")
+            elapsed = time.perf_counter() - began
+        sample = [f"k{i}" for i in range(0, rows, max(1, rows // 500))]
+        if len(store.load_many("bench", sample)) != len(sample):
+            raise RuntimeError(f"rows are missing from the store after the drain on {label}")
+        return rows / elapsed
+    finally:
+        client.close()
+        store.drop_table()
+        store.close()
+
+
+def run(context: Context) -> BenchResult:
+    pairs, rows = (2, 5_000) if context.quick else (3, 60_000)
+    labels = ("one server", "cluster", "cluster+replicas")
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    ratios: dict[str, list[float]] = {"cluster": [], "cluster+replicas": []}
+    with (
+        _postgres() as dsn,
+        RedisCluster(replicas=0) as bare,
+        RedisCluster(replicas=1) as replicated,
+    ):
+        urls = dict(zip(labels, (context.server.url, bare.url, replicated.url), strict=True))
+        for pair in range(pairs):
+            order = list(urls) if pair % 2 == 0 else list(reversed(urls))
+            found: dict[str, float] = {}
+            for n, label in enumerate(order):
+                found[label] = _drain_round(context, urls[label], dsn, rows, f"{pair}-{n}")
+                rates[label].append(found[label])
+            for label, listed in ratios.items():
+                listed.append(found[label] / found["one server"])
+    ratio = median(ratios["cluster"])
+    with_replicas = median(ratios["cluster+replicas"])
+
+    def pairs_of(label: str) -> str:
+        return "pairs " + " ".join(f"{r:.3f}" for r in ratios[label])
+
+    rows_out = [
+        Row("drain rows/s: cluster ÷ one server", ratio, "x", pairs_of("cluster")),
+        Row("with a replica per master ÷ one server", with_replicas, "x",
+            pairs_of("cluster+replicas")),
+        Row("queue on one server", median(rates["one server"]), "rows/s", f"{rows:,} rows a round"),
+        Row("queue on the cluster (3 masters)", median(rates["cluster"]), "rows/s"),
+        Row("queue on the cluster (3 masters, 1 replica each)", median(rates["cluster+replicas"]),
+            "rows/s"),
+    ]  # fmt: skip
+    details: dict[str, Any] = {"ratios": ratios, "rates": rates, "rows": rows}
+    goal = Goal(f"drain rows/s on the cluster >= {GOAL}x one server", ratio >= GOAL, ratio)
+    return BenchResult(NAME, TITLE, rows_out, goal, details=details)
