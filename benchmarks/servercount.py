@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -93,6 +93,9 @@ class Counted:
     sent: Counter[str] = field(default_factory=Counter)
     scripted: Counter[str] = field(default_factory=Counter)
     stats: dict[str, CommandStat] = field(default_factory=dict)
+    #: Round trips of the ``background`` scripts :func:`counting` was given (by script
+    #: name), left out of :attr:`sent` and their commands out of :attr:`scripted`.
+    background: Counter[str] = field(default_factory=Counter)
     batched: int = 0
 
     @property
@@ -126,9 +129,12 @@ class Counted:
 class _Monitor:
     """A thread reading ``MONITOR`` until it sees its own end marker."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, background: Mapping[str, str] | None = None) -> None:
         self.sent: Counter[str] = Counter()
         self.scripted: Counter[str] = Counter()
+        self.background: Counter[str] = Counter()
+        self._background = dict(background or {})  # sha -> script name
+        self._in_background = False  # the commands of a background script, until the next
         self.batched = 0
         self._in_multi: set[str] = set()  # clients between MULTI and EXEC
         self._marker = f"tgbench-monitor-end-{uuid.uuid4().hex}"
@@ -148,8 +154,17 @@ class _Monitor:
                 return
             name = command.split(" ", 1)[0].lower()
             if entry["client_type"] == "lua":
-                self.scripted[name] += 1
-            elif name != "info":  # the snapshots of INFO commandstats
+                if not self._in_background:  # a script's commands follow its EVALSHA
+                    self.scripted[name] += 1
+                continue
+            self._in_background = False
+            if name == "evalsha" and self._background:
+                script = self._background.get(command.split(" ", 2)[1].strip('"'))
+                if script is not None:
+                    self.background[script] += 1
+                    self._in_background = True
+                    continue
+            if name != "info":  # the snapshots of INFO commandstats
                 self.sent[name] += 1
                 self._transaction(f"{entry['client_address']}:{entry['client_port']}", name)
 
@@ -172,14 +187,16 @@ class _Monitor:
 
 
 @contextmanager
-def counting(url: str) -> Iterator[Counted]:
+def counting(url: str, background: Mapping[str, str] | None = None) -> Iterator[Counted]:
     """Count what the server at ``url`` runs inside the block (filled in on exit).
 
+    ``background`` maps the SHA of scripts a worker runs on a timer, not per task (the
+    parking sweeper's), to a name: their round trips go to :attr:`Counted.background`.
     Only meaningful on a server nothing else talks to meanwhile.
     """
     admin = redis.Redis.from_url(url)
     admin.ping()  # connected before MONITOR starts, so its handshake is not counted
-    monitor = _Monitor(url)
+    monitor = _Monitor(url, background)
     counted = Counted()
     before = command_stats(admin)
     try:
@@ -189,6 +206,7 @@ def counting(url: str) -> Iterator[Counted]:
         monitor.stop()
         admin.close()
         counted.sent, counted.scripted = monitor.sent, monitor.scripted
+        counted.background = monitor.background
         counted.batched = monitor.batched
         counted.stats = commands_between(before, after)
 
