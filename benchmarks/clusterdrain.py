@@ -58,7 +58,7 @@ def _drain_round(context: Context, url: str, dsn: str, rows: int, label: str) ->
 
 
 def run(context: Context) -> BenchResult:
-    pairs, rows = (2, 5_000) if context.quick else (3, 60_000)
+    pairs, rows = (2, 5_000) if context.quick else (5, 60_000)
     labels = ("one server", "cluster", "cluster+replicas")
     rates: dict[str, list[float]] = {label: [] for label in labels}
     ratios: dict[str, list[float]] = {"cluster": [], "cluster+replicas": []}
