@@ -31,7 +31,14 @@ from taskguard.cache.ops import check_registration
 from taskguard.cache.records import version_above
 from taskguard.cache.replication import acked_count, warn_unreplicated
 from taskguard.cache.settling import PendingSettles
-from taskguard.cache.writebehind import REGISTER_EVERY, announce_full, full_error
+from taskguard.cache.writebehind import (
+    REGISTER_EVERY,
+    announce_full,
+    bypass_records,
+    full_error,
+    store_record,
+    warn_bypass,
+)
 from taskguard.errors import BackendUnavailable
 from taskguard.sinks.base import Record, Store
 
@@ -205,7 +212,7 @@ class AsyncWriteBehind:
         """The queued ones of ``items`` too few replicas acknowledged go straight to the
         store too, above their queued entries, then are settled (as the sync writer)."""
         records = [
-            _record(key, value, payload is None, version_above(reply.stream_id))
+            store_record(key, value, payload is None, version_above(reply.stream_id))
             for (key, value, payload), reply in zip(items, replies, strict=True)
             if reply.queued
         ]
@@ -225,7 +232,7 @@ class AsyncWriteBehind:
             raise full_error(self.config, key, reply)
         # write_through: the store, above the key's queued write; then settle.
         version = version_above(reply.dirty_id)
-        await self._store_write([_record(key, value, payload is None, version)])
+        await self._store_write([store_record(key, value, payload is None, version)])
         await self.settler.settle([(key, version)])
 
     async def _wait_for_room(
@@ -254,20 +261,12 @@ class AsyncWriteBehind:
     ) -> None:
         """Write ``(key, value, deleted)`` straight to the store, then settle them (as
         ``WriteBehind._bypass``: versions above the queued writes while Redis reads)."""
-        outage.warn(
-            "cache %s: Redis unavailable (%s); writing %d record(s) straight to the store",
-            self.config.namespace,
-            exc,
-            len(items),
-        )
+        warn_bypass(self.config.namespace, exc, len(items))
         try:
             queued = await self._queued_ids([key for key, _, _ in items])
         except BackendUnavailable:
             queued = [""] * len(items)
-        records = [
-            _record(key, value, deleted, version_above(seen))
-            for (key, value, deleted), seen in zip(items, queued, strict=True)
-        ]
+        records = bypass_records(items, queued)
         await self._store_write(records)
         await self.settler.settle([(record.key, record.version) for record in records])
 
@@ -295,7 +294,3 @@ async def _pipeline_then_wait(
     pipe.wait(config.replicas, config.replica_timeout_ms)
     *replies, acked = await pipe.execute(raise_on_error=False)
     return replies, acked_count(acked)
-
-
-def _record(key: str, value: Any, deleted: bool, version: int) -> Record:
-    return Record(key, None if deleted else value, version, deleted)

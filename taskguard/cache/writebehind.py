@@ -29,7 +29,14 @@ from .records import version_above
 from .replication import warn_unreplicated
 from .settling import Settler
 
-__all__ = ["WriteBehind", "announce_full", "full_error"]
+__all__ = [
+    "WriteBehind",
+    "announce_full",
+    "bypass_records",
+    "full_error",
+    "store_record",
+    "warn_bypass",
+]
 
 _HEADER = header()
 _FIRST_BACKOFF = 0.005
@@ -144,7 +151,7 @@ class WriteBehind:
         them, so they go straight to the store as well, above their queued entries, and
         are settled (the drain's later write of the entry loses to the direct one)."""
         records = [
-            _record(key, value, payload is None, version_above(reply.stream_id))
+            store_record(key, value, payload is None, version_above(reply.stream_id))
             for (key, value, payload), reply in zip(items, replies, strict=True)
             if reply.queued
         ]
@@ -189,7 +196,7 @@ class WriteBehind:
         # the dirty mark go, unless a newer write was queued meanwhile: reads fall through
         # to the store, which holds this write. The cache never shows a value older than it.
         version = version_above(dirty_id)
-        self.store.write(self.config.namespace, [_record(key, value, deleted, version)])
+        self.store.write(self.config.namespace, [store_record(key, value, deleted, version)])
         self.settler.settle([(key, version)])
 
     def _bypass(self, items: Sequence[tuple[str, Any, bool]], exc: BackendUnavailable) -> None:
@@ -199,26 +206,38 @@ class WriteBehind:
         taken above the key's queued write, whatever the clocks say; when it is down, from
         the local clock alone.
         """
-        outage.warn(
-            "cache %s: Redis unavailable (%s); writing %d record(s) straight to the store",
-            self.config.namespace,
-            exc,
-            len(items),
-        )
+        warn_bypass(self.config.namespace, exc, len(items))
         try:
             queued = self.ops.queued_ids([key for key, _, _ in items])
         except BackendUnavailable:
             queued = [""] * len(items)
-        records = [
-            _record(key, value, deleted, version_above(seen))
-            for (key, value, deleted), seen in zip(items, queued, strict=True)
-        ]
+        records = bypass_records(items, queued)
         self.store.write(self.config.namespace, records)
         self.settler.settle([(record.key, record.version) for record in records])
 
 
-def _record(key: str, value: Any, deleted: bool, version: int) -> Record:
+def store_record(key: str, value: Any, deleted: bool, version: int) -> Record:
+    """The store record of one write of ``key`` (``value`` None when ``deleted``)."""
     return Record(key, None if deleted else value, version, deleted)
+
+
+def warn_bypass(namespace: str, exc: BackendUnavailable, count: int) -> None:
+    """The rate-limited warning of writes going straight to the store (sync and asyncio)."""
+    outage.warn(
+        "cache %s: Redis unavailable (%s); writing %d record(s) straight to the store",
+        namespace,
+        exc,
+        count,
+    )
+
+
+def bypass_records(items: Sequence[tuple[str, Any, bool]], queued: Sequence[str]) -> list[Record]:
+    """The store records of ``(key, value, deleted)`` items written past the queue, each
+    versioned above the key's queued write (``queued``: its id, "" when unknown)."""
+    return [
+        store_record(key, value, deleted, version_above(seen))
+        for (key, value, deleted), seen in zip(items, queued, strict=True)
+    ]
 
 
 def announce_full(sender: object, config: CacheConfig, key: str, reply: WriteReply) -> str:
