@@ -5,8 +5,10 @@ hiredis parser) underneath:
 
 * ``PING``: one round trip and nothing else, the ceiling for any one-call limiter;
 * ``admit.lua`` sent by bare redis-py: taskguard's exact EVALSHA (captured from a real
-  ``try_acquire``) with none of taskguard's Python around it, which splits the gap to
-  ``PING`` into server-side Lua time and client-side Python time;
+  ``try_acquire``) through ``Redis.evalsha``, with none of taskguard's Python around it;
+* the same EVALSHA through taskguard's lane (``taskguard/backend/lane.py``, the client under
+  every guard call): with the row above, it splits the gap to ``PING`` into server-side
+  Lua time, the client's Python and taskguard's own Python;
 * taskguard's ``rate_limiter("b", "1000000/s", burst=1000000).try_acquire()``;
 * the ``limits`` package on ``RedisStorage``: fixed window (its fastest), sliding window
   counter and moving window.
@@ -52,6 +54,7 @@ from .harness import (
     interleaved_call_times,
     median,
 )
+from .lanecall import lane_evalsha
 from .servercount import Counted, counting, server_usec_per_call
 
 NAME = "decisions"
@@ -108,6 +111,13 @@ def _bare_admit(url: str, namespace: str) -> Call:
     return functools.partial(redis.Redis.from_url(url).evalsha, *recorder.evalsha_args)
 
 
+def _lane_admit(url: str, namespace: str) -> Call:
+    _taskguard_limiter(url, namespace).try_acquire()
+    recorder = _RecordingClient()
+    _taskguard_limiter(url, namespace, client=recorder).try_acquire()
+    return functools.partial(lane_evalsha(url), *recorder.evalsha_args)
+
+
 def _limits(strategy: type[RateLimiter]) -> Callable[[str, str], Call]:
     def make(url: str, namespace: str) -> Call:
         limiter = strategy(RedisStorage(url, key_prefix=namespace))
@@ -118,11 +128,13 @@ def _limits(strategy: type[RateLimiter]) -> Callable[[str, str], Call]:
 
 PING = Variant("redis-py PING (1 round trip)", _ping)
 BARE_ADMIT = Variant("admit.lua via bare redis-py evalsha", _bare_admit)
+LANE_ADMIT = Variant("admit.lua via taskguard's lane, bare", _lane_admit)
 TASKGUARD = Variant("taskguard try_acquire()", _taskguard)
 FIXED_WINDOW = Variant("limits FixedWindow (RedisStorage)", _limits(FixedWindowRateLimiter))
 VARIANTS = (
     PING,
     BARE_ADMIT,
+    LANE_ADMIT,
     TASKGUARD,
     FIXED_WINDOW,
     Variant("limits SlidingWindowCounter", _limits(SlidingWindowCounterRateLimiter)),
@@ -198,14 +210,24 @@ def run(context: Context) -> BenchResult:
         note += f"{median_us[i]:.1f} µs/call; {counts[i].describe(sample)}; "
         note += f"{server_us[i]:.1f} µs in Redis"
         rows.append(Row(variant.label, 1e6 / median_us[i], "calls/s", note))
-    bare, ours = VARIANTS.index(BARE_ADMIT), VARIANTS.index(TASKGUARD)
+    bare, lane = VARIANTS.index(BARE_ADMIT), VARIANTS.index(LANE_ADMIT)
+    ours = VARIANTS.index(TASKGUARD)
     python_us = python_cost_us(0.2 if context.quick else 1.0)
     rows.append(
         Row(
             "taskguard Python per decision",
-            median_us[ours] - median_us[bare],
+            median_us[ours] - median_us[lane],
             "µs",
-            f"try_acquire minus bare evalsha; {python_us:.1f} µs with the client stubbed out",
+            f"try_acquire minus its EVALSHA through the bare lane; {python_us:.1f} µs with "
+            "the client stubbed out",
+        )
+    )
+    rows.append(
+        Row(
+            "redis-py Redis.evalsha Python per call",
+            median_us[bare] - median_us[lane],
+            "µs",
+            "the same EVALSHA through redis-py's evalsha minus through taskguard's lane",
         )
     )
     fixed = VARIANTS.index(FIXED_WINDOW)

@@ -8,7 +8,8 @@ Variants (see :mod:`benchmarks.pairs` for the method), all on the same throwaway
   ``lease.release()``, fencing token included (one EVALSHA each way);
 * the same with ``renew=True`` (the default): the lease is also registered with, and
   removed from, the process heartbeat, which renews held leases from a thread;
-* taskguard's two EVALSHAs sent by bare redis-py, no taskguard Python around them;
+* taskguard's two EVALSHAs sent through its lane (the client under every guard call), no
+  guard Python around them;
 * python-redis-lock (``GET``, ``SET NX EX``, then a release script);
 * pottery's ``Redlock`` with one master (Redlock is meant for several; each call goes
   through a thread pool, one task per master). The pool does not wait for its thread to
@@ -110,7 +111,7 @@ PING_PAIR = Variant("redis-py 2 x PING (floor for 2 RT)", ping_pair)
 REDIS_PY = Variant("redis-py Lock", _redis_py)
 TASKGUARD = Variant("taskguard lock, renew=False", _taskguard(renew=False))
 TASKGUARD_RENEW = Variant("taskguard lock, renew=True (default)", _taskguard(renew=True))
-BARE = Variant("taskguard's 2 EVALSHA via bare redis-py", _bare)
+BARE = Variant("taskguard's 2 EVALSHA via its lane, bare", _bare)
 PYTHON_REDIS_LOCK = Variant("python-redis-lock", _python_redis_lock)
 POTTERY = Variant("pottery Redlock (1 master)", _pottery)
 VARIANTS = (PING_PAIR, REDIS_PY, TASKGUARD, TASKGUARD_RENEW, BARE, PYTHON_REDIS_LOCK)
@@ -143,7 +144,7 @@ def python_rows(measured: Measured, ours: Variant, renew: Variant, bare: Variant
             "taskguard Python per pair",
             python,
             "µs",
-            "renew=False pair minus the same 2 EVALSHA via bare redis-py",
+            "renew=False pair minus the same 2 EVALSHA through the bare lane",
         ),
         Row(
             "heartbeat registration per pair",

@@ -28,9 +28,17 @@ import taskguard
 
 from .decisions import Timing
 from .harness import Context, calls_per_second, interleaved_call_times, median
+from .lanecall import lane_evalsha
 from .servercount import Counted, counting, server_usec_sent
 
-__all__ = ["Call", "Measured", "Variant", "bare_evalsha_pair", "measure", "ping_pair"]
+__all__ = [
+    "Call",
+    "Measured",
+    "Variant",
+    "bare_evalsha_pair",
+    "measure",
+    "ping_pair",
+]
 
 Call = Callable[[], object]
 
@@ -189,8 +197,9 @@ def bare_evalsha_pair(
     build: Callable[[taskguard.Backend], Callable[[], Any]],
     replies: Sequence[Any],
 ) -> Call:
-    """taskguard's exact two EVALSHAs of a pair, sent by bare redis-py with no taskguard
-    Python around them: splits taskguard's time into server and client side.
+    """taskguard's exact two EVALSHAs of a pair, sent through taskguard's lane
+    (``taskguard/backend/lane.py``) with no guard Python around them: splits taskguard's
+    time into server side, the client underneath, and taskguard's own Python.
 
     Args:
         build: From a backend, the taskguard pair to capture (run once for real first,
@@ -201,7 +210,7 @@ def bare_evalsha_pair(
     recorder = _Recorder(replies)
     build(taskguard.connect(url, prefix=namespace, client=recorder))()
     acquire_args, release_args = recorder.calls
-    evalsha = redis.Redis.from_url(url).evalsha
+    evalsha = lane_evalsha(url)
 
     def pair() -> None:
         if not evalsha(*acquire_args)[0]:

@@ -12,7 +12,8 @@ with ``limit=10`` slots so that a lone client is never refused:
   ``try_acquire()`` and ``lease.release()`` (one EVALSHA each way; a slot is a lease in a
   sorted set, so a crashed holder's slot comes back by itself);
 * the same with ``renew=True`` (the default: the heartbeat renews held slots);
-* taskguard's two EVALSHAs sent by bare redis-py, no taskguard Python around them.
+* taskguard's two EVALSHAs sent through its lane (the client under every guard call), no
+  guard Python around them.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ PING_PAIR = Variant("redis-py 2 x PING (floor for 2 RT)", ping_pair)
 DRAMATIQ = Variant("Dramatiq ConcurrentRateLimiter", _dramatiq)
 TASKGUARD = Variant("taskguard semaphore, renew=False", _taskguard(renew=False))
 TASKGUARD_RENEW = Variant("taskguard semaphore, renew=True (default)", _taskguard(renew=True))
-BARE = Variant("taskguard's 2 EVALSHA via bare redis-py", _bare)
+BARE = Variant("taskguard's 2 EVALSHA via its lane, bare", _bare)
 VARIANTS = (PING_PAIR, DRAMATIQ, TASKGUARD, TASKGUARD_RENEW, BARE)
 
 

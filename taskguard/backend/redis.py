@@ -21,6 +21,7 @@ from taskguard.urls import redact, secrets_of
 
 from . import builtin_kinds  # noqa: F401 - registers the built-in op kinds
 from .base import Backend
+from .lane import Lanes
 from .lua import Script
 from .ops import ALLOWED_EMPTY, Admission, BreakerOp, Held, Op, RateOp
 from .outage import OutageBreaker
@@ -117,6 +118,7 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         self._routes = SlotRoutes(client) if client is not None and is_cluster(client) else None
         self._client_lock = threading.Lock()
         self._pid = _pid
+        self._lanes = Lanes()  # this thread's connection for scripts (lane.py)
         self._no_override: dict[tuple[str, str], float] = {}  # see LeanRate
         self._lean_ops: dict[int, tuple[RateOp, RateOp]] = {}
 
@@ -230,16 +232,12 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         try:
             if routes is not None and keys:  # Redis Cluster: straight to the slot's master
                 try:
-                    reply = script(routes.client_for(keys[0]), keys, args)
+                    reply = self._lanes.lane(routes.client_for(keys[0])).evalsha(script, keys, args)
                 except SlotRoutes.NOT_RUN:
                     routes.forget()
                     reply = script(client, keys, args)
             else:
-                try:
-                    reply = client.evalsha(script.sha, len(keys), *keys, *args)
-                except redis.exceptions.NoScriptError:
-                    client.script_load(script.source)
-                    reply = client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = self._lanes.lane(client).evalsha(script, keys, args)
         except REDIS_ERRORS as exc:
             if routes is not None:
                 routes.forget()
@@ -343,6 +341,7 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
             self.client.ping()
 
     def close(self) -> None:
+        self._lanes.drop()
         if self._client is not None:
             self._client.close()
 
@@ -351,6 +350,7 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         # parent's outage state. The scripts stay cached server-side.
         _forked()  # also for a caller who forked without Python's fork hooks
         self._pid = _pid
+        self._lanes = Lanes()  # the parent's are its connections: never sent on here
         self.breaker.reset()
         self._client_lock = threading.Lock()  # another thread may have held it at fork
         if self._given_client is not None:

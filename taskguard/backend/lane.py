@@ -1,0 +1,172 @@
+"""The hot path's ``EVALSHA``: packed by taskguard, sent on a connection this thread holds.
+
+``redis.Redis.evalsha`` takes a connection from the pool, packs the command through the
+encoder, runs it inside a retry wrapper that times and counts it, and puts the connection
+back: about 25 µs of Python per call on the 2-core benchmark machine, where a whole
+loopback round trip costs 65-100 µs (docs/performance.md, "The lane"). A guard's
+admission, release and renewal are one ``EVALSHA`` each, so that cost is a quarter of
+every decision.
+
+A :class:`Lane` keeps one connection out of the client's pool for the thread that uses
+it, packs ``EVALSHA`` from bytes it mostly has already (the SHA, pre-encoded ARGV), and
+reads the reply with the connection's own parser (hiredis when installed). What stays
+the same as through ``Redis.evalsha``:
+
+- the connection, its options (TLS, auth, timeouts) and its parser: a reply or an error
+  reads exactly as before, ``NOSCRIPT`` included (the script is loaded and sent again);
+- redis-py's retry policy: a lost connection or a timeout is retried as many times as
+  the connection's ``Retry`` allows (taskguard's client: once), on a fresh connection;
+- any error while sending or reading closes the connection (redis-py's own rule), so a
+  half-read reply never reaches the next call.
+
+What differs: instrumentation that patches ``Redis.execute_command`` (Sentry's
+``RedisIntegration``, OpenTelemetry's redis instrumentation) does not see these calls;
+taskguard's own ``taskguard.admit`` / ``taskguard.release`` spans cover them. A client
+that is not a ``redis.Redis`` with a connection pool (a test double, a user's wrapper)
+gets :class:`PlainLane`, which calls its ``evalsha``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from .lua import Script
+
+__all__ = ["Lane", "Lanes", "PlainLane"]
+
+#: What redis-py's default ``Retry`` retries.
+_RETRIED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n"
+
+
+def _bulk(value: Any) -> bytes:
+    """One RESP bulk string, encoded as redis-py's encoder does (UTF-8, ``repr`` for
+    numbers)."""
+    if type(value) is bytes:
+        data = value
+    elif type(value) is str:
+        data = value.encode()
+    elif type(value) is int or type(value) is float:
+        data = repr(value).encode()
+    elif isinstance(value, (bytes, memoryview)):
+        data = bytes(value)
+    else:  # bool and anything else: redis-py refuses them, so does the lane
+        raise redis.exceptions.DataError(
+            f"Invalid input of type: '{type(value).__name__}'. "
+            "Convert to a bytes, string, int or float first."
+        )
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class PlainLane:
+    """The client's own ``evalsha``, for a client the lane cannot hold a connection of."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script`` by EVALSHA, loading it once if the server does not know it."""
+        client = self.client
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(script.source)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+class Lane(PlainLane):
+    """One connection held out of ``client``'s pool, for one thread's ``EVALSHA`` calls.
+
+    Args:
+        client: A ``redis.Redis`` (one server, a Sentinel master, or one Cluster node).
+    """
+
+    __slots__ = ("_conn", "_pool", "_retries", "_sha")
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self._pool = client.connection_pool
+        self._conn: Any = self._pool.get_connection()
+        retries = self._conn.retry.get_retries()
+        self._retries = retries if retries >= 0 else 1
+        #: Script SHA -> its packed ``$7 EVALSHA $40 <sha>`` (the count goes in front).
+        self._sha: dict[str, bytes] = {}
+
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        head = self._sha.get(script.sha)
+        if head is None:
+            head = self._sha[script.sha] = b"%b%b\r\n" % (_EVALSHA, script.sha.encode())
+        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), head, _bulk(len(keys))]
+        parts += map(_bulk, keys)
+        parts += map(_bulk, args)
+        packed = [b"".join(parts)]
+        conn = self._conn
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.source)
+            return self._again(packed, None)
+        except _RETRIED as exc:
+            return self._again(packed, exc)
+
+    def _again(self, packed: list[bytes], error: Exception | None) -> Any:
+        # After NOSCRIPT (error is None): once more, on the same connection, which read
+        # the refusal whole. After a lost connection: as many times as redis-py's retry
+        # policy allows, each on a new connection (send_packed_command connects).
+        conn = self._conn
+        tries = 1 if error is None else self._retries
+        for _ in range(tries):
+            try:
+                conn.send_packed_command(packed, check_health=False)
+                return conn.read_response()
+            except _RETRIED as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def close(self) -> None:
+        """Give the connection back to the pool (a thread's lane ends with the thread)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self._pool.release(conn)
+            except Exception:  # a pool reset after a fork, or closed: just close it
+                conn.disconnect()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit: nothing to give back to
+            self.close()
+
+
+class Lanes(threading.local):
+    """Per thread, a lane for each client it sent a script through."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[int, PlainLane] = {}
+
+    def lane(self, client: Any) -> PlainLane:
+        """This thread's lane for ``client``."""
+        lane = self.by_client.get(id(client))
+        if lane is None or lane.client is not client:
+            pool = getattr(client, "connection_pool", None)
+            usable = isinstance(client, redis.Redis) and hasattr(pool, "get_connection")
+            lane = Lane(client) if usable else PlainLane(client)
+            self.by_client[id(client)] = lane
+        return lane
+
+    def drop(self) -> None:
+        """Forget this thread's lanes (after a fork, or when the clients are closed)."""
+        lanes, self.by_client = self.by_client, {}
+        for lane in lanes.values():
+            lane.close()
