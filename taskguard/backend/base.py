@@ -64,6 +64,18 @@ class Backend(ABC):
     def wait_for_wakeup(self, key: str, timeout: float) -> bool:
         """Block until a release pushes to wake-up list ``key`` (True) or ``timeout`` ends."""
 
+    def admit_after_wakeup(self, key: str, timeout: float, ops: Sequence[Op]) -> Admission:
+        """A waiter's next attempt: wait as :meth:`wait_for_wakeup` does, then admit
+        ``ops`` whether woken or not.
+
+        It may return before ``timeout`` without a wake-up (the Redis backend waits one
+        ``BLPOP`` slice at most); callers loop until admitted or out of time. The Redis
+        backend sends the ``BLPOP`` and the admission in one write, so the admission runs
+        on the server as soon as the wake-up arrives, with no round trip in between.
+        """
+        self.wait_for_wakeup(key, timeout)
+        return self.admit(ops)
+
     @abstractmethod
     def breaker_state(self, op: BreakerOp) -> str:
         """The effective state of ``op``'s breaker: closed, open, half_open,

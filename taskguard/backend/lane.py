@@ -80,6 +80,13 @@ class PlainLane:
             client.script_load(script.source)
             return client.evalsha(script.sha, len(keys), *keys, *args)
 
+    def wake_then_evalsha(
+        self, wakeup: str, wait: float, script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """``BLPOP wakeup wait``, then the script (two round trips here)."""
+        self.client.blpop([wakeup], timeout=wait)
+        return self.evalsha(script, keys, args)
+
     def close(self) -> None:
         """Nothing held."""
 
@@ -102,14 +109,17 @@ class Lane(PlainLane):
         #: Script SHA -> its packed ``$7 EVALSHA $40 <sha>`` (the count goes in front).
         self._sha: dict[str, bytes] = {}
 
-    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _packed(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         head = self._sha.get(script.sha)
         if head is None:
             head = self._sha[script.sha] = b"%b%b\r\n" % (_EVALSHA, script.sha.encode())
         parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), head, _bulk(len(keys))]
         parts += map(_bulk, keys)
         parts += map(_bulk, args)
-        packed = [b"".join(parts)]
+        return b"".join(parts)
+
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        packed = [self._packed(script, keys, args)]
         conn = self._conn
         try:
             conn.send_packed_command(packed, check_health=False)
@@ -119,6 +129,32 @@ class Lane(PlainLane):
             return self._again(packed, None)
         except _RETRIED as exc:
             return self._again(packed, exc)
+
+    def wake_then_evalsha(
+        self, wakeup: str, wait: float, script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """``BLPOP wakeup wait`` and the script's EVALSHA in one write: the server runs the
+        script as soon as the BLPOP returns (woken or timed out), and both replies come
+        back together. Returns the script's reply.
+
+        A lost connection is not retried as a pair: the script alone is sent again (a
+        wait cut short only costs an earlier attempt).
+        """
+        blpop = b"*3\r\n$5\r\nBLPOP\r\n%b%b" % (_bulk(wakeup), _bulk(wait))
+        conn = self._conn
+        try:
+            conn.send_packed_command([blpop + self._packed(script, keys, args)], False)
+            try:
+                conn.read_response()  # the wake-up, or None: either way the script ran
+            except redis.exceptions.ResponseError:
+                conn.read_response()  # keep the replies in step, then report the first
+                raise
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.source)
+        except _RETRIED:
+            conn.disconnect()
+        return self.evalsha(script, keys, args)
 
     def _again(self, packed: list[bytes], error: Exception | None) -> Any:
         # After NOSCRIPT (error is None): once more, on the same connection, which read

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from .outage import OutageBreaker
 from .redis_channels import MESSAGE_TYPES, RedisChannels
 from .redis_lean import LeanRate
 from .redis_spread import SpreadCalls
+from .redis_wait import Waiting
 from .spread import by_slot
 from .spread_limits import RemoteLimits
 from .topology import SlotRoutes, client_for, is_cluster
@@ -36,8 +36,6 @@ from .wire import (
     admission_from,
     admit_call,
     batch_replies,
-    blpop_slice,
-    blpop_timeout,
     breaker_read_call,
     breaker_state_from,
     client_options,
@@ -68,7 +66,7 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
+class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Waiting, Backend):
     """Guard state in Redis, shared by every process that uses the same server and prefix.
 
     Args:
@@ -319,17 +317,6 @@ class RedisBackend(RedisChannels, SpreadCalls, LeanRate, Backend):
         with self.commands("GET"):
             value = self.client.get(key)
         return value.decode() if isinstance(value, bytes) else value
-
-    def wait_for_wakeup(self, key: str, timeout: float) -> bool:
-        # BLPOP in slices shorter than the socket timeout, so a wait never looks like a
-        # dead server; a release pushes to the list and ends the wait at once.
-        deadline = time.monotonic() + timeout
-        slice_ = blpop_slice(self._options["socket_timeout"])
-        while (left := deadline - time.monotonic()) > 0:
-            with self.commands("BLPOP"):
-                if self.client.blpop([key], timeout=blpop_timeout(left, slice_)):
-                    return True
-        return False
 
     def time(self) -> float:
         with self.commands("TIME"):

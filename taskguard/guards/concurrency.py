@@ -13,12 +13,12 @@ import inspect
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskguard import signals
 from taskguard._validate import count, seconds
 from taskguard._validate import name as check_name
-from taskguard.backend.ops import Op, SlotOp, new_owner
+from taskguard.backend.ops import Admission, Op, SlotOp, new_owner
 from taskguard.errors import ConcurrencyLimitReached, ConfigurationError
 from taskguard.keys import KeySchema
 
@@ -278,15 +278,16 @@ class Semaphore(LeasedPrimitive):
             )
         return spec
 
-    def try_acquire(self) -> Decision:
-        """Take a slot if one is free; the decision carries the lease to release."""
+    def _ops(self) -> list[Op]:
         limit = self._spec().limit  # validated again only when `limit` was changed
         slots, wakeup, overrides = self._keys
-        op = SlotOp(slots, new_owner(), self.ttl, limit, wakeup, overrides=overrides)
-        result = self.backend.admit([op])
-        if not result.allowed:
-            return Decision(False, retry_after=result.retry_after, key=self.name)
-        return Decision(True, key=self.name, lease=HeldLease(self.backend, op, renew=self.renew))
+        return [SlotOp(slots, new_owner(), self.ttl, limit, wakeup, overrides=overrides)]
+
+    def _decision(self, op: Op, admission: Admission) -> Decision:
+        if not admission.allowed:
+            return Decision(False, retry_after=admission.retry_after, key=self.name)
+        lease = HeldLease(self.backend, cast(SlotOp, op), renew=self.renew)
+        return Decision(True, key=self.name, lease=lease)
 
     @property
     def _wakeup_key(self) -> str:

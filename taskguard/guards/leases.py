@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from taskguard.backend.ops import LeaseOp, SlotOp
+from taskguard.backend.ops import Admission, LeaseOp, Op, SlotOp
 from taskguard.errors import GuardDenied, LockLost
 from taskguard.heartbeat import heartbeat_for
 from taskguard.units import parse_duration
@@ -94,40 +94,41 @@ class HeldLease:
 
 
 def wait_for_lease(
-    backend: Backend,
-    try_acquire: Callable[[], Decision],
-    wakeup_key: str,
+    attempt: Callable[[float], Decision],
     *,
     timeout: float | None,
     retries: int | None,
     backoff: float,
 ) -> tuple[HeldLease | None, float]:
-    """Call ``try_acquire`` until it yields a lease, waiting between attempts.
+    """Attempt until an attempt yields a lease, waiting between attempts.
 
-    Without ``retries`` the wait blocks on ``wakeup_key``, which a release pushes to, so
-    it ends at the release (or at the holder's expiry, for a crashed holder) rather than
-    at a polling tick. With ``retries`` it sleeps with exponential backoff and jitter.
+    ``attempt(0)`` tries at once; ``attempt(wait)`` first blocks on the wake-up list a
+    release pushes to, for at most ``wait`` seconds, then tries (the Redis backend sends
+    both in one write: see :meth:`~taskguard.backend.base.Backend.admit_after_wakeup`).
+    So a wait ends at the release (or at the holder's expiry, for a crashed holder)
+    rather than at a polling tick. With ``retries`` it sleeps with exponential backoff and
+    jitter between plain attempts instead.
 
     Returns:
         The lease (or None when out of time or retries) and the last ``retry_after``.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    attempt = 0
-    while True:
-        decision = try_acquire()
-        if decision.lease is not None:
-            return cast(HeldLease, decision.lease), 0.0
+    attempts = 0
+    decision = attempt(0.0)
+    while decision.lease is None:
         if retries is not None:
-            if attempt >= retries:
+            if attempts >= retries:
                 return None, decision.retry_after
-            pause = backoff * 2**attempt
+            pause = backoff * 2**attempts
             time.sleep(pause / 2 + random.uniform(0, pause / 2))
-            attempt += 1
+            attempts += 1
+            decision = attempt(0.0)
             continue
         left = decision.retry_after if deadline is None else deadline - time.monotonic()
         if left <= 0:
             return None, decision.retry_after
-        backend.wait_for_wakeup(wakeup_key, min(left, decision.retry_after))
+        decision = attempt(min(left, decision.retry_after))
+    return cast(HeldLease, decision.lease), 0.0
 
 
 class LeasedPrimitive(ABC):
@@ -143,9 +144,25 @@ class LeasedPrimitive(ABC):
     def __init__(self) -> None:
         self._held = threading.local()  # what `with primitive:` acquired, per thread
 
-    @abstractmethod
     def try_acquire(self) -> Decision:
         """Take it if free, without waiting; the decision carries the lease."""
+        return self._attempt(0.0)
+
+    def _attempt(self, wait: float) -> Decision:
+        ops = self._ops()
+        if wait > 0:
+            admission = self.backend.admit_after_wakeup(self._wakeup_key, wait, ops)
+        else:
+            admission = self.backend.admit(ops)
+        return self._decision(ops[0], admission)
+
+    @abstractmethod
+    def _ops(self) -> list[Op]:
+        """The ops of one attempt (a fresh owner each)."""
+
+    @abstractmethod
+    def _decision(self, op: Op, admission: Admission) -> Decision:
+        """The decision for ``op``'s admission, with the lease when admitted."""
 
     @property
     @abstractmethod
@@ -170,9 +187,7 @@ class LeasedPrimitive(ABC):
             GuardDenied: Not acquired in time (LockHeld, ConcurrencyLimitReached).
         """
         held, retry_after = wait_for_lease(
-            self.backend,
-            self.try_acquire,
-            self._wakeup_key,
+            self._attempt,
             timeout=timeout,
             retries=retries,
             backoff=backoff,

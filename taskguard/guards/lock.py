@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskguard import signals
 from taskguard._validate import choice, seconds
 from taskguard._validate import name as check_name
-from taskguard.backend.ops import LeaseOp, Op, new_owner
+from taskguard.backend.ops import Admission, LeaseOp, Op, new_owner
 from taskguard.errors import ConfigurationError, LockHeld
 from taskguard.keys import KeySchema
 
@@ -277,13 +277,13 @@ class DistributedLock(LeasedPrimitive):
             wakeup_key=self._keys[2],
         )
 
-    def try_acquire(self) -> Decision:
-        """Take the lock if it is free; the decision carries the token and the lease."""
-        lease = self._lease()
-        result = self.backend.admit([lease])
-        if not result.allowed:
-            return Decision(False, retry_after=result.retry_after, key=self.name)
-        held = HeldLease(self.backend, lease, result.tokens[0], renew=self.renew)
+    def _ops(self) -> list[Op]:
+        return [self._lease()]
+
+    def _decision(self, op: Op, admission: Admission) -> Decision:
+        if not admission.allowed:
+            return Decision(False, retry_after=admission.retry_after, key=self.name)
+        held = HeldLease(self.backend, cast(LeaseOp, op), admission.tokens[0], renew=self.renew)
         return Decision(True, key=self.name, token=held.fencing_token, lease=held)
 
     @property

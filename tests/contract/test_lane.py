@@ -203,3 +203,33 @@ def test_a_forked_child_never_sends_on_its_parents_connection(
         assert backend._run(ECHO, [], ["again"], "parent") == [[], [b"again"]]  # type: ignore[arg-type]
         assert _port(parent_lane) == parent_port
         backend.close()
+
+
+def test_wake_then_evalsha_runs_the_script_woken_or_not(
+    client: redis.Redis, tg_prefix: str
+) -> None:
+    lane = Lane(client)
+    wake = f"{tg_prefix}:wake"
+    client.lpush(wake, "1")
+    assert lane.wake_then_evalsha(wake, 5.0, ECHO, [], ["woken"]) == [[], [b"woken"]]  # type: ignore[arg-type]
+    assert client.llen(wake) == 0  # the BLPOP took the wake-up
+    assert lane.wake_then_evalsha(wake, 0.01, ECHO, [], ["not"]) == [[], [b"not"]]  # type: ignore[arg-type]
+
+
+def test_wake_then_evalsha_loads_a_script_the_server_lacks(
+    client: redis.Redis, tg_prefix: str
+) -> None:
+    script = fresh("return 'loaded ' .. ARGV[1]")
+    reply = Lane(client).wake_then_evalsha(f"{tg_prefix}:wake", 0.01, script, [], ["x"])  # type: ignore[arg-type]
+    assert reply == b"loaded x"
+
+
+def test_a_refused_wait_keeps_the_replies_in_step(client: redis.Redis, tg_prefix: str) -> None:
+    lane = Lane(client)
+    wrong = f"{tg_prefix}:not-a-list"
+    client.set(wrong, "v")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        lane.wake_then_evalsha(wrong, 0.01, ECHO, [], ["a"])  # type: ignore[arg-type]
+    port = _port(lane)
+    assert lane.evalsha(ECHO, [], ["next"]) == [[], [b"next"]]  # type: ignore[arg-type]
+    assert _port(lane) == port

@@ -272,3 +272,46 @@ def test_sub_millisecond_wait_on_redis_62_times_out_cleanly() -> None:
             assert not backend.breaker.is_open
         finally:
             backend.close()
+
+
+def _after_wakeup_until(backend: taskguard.Backend, op: LeaseOp, within: float) -> bool:
+    """``admit_after_wakeup`` again until admitted (it may return early) or out of time."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        if backend.admit_after_wakeup(op.wakeup_key or "", left, [op]).allowed:
+            return True
+    return False
+
+
+def test_admit_after_wakeup_admits_the_waiter_a_release_wakes(harness: Harness) -> None:
+    backend = harness.backend
+    name = f"handoff-{uuid.uuid4().hex[:6]}"
+    holder, waiter = lease(harness, "a", name=name), lease(harness, "b", name=name)
+    assert backend.admit([holder]).allowed
+    assert not backend.admit([waiter]).allowed
+    releaser = threading.Timer(0.1, backend.release, args=[[holder]])
+    releaser.start()
+    try:
+        assert _after_wakeup_until(backend, waiter, 10)
+    finally:
+        releaser.join()
+    assert backend.owner(waiter.key) == "b"
+    assert backend.release([waiter]) == [True]
+
+
+def test_admit_after_wakeup_refuses_while_the_lease_is_held(harness: Harness) -> None:
+    backend = harness.backend
+    name = f"held-{uuid.uuid4().hex[:6]}"
+    holder, waiter = lease(harness, "a", name=name), lease(harness, "b", name=name)
+    assert backend.admit([holder]).allowed
+    refused = backend.admit_after_wakeup(waiter.wakeup_key or "", 0.2, [waiter])
+    assert not refused.allowed
+    assert refused.retry_after > 0
+    assert backend.owner(holder.key) == "a"
+
+
+def test_admit_after_wakeup_admits_a_free_lease_without_a_wakeup(harness: Harness) -> None:
+    backend = harness.backend
+    free = lease(harness, "a", name=f"free-{uuid.uuid4().hex[:6]}")
+    assert backend.admit_after_wakeup(free.wakeup_key or "", 0.05, [free]).allowed
+    assert backend.owner(free.key) == "a"
