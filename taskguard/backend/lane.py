@@ -63,6 +63,19 @@ def _bulk(value: Any) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
+#: Keys and bytes ARGV -> their RESP bulk strings (cleared when full: keyed guards may
+#: touch any number of keys).
+_KNOWN: dict[str | bytes, bytes] = {}
+_KNOWN_MAX = 8192
+
+
+def _remembered(value: str | bytes) -> bytes:
+    if len(_KNOWN) >= _KNOWN_MAX:
+        _KNOWN.clear()
+    bulk = _KNOWN[value] = _bulk(value)
+    return bulk
+
+
 class PlainLane:
     """The client's own ``evalsha``, for a client the lane cannot hold a connection of."""
 
@@ -114,8 +127,16 @@ class Lane(PlainLane):
         if head is None:
             head = self._sha[script.sha] = b"%b%b\r\n" % (_EVALSHA, script.sha.encode())
         parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), head, _bulk(len(keys))]
-        parts += map(_bulk, keys)
-        parts += map(_bulk, args)
+        # Keys and pre-encoded (bytes) ARGV repeat from call to call: their RESP form is
+        # looked up; the rest (owners, counts, times) is encoded per call.
+        known = _KNOWN
+        for value in keys:
+            parts.append(known.get(value) or _remembered(value))
+        for value in args:
+            if type(value) is bytes:
+                parts.append(known.get(value) or _remembered(value))
+            else:
+                parts.append(_bulk(value))
         return b"".join(parts)
 
     def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:

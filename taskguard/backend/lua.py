@@ -29,17 +29,23 @@ class Script:
         libs: Libraries from ``scripts/lib/`` to put in front, in order.
     """
 
-    def __init__(self, name: str, libs: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, libs: Sequence[str] = (), head: str | None = None) -> None:
         self.name = name
         self.libs = tuple(libs)
+        self.head = head
 
     def __repr__(self) -> str:
-        return f"<Script {self.name} libs={list(self.libs)}>"
+        head = f" head={self.head}" if self.head else ""
+        return f"<Script {self.name} libs={list(self.libs)}{head}>"
 
     @functools.cached_property
     def source(self) -> str:
-        """The full Lua source (prelude, libraries, script)."""
-        parts = [_PRELUDE, *(_read(f"lib/{lib}.lua") for lib in self.libs)]
+        """The full Lua source (a fast path's head, prelude, libraries, script).
+
+        A head (``scripts/<head>.lua``) runs first and may answer the commonest case
+        before any library is defined; whatever it does not answer falls through."""
+        parts = [_read(f"{self.head}.lua")] if self.head else []
+        parts += [_PRELUDE, *(_read(f"lib/{lib}.lua") for lib in self.libs)]
         return "\n".join([*parts, _read(f"{self.name}.lua")])
 
     @functools.cached_property
@@ -70,6 +76,7 @@ def _read(relative: str) -> str:
     return (resources.files("taskguard.backend") / "scripts" / relative).read_text("utf-8")
 
 
-def load_script(name: str, libs: Sequence[str] = ()) -> Script:
-    """The script ``scripts/<name>.lua`` with ``scripts/lib/<lib>.lua`` in front (read lazily)."""
-    return Script(name, libs)
+def load_script(name: str, libs: Sequence[str] = (), head: str | None = None) -> Script:
+    """The script ``scripts/<name>.lua`` with ``scripts/lib/<lib>.lua`` in front, and
+    ``scripts/<head>.lua`` before all (read lazily)."""
+    return Script(name, libs, head)

@@ -60,11 +60,19 @@ _ENCODED_MAX = 4096
 #: Scripts written out for one op list shape, without lib/ops.lua's framework: the same
 #: KEYS, ARGV and reply as the general script (tests/contract/test_admit_rl.py).
 _LEAN: dict[tuple[str, tuple[type, ...]], str] = {("admit", (RateOp,)): "admit_rl"}
+#: Fast paths run in front of the general script for one op list shape: they answer the
+#: commonest case before any library is defined, and leave the rest to the general script
+#: (tests/contract/test_breaker_fast.py).
+_HEADS: dict[tuple[str, tuple[type, ...]], str] = {
+    ("admit", (BreakerOp,)): "fast/breaker_admit",
+    ("release", (BreakerOp,)): "fast/breaker_release",
+}
 
 
 def script_for(name: str, ops: Sequence[Op]) -> Script:
     """``name``.lua with only the libraries its ops' kinds need: less Lua set up per call.
-    A lone rate limit's admission runs ``admit_rl.lua``, which needs none."""
+    A lone rate limit's admission runs ``admit_rl.lua``, which needs none; a lone
+    breaker's admission and release have a fast path in front (``scripts/fast/``)."""
     types = (type(ops[0]),) if len(ops) == 1 else tuple(type(op) for op in ops)
     script = _SCRIPTS.get((name, types))
     if script is None:
@@ -74,9 +82,12 @@ def script_for(name: str, ops: Sequence[Op]) -> Script:
         needed = {kind_of(op).lib for op in ops}
         # Once each, in registration order (a library may register several kinds).
         libs = tuple(dict.fromkeys(kind.lib for kind in registered() if kind.lib in needed))
-        script = _BY_LIBS.get((name, libs))
-        if script is None:
-            script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
+        if (head := _HEADS.get((name, types))) is not None:
+            script = load_script(name, ["ops", *libs], head)
+        else:
+            script = _BY_LIBS.get((name, libs))
+            if script is None:
+                script = _BY_LIBS[name, libs] = load_script(name, libs=["ops", *libs])
         _SCRIPTS[name, types] = script
     return script
 
