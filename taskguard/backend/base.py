@@ -64,7 +64,9 @@ class Backend(ABC):
     def wait_for_wakeup(self, key: str, timeout: float) -> bool:
         """Block until a release pushes to wake-up list ``key`` (True) or ``timeout`` ends."""
 
-    def admit_after_wakeup(self, key: str, timeout: float, ops: Sequence[Op]) -> Admission:
+    def admit_after_wakeup(
+        self, key: str, timeout: float, ops: Sequence[Op], *, reserve_within: float = 0.0
+    ) -> Admission:
         """A waiter's next attempt: wait as :meth:`wait_for_wakeup` does, then admit
         ``ops`` whether woken or not.
 
@@ -74,7 +76,7 @@ class Backend(ABC):
         on the server as soon as the wake-up arrives, with no round trip in between.
         """
         self.wait_for_wakeup(key, timeout)
-        return self.admit(ops)
+        return self.admit(ops, reserve_within=reserve_within)
 
     @abstractmethod
     def breaker_state(self, op: BreakerOp) -> str:

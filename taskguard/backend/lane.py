@@ -141,15 +141,13 @@ class Lane(PlainLane):
 
     def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         packed = [self._packed(script, keys, args)]
-        conn = self._conn
         try:
-            conn.send_packed_command(packed, check_health=False)
-            return conn.read_response()
+            return self._send(packed)
         except redis.exceptions.NoScriptError:
+            # A server that restarted, or a replica just promoted, has no scripts yet
+            # (also found after a reconnect): load it once, and send again.
             self.client.script_load(script.source)
-            return self._again(packed, None)
-        except _RETRIED as exc:
-            return self._again(packed, exc)
+            return self._send(packed)
 
     def wake_then_evalsha(
         self, wakeup: str, wait: float, script: Script, keys: Sequence[str], args: Sequence[Any]
@@ -164,6 +162,7 @@ class Lane(PlainLane):
         blpop = b"*3\r\n$5\r\nBLPOP\r\n%b%b" % (_bulk(wakeup), _bulk(wait))
         conn = self._conn
         try:
+            conn = self._connected()
             conn.send_packed_command([blpop + self._packed(script, keys, args)], False)
             try:
                 conn.read_response()  # the wake-up, or None: either way the script ran
@@ -177,20 +176,34 @@ class Lane(PlainLane):
             conn.disconnect()
         return self.evalsha(script, keys, args)
 
-    def _again(self, packed: list[bytes], error: Exception | None) -> Any:
-        # After NOSCRIPT (error is None): once more, on the same connection, which read
-        # the refusal whole. After a lost connection: as many times as redis-py's retry
-        # policy allows, each on a new connection (send_packed_command connects).
+    def _send(self, packed: list[bytes]) -> Any:
+        # A lost connection or a timeout is sent again as many times as redis-py's retry
+        # policy allows, each time on a new connection, made as the pool makes one.
         conn = self._conn
-        tries = 1 if error is None else self._retries
-        for _ in range(tries):
+        try:
+            conn = self._connected()
+            conn.send_packed_command(packed, check_health=False)
+            return conn.read_response()
+        except _RETRIED as exc:
+            error = exc
+        for _ in range(self._retries):
             try:
+                conn.connect()
                 conn.send_packed_command(packed, check_health=False)
                 return conn.read_response()
             except _RETRIED as exc:
                 error = exc
-        assert error is not None
         raise error
+
+    def _connected(self) -> Any:
+        # The lane's connection, connected through its own connect(): a Sentinel-managed
+        # connection asks the sentinels for the master there. send_packed_command would
+        # reconnect by itself, but to the address it had, the old master's after a
+        # failover (redis-py's pool calls connect() when it hands a connection out).
+        conn = self._conn
+        if conn._sock is None:
+            conn.connect()
+        return conn
 
     def close(self) -> None:
         """Give the connection back to the pool (a thread's lane ends with the thread)."""

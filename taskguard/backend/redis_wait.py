@@ -66,7 +66,9 @@ class Waiting:
                     return True
         return False
 
-    def admit_after_wakeup(self, key: str, timeout: float, ops: Sequence[Op]) -> Admission:
+    def admit_after_wakeup(
+        self, key: str, timeout: float, ops: Sequence[Op], *, reserve_within: float = 0.0
+    ) -> Admission:
         # One BLPOP slice at most, then the admission, in one write. On a Cluster, and for
         # the lean rate-limit path (it picks its script by what the last reply said), the
         # wait and the admission go apart, as the base class does.
@@ -77,8 +79,8 @@ class Waiting:
             or (len(ops) == 1 and type(op) is RateOp and op.overrides is not None)
         ):
             self.wait_for_wakeup(key, timeout)
-            return self.admit(ops)
-        script, keys, args = admit_call(ops, 0.0)
+            return self.admit(ops, reserve_within=reserve_within)
+        script, keys, args = admit_call(ops, reserve_within)
         wait = blpop_timeout(timeout, self._slice())
         self.breaker.before_call()
         try:

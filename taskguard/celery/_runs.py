@@ -179,8 +179,18 @@ def _admit_loop(
     backend: Backend = task.taskguard_backend
     eager = bool(request.is_eager)
     waited = 0.0
+    wake: tuple[str, float] | None = None
     while True:
-        outcome = admit(backend, guards, ops, reserve_within=reserve_within)
+        if wake is None:
+            outcome = admit(backend, guards, ops, reserve_within=reserve_within)
+        else:
+            # A bounded wait in the worker, woken by the holder's release; on Redis the
+            # wait and the next admission go in one write (Backend.admit_after_wakeup).
+            # An outage meanwhile is the outage policies' to decide, as at any admission.
+            began = time.monotonic()
+            outcome = admit(backend, guards, ops, reserve_within=reserve_within, wake=wake)
+            waited += time.monotonic() - began
+            wake = None
         if outcome.admission.allowed:
             if act.on:
                 decision = "degraded" if outcome.degraded else "allowed"
@@ -193,15 +203,8 @@ def _admit_loop(
         left = deadline - time.monotonic()
         wakeup: str | None = getattr(op, "wakeup_key", None)
         if wakeup and left > 0 and not outcome.degraded:
-            # A bounded wait in the worker, woken by the holder's release.
-            began = time.monotonic()
-            try:
-                backend.wait_for_wakeup(wakeup, min(left, outcome.admission.retry_after))
-                continue
-            except BackendUnavailable as exc:
-                logger.warning("%s[%s]: wait interrupted: %s", task.name, request.id, exc)
-            finally:
-                waited += time.monotonic() - began
+            wake = (wakeup, min(left, outcome.admission.retry_after))
+            continue
         act.note(
             guard=guards[index],
             retry_after=outcome.admission.retry_after,

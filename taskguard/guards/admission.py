@@ -67,8 +67,13 @@ def admit(
     ops: Sequence[Op],
     *,
     reserve_within: float = 0.0,
+    wake: tuple[str, float] | None = None,
 ) -> Outcome:
     """Admit ``ops`` (one per guard, same order) in one round trip.
+
+    With ``wake`` (a wake-up list and a timeout), wait on it first, as
+    :meth:`~taskguard.backend.base.Backend.admit_after_wakeup` does: on Redis the wait and
+    the admission go in one write.
 
     When the backend is unreachable each guard's ``on_outage`` decides: any ``deny``
     refuses; ``local`` guards are enforced by the process-local backend; ``allow``
@@ -80,7 +85,10 @@ def admit(
             an ``allow`` guard must not stop enforcing silently.
     """
     try:
-        return Outcome(backend.admit(ops, reserve_within=reserve_within))
+        if wake is None:
+            return Outcome(backend.admit(ops, reserve_within=reserve_within))
+        key, timeout = wake
+        return Outcome(backend.admit_after_wakeup(key, timeout, ops, reserve_within=reserve_within))
     except BackendUnavailable as exc:
         log_outage(exc)
         return decide_offline(lambda: local_backend(backend), guards, ops, exc)

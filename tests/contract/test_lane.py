@@ -22,6 +22,7 @@ import redis
 import taskguard
 from taskguard.backend.lane import Lane, Lanes, PlainLane
 from taskguard.keys import KeySchema
+from taskguard.testing.servers import RedisServer
 
 
 @dataclass(frozen=True)
@@ -233,3 +234,18 @@ def test_a_refused_wait_keeps_the_replies_in_step(client: redis.Redis, tg_prefix
     port = _port(lane)
     assert lane.evalsha(ECHO, [], ["next"]) == [[], [b"next"]]  # type: ignore[arg-type]
     assert _port(lane) == port
+
+
+def test_a_restarted_server_without_the_script_gets_it_after_the_reconnect() -> None:
+    """After a restart (or a failover) the reconnect finds a server with no scripts: the
+    lane loads the script and sends it again, as on the first NOSCRIPT."""
+    with RedisServer() as server:
+        client = redis.Redis.from_url(
+            server.url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1)
+        )
+        lane = Lane(client)
+        assert lane.evalsha(ECHO, [], ["before"]) == [[], [b"before"]]  # type: ignore[arg-type]
+        with redis.Redis.from_url(server.url) as admin:
+            admin.script_flush()
+            admin.client_kill(f"127.0.0.1:{_port(lane)}")
+        assert lane.evalsha(ECHO, [], ["after"]) == [[], [b"after"]]  # type: ignore[arg-type]
