@@ -7,7 +7,6 @@ ends; a forked child never sends on its parent's connection.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import multiprocessing
 import threading
@@ -108,8 +107,16 @@ def test_a_value_redis_py_refuses_is_refused(client: redis.Redis) -> None:
         Lane(client).evalsha(ECHO, [], [True])  # type: ignore[arg-type]
 
 
-def test_a_killed_connection_is_retried_on_a_new_one(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1))
+@pytest.fixture
+def retrying(redis_url: str) -> Iterator[redis.Redis]:
+    """A client that retries once, as taskguard's own."""
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1)
+    with redis.Redis.from_url(redis_url, retry=retry) as client:
+        yield client
+
+
+def test_a_killed_connection_is_retried_on_a_new_one(retrying: redis.Redis) -> None:
+    client = retrying
     lane = Lane(client)
     lane.evalsha(ECHO, [], ["warm"])  # type: ignore[arg-type]
     port = _port(lane)
@@ -119,16 +126,18 @@ def test_a_killed_connection_is_retried_on_a_new_one(redis_url: str) -> None:
 
 
 def test_with_no_retry_a_killed_connection_raises_then_reconnects(redis_url: str) -> None:
-    no_retry = redis.Redis.from_url(
-        redis_url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-    )
-    lane = Lane(no_retry)
-    lane.evalsha(ECHO, [], ["warm"])  # type: ignore[arg-type]
-    with redis.Redis.from_url(redis_url) as admin:
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    with (
+        redis.Redis.from_url(redis_url, retry=retry) as no_retry,
+        redis.Redis.from_url(redis_url) as admin,
+    ):
+        lane = Lane(no_retry)
+        lane.evalsha(ECHO, [], ["warm"])  # type: ignore[arg-type]
         admin.client_kill(f"127.0.0.1:{_port(lane)}")
-    with pytest.raises(redis.exceptions.ConnectionError):
-        lane.evalsha(ECHO, [], ["lost"])  # type: ignore[arg-type]
-    assert lane.evalsha(ECHO, [], ["back"]) == [[], [b"back"]]  # type: ignore[arg-type]
+        with pytest.raises(redis.exceptions.ConnectionError):
+            lane.evalsha(ECHO, [], ["lost"])  # type: ignore[arg-type]
+        assert lane.evalsha(ECHO, [], ["back"]) == [[], [b"back"]]  # type: ignore[arg-type]
+        lane.close()
 
 
 def test_each_thread_holds_its_own_connection_and_gives_it_back(client: redis.Redis) -> None:
@@ -153,8 +162,9 @@ def test_each_thread_holds_its_own_connection_and_gives_it_back(client: redis.Re
     mine.evalsha(ECHO, [], ["m"])  # type: ignore[arg-type]
     assert seen
     assert seen[0] != _port(mine)
-    gc.collect()
-    assert len(pool._in_use_connections) == 1  # the ended thread's went back to the pool
+    # The thread's locals, its lane with them, are dropped as the thread ends (before
+    # join returns): its connection is back in the pool.
+    assert len(pool._in_use_connections) == 1
     assert len(pool._available_connections) == 1
 
 
@@ -203,6 +213,8 @@ def test_a_forked_child_never_sends_on_its_parents_connection(
         # The parent's connection is still its own and in step.
         assert backend._run(ECHO, [], ["again"], "parent") == [[], [b"again"]]  # type: ignore[arg-type]
         assert _port(parent_lane) == parent_port
+        receive.close()
+        send.close()
         backend.close()
 
 
@@ -239,13 +251,15 @@ def test_a_refused_wait_keeps_the_replies_in_step(client: redis.Redis, tg_prefix
 def test_a_restarted_server_without_the_script_gets_it_after_the_reconnect() -> None:
     """After a restart (or a failover) the reconnect finds a server with no scripts: the
     lane loads the script and sends it again, as on the first NOSCRIPT."""
-    with RedisServer() as server:
-        client = redis.Redis.from_url(
-            server.url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1)
-        )
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1)
+    with (
+        RedisServer() as server,
+        redis.Redis.from_url(server.url, retry=retry) as client,
+        redis.Redis.from_url(server.url) as admin,
+    ):
         lane = Lane(client)
         assert lane.evalsha(ECHO, [], ["before"]) == [[], [b"before"]]  # type: ignore[arg-type]
-        with redis.Redis.from_url(server.url) as admin:
-            admin.script_flush()
-            admin.client_kill(f"127.0.0.1:{_port(lane)}")
+        admin.script_flush()
+        admin.client_kill(f"127.0.0.1:{_port(lane)}")
         assert lane.evalsha(ECHO, [], ["after"]) == [[], [b"after"]]  # type: ignore[arg-type]
+        lane.close()
