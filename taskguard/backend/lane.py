@@ -3,7 +3,7 @@
 ``redis.Redis.evalsha`` takes a connection from the pool, packs the command through the
 encoder, runs it inside a retry wrapper that times and counts it, and puts the connection
 back: about 25 µs of Python per call on the 2-core benchmark machine, where a whole
-loopback round trip costs 65-100 µs (docs/performance.md, "The lane"). A guard's
+loopback round trip costs 65-100 µs (docs/design.md, "The lane"). A guard's
 admission, release and renewal are one ``EVALSHA`` each, so that cost is a quarter of
 every decision.
 
