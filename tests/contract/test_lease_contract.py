@@ -315,3 +315,21 @@ def test_admit_after_wakeup_admits_a_free_lease_without_a_wakeup(harness: Harnes
     free = lease(harness, "a", name=f"free-{uuid.uuid4().hex[:6]}")
     assert backend.admit_after_wakeup(free.wakeup_key or "", 0.05, [free]).allowed
     assert backend.owner(free.key) == "a"
+
+
+@REDIS_ONLY
+def test_an_admission_that_errors_gives_back_the_lock_it_took(contract: Contract) -> None:
+    """Redis keeps a failed script's writes: a lock taken by the check (SET NX) must be
+    given back when a later op of the same admission errors (here WRONGTYPE: a list
+    where the rate limit's bucket should be)."""
+    backend, client = contract.backend, contract.client
+    assert client is not None
+    keys = backend.keys
+    lock = LeaseOp(keys.lock("broken"), owner="a", ttl=30, fence_key=keys.fence("broken"))
+    bucket = RateOp(key=keys.rate_limit("broken"), interval=1.0, burst=1)
+    client.rpush(bucket.key, "not a bucket")
+    with pytest.raises(taskguard.BackendError, match="WRONGTYPE"):
+        backend.admit([lock, bucket])
+    assert client.exists(lock.key) == 0  # free again, not held until its TTL
+    client.delete(bucket.key)
+    assert backend.admit([lock, bucket]).allowed

@@ -40,20 +40,36 @@ local function with_overrides(result)
   return result
 end
 
+local function undo_all()
+  for i = 1, n do
+    local undo = ops[i].kind.undo
+    if undo then undo(ops[i]) end
+  end
+end
+
 local worst, denied, reservable = 0, 0, true
 local soonest, slack = nil, nil
-for i = 1, n do
-  local kind = ops[i].kind
-  local wait, op_slack = kind.check(ops[i], now)
-  if wait > 0 then
-    if denied == 0 then denied = i end
-    if wait > worst then worst = wait end
-    reservable = reservable and kind.reservable
+-- A check may already take what it checks (a free lock, SET NX). Redis keeps a failed
+-- script's writes, so a check that errors (WRONGTYPE: a key of another type where a
+-- guard's key should be) first gives back what the checks before it took.
+local checked, failure = pcall(function()
+  for i = 1, n do
+    local kind = ops[i].kind
+    local wait, op_slack = kind.check(ops[i], now)
+    if wait > 0 then
+      if denied == 0 then denied = i end
+      if wait > worst then worst = wait end
+      reservable = reservable and kind.reservable
+    end
+    if kind.reservable then
+      if soonest == nil or wait < soonest then soonest = wait end
+      if slack == nil or op_slack < slack then slack = op_slack end
+    end
   end
-  if kind.reservable then
-    if soonest == nil or wait < soonest then soonest = wait end
-    if slack == nil or op_slack < slack then slack = op_slack end
-  end
+end)
+if not checked then
+  undo_all()
+  error(failure)
 end
 
 if denied == 0 then
@@ -64,10 +80,7 @@ if denied == 0 then
   return with_overrides(result)
 end
 
-for i = 1, n do
-  local undo = ops[i].kind.undo
-  if undo then undo(ops[i]) end
-end
+undo_all()
 
 local wait_us = math.ceil(worst)
 if reservable and reserve_within > 0 and worst <= reserve_within and worst - soonest <= slack then
