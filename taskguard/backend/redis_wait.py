@@ -69,12 +69,13 @@ class Waiting:
     def admit_after_wakeup(
         self, key: str, timeout: float, ops: Sequence[Op], *, reserve_within: float = 0.0
     ) -> Admission:
-        # One BLPOP slice at most, then the admission, in one write. On a Cluster, and for
-        # the lean rate-limit path (it picks its script by what the last reply said), the
-        # wait and the admission go apart, as the base class does.
-        op = ops[0]
+        # One BLPOP slice at most, then the admission, in one write. On a Cluster, for the
+        # lean rate-limit path (it picks its script by what the last reply said) and for
+        # no ops at all, the wait and the admission go apart, as the base class does.
+        op = ops[0] if ops else None
         if (
-            self._routes is not None
+            op is None
+            or self._routes is not None
             or self.keys.spread
             or (len(ops) == 1 and type(op) is RateOp and op.overrides is not None)
         ):

@@ -333,3 +333,8 @@ def test_an_admission_that_errors_gives_back_the_lock_it_took(contract: Contract
     assert client.exists(lock.key) == 0  # free again, not held until its TTL
     client.delete(bucket.key)
     assert backend.admit([lock, bucket]).allowed
+
+
+def test_admit_after_wakeup_with_no_ops_waits_and_admits(harness: Harness) -> None:
+    backend = harness.backend
+    assert backend.admit_after_wakeup(backend.keys.wakeup("no-ops"), 0.01, []).allowed
