@@ -141,9 +141,10 @@ def test_a_fair_share_starts_a_small_tenant_within_one_task_duration(
     big_starts = sorted(starts[r.id] for r in big)
     for arrival, result in small:
         started = starts[result.id]
-        # Overtaken only by the tasks handed back at the same release (one per slot).
+        # Overtaken only by the tasks handed back at the same release (one per slot), or
+        # at the round before it when the machine is busy (see above); FIFO: about 27.
         overtaken = sum(arrival < t < started for t in big_starts)
-        assert overtaken <= 3, (overtaken, started - arrival)
+        assert overtaken <= 6, (overtaken, started - arrival)
         assert started - arrival <= 2 * duration + 0.5, (started - arrival, overtaken)
     assert_exactly_once(records, {r.id for r in big} | {r.id for _, r in small})
     assert max_overlap([(r["start"], r["end"]) for r in records]) <= 3
