@@ -63,6 +63,9 @@ def _bulk(value: Any) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
+#: A key count (numkeys) as a bulk string, for the counts scripts take.
+_COUNTS = tuple(_bulk(n) for n in range(32))
+
 #: Keys and bytes ARGV -> their RESP bulk strings (cleared when full: keyed guards may
 #: touch any number of keys).
 _KNOWN: dict[str | bytes, bytes] = {}
@@ -126,7 +129,9 @@ class Lane(PlainLane):
         head = self._sha.get(script.sha)
         if head is None:
             head = self._sha[script.sha] = b"%b%b\r\n" % (_EVALSHA, script.sha.encode())
-        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), head, _bulk(len(keys))]
+        nkeys = len(keys)
+        count = _COUNTS[nkeys] if nkeys < 32 else _bulk(nkeys)
+        parts = [b"*%d\r\n" % (nkeys + len(args) + 3), head, count]
         # Keys and pre-encoded (bytes) ARGV repeat from call to call: their RESP form is
         # looked up; the rest (owners, counts, times) is encoded per call.
         known = _KNOWN

@@ -55,6 +55,9 @@ _NAMED: dict[tuple[str, tuple[str, ...]], Script] = {}
 #: from being reused while it is cached.
 _ENCODED: dict[int, tuple[Op, Script, list[str], list[Any]]] = {}
 _ENCODED_MAX = 4096
+#: reserve_within (seconds) -> its ARGV, in microseconds, as bytes: a worker passes the
+#: same few values on every admission.
+_RESERVE: dict[float, bytes] = {}
 
 
 #: Scripts written out for one op list shape, without lib/ops.lua's framework: the same
@@ -135,7 +138,7 @@ def _header(code: str, nkeys: int, argc: int) -> tuple[bytes, ...]:
 
 def admit_call(ops: Sequence[Op], reserve_within: float) -> tuple[Script, list[str], list[Any]]:
     """The script, KEYS and ARGV admitting ``ops`` (``ops`` must not be empty)."""
-    reserve_us: int | bytes = int(reserve_within * 1_000_000) if reserve_within else b"0"
+    reserve_us = _RESERVE.get(reserve_within) or _reserve_arg(reserve_within)
     if len(ops) == 1:
         op = ops[0]
         cached = _ENCODED.get(id(op))
@@ -146,10 +149,28 @@ def admit_call(ops: Sequence[Op], reserve_within: float) -> tuple[Script, list[s
         if type(op) in BUCKET_TYPES:  # built once per bucket and reused: keep its encoding
             if len(_ENCODED) >= _ENCODED_MAX:
                 _ENCODED.clear()
+            # As bytes: sent as they are, where every int and str is encoded per call.
+            args = [_as_bytes(arg) for arg in args]
             _ENCODED[id(op)] = (op, script, keys, args)
         return script, keys, [reserve_us, *args]
     keys, args = encode(ops, release=False)
     return script_for("admit", ops), keys, [reserve_us, *args]
+
+
+def _reserve_arg(reserve_within: float) -> bytes:
+    arg = b"%d" % int(reserve_within * 1_000_000) if reserve_within else b"0"
+    if len(_RESERVE) < 64:
+        _RESERVE[reserve_within] = arg
+    return arg
+
+
+def _as_bytes(arg: Any) -> Any:
+    """An ARGV value as redis-py would send it (UTF-8, ``repr`` of a number), as bytes."""
+    if type(arg) is str:
+        return arg.encode()
+    if type(arg) is int or type(arg) is float:
+        return repr(arg).encode()
+    return arg
 
 
 def admission_from(ops: Sequence[Op], reply: Sequence[Any]) -> Admission:

@@ -48,9 +48,7 @@ def release_run(
 def _release_run(  # noqa: PLR0917 - release_run's arguments and its activity
     task: Any, request: Any, run: Run, outcome: str, exc: BaseException | None, act: Any
 ) -> None:
-    heartbeat = heartbeat_for(run.holder)
-    for handle in run.handles:
-        heartbeat.remove(handle)
+    _stop_renewing(run)
     held = run.held
     keep: list[Held] = []
     if outcome == "retry":
@@ -103,6 +101,15 @@ def _release_run(  # noqa: PLR0917 - release_run's arguments and its activity
             outcome=outcome,
             duration=time.monotonic() - run.started,
         )
+
+
+def _stop_renewing(run: Run) -> None:
+    """Take the run's leases and probes off the heartbeat (a run that spends only, rate
+    limits and quotas, put none there)."""
+    if run.handles:
+        heartbeat = heartbeat_for(run.holder)
+        for handle in run.handles:
+            heartbeat.remove(handle)
 
 
 def _breaker_code(guard: Guard, outcome: str, exc: BaseException | None, duration: float) -> str:

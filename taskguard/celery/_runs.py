@@ -242,15 +242,16 @@ def _admitted(
         if guard.on_admitted(op, token, context):
             probes.append(cast(Held, op))
     run = Run(guards, ops, holder, held, info, breakers)
+    if held or probes:  # rate limits and quotas spend: nothing for the heartbeat
 
-    def lost(lease: Held) -> None:
-        info.lease_lost = True
-        info.lost_keys.add(lease.key)
-        signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
+        def lost(lease: Held) -> None:
+            info.lease_lost = True
+            info.lost_keys.add(lease.key)
+            signals.lease_lost.send(sender=task, task_id=request.id, key=lease.key)
 
-    heartbeat = heartbeat_for(holder)
-    run.handles = [heartbeat.add(lease, lost) for lease in held]
-    run.handles += [heartbeat.add(probe) for probe in probes]
+        heartbeat = heartbeat_for(holder)
+        run.handles = [heartbeat.add(lease, lost) for lease in held]
+        run.handles += [heartbeat.add(probe) for probe in probes]
     if signals.guard_acquired.receivers:
         signals.guard_acquired.send(
             sender=task, task_id=request.id, guards=guards, degraded=outcome.degraded
