@@ -104,18 +104,20 @@ def _taskguard(url: str, namespace: str) -> Call:
     return _taskguard_limiter(url, namespace).try_acquire
 
 
-def _bare_admit(url: str, namespace: str) -> Call:
+def _captured_admit(url: str, namespace: str) -> tuple[Any, ...]:
+    """The EVALSHA arguments of a real ``try_acquire``, the script loaded on the server."""
     _taskguard_limiter(url, namespace).try_acquire()  # loads the script on the server
     recorder = _RecordingClient()
     _taskguard_limiter(url, namespace, client=recorder).try_acquire()
-    return functools.partial(redis.Redis.from_url(url).evalsha, *recorder.evalsha_args)
+    return recorder.evalsha_args
+
+
+def _bare_admit(url: str, namespace: str) -> Call:
+    return functools.partial(redis.Redis.from_url(url).evalsha, *_captured_admit(url, namespace))
 
 
 def _lane_admit(url: str, namespace: str) -> Call:
-    _taskguard_limiter(url, namespace).try_acquire()
-    recorder = _RecordingClient()
-    _taskguard_limiter(url, namespace, client=recorder).try_acquire()
-    return functools.partial(lane_evalsha(url), *recorder.evalsha_args)
+    return functools.partial(lane_evalsha(url), *_captured_admit(url, namespace))
 
 
 def _limits(strategy: type[RateLimiter]) -> Callable[[str, str], Call]:

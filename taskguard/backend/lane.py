@@ -31,13 +31,22 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
-from .lua import Script
-
 __all__ = ["Lane", "Lanes", "PlainLane"]
+
+
+class Script(Protocol):
+    """What a lane needs of a script (:class:`taskguard.backend.lua.Script` has it)."""
+
+    @property
+    def sha(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
 
 #: What redis-py's default ``Retry`` retries.
 _RETRIED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -15,6 +15,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from .lane import PlainLane
+
 __all__ = ["Script", "load_script"]
 
 _PRELUDE = "local KINDS = {}\n"
@@ -54,12 +56,9 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run the script with EVALSHA, loading it once if the server does not know it."""
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        """Run the script with EVALSHA through ``client``'s own ``evalsha``, loading it once
+        if the server does not know it (the hot path sends through a lane instead)."""
+        return PlainLane(client).evalsha(self, keys, args)
 
     async def call_async(
         self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[Any]

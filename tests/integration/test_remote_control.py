@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import taskguard
 from taskguard.celery import inspect_workers
@@ -42,40 +43,27 @@ def test_inspect_status_and_control_commands(fleet_factory: Callable[..., Fleet]
     assert view["limits"][f"{APP}.steady"]["set_at_run_time"] == []
 
     control = fleet.celery.control
-    [reply] = control.broadcast(
-        "taskguard_limit_set",
-        arguments={"name": f"{APP}.steady", "rate": "5/s", "burst": 2},
-        destination=[node],
-        reply=True,
-        timeout=5.0,
-    )
-    assert reply[node] == {
+
+    def ask(command: str, arguments: dict[str, object]) -> Any:
+        """The node's reply to one control command."""
+        [reply] = control.broadcast(
+            command, arguments=arguments, destination=[node], reply=True, timeout=5.0
+        )
+        return reply[node]
+
+    assert ask("taskguard_limit_set", {"name": f"{APP}.steady", "rate": "5/s", "burst": 2}) == {
         "ok": f"rate limit '{APP}.steady', every bucket: 5/s (burst 2) from now on"
     }
-    [reply] = control.broadcast(
+    assert ask("taskguard_limit_set", {"name": "rc-exports", "value": "3", "kind": "cap"}) == {
+        "ok": "concurrency cap 'rc-exports', every key: 3 slots from now on"
+    }
+    assert ask(
         "taskguard_limit_set",
-        arguments={"name": "rc-exports", "value": "3", "kind": "cap"},
-        destination=[node],
-        reply=True,
-        timeout=5.0,
+        {"name": "rc-sms", "value": "500/day", "key": "+4411", "kind": "quota"},
+    ) == {"ok": "quota 'rc-sms', key '+4411': 500/day from now on"}
+    assert (
+        ask("taskguard_breaker", {"action": "open", "name": "rc-partner"})["after"] == "forced_open"
     )
-    assert reply[node] == {"ok": "concurrency cap 'rc-exports', every key: 3 slots from now on"}
-    [reply] = control.broadcast(
-        "taskguard_limit_set",
-        arguments={"name": "rc-sms", "value": "500/day", "key": "+4411", "kind": "quota"},
-        destination=[node],
-        reply=True,
-        timeout=5.0,
-    )
-    assert reply[node] == {"ok": "quota 'rc-sms', key '+4411': 500/day from now on"}
-    [reply] = control.broadcast(
-        "taskguard_breaker",
-        arguments={"action": "open", "name": "rc-partner"},
-        destination=[node],
-        reply=True,
-        timeout=5.0,
-    )
-    assert reply[node]["after"] == "forced_open"
 
     client = taskguard.connect(fleet.guard_url, prefix=fleet.prefix)
     try:
@@ -85,14 +73,9 @@ def test_inspect_status_and_control_commands(fleet_factory: Callable[..., Fleet]
         assert breakers["rc-partner"] == "forced_open"
         assert [(c.key, c.limit) for c in client.caps("rc-exports")] == [(None, 3)]
         assert [(q.key, str(q)) for q in client.quotas("rc-sms")] == [("+4411", "500/day")]
-        [reply] = control.broadcast(
-            "taskguard_limit_clear",
-            arguments={"name": "rc-exports", "kind": "cap"},
-            destination=[node],
-            reply=True,
-            timeout=5.0,
+        assert ask("taskguard_limit_clear", {"name": "rc-exports", "kind": "cap"})["ok"].endswith(
+            "back to its configured slot count"
         )
-        assert reply[node]["ok"].endswith("back to its configured slot count")
         assert client.caps("rc-exports") == []
     finally:
         client.close()
