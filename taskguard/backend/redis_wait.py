@@ -46,6 +46,9 @@ class Waiting:
         @property
         def client(self) -> redis.Redis: ...
 
+        @property
+        def socket_timeout(self) -> float | None: ...
+
         def commands(self, what: str) -> AbstractContextManager[redis.Redis]: ...
 
         def _failure(self, exc: BaseException, what: str) -> TaskGuardError: ...
@@ -53,7 +56,10 @@ class Waiting:
         def admit(self, ops: Sequence[Op], *, reserve_within: float = 0.0) -> Admission: ...
 
     def _slice(self) -> float:
-        return blpop_slice(self._options["socket_timeout"])
+        # The read timeout of the client the BLPOP goes through: a client given to the
+        # backend has its own (None: reads never time out, any slice will do).
+        timeout = self.socket_timeout
+        return blpop_slice(self._options["socket_timeout"] if timeout is None else timeout)
 
     def wait_for_wakeup(self, key: str, timeout: float) -> bool:
         # BLPOP in slices shorter than the socket timeout, so a wait never looks like a
