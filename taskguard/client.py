@@ -23,7 +23,8 @@ from taskguard.guards.breaker_hotpath import hot_path_breaker
 from taskguard.guards.concurrency import Semaphore
 from taskguard.guards.keying import KeySource
 from taskguard.guards.lock import DistributedLock
-from taskguard.guards.ratelimit import RateLimit, RateLimiter
+from taskguard.guards.ratelimit import RateLimit
+from taskguard.guards.ratelimiter import RateLimiter
 from taskguard.keys import KeySchema
 from taskguard.units import Rate
 

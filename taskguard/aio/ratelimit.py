@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from taskguard.backend.ops import RateOp
 from taskguard.errors import BackendError, BackendUnavailable
-from taskguard.guards.keying import key_text
+from taskguard.guards.keying import bucket_tag, key_text
 from taskguard.guards.pause import Pause, observed_pause, pause_offline, pause_seconds
 from taskguard.guards.ratelimit import RateLimit
 
@@ -27,7 +27,7 @@ __all__ = ["AsyncRateLimiter"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-#: Distinct (bucket, cost) ops a limiter keeps built (as the sync one).
+#: Distinct (bucket, cost, tag) ops a limiter keeps built (as the sync one).
 _OP_CACHE_SIZE = 1024
 
 
@@ -49,21 +49,30 @@ class AsyncRateLimiter:
         self.backend = backend
         self.spec = spec
         self._specs = (spec,)
-        self._ops: dict[tuple[str | None, int], RateOp] = {}
+        self._ops: dict[tuple[str | None, int, str | None], RateOp] = {}
 
     def __repr__(self) -> str:
         return f"<AsyncRateLimiter {self.spec!r} on {self.backend!r}>"
 
-    async def try_acquire(self, key: str | int | None = None, cost: int = 1) -> AsyncDecision:
+    async def try_acquire(
+        self, key: str | int | None = None, cost: int = 1, *, tag: str | int | None = None
+    ) -> AsyncDecision:
         """Take ``cost`` tokens from ``key``'s bucket if they are there, without waiting.
+        ``tag`` (here and in every method): as in :meth:`taskguard.RateLimiter.try_acquire`.
 
         Raises:
             TypeError: ``key`` is not a str, an int or None.
         """
-        return await self._decide(None if key is None else key_text(key), cost, reserve=0.0)
+        bucket = None if key is None else key_text(key)
+        return await self._decide(bucket, cost, reserve=0.0, tag=tag)
 
     def acquire(
-        self, key: str | int | None = None, cost: int = 1, timeout: float | None = None
+        self,
+        key: str | int | None = None,
+        cost: int = 1,
+        timeout: float | None = None,
+        *,
+        tag: str | int | None = None,
     ) -> Acquiring[AsyncDecision]:
         """Take ``cost`` tokens, waiting up to ``timeout`` seconds (None: as long as needed):
         ``await limiter.acquire(...)`` or ``async with limiter.acquire(...):``.
@@ -80,14 +89,20 @@ class AsyncRateLimiter:
         reserve = 1e9 if timeout is None else max(timeout, 0.0)
 
         async def acquire() -> AsyncDecision:
-            decision = await self._decide(bucket, cost, reserve=reserve)
+            decision = await self._decide(bucket, cost, reserve=reserve, tag=tag)
             if decision.allowed:
                 return decision
             raise self.spec.refusal(decision.retry_after, bucket, decision.degraded)
 
         return Acquiring(acquire)
 
-    async def pause(self, key: str | int | None, seconds: float | timedelta | str) -> Pause:
+    async def pause(
+        self,
+        key: str | int | None,
+        seconds: float | timedelta | str,
+        *,
+        tag: str | int | None = None,
+    ) -> Pause:
         """Refuse every call of ``key``'s bucket for ``seconds``, in every process (both
         APIs); see :meth:`taskguard.RateLimiter.pause`.
 
@@ -96,7 +111,9 @@ class AsyncRateLimiter:
             BackendError: Redis refused for a reason that is not an outage.
         """
         bucket = None if key is None else key_text(key)
-        op = self.spec.pause_op(self.backend.keys, bucket, pause_seconds(seconds))
+        keys = self.backend.keys
+        tag = bucket_tag(self.spec, keys.spread, bucket, tag)
+        op = self.spec.pause_op(keys, bucket, pause_seconds(seconds), tag)
         try:
             admission = await self.backend.admit([op])
         except BackendUnavailable as exc:
@@ -114,6 +131,7 @@ class AsyncRateLimiter:
         reset_at: float | str | datetime | None = None,
         reset_after: float | str | timedelta | None = None,
         pace: bool = False,
+        tag: str | int | None = None,
     ) -> Pause:
         """Follow the service's rate-limit headers for ``key``'s bucket; see
         :meth:`taskguard.RateLimiter.observe`."""
@@ -126,18 +144,22 @@ class AsyncRateLimiter:
         )
         if not seconds:
             return Pause(None if key is None else key_text(key))
-        return await self.pause(key, seconds)
+        return await self.pause(key, seconds, tag=tag)
 
-    def _op(self, key: str | None, cost: int) -> RateOp:
-        op = self._ops.get((key, cost))
+    def _op(self, key: str | None, cost: int, tag: str | int | None) -> RateOp:
+        keys = self.backend.keys
+        tag = bucket_tag(self.spec, keys.spread, key, tag)
+        op = self._ops.get((key, cost, tag))
         if op is None:
             if len(self._ops) >= _OP_CACHE_SIZE:
                 self._ops.clear()
-            op = self._ops[key, cost] = self.spec.op(self.backend.keys, key, cost)
+            op = self._ops[key, cost, tag] = self.spec.op(keys, key, cost, tag)
         return op
 
-    async def _decide(self, key: str | None, cost: int, *, reserve: float) -> AsyncDecision:
-        ops = [self._op(key, cost)]
+    async def _decide(
+        self, key: str | None, cost: int, *, reserve: float, tag: str | int | None
+    ) -> AsyncDecision:
+        ops = [self._op(key, cost, tag)]
         outcome = await admit(self.backend, self._specs, ops, reserve_within=reserve)
         result = outcome.admission
         if result.reserved:
@@ -169,7 +191,9 @@ class AsyncRateLimiter:
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            await self.acquire(key=self.spec.key.render(args, kwargs, signature))
+            spec = self.spec
+            tag = None if spec.tag.source is None else spec.tag.render(args, kwargs, signature)
+            await self.acquire(key=spec.key.render(args, kwargs, signature), tag=tag)
             return await func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

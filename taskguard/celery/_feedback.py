@@ -26,7 +26,7 @@ from taskguard._validate import name as check_name
 from taskguard.backend.base import Backend
 from taskguard.backend.ops import LeaseOp, PauseOp
 from taskguard.errors import BackendError, BackendUnavailable, RateLimited
-from taskguard.guards.keying import key_text
+from taskguard.guards.keying import bucket_tag, key_text
 from taskguard.guards.pause import (
     Pause,
     backend_now,
@@ -103,6 +103,7 @@ class RunGuards:
         key: str | int | _ThisRun | None = THIS_RUN,
         seconds: float | timedelta | str,
         defer: bool = False,
+        tag: str | int | None = None,
     ) -> Pause:
         """Refuse every call of rate limit ``name``'s bucket ``key`` for ``seconds``,
         fleet-wide (see :meth:`taskguard.RateLimiter.pause`).
@@ -114,6 +115,9 @@ class RunGuards:
             key: The bucket; left out, the one this run uses for that limit.
             seconds: From 0 to 31 days: a number, a header's text, or a timedelta.
             defer: End this run deferred until the pause is over (never returns then).
+            tag: With ``key``, for a limit placed by ``tag=`` on a Redis Cluster: what
+                its template renders for that bucket (left out, ``key``'s own bucket
+                is this run's, and so is its tag).
 
         Raises:
             Ignore: With ``defer``: the run ends, re-published (see :meth:`defer`).
@@ -123,7 +127,7 @@ class RunGuards:
         spec, tolerance = self._limit(name)
         bucket = self._bucket(spec, key)
         op = PauseOp(
-            key=self.backend.keys.rate_limit(name, bucket, tag=self._tag(spec, key)),
+            key=self.backend.keys.rate_limit(name, bucket, tag=self._tag(spec, key, tag)),
             seconds=pause_seconds(seconds),
             tolerance=tolerance,
         )
@@ -147,10 +151,12 @@ class RunGuards:
         reset_at: float | str | datetime | None = None,
         reset_after: float | str | timedelta | None = None,
         pace: bool = False,
+        tag: str | int | None = None,
     ) -> Pause:
         """Follow the service's rate-limit headers for rate limit ``name``'s bucket
         ``key`` (see :meth:`taskguard.RateLimiter.observe`): with nothing remaining it
-        pauses until the reset; with ``pace`` it spreads the calls remaining.
+        pauses until the reset; with ``pace`` it spreads the calls remaining. ``tag``:
+        as in :meth:`pause`.
 
         Raises:
             ValueError: An argument is out of range; the message names it.
@@ -164,7 +170,7 @@ class RunGuards:
         )
         if not seconds:
             return Pause(self._bucket(self._limit(name)[0], key))
-        return self.pause(name, key=key, seconds=seconds)
+        return self.pause(name, key=key, seconds=seconds, tag=tag)
 
     def defer(self, countdown: float | timedelta | str | None = None) -> NoReturn:
         """End this run and re-publish the task to come back later, without spending a
@@ -284,14 +290,15 @@ class RunGuards:
             )
         return spec.bucket(request.args or (), request.kwargs or {})
 
-    def _tag(self, spec: RateLimit | None, key: str | int | _ThisRun | None) -> str | None:
-        """The bucket's hash-tag source (a ``tag`` option): this run's; a bucket given
-        by key is not this run's, so its tag cannot be known (on a spread schema)."""
-        if spec is None or spec.tag.source is None:
-            return None
+    def _tag(
+        self, spec: RateLimit | None, key: str | int | _ThisRun | None, tag: str | int | None
+    ) -> str | None:
+        """The bucket's hash-tag source (a ``tag`` option): this run's, or for a bucket
+        given by key the ``tag`` given with it (needed on a spread schema)."""
         if not isinstance(key, _ThisRun):
-            if self.backend.keys.spread:
-                raise ValueError(f"{spec!r} places its buckets by tag: pause this run's bucket")
+            bucket = None if key is None else key_text(key)
+            return bucket_tag(spec, self.backend.keys.spread, bucket, tag)
+        if spec is None or spec.tag.source is None:
             return None
         request = self.request
         return spec.tag_for(request.args or (), request.kwargs or {})

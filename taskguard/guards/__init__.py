@@ -6,7 +6,8 @@ from .breaker_hotpath import HotPathBreaker
 from .concurrency import Concurrency, ConcurrencyControl, Semaphore
 from .leases import HeldLease
 from .lock import DistributedLock, HeldLock, Lock
-from .ratelimit import RateLimit, RateLimiter
+from .ratelimit import RateLimit
+from .ratelimiter import RateLimiter
 
 __all__ = [
     "OUTAGE_POLICIES",

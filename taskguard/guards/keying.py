@@ -16,7 +16,7 @@ from typing import Any
 
 from taskguard.errors import ConfigurationError
 
-__all__ = ["KeyFunc", "key_text", "tag_func"]
+__all__ = ["KeyFunc", "bucket_tag", "key_text", "tag_func"]
 
 KeySource = str | Callable[..., Any] | None
 
@@ -32,6 +32,30 @@ def key_text(value: object, field: str = "key") -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise TypeError(f"{field} must be a str or an int, got {type(value).__name__} {value!r}")
+
+
+def bucket_tag(guard: Any, spread: bool, bucket: str | None, tag: object) -> str | None:
+    """The hash-tag source of a bucket named by its key outside a task run: a standalone
+    call, or a pause of another bucket than the run's.
+
+    ``tag`` is what the guard's ``tag=`` template gives for that bucket. On a spread key
+    schema (Redis Cluster) a guard placed by tag needs it: the key alone names a key in
+    another slot, which no task uses, so the call would pass or pause silently apart.
+
+    Raises:
+        ValueError: The guard places its buckets by tag, the schema spreads, and no
+            ``tag`` was given for a keyed bucket.
+        TypeError: ``tag`` is not a str, an int or None.
+    """
+    if tag is not None:
+        return key_text(tag, "tag")
+    source = getattr(getattr(guard, "tag", None), "source", None)
+    if source is not None and bucket is not None and spread:
+        raise ValueError(
+            f"{guard!r} places its buckets by tag on a Redis Cluster: give bucket "
+            f"{bucket!r}'s tag too (tag=..., what {source!r} renders for it)"
+        )
+    return None
 
 
 def _template_fields(template: str) -> list[str]:

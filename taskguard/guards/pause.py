@@ -8,7 +8,7 @@ before the pause ends, a pause never shortens a longer backlog, and the calls re
 meanwhile reserve their slots from the end of the pause on, one interval apart: after a
 pause the bucket resumes at its steady rate, not with a burst.
 
-This module holds what :class:`~taskguard.guards.ratelimit.RateLimiter` and a task's
+This module holds what :class:`~taskguard.guards.ratelimiter.RateLimiter` and a task's
 ``self.taskguard`` share: argument checks, the header arithmetic, and the call.
 """
 

@@ -19,7 +19,7 @@ import redis.cluster
 from redis.crc import key_slot
 
 import taskguard
-from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit
+from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit, RateLimiter
 from taskguard.backend.limits import set_cap, set_limit, set_quota
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
 from taskguard.backend.spread import by_slot
@@ -184,6 +184,29 @@ def test_a_tag_template_puts_a_tasks_guards_in_one_slot(backend: taskguard.Backe
     again = limit.task_ops(keys, (), kwargs, "task-2") + doc.task_ops(keys, (), kwargs, "task-2")
     refused = backend.admit(again)
     assert not refused.allowed
+
+
+def test_a_bucket_placed_by_tag_is_named_by_its_tag_outside_a_run(
+    backend: taskguard.Backend,
+) -> None:
+    """A standalone call or a pause naming a tagged limit's bucket by key must reach the
+    bucket the tasks use: on a spread schema its tag is needed (the key alone names
+    another slot's key), and refused without it rather than passing silently apart."""
+    name = f"tagged-{uuid.uuid4().hex[:6]}"
+    spec = RateLimit("10/s", key="{customer}:{region}", tag="{customer}", name=name)
+    run = spec.bind("t", None).task_ops(backend.keys, (), {"customer": "c9", "region": "eu"}, "r")
+    limiter = RateLimiter(backend, spec)
+    if backend.keys.spread:
+        with pytest.raises(ValueError, match="tag="):
+            limiter.pause("c9:eu", 5)
+        with pytest.raises(ValueError, match="tag="):
+            limiter.try_acquire("c9:eu")
+    assert limiter.pause("c9:eu", 5, tag="c9").retry_after > 4
+    refused = backend.admit(run)
+    assert not refused.allowed  # the task's own bucket is the paused one
+    assert refused.retry_after > 4
+    assert limiter.try_acquire("c9:eu", tag="c9").retry_after > 4
+    assert limiter.try_acquire("c9:us", tag="c9").allowed  # another bucket, same slot
 
 
 def test_keyed_guards_follow_limits_set_at_run_time(backend: taskguard.Backend) -> None:

@@ -8,7 +8,8 @@ import taskguard
 from taskguard.backend.ops import RateOp
 from taskguard.clock import FakeClock
 from taskguard.errors import ConfigurationError, RateLimited
-from taskguard.guards.ratelimit import RateLimit, RateLimiter
+from taskguard.guards.ratelimit import RateLimit
+from taskguard.guards.ratelimiter import RateLimiter
 
 
 @pytest.fixture

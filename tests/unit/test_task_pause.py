@@ -19,6 +19,7 @@ from taskguard.celery._deferral import HEADER_COUNT, HEADER_RESERVATION
 from taskguard.celery._runtime import runtime_for
 from taskguard.clock import FakeClock
 from taskguard.guards.pause import Pause
+from taskguard.keys import KeySchema
 
 from .celery_harness import celery_app, of, published, recorded, run_as_worker
 
@@ -280,3 +281,24 @@ def test_a_templated_bucket_needs_a_key_outside_a_run(app: Celery) -> None:
         push.taskguard.pause("partner-api", seconds=1)
     assert push.taskguard.pause("partner-api", key="acme", seconds=1) == Pause("acme", 1.0)
     assert "RunGuards" in repr(push.taskguard)
+
+
+def test_a_run_pauses_another_bucket_of_a_tagged_limit_by_its_tag(clock: FakeClock) -> None:
+    # On a Cluster (a spread key schema) a limit placed by tag keeps a bucket in its
+    # tag's slot: another bucket than the run's is named by its key and its tag.
+    spread = taskguard.MemoryBackend(clock=clock, keys=KeySchema("tgs", spread=True))
+    tagged = RateLimit("10/s", key="{customer}:{region}", tag="{customer}", name="regional")
+    with celery_app(spread) as app:
+
+        @app.task(shared=False, bind=True, base=GuardedTask, guards=[tagged])
+        def push(self: Any, customer: str, region: str, tag: str | None) -> Pause:
+            return self.taskguard.pause("regional", key="acme:us", seconds=5, tag=tag)
+
+        with pytest.raises(ValueError, match=r"give bucket 'acme:us''s tag too \(tag="):
+            run_as_worker(push, "acme", "eu", None)
+        clock.advance(1)  # the run's own bucket has its token again
+        assert run_as_worker(push, "acme", "eu", "acme") == Pause("acme:us", 5.0)
+        clock.advance(1)
+    limiter = taskguard.RateLimiter(spread, tagged)
+    assert limiter.try_acquire("acme:us", tag="acme").retry_after == pytest.approx(4.0)
+    assert limiter.try_acquire("acme:eu", tag="acme").allowed  # the run's own bucket
