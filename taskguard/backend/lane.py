@@ -81,10 +81,17 @@ _KNOWN: dict[str | bytes, bytes] = {}
 _KNOWN_MAX = 8192
 
 
+#: Longer values are encoded per call, never kept: a packed batch (the drain's acks) is
+#: sent once, and 8192 of them would hold hundreds of MB.
+_KNOWN_LONGEST = 256
+
+
 def _remembered(value: str | bytes) -> bytes:
-    if len(_KNOWN) >= _KNOWN_MAX:
-        _KNOWN.clear()
-    bulk = _KNOWN[value] = _bulk(value)
+    bulk = _bulk(value)
+    if len(value) <= _KNOWN_LONGEST:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[value] = bulk
     return bulk
 
 

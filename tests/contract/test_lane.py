@@ -19,6 +19,7 @@ import pytest
 import redis
 
 import taskguard
+from taskguard.backend import lane as lane_module
 from taskguard.backend.lane import Lane, Lanes, PlainLane
 from taskguard.keys import KeySchema
 from taskguard.testing.servers import RedisServer
@@ -138,6 +139,18 @@ def test_with_no_retry_a_killed_connection_raises_then_reconnects(redis_url: str
             lane.evalsha(ECHO, [], ["lost"])  # type: ignore[arg-type]
         assert lane.evalsha(ECHO, [], ["back"]) == [[], [b"back"]]  # type: ignore[arg-type]
         lane.close()
+
+
+def test_only_short_values_are_kept_encoded(client: redis.Redis) -> None:
+    # Keys and settings repeat from call to call; a packed batch (the drain's acks: a
+    # batch's keys and ids in one argument) is sent once. Kept, 8192 of them would hold
+    # hundreds of MB: the drain's memory grew by 55 bytes per row until this was fixed.
+    batch, setting = b"k" * 40_000, b"short-setting"
+    lane = Lane(client)
+    assert lane.evalsha(ECHO, [], [batch, setting]) == [[], [batch, setting]]  # type: ignore[arg-type]
+    assert batch not in lane_module._KNOWN
+    assert setting in lane_module._KNOWN
+    lane.close()
 
 
 def test_each_thread_holds_its_own_connection_and_gives_it_back(client: redis.Redis) -> None:
