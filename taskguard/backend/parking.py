@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .redis import RedisBackend
+
+OpT = TypeVar("OpT")
 
 __all__ = ["HANDOFF_OWNER_SUFFIX", "Parking"]
 
@@ -50,6 +53,14 @@ class Parking:
         """The lots' index under ``of``'s tag (any key there; None: the prefix's)."""
         keys = self.backend.keys
         return [keys.park_messages(of), keys.park_meta(of), keys.park_due(of), keys.park_out(of)]
+
+    def localized(self, op: OpT) -> OpT:
+        """``op`` with its limits set at run time applied, when a parking script cannot
+        read them: a spread schema's keyed cap keeps its hash of run-time counts in the
+        prefix's slot, apart from its lot (read by the client, as its admission does)."""
+        if not self.backend.keys.spread:
+            return op
+        return self.backend._limits.localize([op])[0]
 
     def _ms(self) -> list[int]:
         return [int(self.handoff * 1000), int(self.out_ttl * 1000)]

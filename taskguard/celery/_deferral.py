@@ -19,6 +19,7 @@ reserved tasks can never start as a burst; its unused slot is one wasted token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -231,6 +232,10 @@ def park(
         Ignore: The task is parked (or, if the guard had room again, handed back).
         DeferralExhausted: As :func:`defer`.
     """
+    # A spread keyed cap's run-time count, read here; unreadable, the lot counts with the
+    # cap it was given (and parking itself meets the outage).
+    with contextlib.suppress(BackendUnavailable, BackendError):
+        op = parking.localized(op)
     how = parks(op)
     if how is None:
         return

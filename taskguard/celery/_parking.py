@@ -98,7 +98,8 @@ def parks(op: Op) -> tuple[str, int, tuple[str, str] | None] | None:
     if isinstance(op, SlotOp) and op.park_key is not None:
         if op.overrides is None or not same_slot(op.overrides, op.key):
             # A spread keyed cap: its hash of run-time counts is in another slot, which
-            # a parking script cannot read; the lot counts with the limit it was given.
+            # a parking script cannot read; the lot counts with the limit it was given
+            # (the caller's Parking.localized read that hash first).
             return "slot", op.limit, None
         return "slot", op.limit, (op.overrides, op.field)
     if isinstance(op, LeaseOp) and op.park_key is not None and op.purpose == "lock":

@@ -22,7 +22,10 @@ import taskguard
 from taskguard import CircuitBreaker, Concurrency, Lock, RateLimit, RateLimiter
 from taskguard.backend.limits import set_cap, set_limit, set_quota
 from taskguard.backend.ops import LeaseOp, Op, RateOp, SlotOp
+from taskguard.backend.parking import Parking
+from taskguard.backend.redis import RedisBackend
 from taskguard.backend.spread import by_slot
+from taskguard.celery._parking import parks
 from taskguard.errors import BackendError, BackendUnavailable
 from taskguard.guards.quota import QUOTA_KEY_KIND, Quota
 from taskguard.keys import KeySchema
@@ -235,6 +238,32 @@ def test_keyed_guards_follow_limits_set_at_run_time(backend: taskguard.Backend) 
     held = [op for op in (*first, *second) if isinstance(op, SlotOp)]
     assert backend.renew(held) == [True, True]
     assert backend.release(held) == [1, 1]
+
+
+def test_a_keyed_cap_parks_counting_its_cap_set_at_run_time(contract: Contract) -> None:
+    """A parked task is handed back when its cap has room by the count set at run time.
+    On a spread schema the keyed cap's hash of counts is in the prefix's slot, which the
+    parking script cannot read: the count is read by the client before parking."""
+    backend = contract.backend
+    if not isinstance(backend, RedisBackend):
+        pytest.skip("tasks park on Redis only (memory defers by time)")
+    name = f"parked-{uuid.uuid4().hex[:6]}"
+    cap = Concurrency(1, key="{k}", name=name).bind("t", None)
+    [holder] = cap.task_ops(backend.keys, (), {"k": "c1"}, "holder")
+    assert isinstance(holder, SlotOp)
+    assert backend.admit([holder]).allowed  # cap 1: full
+    set_cap(backend, name, 2)  # every key: one more slot
+    parking = Parking(backend)
+    how = parks(parking.localized(holder))
+    assert how is not None
+    mode, limit, overrides = how
+    assert (limit, overrides) == (
+        (2, None) if backend.keys.spread else (1, (holder.overrides, holder.field))
+    )
+    handed = parking.park(
+        holder.key, mode=mode, limit=limit, ticket="a", seq=1, payload=b"a", overrides=overrides
+    )
+    assert handed == [b"a"]  # room by the run-time count: handed back at once
 
 
 def test_a_refused_later_slot_gives_back_a_half_open_probe(contract: Contract) -> None:
