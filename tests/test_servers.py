@@ -157,6 +157,38 @@ def test_a_cluster_and_a_sentinel_stop_exactly_what_they_started() -> None:
     assert not any(server.directory.exists() for server in servers)
 
 
+def test_a_sentinel_topology_that_does_not_settle_starts_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A busy machine can keep the sentinels from settling (one finds the master silent
+    # past down-after-milliseconds): the topology stops and starts once more.
+    real = RedisSentinel._ready
+    attempts: list[int] = []
+    original_start_once = RedisSentinel._start_once
+
+    def counted(self: RedisSentinel, timeout: float) -> None:
+        attempts.append(1)
+        original_start_once(self, timeout)
+
+    def settles_the_second_time(self: RedisSentinel, port: int, seen: list[object]) -> object:
+        return real(self, port, seen) if len(attempts) > 1 else (lambda: False)
+
+    monkeypatch.setattr(RedisSentinel, "_start_once", counted)
+    monkeypatch.setattr(RedisSentinel, "_ready", settles_the_second_time)
+    topology = RedisSentinel().start(timeout=5)
+    try:
+        assert len(attempts) == 2
+        with redis.Redis(port=topology.master_port()) as client:
+            assert client.ping()
+    finally:
+        topology.close()
+    monkeypatch.setattr(RedisSentinel, "_ready", lambda self, port, seen: lambda: False)
+    topology = RedisSentinel()
+    with pytest.raises(RuntimeError, match=r"sentinel \d+ ready not within 0.5s .*; it saw: "):
+        topology.start(timeout=0.5)
+    assert not any(server.is_running() for server in topology.servers)
+
+
 def test_redis_server_with_appendonly_keeps_data_across_restart(tmp_path: Path) -> None:
     with RedisServer(directory=str(tmp_path), appendonly=True) as server:
         client = redis.Redis.from_url(server.url)

@@ -222,26 +222,47 @@ class RedisSentinel(_Topology):
 
     def start(self, timeout: float = 30.0) -> RedisSentinel:
         """Start the servers, then the sentinels, and wait until every sentinel knows the
-        replicas and the other sentinels (so a failover can be voted at once)."""
+        replicas and the other sentinels (so a failover can be voted at once).
+
+        On a busy machine a sentinel may find the new master silent past
+        ``down_after_ms`` before it settles (and even fail it over): the whole topology
+        is then stopped and started once more, from the sentinels' first configuration.
+        """
         try:
-            self.master.start()
-            for replica in self.replicas:
-                replica.start()
-            quorum = len(self.sentinels) // 2 + 1
-            for sentinel in self.sentinels:
-                sentinel.configure(self, quorum)
-                sentinel.start()
-            for sentinel in self.sentinels:
-                _wait(f"sentinel {sentinel.port} ready", self._ready(sentinel.port), timeout)
+            for attempt in (1, 2):
+                try:
+                    self._start_once(timeout)
+                    return self
+                except _NotReady:
+                    if attempt == 2:
+                        raise
+                    for server in self.servers:
+                        server.stop()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _ready(self, port: int) -> Any:
+    def _start_once(self, timeout: float) -> None:
+        self.master.start()
+        for replica in self.replicas:
+            replica.start()
+        quorum = len(self.sentinels) // 2 + 1
+        for sentinel in self.sentinels:
+            sentinel.configure(self, quorum)
+            sentinel.start()
+        for sentinel in self.sentinels:
+            seen: list[Any] = []
+            try:
+                _wait(f"sentinel {sentinel.port} ready", self._ready(sentinel.port, seen), timeout)
+            except RuntimeError as exc:
+                raise _NotReady(f"{exc}; it saw: {seen[-1] if seen else 'nothing'}") from None
+
+    def _ready(self, port: int, seen: list[Any]) -> Any:
         def check() -> bool:
             with _client(port) as client:
                 info = client.sentinel_master(self.service)
+            seen[:] = [{k: info.get(k) for k in ("num-other-sentinels", "num-slaves", "flags")}]
             return (
                 int(info["num-other-sentinels"]) == len(self.sentinels) - 1
                 and int(info["num-slaves"]) == len(self.replicas)
@@ -273,6 +294,10 @@ class RedisSentinel(_Topology):
 
         _wait("a failover", check, timeout)
         return found[-1]
+
+
+class _NotReady(RuntimeError):
+    """The sentinels did not settle on the topology in time."""
 
 
 class _SentinelServer(RedisServer):
