@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "BREAKER_STAGE",
+    "CLUSTER_STAGE",
     "PARK_STAGE",
     "STAGES",
     "WRITEBEHIND_STAGE",
@@ -25,6 +26,8 @@ _ENV = {
 }
 #: Optional: set only for the write-behind stage's workers.
 _DB_URL = "TASKGUARD_DEMO_DB_URL"
+#: Optional: set only for the Cluster stage's workers (guard state apart from the broker).
+_GUARD_URL = "TASKGUARD_DEMO_GUARD_URL"
 _DRAIN = "TASKGUARD_DEMO_DRAIN"
 
 #: The demo's two rate-limit stages, by short name (also their queue and record suffix).
@@ -35,6 +38,8 @@ PARK_STAGE = "park"
 BREAKER_STAGE = "breaker"
 #: The write-behind stage's short name (its queue and record suffix).
 WRITEBEHIND_STAGE = "writebehind"
+#: The Redis Cluster stage's short name (its queue and record suffix).
+CLUSTER_STAGE = "cluster"
 
 
 def broker_url_for(redis_url: str) -> str:
@@ -65,6 +70,8 @@ class DemoConfig:
         rate: The rate limit, in tasks per second, that both stages configure.
         db_url: The write-behind stage's database (SQLAlchemy URL), "" when unset.
         drain: Whether this worker runs a drain pool (the write-behind stage's workers).
+        guard_url: Where guard state lives when not on ``redis_url`` (the Cluster stage's
+            workers: a ``redis+cluster://`` URL), "" when unset.
     """
 
     redis_url: str
@@ -73,6 +80,7 @@ class DemoConfig:
     rate: int = 10
     db_url: str = ""
     drain: bool = False
+    guard_url: str = ""
 
     @classmethod
     def new(cls, redis_url: str, *, rate: int = 10, db_url: str = "") -> DemoConfig:
@@ -110,6 +118,7 @@ class DemoConfig:
             rate=int(env[_ENV["rate"]]),
             db_url=env.get(_DB_URL, ""),
             drain=env.get(_DRAIN) == "1",
+            guard_url=env.get(_GUARD_URL, ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -121,6 +130,7 @@ class DemoConfig:
             _ENV["rate"]: str(self.rate),
             _DB_URL: self.db_url,
             _DRAIN: "1" if self.drain else "0",
+            _GUARD_URL: self.guard_url,
         }
 
     def queue(self, stage: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from taskguard.urls import redact
 
 from .breaker_report import BreakerResult, breaker_row, breaker_verdict
+from .cluster_report import ClusterResult, cluster_rows, cluster_verdict
 from .park_report import ParkResult, park_note, park_rows, park_verdict
 from .park_stage import DURATION, TASKS
 from .stages import StageResult
@@ -127,6 +128,7 @@ def render_results(
     breaker: BreakerResult | None = None,
     writebehind: WriteBehindResult | None = None,
     park: ParkResult | None = None,
+    cluster: ClusterResult | None = None,
 ) -> str:
     """The results tables and the verdicts."""
     head = (
@@ -176,6 +178,12 @@ def render_results(
             "  rows exact: database rows holding the newest reading written; coalesced: queue "
             "records per row written"
         )
+    if cluster is not None and not cluster.skipped:
+        out += ["", *_table(cluster_rows(cluster))]
+        out.append(
+            "  most in 1 s: the most one tenant started within any second; admissions per "
+            "master: EVALSHA calls, largest first"
+        )
     out.append("")
     out += [_fill(*_verdict(result)) for result in results]
     if park is not None:
@@ -184,4 +192,6 @@ def render_results(
         out.append(_fill(*breaker_verdict(breaker)))
     if writebehind is not None:
         out.append(_fill(*writebehind_verdict(writebehind)))
+    if cluster is not None:
+        out.append(_fill(*cluster_verdict(cluster)))
     return "\n".join(out)

@@ -16,6 +16,8 @@ from taskguard.urls import redact, scrub, secrets_of
 
 from .breaker_report import breaker_held, render_timeline
 from .breaker_stage import BREAKER_TITLE, CALLS_PER_SECOND, run_breaker_stage
+from .cluster_report import cluster_held
+from .cluster_stage import CLUSTER_TITLE, run_cluster_stage
 from .config import STAGES, DemoConfig
 from .park_report import park_held
 from .park_stage import PARK_TITLE, run_park_stage, stage_concurrency
@@ -147,7 +149,7 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
         )
         echo(render_header(header))
         results = []
-        total = len(STAGES) + 3
+        total = len(STAGES) + 4
         for number, stage in enumerate(STAGES, start=1):
             title = {"celery": "Celery's own rate_limit", "taskguard": "taskguard RateLimit"}
             echo(f"\nStage {number}/{total}: {title[stage]} ({options.rate}/s)")
@@ -162,11 +164,11 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                     echo=echo,
                 )
             )
-        echo(f"\nStage {total - 2}/{total}: {PARK_TITLE}")
+        echo(f"\nStage {total - 3}/{total}: {PARK_TITLE}")
         park = run_park_stage(
             app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
         )
-        echo(f"\nStage {total - 1}/{total}: {BREAKER_TITLE}")
+        echo(f"\nStage {total - 2}/{total}: {BREAKER_TITLE}")
         with PartnerStub() as stub:
             breaker = run_breaker_stage(
                 app,
@@ -177,16 +179,21 @@ def run_demo(options: DemoOptions, echo: Callable[..., None], version: str) -> i
                 echo=echo,
             )
         echo(render_timeline(breaker))
-        echo(f"\nStage {total}/{total}: {WRITEBEHIND_TITLE}")
+        echo(f"\nStage {total - 1}/{total}: {WRITEBEHIND_TITLE}")
         writebehind = run_writebehind_stage(
             app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
         )
-        echo(render_results(results, breaker, writebehind, park))
+        echo(f"\nStage {total}/{total}: {CLUSTER_TITLE}")
+        cluster = run_cluster_stage(
+            app, config, workers=options.workers, concurrency=options.concurrency, echo=echo
+        )
+        echo(render_results(results, breaker, writebehind, park, cluster))
     held = (
         taskguard_held(results[-1])
         and park_held(park)
         and breaker_held(breaker)
         and writebehind_held(writebehind)
+        and cluster_held(cluster)
     )
     return 0 if held else 1
 

@@ -32,7 +32,7 @@ from taskguard.celery._task import GuardedTask
 from taskguard.errors import TaskGuardError
 from taskguard.guards import CircuitBreaker, Concurrency, RateLimit
 
-from .config import BREAKER_STAGE, PARK_STAGE, WRITEBEHIND_STAGE, DemoConfig
+from .config import BREAKER_STAGE, CLUSTER_STAGE, PARK_STAGE, WRITEBEHIND_STAGE, DemoConfig
 
 __all__ = [
     "BREAKER_TASK",
@@ -45,6 +45,8 @@ __all__ = [
     "PARKED_TASK",
     "PARTNER_BREAKER",
     "SENSORS",
+    "TENANT_RATE",
+    "TENANT_TASK",
     "WRITEBEHIND_TASK",
     "WRITES_PER_TASK",
     "PartnerDown",
@@ -58,6 +60,10 @@ BREAKER_TASK = "taskguard_demo.call_partner"
 WRITEBEHIND_TASK = "taskguard_demo.record_readings"
 PARKED_TASK = "taskguard_demo.capped_parked"
 BY_TIME_TASK = "taskguard_demo.capped_by_time"
+TENANT_TASK = "taskguard_demo.tenant_call"
+
+#: The Cluster stage's per-tenant limit: one bucket per tenant, each in its tenant's slot.
+TENANT_RATE = 4
 
 #: The parking stage's fleet-wide cap: each capped task has its own (the cap's name
 #: defaults to the task's).
@@ -164,6 +170,7 @@ def create_app(config: DemoConfig) -> Celery:
             PARKED_TASK: {"queue": config.queue(PARK_STAGE)},
             BY_TIME_TASK: {"queue": config.queue(PARK_STAGE)},
             WRITEBEHIND_TASK: {"queue": config.queue(WRITEBEHIND_STAGE)},
+            TENANT_TASK: {"queue": config.queue(CLUSTER_STAGE)},
         },
         taskguard=_taskguard_settings(config),
     )
@@ -218,13 +225,20 @@ def create_app(config: DemoConfig) -> Celery:
         app.task(name=name, bind=True, base=GuardedTask, guards=[Concurrency(CAP)])(capped(records))
     app.task(name=BREAKER_TASK, bind=True, base=GuardedTask, guards=[PARTNER_BREAKER])(call_partner)
     app.task(name=WRITEBEHIND_TASK, bind=True, base=GuardedTask)(record_readings)
+
+    def tenant_call(self: Any, tenant: str) -> None:
+        """One call for ``tenant``, under its own fleet-wide bucket (on the Cluster)."""
+        _record_start(self, config, CLUSTER_STAGE, tenant=tenant)
+
+    per_tenant = RateLimit(f"{TENANT_RATE}/s", key="{tenant}", name="per-tenant")
+    app.task(name=TENANT_TASK, bind=True, base=GuardedTask, guards=[per_tenant])(tenant_call)
     _connect_signals(config)
     return app
 
 
 def _taskguard_settings(config: DemoConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {
-        "redis_url": config.redis_url,
+        "redis_url": config.guard_url or config.redis_url,
         "key_prefix": config.prefix,
         # Deferral by time, as every refused task was deferred before parking.
         "tasks": {BY_TIME_TASK: {"park": False}},
