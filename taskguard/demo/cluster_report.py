@@ -30,6 +30,8 @@ class ClusterResult:
         starts: Each tenant's start times (Redis ``TIME`` of the demo's own server).
         evalsha: ``EVALSHA`` calls each master ran during the stage, by its port: the
             admissions (and any other script the workers sent there).
+        tenants_by_master: How many tenants' buckets each master holds (by port), by the
+            cluster's slot map: the admissions follow it.
         retries: ``request.retries`` spent over every run (deferral is not a retry).
         deferrals: Runs that had been deferred before they started.
         workers: Worker instances in the fleet.
@@ -40,6 +42,7 @@ class ClusterResult:
     per_tenant: int
     starts: Mapping[str, Sequence[float]] = field(default_factory=dict)
     evalsha: Mapping[int, int] = field(default_factory=dict)
+    tenants_by_master: Mapping[int, int] = field(default_factory=dict)
     retries: int = 0
     deferrals: int = 0
     workers: int = 0
@@ -65,12 +68,18 @@ class ClusterResult:
     @property
     def shares(self) -> list[float]:
         """Each master's share of the stage's ``EVALSHA`` calls, largest first."""
-        total = sum(self.evalsha.values())
-        return (
-            sorted((calls / total for calls in self.evalsha.values()), reverse=True)
-            if total
-            else []
-        )
+        return [share for _, share in self.by_master] if sum(self.evalsha.values()) else []
+
+    @property
+    def by_master(self) -> list[tuple[int, float]]:
+        """Per master, largest share first: the tenants it holds and its share of the
+        stage's ``EVALSHA`` calls."""
+        total = sum(self.evalsha.values()) or 1
+        rows = [
+            (self.tenants_by_master.get(port, 0), calls / total)
+            for port, calls in self.evalsha.items()
+        ]
+        return sorted(rows, key=lambda row: -row[1])
 
 
 def cluster_held(result: ClusterResult) -> bool:
@@ -90,11 +99,13 @@ def cluster_held(result: ClusterResult) -> bool:
 def cluster_rows(result: ClusterResult) -> list[tuple[str, ...]]:
     """The stage's table: a head and one row."""
     shares = " / ".join(f"{share:.0%}" for share in result.shares) or "-"
+    placed = " / ".join(f"{tenants}" for tenants, _ in result.by_master) or "-"
     return [
         ("Redis Cluster stage", "tenants", "limit each", "ran", "most in 1 s", "deferred",
-         "admissions per master"),
+         "tenants per master", "EVALSHA per master"),
         ("per-tenant RateLimit", f"{result.tenants}", f"{result.rate}/s",
-         f"{result.ran}/{result.expected}", f"{result.worst}", f"{result.deferrals}", shares),
+         f"{result.ran}/{result.expected}", f"{result.worst}", f"{result.deferrals}", placed,
+         shares),
     ]  # fmt: skip
 
 
@@ -103,10 +114,13 @@ def cluster_verdict(result: ClusterResult) -> tuple[str, str]:
     if result.skipped:
         return "note", f"Redis Cluster stage not run: {result.skipped}."
     shares = " / ".join(f"{share:.0%}" for share in result.shares)
+    placed = " / ".join(f"{tenants}" for tenants, _ in result.by_master)
     sentence = (
         f"RateLimit({result.rate}/s, key='{{tenant}}') with its state on a 3-master Redis "
-        f"Cluster: each of the {result.tenants} tenants' buckets lives in its own key's slot, "
-        f"so the admissions spread over the masters ({shares} of the EVALSHA calls) and "
+        f"Cluster: each of the {result.tenants} tenants' buckets lives in its own key's slot "
+        f"({placed} tenants per master, as their keys hash), so the admissions spread over "
+        f"the masters ({shares} of the EVALSHA calls, the parking sweeps on the prefix's own "
+        f"slot included) and "
         f"the {result.workers} workers still share one bucket per tenant: no tenant started "
         f"more than {result.worst} tasks in any second (the limit, plus one at a window's "
         f"edge); {result.retries} retries spent."

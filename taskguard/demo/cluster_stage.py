@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
+from taskguard.keys import KeySchema
 from taskguard.testing.topologies import RedisCluster
 
 from .cluster_report import ClusterResult
@@ -47,6 +49,18 @@ def _evalsha_calls(ports: list[int]) -> dict[int, int]:
             stats = client.info("commandstats")
         calls[port] = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
     return calls
+
+
+def _tenants_by_master(port: int, prefix: str, tenants: list[str]) -> dict[int, int]:
+    """How many tenants' buckets each master holds, by the cluster's slot map."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
+        ranges = [(int(r[0]), int(r[1]), int(r[2][1])) for r in client.cluster("slots")]
+    keys = KeySchema(prefix, spread=True)  # the schema taskguard.connect uses on a Cluster
+    found = dict.fromkeys((master for _, _, master in ranges), 0)
+    for tenant in tenants:
+        slot = key_slot(keys.rate_limit("per-tenant", tenant).encode())
+        found[next(m for low, high, m in ranges if low <= slot <= high)] += 1
+    return found
 
 
 def run_cluster_stage(
@@ -87,6 +101,7 @@ def run_cluster_stage(
             _wait_for(client, key, TENANTS * PER_TENANT)
             after = _evalsha_calls(ports)
             echo(" all ran")
+            placed = _tenants_by_master(ports[0], config.prefix, tenants)
         records = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
     finally:
         client.close()
@@ -98,6 +113,7 @@ def run_cluster_stage(
         result,
         starts=starts,
         evalsha={port: after[port] - before.get(port, 0) for port in after},
+        tenants_by_master=placed,
         retries=sum(record["retries"] for record in records),
         deferrals=sum(1 for record in records if record["deferrals"]),
     )

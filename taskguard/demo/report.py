@@ -181,8 +181,8 @@ def render_results(
     if cluster is not None and not cluster.skipped:
         out += ["", *_table(cluster_rows(cluster))]
         out.append(
-            "  most in 1 s: the most one tenant started within any second; admissions per "
-            "master: EVALSHA calls, largest first"
+            "  most in 1 s: the most one tenant started within any second; EVALSHA per master: "
+            "every script call (admissions, and the parking sweeps on the prefix's slot)"
         )
     out.append("")
     out += [_fill(*_verdict(result)) for result in results]

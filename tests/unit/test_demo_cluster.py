@@ -32,6 +32,7 @@ def _result(**changes: object) -> ClusterResult:
         per_tenant=10,
         starts={f"t{n}": _paced(100.0 + n * 0.01, 10, 4) for n in range(6)},
         evalsha={7001: 40, 7002: 12, 7003: 20},
+        tenants_by_master={7001: 3, 7002: 1, 7003: 2},
         retries=0,
         deferrals=54,
         workers=3,
@@ -52,9 +53,18 @@ def test_a_paced_run_spread_over_every_master_holds() -> None:
     assert result.shares == pytest.approx([40 / 72, 20 / 72, 12 / 72])
     tag, sentence = cluster_verdict(result)
     assert tag == "HELD"
+    assert "(3 / 2 / 1 tenants per master, as their keys hash)" in sentence
     assert "56% / 28% / 17%" in sentence
     assert "no tenant started more than 5 tasks in any second" in sentence
-    assert cluster_rows(result)[1][1:5] == ("6", "4/s", "60/60", "5")
+    assert cluster_rows(result)[1][1:] == (
+        "6",
+        "4/s",
+        "60/60",
+        "5",
+        "54",
+        "3 / 2 / 1",
+        "56% / 28% / 17%",
+    )
 
 
 @pytest.mark.parametrize(
