@@ -10,6 +10,10 @@ seconds per row of each process family (this Python process, the Redis server, e
 included)::
 
     python -m benchmarks.drain_profile --rows 200000
+    python -m benchmarks.drain_profile --rows 200000 --cluster   # queue on 3 masters
+
+With ``--cluster`` the queue lives on a throwaway 3-master Redis Cluster (no replicas);
+"Redis" is then the three masters' CPU, and the command counts are summed over them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import taskguard
 from taskguard.drain import DrainPool
 from taskguard.sinks.sql import SQLStore
 from taskguard.testing import RedisServer
+from taskguard.testing.topologies import RedisCluster
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -32,6 +37,10 @@ DSN = "postgresql://postgres@127.0.0.1:5432/test"
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
+
+
+def _redis_cpu(processes: list[psutil.Process]) -> float:
+    return sum(_cpu(process) for process in processes)
 
 
 def _postgres_cpu() -> dict[int, float]:
@@ -45,9 +54,14 @@ def _postgres_cpu() -> dict[int, float]:
     return found
 
 
-def profile(rows: int, workers: int, dsn: str) -> None:
+def profile(rows: int, workers: int, dsn: str, cluster: bool = False) -> None:
     """Queue ``rows`` writes, drain them, print the figures."""
-    with RedisServer() as server:
+    with RedisCluster(replicas=0) if cluster else RedisServer() as server:
+        nodes = (
+            [redis.Redis(port=port) for port in server.master_ports()]
+            if cluster
+            else [redis.Redis.from_url(server.url)]
+        )
         prefix = f"tgprof{uuid.uuid4().hex[:6]}"
         store = SQLStore(dsn, table=prefix)
         store.create_table()
@@ -58,18 +72,18 @@ def profile(rows: int, workers: int, dsn: str) -> None:
                 cache.set_many(
                     {f"k{i}": {"n": i, "pad": "x" * 32} for i in range(start, start + 500)}
                 )
-            client = redis.Redis.from_url(server.url)
-            client.config_resetstat()
-            pid = client.info("server")["process_id"]
-            redis_process, me = psutil.Process(pid), psutil.Process()
-            redis0, me0, pg0 = _cpu(redis_process), _cpu(me), _postgres_cpu()
+            for node in nodes:
+                node.config_resetstat()
+            redis_processes = [psutil.Process(n.info("server")["process_id"]) for n in nodes]
+            me = psutil.Process()
+            redis0, me0, pg0 = _redis_cpu(redis_processes), _cpu(me), _postgres_cpu()
             began = time.perf_counter()
             with DrainPool(backend, store=store, namespaces=["bench"], workers=workers) as pool:
                 if not pool.wait_idle(timeout=600):
                     raise RuntimeError("the drain did not finish")
                 elapsed = time.perf_counter() - began
             python = _cpu(me) - me0
-            redis_cpu = _cpu(redis_process) - redis0
+            redis_cpu = _redis_cpu(redis_processes) - redis0
             pg = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in _postgres_cpu().items())
             per = 1e6 / rows
             print(
@@ -78,13 +92,18 @@ def profile(rows: int, workers: int, dsn: str) -> None:
                 f"Redis {redis_cpu * per:.2f}, PostgreSQL {pg * per:.2f}, "
                 f"total {(python + redis_cpu + pg) * per:.2f}"
             )
-            stats = client.info("commandstats")
+            stats: dict[str, dict[str, float]] = {}
+            for node in nodes:
+                for name, stat in node.info("commandstats").items():
+                    found = stats.setdefault(name, {"calls": 0, "usec": 0})
+                    found["calls"] += stat["calls"]
+                    found["usec"] += stat["usec"]
+                node.close()
             for name, stat in sorted(stats.items(), key=lambda item: -item[1]["usec"])[:10]:
                 print(
-                    f"  {name.removeprefix('cmdstat_'):16s} {stat['calls']:8d} calls "
+                    f"  {name.removeprefix('cmdstat_'):16s} {stat['calls']:8.0f} calls "
                     f"{stat['usec'] / rows:7.3f} us/row"
                 )
-            client.close()
         finally:
             store.drop_table()
             store.close()
@@ -95,8 +114,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dsn", default=DSN)
+    parser.add_argument("--cluster", action="store_true", help="queue on a 3-master cluster")
     args = parser.parse_args()
-    profile(args.rows, args.workers, args.dsn)
+    profile(args.rows, args.workers, args.dsn, cluster=args.cluster)
 
 
 if __name__ == "__main__":
