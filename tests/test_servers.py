@@ -175,13 +175,10 @@ def test_a_sentinel_topology_that_does_not_settle_starts_once_more(
 
     monkeypatch.setattr(RedisSentinel, "_start_once", counted)
     monkeypatch.setattr(RedisSentinel, "_ready", settles_the_second_time)
-    topology = RedisSentinel().start(timeout=5)
-    try:
+    with RedisSentinel().start(timeout=5) as topology:  # entering does not start it again
         assert len(attempts) == 2
         with redis.Redis(port=topology.master_port()) as client:
             assert client.ping()
-    finally:
-        topology.close()
     monkeypatch.setattr(RedisSentinel, "_ready", lambda self, port, seen: lambda: False)
     topology = RedisSentinel()
     with pytest.raises(RuntimeError, match=r"sentinel \d+ ready not within 0.5s .*; it saw: "):

@@ -69,6 +69,9 @@ class _Topology:
     servers: list[RedisServer]
 
     def __enter__(self) -> Any:
+        # ``with Topology().start() as t:`` must not set it up a second time.
+        if self.servers and all(server.is_running() for server in self.servers):
+            return self
         return self.start()
 
     def start(self, timeout: float = 30.0) -> Any:
