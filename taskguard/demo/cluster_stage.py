@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,7 +77,7 @@ def run_cluster_stage(
     began = time.monotonic()
     try:
         cluster = RedisCluster(masters=3, replicas=0).start()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         echo(" not started")
         return dataclasses.replace(result, skipped=f"no Redis Cluster could start here ({exc})")
     client = redis.Redis.from_url(config.redis_url)
