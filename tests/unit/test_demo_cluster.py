@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from taskguard.demo import cluster_stage
 from taskguard.demo.cluster_report import (
     ClusterResult,
     cluster_held,
@@ -112,3 +113,24 @@ def test_the_stage_workers_keep_guard_state_on_the_cluster() -> None:
     assert _taskguard_settings(on_cluster)["redis_url"] == "redis+cluster://127.0.0.1:7001/"
     assert DemoConfig.from_env(on_cluster.to_env()) == on_cluster
     assert DemoConfig.from_env(config.to_env()).guard_url == ""
+
+
+def test_where_no_cluster_can_start_the_stage_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoCluster:
+        def __init__(self, **_: object) -> None: ...
+
+        def start(self) -> None:
+            raise RuntimeError("no redis-cli binary found")
+
+    monkeypatch.setattr(cluster_stage, "RedisCluster", NoCluster)
+    said: list[str] = []
+    result = cluster_stage.run_cluster_stage(
+        None,
+        DemoConfig.new("redis://127.0.0.1:1/0"),
+        workers=3,
+        concurrency=1,
+        echo=lambda text, **_: said.append(text),
+    )
+    assert result.skipped == "no Redis Cluster could start here (no redis-cli binary found)"
+    assert cluster_held(result)
+    assert said[-1] == " not started"
