@@ -111,13 +111,16 @@ class RateLimiter:
         Args:
             key: The bucket (``None``: the limiter's one bucket).
             seconds: From 0 to 31 days: a number, a header's text, or a timedelta.
+            tag: For a limit placed by ``tag=`` on a Redis Cluster, what its template
+                renders for this bucket (see :meth:`try_acquire`).
 
         Returns:
             What the pause did; ``retry_after`` is how long the bucket now refuses.
 
         Raises:
-            ValueError: ``seconds`` is not a duration from 0 to 31 days.
-            TypeError: ``key`` is not a str, an int or None.
+            ValueError: ``seconds`` is not a duration from 0 to 31 days; or the limit
+                places its buckets by tag on a Cluster and ``tag`` is missing.
+            TypeError: ``key`` or ``tag`` is not a str, an int or None.
             BackendError: Redis refused for a reason that is not an outage (an outage
                 is logged and reported as ``degraded``).
 
