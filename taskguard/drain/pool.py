@@ -12,6 +12,7 @@ made at start in :mod:`taskguard.drain.persistence`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -139,6 +140,12 @@ class DrainPool(LeaseManager):
         if self._threads:
             raise RuntimeError("the drain pool is already started")
         check_persistence(self.backend)
+        # The first leases are taken before any drain thread starts, so each starts with
+        # its share: taken while the first threads already read and parse, one partition
+        # at a time, they took about 100 ms to hand out 8 partitions here (the manager
+        # goes on with its ticks, and takes them if Redis cannot be reached now).
+        with contextlib.suppress(*REDIS_ERRORS):
+            self._balance()
         self._manager = threading.Thread(
             target=self._manage, name="taskguard-drain-manager", daemon=True
         )

@@ -175,6 +175,24 @@ def test_the_ack_keeps_a_dirty_mark_that_names_a_newer_write(
     assert producer.dirty() == {}
 
 
+def test_a_started_pool_holds_its_share_before_its_threads_read(
+    backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
+) -> None:
+    # The first leases are taken in start(), before the drain threads run: handed out by
+    # the manager while the threads already parsed their first batches, 8 partitions
+    # took about 100 ms, and the first reads found one partition each.
+    producer.put("k1", 1)  # registers the namespace and its P partitions
+    pool = DrainPool(backend, sqlite_store, workers=2)
+    try:
+        pool.start()
+        assert len(pool.held()) == P  # at once: no manager tick waited for
+        assert sorted(pool._held.values()) == [0] * (P // 2) + [1] * (P // 2)
+        assert pool.wait_idle(30)
+    finally:
+        pool.stop()
+    assert stored(sqlite_store, ["k1"]) == {"k1": 1}
+
+
 def test_two_pools_never_consume_one_partition_at_once(
     backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
 ) -> None:
