@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 import taskguard
@@ -77,3 +78,20 @@ def test_a_stale_route_is_read_again_through_the_cluster(cluster: Any, tg_prefix
     assert routes._nodes == {}  # forgotten: the next read finds the masters again
     [again] = _read(cluster, [partition])
     assert _raw_entries(again) == []  # delivered once
+
+
+def test_an_error_reply_raises_and_every_connection_stays_in_step(
+    cluster: Any, tg_prefix: str
+) -> None:
+    # An error on one partition (its group is gone) is raised, and no connection is left
+    # with a reply waiting in it for its next user.
+    partitions = _streams(cluster, tg_prefix, 6)
+    cluster.xgroup_destroy(partitions[2].stream, "g")
+    with pytest.raises(redis.exceptions.ResponseError, match="NOGROUP"):
+        _read(cluster, partitions)
+    cluster.xgroup_create(partitions[2].stream, "g", id="0")
+    replies = _read(cluster, partitions)
+    assert [len(_raw_entries(reply)) for reply in replies] == [0, 0, 1, 0, 0, 0]
+    for node in cluster.get_primaries():
+        pool = cluster.get_redis_connection(node).connection_pool
+        assert not pool._in_use_connections  # every one given back
