@@ -33,7 +33,9 @@ def limiter(contract: Contract, rate: str = "20/s", **options: object) -> RateLi
 
 
 def test_a_pause_refuses_calls_until_it_ends(contract: Contract) -> None:
-    api = limiter(contract, burst=4)
+    # 5/s: after the pause the next call is 200 ms away, far more than a busy machine
+    # takes between the two calls below (at 20/s, 50 ms, it once did).
+    api = limiter(contract, "5/s", burst=4)
     assert api.try_acquire(key="acme").allowed
     since = time.monotonic()
     paused = api.pause("acme", 0.4)
