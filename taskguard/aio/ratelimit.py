@@ -19,6 +19,7 @@ from taskguard.errors import BackendError, BackendUnavailable
 from taskguard.guards.keying import bucket_tag, key_text
 from taskguard.guards.pause import Pause, observed_pause, pause_offline, pause_seconds
 from taskguard.guards.ratelimit import RateLimit
+from taskguard.guards.ratelimiter import call_bucket, limiter_op
 
 from .base import AsyncBackend
 from .decision import Acquiring, AsyncDecision, admit
@@ -26,9 +27,6 @@ from .decision import Acquiring, AsyncDecision, admit
 __all__ = ["AsyncRateLimiter"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-#: Distinct (bucket, cost, tag) ops a limiter keeps built (as the sync one).
-_OP_CACHE_SIZE = 1024
 
 
 class AsyncRateLimiter:
@@ -147,14 +145,7 @@ class AsyncRateLimiter:
         return await self.pause(key, seconds, tag=tag)
 
     def _op(self, key: str | None, cost: int, tag: str | int | None) -> RateOp:
-        keys = self.backend.keys
-        tag = bucket_tag(self.spec, keys.spread, key, tag)
-        op = self._ops.get((key, cost, tag))
-        if op is None:
-            if len(self._ops) >= _OP_CACHE_SIZE:
-                self._ops.clear()
-            op = self._ops[key, cost, tag] = self.spec.op(keys, key, cost, tag)
-        return op
+        return limiter_op(self.spec, self.backend.keys, self._ops, (key, cost, tag))
 
     async def _decide(
         self, key: str | None, cost: int, *, reserve: float, tag: str | int | None
@@ -191,9 +182,8 @@ class AsyncRateLimiter:
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            spec = self.spec
-            tag = None if spec.tag.source is None else spec.tag.render(args, kwargs, signature)
-            await self.acquire(key=spec.key.render(args, kwargs, signature), tag=tag)
+            key, tag = call_bucket(self.spec, args, kwargs, signature)
+            await self.acquire(key=key, tag=tag)
             return await func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -21,8 +21,9 @@ from .ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from taskguard.backend.base import Backend
+    from taskguard.keys import KeySchema
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "call_bucket", "limiter_op"]
 
 #: Distinct (bucket, cost, tag) ops a standalone limiter keeps built.
 _OP_CACHE_SIZE = 1024
@@ -187,18 +188,7 @@ class RateLimiter:
         return self.pause(key, seconds, tag=tag)
 
     def _op(self, key: str | None, cost: int, tag: str | int | None) -> RateOp:
-        # Ops are immutable values: build each (bucket, cost, tag) once, not per decision.
-        keys = self.backend.keys
-        tag = bucket_tag(self.spec, keys.spread, key, tag)
-        per_key = self.spec.per_key
-        if per_key is not None and per_key.values is None:  # a callable: ask it each time
-            return self.spec.op(keys, key, cost, tag)
-        op = self._ops.get((key, cost, tag))
-        if op is None:
-            if len(self._ops) >= _OP_CACHE_SIZE:
-                self._ops.clear()
-            op = self._ops[key, cost, tag] = self.spec.op(keys, key, cost, tag)
-        return op
+        return limiter_op(self.spec, self.backend.keys, self._ops, (key, cost, tag))
 
     def _decide(
         self, key: str | None, cost: int, *, reserve_within: float, tag: str | int | None
@@ -230,9 +220,8 @@ class RateLimiter:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            spec = self.spec
-            tag = None if spec.tag.source is None else spec.tag.render(args, kwargs, signature)
-            self.acquire(key=spec.key.render(args, kwargs, signature), tag=tag)
+            key, tag = call_bucket(self.spec, args, kwargs, signature)
+            self.acquire(key=key, tag=tag)
             return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -240,3 +229,33 @@ class RateLimiter:
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def limiter_op(
+    spec: RateLimit,
+    keys: KeySchema,
+    ops: dict[tuple[str | None, int, str | None], RateOp],
+    call: tuple[str | None, int, str | int | None],
+) -> RateOp:
+    """The op of a standalone call ``(bucket, cost, tag)``, kept in ``ops``: ops are
+    immutable values, built once per (bucket, cost, tag), not per decision (both the sync
+    and the asyncio limiter)."""
+    key, cost, given = call
+    tag = bucket_tag(spec, keys.spread, key, given)
+    per_key = spec.per_key
+    if per_key is not None and per_key.values is None:  # a callable: ask it each time
+        return spec.op(keys, key, cost, tag)
+    op = ops.get((key, cost, tag))
+    if op is None:
+        if len(ops) >= _OP_CACHE_SIZE:
+            ops.clear()
+        op = ops[key, cost, tag] = spec.op(keys, key, cost, tag)
+    return op
+
+
+def call_bucket(
+    spec: RateLimit, args: Any, kwargs: Any, signature: inspect.Signature
+) -> tuple[str | None, str | None]:
+    """The bucket and its tag of one call of a decorated function."""
+    tag = None if spec.tag.source is None else spec.tag.render(args, kwargs, signature)
+    return spec.key.render(args, kwargs, signature), tag

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import taskguard
+import taskguard.aio
 from taskguard import Concurrency, ConfigurationError, RateLimit
 from taskguard.clock import FakeClock
 from taskguard.keys import KeySchema
@@ -65,3 +66,21 @@ def test_a_quota_takes_each_key_s_allowance_from_the_table() -> None:
     spec = Quota("100/day", key="{tenant}", per_key={"acme": 5000}, name="exports")
     assert spec.op(KEYS, "acme").limit == 5000
     assert spec.op(KEYS, "globex").limit == 100
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_a_standalone_limiter_asks_a_per_key_callable_on_every_call(flavour: str) -> None:
+    # Both limiters build their ops through one helper (ratelimiter.limiter_op); the
+    # asyncio one used to keep the op built from a callable's first answer for good.
+    fast: set[str] = set()
+    spec = RateLimit("1/m", name="sms", per_key=lambda k: "60/s" if k in fast else None)
+    limiter: taskguard.RateLimiter | taskguard.aio.AsyncRateLimiter
+    if flavour == "sync":
+        limiter = taskguard.RateLimiter(taskguard.MemoryBackend(clock=FakeClock()), spec)
+    else:
+        limiter = taskguard.aio.AsyncRateLimiter(
+            taskguard.aio.AsyncMemoryBackend(clock=FakeClock()), spec
+        )
+    assert limiter._op("vip", 1, None).interval == pytest.approx(60.0)
+    fast.add("vip")
+    assert limiter._op("vip", 1, None).interval == pytest.approx(1 / 60)
