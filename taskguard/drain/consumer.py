@@ -35,7 +35,7 @@ from .batch import (
 )
 from .config import DrainOptions
 from .metrics import Throughput
-from .partition import Partition, dead_letter, read_new
+from .partition import Partition, dead_letter, read_new, with_pending
 
 __all__ = ["Abandoned", "Consumer", "DrainOptions"]
 
@@ -99,11 +99,14 @@ class Consumer:
         """Claim what is pending, then read and write new batches once. Returns records done."""
         done = 0
         now = time.monotonic()
-        for partition in partitions:
-            if partition.needs_claim or now - partition.last_scan >= self.options.claim_idle:
-                done += self._recover(partition, fresh=partition.needs_claim)
-                partition.needs_claim = False
-                partition.last_scan = now
+        due = [
+            p for p in partitions if p.needs_claim or now - p.last_scan >= self.options.claim_idle
+        ]
+        for partition in with_pending(self.backend, due):  # usually none: one round trip
+            done += self._recover(partition, fresh=partition.needs_claim)
+        for partition in due:
+            partition.needs_claim = False
+            partition.last_scan = now
         for partition, raw in self.gather(partitions).items():
             done += self.process_raw(partition, raw)
         return done

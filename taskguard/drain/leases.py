@@ -30,7 +30,7 @@ from .discovery import (
     namespace_streams,
     registered_namespaces,
 )
-from .partition import Partition
+from .partition import Partition, acquire_leases, ensure_groups, renew_leases
 
 __all__ = ["LeaseManager"]
 
@@ -64,8 +64,11 @@ class LeaseManager:
     _probed: float
     _scan: StreamScan
 
-    def _manage(self) -> None:
+    def _manage(self, balanced: bool = False) -> None:
+        """Keep the leases, one tick apart (the first after a tick when ``start`` balanced)."""
         attempt = 0
+        if balanced:
+            self._stopping.wait(self._tick)
         while not self._stopping.is_set():
             try:
                 self._balance()
@@ -80,26 +83,29 @@ class LeaseManager:
                 logger.exception("drain: lease manager failed (continuing)")
             self._stopping.wait(wait)
 
-    def _discover(self, *, force: bool = False, full: bool = False) -> None:
+    def _discover(self, *, force: bool = False, full: bool = False, streams: bool = True) -> None:
         """Learn the partitions to drain.
 
         Every few seconds (or ``force``): the registry. Every ``SCAN_EVERY`` seconds (or
         ``full``): the streams of the named namespaces, probed. With no names, a sweep
         of the keyspace for streams goes on in bounded steps, one per call (``full``: a
         whole sweep now). A stream is drained whether or not its namespace is registered.
+        ``streams=False`` reads the registry alone, and the next call looks again.
         """
         now = time.monotonic()
         found: Found = {}
-        if force or full or now - self._discovered >= 5.0:
-            self._discovered = now
+        if not streams or force or full or now - self._discovered >= 5.0:
             found = {ns: set(range(n)) for ns, n in registered_namespaces(self.backend).items()}
-            if self.namespaces is not None and (full or now - self._probed >= SCAN_EVERY):
+            if streams:
+                self._discovered = now
+            probe = full or now - self._probed >= SCAN_EVERY
+            if self.namespaces is not None and streams and probe:
                 self._probed = now
                 for namespace in self.namespaces:
                     found.setdefault(namespace, set()).update(
                         namespace_streams(self.backend, namespace)
                     )
-        if self.namespaces is None:
+        if self.namespaces is None and streams:
             merge(found, self._scan.sweep() if full else self._scan.step())
         self._add(found)
 
@@ -125,10 +131,12 @@ class LeaseManager:
                             self.keys, namespace, index
                         )
 
-    def _balance(self) -> None:
+    def _balance(self, *, streams: bool = True) -> None:
+        """Renew the leases held, take free ones up to the pool's share and mark those
+        beyond it for release; ``streams``: as :meth:`_discover`."""
         backend = self.backend
         ttl = self.options.lease_ttl
-        self._discover()
+        self._discover(streams=streams)
         with backend.commands("drain pool registry") as client:
             seconds, micros = client.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -140,8 +148,8 @@ class LeaseManager:
         with self._lock:
             held = list(self._held)
             candidates = list(self._partitions.values())
-        for partition in held:
-            if not partition.renew(backend, self.owner, ttl):
+        for partition, ours in zip(held, renew_leases(backend, held, self.owner, ttl), strict=True):
+            if not ours:
                 logger.warning("drain: lost the lease of %s", partition.name)
                 self._drop(partition)
         target = math.ceil(len(candidates) / live)
@@ -150,15 +158,19 @@ class LeaseManager:
             for partition in keeping[target:]:
                 partition.surrender = True
         random.shuffle(candidates)
-        for partition in candidates:
-            with self._lock:
-                if len(self._held) >= target:
-                    break
-                if partition in self._held:
-                    continue
-            if partition.acquire(backend, self.owner, ttl):
-                partition.ensure_group(backend)
+        with self._lock:
+            free = [p for p in candidates if p not in self._held]
+            need = target - len(self._held)
+        # As many free partitions as this pool lacks, in one pipeline; then the next as
+        # many as were held by others, until the share is reached or none are left.
+        while need > 0 and free:
+            trying, free = free[:need], free[need:]
+            taken = acquire_leases(backend, trying, self.owner, ttl)
+            won = [p for p, ours in zip(trying, taken, strict=True) if ours]
+            ensure_groups(backend, won)
+            for partition in won:
                 self._adopt(partition)
+            need -= len(won)
 
     def _adopt(self, partition: Partition) -> None:
         with self._lock:

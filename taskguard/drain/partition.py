@@ -24,7 +24,15 @@ from taskguard.keys import KeySchema
 from .batch import Entry, RawEntry, Rejected, id_order
 from .cluster_read import read_on_masters
 
-__all__ = ["GROUP", "Partition", "dead_letter"]
+__all__ = [
+    "GROUP",
+    "Partition",
+    "acquire_leases",
+    "dead_letter",
+    "ensure_groups",
+    "renew_leases",
+    "with_pending",
+]
 
 #: The consumer group every drain pool reads with.
 GROUP = "taskguard-drain"
@@ -77,16 +85,6 @@ class Partition:
 
     # ------------------------------------------------------------ lease
 
-    def acquire(self, backend: RedisBackend, owner: str, ttl: float) -> bool:
-        """Take the lease if nobody holds it."""
-        with backend.commands("drain lease acquire") as client:
-            return bool(client.set(self.lease, owner, nx=True, px=max(int(ttl * 1000), 1)))
-
-    def renew(self, backend: RedisBackend, owner: str, ttl: float) -> bool:
-        """Extend our lease; False if it is no longer ours."""
-        args = ["renew", owner, max(int(ttl * 1000), 1)]
-        return bool(backend.run_script("drain_lease", [self.lease], args, what="drain lease renew"))
-
     def release(self, backend: RedisBackend, owner: str) -> bool:
         """Drop our lease (never another pool's)."""
         args = ["release", owner, 0]
@@ -97,29 +95,8 @@ class Partition:
     # ------------------------------------------------------------ stream
 
     def ensure_group(self, backend: RedisBackend) -> None:
-        """Create the consumer group (and the stream) if missing.
-
-        taskguard never deletes a stream. So a group this pool saw before that is missing
-        now means the stream went, with the records queued in it and not yet written:
-        Redis lost its data (``FLUSHDB``, a restart without persistence, an eviction) or
-        the key was deleted. That loss is logged as an error here, where it is found.
-        """
-        with backend.commands("drain XGROUP CREATE") as client:
-            try:
-                client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            else:
-                if self.had_group:
-                    logging.getLogger("taskguard.drain").error(
-                        "drain: the write-behind stream of %s vanished with its consumer "
-                        "group: records queued there and not yet written are lost (Redis "
-                        "lost its data: FLUSHDB, a restart without persistence, an "
-                        "eviction; or the key was deleted)",
-                        self.name,
-                    )
-        self.had_group = True
+        """Create the consumer group (and the stream) if missing: :func:`ensure_groups`."""
+        ensure_groups(backend, [self])
 
     def claim_pending(
         self, backend: RedisBackend, consumer: str, *, min_idle: float, count: int
@@ -190,6 +167,81 @@ class Partition:
         return int(
             backend.run_script("drain_ack", [self.stream, self.dirty], args, what="drain ack")
         )
+
+
+def acquire_leases(
+    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
+) -> list[bool]:
+    """Take the leases of ``partitions`` that nobody holds, in one pipeline (one round trip
+    per node on Redis Cluster); per partition, whether it is ours now."""
+    if not partitions:
+        return []
+    with backend.commands("drain lease acquire") as client:
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.set(partition.lease, owner, nx=True, px=max(int(ttl * 1000), 1))
+        return [bool(taken) for taken in pipe.execute()]
+
+
+def ensure_groups(backend: RedisBackend, partitions: Sequence[Partition]) -> None:
+    """Create each partition's consumer group (and stream) if missing, in one pipeline.
+
+    taskguard never deletes a stream. So a group this pool saw before that is missing now
+    means the stream went, with the records queued in it and not yet written: Redis lost
+    its data (``FLUSHDB``, a restart without persistence, an eviction) or the key was
+    deleted. That loss is logged as an error here, where it is found.
+    """
+    if not partitions:
+        return
+    with backend.commands("drain XGROUP CREATE") as client:
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.xgroup_create(partition.stream, GROUP, id="0", mkstream=True)
+        replies = pipe.execute(raise_on_error=False)
+    for partition, reply in zip(partitions, replies, strict=True):
+        if isinstance(reply, Exception):
+            if not (isinstance(reply, redis.ResponseError) and "BUSYGROUP" in str(reply)):
+                raise reply
+        elif partition.had_group:
+            logging.getLogger("taskguard.drain").error(
+                "drain: the write-behind stream of %s vanished with its consumer group: "
+                "records queued there and not yet written are lost (Redis lost its data: "
+                "FLUSHDB, a restart without persistence, an eviction; or the key was "
+                "deleted)",
+                partition.name,
+            )
+        partition.had_group = True
+
+
+def with_pending(backend: RedisBackend, partitions: Sequence[Partition]) -> list[Partition]:
+    """The ``partitions`` whose consumer group has entries pending (delivered, not yet
+    acknowledged), from one pipeline of ``XPENDING`` summaries."""
+    if not partitions:
+        return []
+    with backend.commands("drain pending") as client:
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.execute_command("XPENDING", partition.stream, GROUP)  # type: ignore[no-untyped-call]
+        replies = pipe.execute()
+    return [p for p, summary in zip(partitions, replies, strict=True) if _pending(summary)]
+
+
+def _pending(summary: Any) -> int:
+    """The count of an ``XPENDING`` summary (a list, or a dict once parsed by redis-py)."""
+    found = summary.get("pending", 0) if isinstance(summary, dict) else summary[0]
+    return int(found or 0)
+
+
+def renew_leases(
+    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
+) -> list[bool]:
+    """Extend our leases of ``partitions`` in one pipeline (one round trip per node on
+    Redis Cluster); per partition, False if its lease is no longer ours."""
+    args = ["renew", owner, max(int(ttl * 1000), 1)]
+    calls = [([p.lease], args) for p in partitions]
+    return [
+        bool(r) for r in backend.run_script_many("drain_lease", calls, what="drain lease renew")
+    ]
 
 
 def read_new(

@@ -193,6 +193,40 @@ def test_a_started_pool_holds_its_share_before_its_threads_read(
     assert stored(sqlite_store, ["k1"]) == {"k1": 1}
 
 
+@pytest.mark.parametrize("backend", ["single", "cluster"], indirect=True)
+def test_the_manager_renews_every_lease_it_holds_and_drops_one_taken_from_it(
+    backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
+) -> None:
+    # The leases are renewed in one pipeline (one round trip per node on a cluster); a
+    # lease another pool holds now is dropped, and only that one.
+    producer.put("k1", 1)
+    ttl = 1.5  # a manager tick every 0.5 s
+    pool = DrainPool(backend, sqlite_store, workers=2, lease_ttl=ttl)
+    lost: list[int] = []
+    drop = pool._drop
+
+    def on_lost(partition: Partition) -> None:
+        lost.append(partition.index)
+        drop(partition)
+
+    pool._drop = on_lost  # type: ignore[method-assign]
+    try:
+        pool.start()
+        assert len(pool.held()) == P
+        stolen = backend.keys.drain_lease(NS, 3)
+        backend.client.set(stolen, "another-pool", px=60_000)
+        began = time.monotonic()
+        deadline = began + 20
+        while not lost or time.monotonic() < began + 2 * ttl:  # past every lease's first ttl
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert lost == [3]
+        owners = [backend.client.get(backend.keys.drain_lease(NS, p)) for p in range(P)]
+        assert owners == [b"another-pool" if p == 3 else pool.owner.encode() for p in range(P)]
+    finally:
+        pool.stop()
+
+
 def test_two_pools_never_consume_one_partition_at_once(
     backend: RedisBackend, producer: Producer, sqlite_store: SQLStore
 ) -> None:
