@@ -99,3 +99,52 @@ def test_the_shared_builder_applies_every_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         pool_from_settings(backend, DrainSettings.from_mapping({"store": "nope://x"}))
     assert info.value.field == "drain.store"
+
+
+def test_the_heap_is_frozen_before_the_pool_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process of its own: what it built to start is kept out of the collector's way
+    # (taskguard.drain.freeze_heap), so full collections walk the batches in flight alone.
+    import gc
+
+    import taskguard.drain
+
+    seen: list[int] = []
+
+    class Started(Exception):
+        pass
+
+    class Pool:
+        def start(self) -> None:
+            seen.append(gc.get_freeze_count())
+            raise Started
+
+    monkeypatch.setattr(taskguard.drain, "pool_from_settings", lambda *args: Pool())
+    gc.unfreeze()
+    try:
+        result = CliRunner().invoke(
+            drain, ["--redis-url", "redis://127.0.0.1:1/0", "--store", "sqlite://"]
+        )
+    finally:
+        gc.unfreeze()
+    assert isinstance(result.exception, Started), result.output
+    assert len(seen) == 1
+    assert seen[0] > 1000  # every module, class and function alive at start
+
+
+def test_freeze_heap_collects_first_then_freezes_what_is_alive() -> None:
+    import gc
+
+    from taskguard.drain import freeze_heap
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    Node()  # a cycle, garbage already: collected, not frozen
+    gc.unfreeze()
+    try:
+        frozen = freeze_heap()
+        assert frozen == gc.get_freeze_count() > 1000
+        assert not any(type(o) is Node for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
