@@ -75,8 +75,8 @@ def cli_heap() -> Iterator[None]:
     """The process's heap as ``taskguard drain`` has it when its pool starts: everything
     alive now frozen (:func:`taskguard.drain.freeze_heap`); unfrozen afterwards. Without
     it, this process's larger heap (every benchmark's imports) makes each collection of
-    the oldest generation, several a second while a pool drains, stop the drain threads
-    for 60-75 ms: a cost the drain CLI does not pay."""
+    the oldest generation while a pool drains stop its threads for up to 77 ms (48-152
+    ms per 60,000 records): a cost the drain CLI does not pay."""
     freeze_heap()
     try:
         yield
