@@ -14,6 +14,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Sequence
 
 from taskguard.backend.redis import RedisBackend
 from taskguard.keys import KeySchema
@@ -30,7 +31,7 @@ from .discovery import (
     namespace_streams,
     registered_namespaces,
 )
-from .partition import Partition, acquire_leases, ensure_groups, renew_leases
+from .partition import Partition, ensure_groups
 
 __all__ = ["LeaseManager"]
 
@@ -199,3 +200,29 @@ class LeaseManager:
                 client.zrem(self.keys.drain_pools(), self.owner)
         except REDIS_ERRORS as exc:
             logger.warning("drain: could not release leases (they expire on their own): %s", exc)
+
+
+def acquire_leases(
+    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
+) -> list[bool]:
+    """Take the leases of ``partitions`` that nobody holds, in one pipeline (one round trip
+    per node on Redis Cluster); per partition, whether it is ours now."""
+    if not partitions:
+        return []
+    with backend.commands("drain lease acquire") as client:
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.set(partition.lease, owner, nx=True, px=max(int(ttl * 1000), 1))
+        return [bool(taken) for taken in pipe.execute()]
+
+
+def renew_leases(
+    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
+) -> list[bool]:
+    """Extend our leases of ``partitions`` in one pipeline (one round trip per node on
+    Redis Cluster); per partition, False if its lease is no longer ours."""
+    args = ["renew", owner, max(int(ttl * 1000), 1)]
+    calls = [([p.lease], args) for p in partitions]
+    return [
+        bool(r) for r in backend.run_script_many("drain_lease", calls, what="drain lease renew")
+    ]

@@ -27,10 +27,8 @@ from .cluster_read import read_on_masters
 __all__ = [
     "GROUP",
     "Partition",
-    "acquire_leases",
     "dead_letter",
     "ensure_groups",
-    "renew_leases",
     "with_pending",
 ]
 
@@ -169,20 +167,6 @@ class Partition:
         )
 
 
-def acquire_leases(
-    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
-) -> list[bool]:
-    """Take the leases of ``partitions`` that nobody holds, in one pipeline (one round trip
-    per node on Redis Cluster); per partition, whether it is ours now."""
-    if not partitions:
-        return []
-    with backend.commands("drain lease acquire") as client:
-        pipe = client.pipeline(transaction=False)
-        for partition in partitions:
-            pipe.set(partition.lease, owner, nx=True, px=max(int(ttl * 1000), 1))
-        return [bool(taken) for taken in pipe.execute()]
-
-
 def ensure_groups(backend: RedisBackend, partitions: Sequence[Partition]) -> None:
     """Create each partition's consumer group (and stream) if missing, in one pipeline.
 
@@ -230,18 +214,6 @@ def _pending(summary: Any) -> int:
     """The count of an ``XPENDING`` summary (a list, or a dict once parsed by redis-py)."""
     found = summary.get("pending", 0) if isinstance(summary, dict) else summary[0]
     return int(found or 0)
-
-
-def renew_leases(
-    backend: RedisBackend, partitions: Sequence[Partition], owner: str, ttl: float
-) -> list[bool]:
-    """Extend our leases of ``partitions`` in one pipeline (one round trip per node on
-    Redis Cluster); per partition, False if its lease is no longer ours."""
-    args = ["renew", owner, max(int(ttl * 1000), 1)]
-    calls = [([p.lease], args) for p in partitions]
-    return [
-        bool(r) for r in backend.run_script_many("drain_lease", calls, what="drain lease renew")
-    ]
 
 
 def read_new(
