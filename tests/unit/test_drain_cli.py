@@ -4,6 +4,7 @@ values are validated by DrainSettings, a bad one being a click error naming the 
 from __future__ import annotations
 
 import inspect
+import signal
 from typing import Any
 
 import click
@@ -119,6 +120,7 @@ def test_the_heap_is_frozen_before_the_pool_starts(monkeypatch: pytest.MonkeyPat
             raise Started
 
     monkeypatch.setattr(taskguard.drain, "pool_from_settings", lambda *args: Pool())
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     gc.unfreeze()
     try:
         result = CliRunner().invoke(
@@ -126,6 +128,8 @@ def test_the_heap_is_frozen_before_the_pool_starts(monkeypatch: pytest.MonkeyPat
         )
     finally:
         gc.unfreeze()
+        for sig, handler in handlers.items():  # the command installs its own
+            signal.signal(sig, handler)
     assert isinstance(result.exception, Started), result.output
     assert len(seen) == 1
     assert seen[0] > 1000  # every module, class and function alive at start
