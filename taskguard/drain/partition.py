@@ -182,11 +182,13 @@ def ensure_groups(backend: RedisBackend, partitions: Sequence[Partition]) -> Non
         for partition in partitions:
             pipe.xgroup_create(partition.stream, GROUP, id="0", mkstream=True)
         replies = pipe.execute(raise_on_error=False)
-    for partition, reply in zip(partitions, replies, strict=True):
-        if isinstance(reply, Exception):
-            if not (isinstance(reply, redis.ResponseError) and "BUSYGROUP" in str(reply)):
+        for reply in replies:  # raised here, the port maps it (BackendError, with its cause)
+            if isinstance(reply, Exception) and not (
+                isinstance(reply, redis.ResponseError) and "BUSYGROUP" in str(reply)
+            ):
                 raise reply
-        elif partition.had_group:
+    for partition, reply in zip(partitions, replies, strict=True):
+        if not isinstance(reply, Exception) and partition.had_group:
             logging.getLogger("taskguard.drain").error(
                 "drain: the write-behind stream of %s vanished with its consumer group: "
                 "records queued there and not yet written are lost (Redis lost its data: "

@@ -25,7 +25,8 @@ from taskguard import signals
 from taskguard.backend import RedisBackend
 from taskguard.cache.records import partition_of, version_of
 from taskguard.drain import DrainPool, dead_letters, metrics, requeue_dead_letters
-from taskguard.drain.partition import GROUP, Partition
+from taskguard.drain.partition import GROUP, Partition, ensure_groups
+from taskguard.errors import BackendError
 from taskguard.sinks.sql import SQLStore
 
 NS = "users"
@@ -225,6 +226,31 @@ def test_the_manager_renews_every_lease_it_holds_and_drops_one_taken_from_it(
         assert owners == [b"another-pool" if p == 3 else pool.owner.encode() for p in range(P)]
     finally:
         pool.stop()
+
+
+def test_groups_are_created_in_one_pipeline_and_its_errors_are_taskguards(
+    backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    partitions = [Partition.of(backend.keys, NS, p) for p in range(3)]
+    ensure_groups(backend, partitions)
+    ensure_groups(backend, partitions)  # BUSYGROUP: already there, nothing logged
+    assert all(p.had_group for p in partitions)
+    client = backend.client
+    assert [client.xinfo_groups(p.stream)[0]["name"] for p in partitions] == [GROUP.encode()] * 3
+    client.delete(partitions[1].stream)  # the stream went, with its group
+    with caplog.at_level("ERROR", logger="taskguard.drain"):
+        ensure_groups(backend, partitions)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"drain: the write-behind stream of {NS}/1 vanished with its consumer group: records "
+        "queued there and not yet written are lost (Redis lost its data: FLUSHDB, a restart "
+        "without persistence, an eviction; or the key was deleted)"
+    ]
+    client.delete(partitions[2].stream)
+    client.set(partitions[2].stream, "not a stream")
+    with pytest.raises(BackendError) as info:  # mapped by the port, like any Redis error
+        ensure_groups(backend, partitions)
+    assert isinstance(info.value.__cause__, redis.ResponseError)
+    assert "WRONGTYPE" in str(info.value.__cause__)
 
 
 def test_two_pools_never_consume_one_partition_at_once(
