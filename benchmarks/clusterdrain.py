@@ -64,14 +64,15 @@ def _drain_round(
         cache = client.cache("bench", strategy="write-behind", ttl=600, store=store)
         _fill(cache, rows, "k")
         pool = DrainPool(client.backend, store=store, namespaces=["bench"], workers=2)
-        began = time.perf_counter()
-        with cli_heap(), pool:
-            # Polled only once every record is written, so the poll's round trips (more
-            # on a cluster) do not share the drain's GIL meanwhile.
-            all_written.wait(timeout=600)
-            if not pool.wait_idle(timeout=600):
-                raise RuntimeError(f"the drain pool on {label} did not finish")
-            idle = time.perf_counter() - began
+        with cli_heap():  # frozen before the clock starts, as the CLI does before start()
+            began = time.perf_counter()
+            with pool:
+                # Polled only once every record is written, so the poll's round trips
+                # (more on a cluster) do not share the drain's GIL meanwhile.
+                all_written.wait(timeout=600)
+                if not pool.wait_idle(timeout=600):
+                    raise RuntimeError(f"the drain pool on {label} did not finish")
+                idle = time.perf_counter() - began
         sample = [f"k{i}" for i in range(0, rows, max(1, rows // 500))]
         if len(store.load_many("bench", sample)) != len(sample):
             raise RuntimeError(f"rows are missing from the store after the drain on {label}")
