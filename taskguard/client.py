@@ -42,6 +42,9 @@ class Client(RunTimeLimits):
         >>> client = taskguard.connect("memory://")
         >>> client.rate_limiter("emails", "100/m").try_acquire().allowed
         True
+        >>> with taskguard.connect("memory://") as client:  # closed at the end
+        ...     client.rate_limiter("emails", "100/m").try_acquire().allowed
+        True
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -56,8 +59,19 @@ class Client(RunTimeLimits):
         return self.backend.keys
 
     def close(self) -> None:
-        """Release the backend's connections."""
+        """Release the backend's connections.
+
+        redis-py's clients hold reference cycles, so a client dropped without ``close()``
+        is freed by the garbage collector, whenever it runs: its sockets may then be
+        finalized open (a ``ResourceWarning``). Close it, or use it as a context manager.
+        """
         self.backend.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def parked(self) -> dict[str, int]:
         """Guarded tasks parked in Redis, per guard key: refused by a concurrency cap or a

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import click
@@ -105,50 +107,54 @@ def test_the_shared_builder_applies_every_setting() -> None:
 def test_the_heap_is_frozen_before_the_pool_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     # A process of its own: what it built to start is kept out of the collector's way
     # (taskguard.drain.freeze_heap), so full collections walk the batches in flight alone.
-    import gc
-
+    # The freeze is recorded, not done: this test process must keep collecting as usual.
     import taskguard.drain
 
-    seen: list[int] = []
+    calls: list[str] = []
 
     class Started(Exception):
         pass
 
     class Pool:
         def start(self) -> None:
-            seen.append(gc.get_freeze_count())
+            calls.append("start")
             raise Started
 
+    def freeze() -> int:
+        calls.append("freeze")
+        return 0
+
     monkeypatch.setattr(taskguard.drain, "pool_from_settings", lambda *args: Pool())
+    monkeypatch.setattr(taskguard.drain, "freeze_heap", freeze)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    gc.unfreeze()
     try:
         result = CliRunner().invoke(
             drain, ["--redis-url", "redis://127.0.0.1:1/0", "--store", "sqlite://"]
         )
     finally:
-        gc.unfreeze()
         for sig, handler in handlers.items():  # the command installs its own
             signal.signal(sig, handler)
     assert isinstance(result.exception, Started), result.output
-    assert len(seen) == 1
-    assert seen[0] > 1000  # every module, class and function alive at start
+    assert calls == ["freeze", "start"]
 
 
 def test_freeze_heap_collects_first_then_freezes_what_is_alive() -> None:
-    import gc
+    # In a process of its own: a frozen heap would change when this one collects.
+    program = """
+import gc, weakref
+from taskguard.drain import freeze_heap
 
-    from taskguard.drain import freeze_heap
+class Node:
+    def __init__(self):
+        self.me = self
 
-    class Node:
-        def __init__(self) -> None:
-            self.me = self
-
-    Node()  # a cycle, garbage already: collected, not frozen
-    gc.unfreeze()
-    try:
-        frozen = freeze_heap()
-        assert frozen == gc.get_freeze_count() > 1000
-        assert not any(type(o) is Node for o in gc.get_objects())
-    finally:
-        gc.unfreeze()
+node = weakref.ref(Node())  # a cycle, garbage already: collected, not frozen
+frozen = freeze_heap()
+print(frozen, gc.get_freeze_count() > 1000, node() is not None)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    frozen, many, node_left = done.stdout.split()
+    assert int(frozen) > 1000  # every module, class and function alive then
+    assert (many, node_left) == ("True", "False")
