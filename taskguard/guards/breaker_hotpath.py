@@ -150,10 +150,12 @@ class HotPathBreaker(Breaker):
         self.redis_backend = backend
         self.flush_interval = flush_interval
         self.stale_after = max(1.0, STALE_INTERVALS * flush_interval)
-        self._lock = threading.Lock()
         self._start()
 
     def _start(self) -> None:
+        # New locks in a forked child too: the parent's may have been held at the fork.
+        self._lock = threading.Lock()  # the batch being counted
+        self._flushing = threading.Lock()  # one flush at a time, in order
         self._pid = os.getpid()
         self._batch = _Batch(self.spec.window)
         # (state, monotonic deadline of an open state, monotonic time it was checked)
@@ -221,12 +223,23 @@ class HotPathBreaker(Breaker):
     def flush(self) -> None:
         """Send this process's counted outcomes now, and refresh the view from the reply.
 
+        A flush in flight on another thread (the agent's) is waited for first: it holds
+        the counts it took, so this one then sends what was counted since, and its reply's
+        total covers both.
+
         Raises:
             BackendUnavailable: Redis could not be reached; the counts are kept for the
                 next flush.
             BackendError: Redis refused (a permission or script error); the counts are
                 kept too.
         """
+        with self._flushing:
+            tripped = self._flush()
+        if tripped:  # outside the lock: a signal receiver may flush again
+            announce(self.spec.name, "closed", "open", "failure or slow-call threshold reached")
+
+    def _flush(self) -> bool:
+        """One flush; whether it tripped the breaker."""
         with self._lock:
             batch, self._batch = self._batch, _Batch(self.spec.window)
         op = self.spec.call_op(self.backend.keys, "-")
@@ -256,8 +269,7 @@ class HotPathBreaker(Breaker):
         transition, state, left_ms, total = reply
         self.flushed_total = int(total)
         self.apply(_text(state), int(left_ms))
-        if transition == 1:
-            announce(self.spec.name, "closed", "open", "failure or slow-call threshold reached")
+        return bool(transition == 1)
 
     def apply(self, state: str, left_ms: float) -> None:
         """Set the view: ``state``, open for ``left_ms`` more milliseconds."""

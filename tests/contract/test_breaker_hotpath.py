@@ -99,6 +99,43 @@ def test_closed_calls_make_no_round_trip_on_the_callers_thread(
 
 
 @REDIS_ONLY
+def test_a_flush_waits_for_the_agents_flush_in_flight(
+    connect: Callable[[], taskguard.Backend],
+) -> None:
+    # The agent's flush holds the counts it took until Redis answers; a flush() that did
+    # not wait for it sent what was left and read a total without them (611 of 2001 in
+    # one CI run of the test above).
+    backend = connect()
+    breaker = hot(backend)
+    breaker.call(ok)
+    in_flight, go_on = threading.Event(), threading.Event()
+    overtaken: list[bool] = []
+    real = backend.run_script  # type: ignore[attr-defined]
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            overtaken.append(not go_on.is_set())  # sent while the agent's was held?
+        elif not in_flight.is_set():
+            in_flight.set()
+            go_on.wait(10)
+        return real(*args, **kwargs)
+
+    backend.run_script = spy  # type: ignore[attr-defined]
+    for _ in range(100):
+        breaker.call(ok)
+    assert in_flight.wait(10)  # the agent took some counts and waits on "Redis"
+    releaser = threading.Timer(0.5, go_on.set)  # lets the agent finish if flush() waits
+    releaser.start()
+    try:
+        breaker.flush()
+    finally:
+        go_on.set()
+        releaser.cancel()
+    assert overtaken == [False]
+    assert breaker.flushed_total == 101
+
+
+@REDIS_ONLY
 def test_consecutive_failures_trip_at_the_next_flush_and_open_refuses_locally(
     connect: Callable[[], taskguard.Backend],
 ) -> None:
