@@ -201,7 +201,7 @@ def test_the_manager_renews_every_lease_it_holds_and_drops_one_taken_from_it(
     # The leases are renewed in one pipeline (one round trip per node on a cluster); a
     # lease another pool holds now is dropped, and only that one.
     producer.put("k1", 1)
-    ttl = 1.5  # a manager tick every 0.5 s
+    ttl = 3.0  # a manager tick every second: a lease outlives two missed ticks
     pool = DrainPool(backend, sqlite_store, workers=2, lease_ttl=ttl)
     lost: list[int] = []
     drop = pool._drop
