@@ -178,8 +178,9 @@ def test_each_thread_holds_its_own_connection_and_gives_it_back(client: redis.Re
     assert seen
     assert seen[0] != _port(mine)
     # The thread's locals, its lane with them, are dropped as the thread ends (before
-    # join returns): its connection is back in the pool. (Checked by identity: a CI run
-    # once found a second connection available, from elsewhere.)
+    # join returns): its connection is back in the pool. Checked by identity: where the
+    # server has not seen the script yet, its NOSCRIPT is answered by SCRIPT LOAD through
+    # the client, on a connection of its own that goes back to the pool too.
     assert pool._in_use_connections == {mine._conn}
     assert held[0] in pool._available_connections
 
