@@ -51,6 +51,7 @@ class Script(Protocol):
 #: What redis-py's default ``Retry`` retries.
 _RETRIED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n"
+_SCRIPT_LOAD = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n"
 
 
 def _bulk(value: Any) -> bytes:
@@ -167,8 +168,14 @@ class Lane(PlainLane):
         except redis.exceptions.NoScriptError:
             # A server that restarted, or a replica just promoted, has no scripts yet
             # (also found after a reconnect): load it once, and send again.
-            self.client.script_load(script.source)
+            self._load(script)
             return self._send(packed)
+
+    def _load(self, script: Script) -> None:
+        """``SCRIPT LOAD`` on this lane's own connection: the server that answered
+        NOSCRIPT (through the client, another pool connection would be made, and after a
+        Sentinel failover it could reach another server)."""
+        self._send([_SCRIPT_LOAD + _bulk(script.source)])
 
     def wake_then_evalsha(
         self, wakeup: str, wait: float, script: Script, keys: Sequence[str], args: Sequence[Any]
@@ -192,7 +199,7 @@ class Lane(PlainLane):
                 raise
             return conn.read_response()
         except redis.exceptions.NoScriptError:
-            self.client.script_load(script.source)
+            self._load(script)
         except _RETRIED:
             conn.disconnect()
         return self.evalsha(script, keys, args)

@@ -89,7 +89,13 @@ def test_reply_types_match_redis_py(client: redis.Redis, body: str) -> None:
 def test_a_script_the_server_lacks_is_loaded_and_sent_again(client: redis.Redis) -> None:
     script = fresh("return ARGV[1] .. '!'")
     assert client.script_exists(script.sha) == [False]
-    assert Lane(client).evalsha(script, [], ["hi"]) == b"hi!"  # type: ignore[arg-type]
+    pool = client.connection_pool
+    before = pool._created_connections  # script_exists: one connection, back in the pool
+    lane = Lane(client)
+    assert lane.evalsha(script, [], ["hi"]) == b"hi!"  # type: ignore[arg-type]
+    # Loaded on the lane's own connection: the server that said NOSCRIPT, no other.
+    assert pool._created_connections == before
+    assert pool._in_use_connections == {lane._conn}
     assert client.script_exists(script.sha) == [True]
 
 
@@ -178,9 +184,7 @@ def test_each_thread_holds_its_own_connection_and_gives_it_back(client: redis.Re
     assert seen
     assert seen[0] != _port(mine)
     # The thread's locals, its lane with them, are dropped as the thread ends (before
-    # join returns): its connection is back in the pool. Checked by identity: where the
-    # server has not seen the script yet, its NOSCRIPT is answered by SCRIPT LOAD through
-    # the client, on a connection of its own that goes back to the pool too.
+    # join returns): its connection is back in the pool (checked by identity).
     assert pool._in_use_connections == {mine._conn}
     assert held[0] in pool._available_connections
 
